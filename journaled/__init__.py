@@ -1,0 +1,35 @@
+"""journaled: a durable step-workflow runner for CPU-heavy Python on one machine."""
+
+from .api import (
+    Cancel,
+    CancelToken,
+    Continue,
+    ContinueAfter,
+    Fail,
+    RunOutcome,
+    RunStatus,
+    Step,
+    StepError,
+    Succeed,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cancel", "CancelToken", "Client", "Continue", "ContinueAfter", "Fail", "Runtime",
+    "RunOutcome", "RunStatus", "Step", "StepError", "Succeed", "__version__",
+]
+
+
+def __getattr__(name: str) -> object:
+    # Runtime and Client pull in the journal and the pool; a worker that only
+    # needs the step API should not pay for them.
+    if name == "Runtime":
+        from .runtime import Runtime
+
+        return Runtime
+    if name == "Client":
+        from .client import Client
+
+        return Client
+    raise AttributeError(f"module 'journaled' has no attribute {name!r}")

@@ -1,0 +1,268 @@
+"""The step contract a runner sees: ``Step``, ``CancelToken``, outcomes, ``StepError``.
+
+Mirrors the Rust ``StepRunner`` trait of the Taquba workflow crate: a
+runner is called with one ``Step`` and returns one outcome, or raises
+``StepError``. This module knows nothing of the supervisor or the journal.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import time
+from datetime import timedelta
+from typing import Any, Callable, Union
+
+import msgspec
+
+RESERVED_HEADER_PREFIX = "journaled."
+
+
+class Continue(msgspec.Struct, frozen=True):
+    """The run is not finished: step ``n + 1`` runs next with ``payload``."""
+
+    payload: bytes = b""
+
+
+class ContinueAfter(msgspec.Struct, frozen=True):
+    """Like ``Continue``, but the next step becomes due ``delay`` from now.
+
+    The due time is stored as wall-clock time in the journal, so a delay
+    survives supervisor restarts. ``delay`` is seconds or a ``timedelta``.
+    """
+
+    payload: bytes = b""
+    delay: Union[float, timedelta] = 0.0
+
+    def delay_seconds(self) -> float:
+        d = self.delay
+        return d.total_seconds() if isinstance(d, timedelta) else float(d)
+
+
+class Succeed(msgspec.Struct, frozen=True):
+    """The run finished successfully with ``result``."""
+
+    result: bytes = b""
+
+
+class Fail(msgspec.Struct, frozen=True):
+    """The run finished as failed by the runner's verdict; nothing is dead-lettered.
+
+    Use it for workflow-level "no" answers (validation, policy). For
+    infrastructure trouble raise ``StepError`` instead: that retries or
+    dead-letters the step so an operator can find it with ``journaled dead``.
+    """
+
+    reason: str = ""
+
+
+class Cancel(msgspec.Struct, frozen=True):
+    """The run finished as cancelled by the runner's own decision."""
+
+    reason: str = ""
+
+
+Outcome = Union[Continue, ContinueAfter, Succeed, Fail, Cancel]
+OUTCOME_TYPES = (Continue, ContinueAfter, Succeed, Fail, Cancel)
+
+
+class StepError(Exception):
+    """An infrastructure failure of one step.
+
+    ``StepError.transient(msg)`` retries with exponential backoff and jitter
+    until ``max_attempts`` failures, then dead-letters the step and the run
+    ends ``failed``. ``StepError.permanent(msg)`` dead-letters at once. Any
+    other exception a runner raises counts as transient.
+    """
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+
+    @classmethod
+    def transient(cls, message: str) -> "StepError":
+        return cls(message, permanent=False)
+
+    @classmethod
+    def permanent_(cls, message: str) -> "StepError":
+        return cls(message, permanent=True)
+
+    def __reduce__(self) -> Any:
+        return (StepError, (self.message, self.permanent))
+
+
+# ``permanent`` is both a constructor (``StepError.permanent("x")``) and, on an
+# instance, the flag; a descriptor gives the class attribute the first meaning.
+class _PermanentDescriptor:
+    def __get__(self, obj: StepError | None, owner: type) -> Any:
+        if obj is None:
+            return owner.permanent_
+        return obj.__dict__.get("permanent", False)
+
+    def __set__(self, obj: StepError, value: bool) -> None:
+        obj.__dict__["permanent"] = value
+
+
+StepError.permanent = _PermanentDescriptor()  # type: ignore[assignment]
+
+
+class Cancelled(Exception):
+    """Raised by ``CancelToken.raise_if_cancelled``; the run ends ``cancelled``."""
+
+
+class RunStatus(str, enum.Enum):
+    """Where a run is. ``waiting``: a delay or a retry backoff is pending."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class RunOutcome(msgspec.Struct, frozen=True):
+    """What a run came to, or where it is while live.
+
+    For a live run ``result`` and ``finished_at`` are ``None``. Times are
+    wall-clock seconds since the epoch.
+    """
+
+    run_id: str
+    status: RunStatus
+    result: bytes | None = None
+    error: str | None = None
+    steps: int = 0
+    submitted_at: float | None = None
+    finished_at: float | None = None
+
+
+# Shared-memory slot layout of one worker, 128 bytes, little-endian:
+#   0  u64 dispatch sequence number that is cancelled (0 = none)
+#   8  u64 dispatch sequence number now running (0 = idle)
+#  16  f64 progress done      24 f64 progress total (NaN = unknown)
+#  32  u64 sequence number the progress belongs to
+#  40  u16 message length     42..128 message, UTF-8, cut to fit
+SLOT_SIZE = 128
+_U64 = struct.Struct("<Q")
+_PROGRESS = struct.Struct("<ddQH")
+_MSG_ROOM = SLOT_SIZE - 42
+
+
+class CancelToken:
+    """Run-scoped cooperative cancellation, read without a syscall.
+
+    Backed by one slot of a shared-memory block: the supervisor writes the
+    dispatch sequence number it cancels, the token compares it with its own,
+    so a stale flag never cancels the next step. Runners that ignore the
+    token stay correct: the outcome of a cancelled run is discarded, and a
+    step that does not stop is killed after a grace period.
+    """
+
+    __slots__ = ("_buf", "_off", "_seq", "_local")
+
+    def __init__(self, buf: Any = None, slot: int = 0, seq: int = 1) -> None:
+        self._buf = buf if buf is not None else bytearray(SLOT_SIZE)
+        self._off = slot * SLOT_SIZE
+        self._seq = seq
+        self._local = buf is None
+
+    def is_cancelled(self) -> bool:
+        return _U64.unpack_from(self._buf, self._off)[0] == self._seq
+
+    def cancel(self) -> None:
+        """Cancel this token locally (for tests and ``journaled step``)."""
+        _U64.pack_into(self._buf, self._off, self._seq)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until cancelled or ``timeout`` seconds pass; True if cancelled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while not self.is_cancelled():
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                time.sleep(min(pause, left))
+            else:
+                time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+        return True
+
+    def raise_if_cancelled(self) -> None:
+        if self.is_cancelled():
+            raise Cancelled("run was cancelled")
+
+
+class Step:
+    """One step of a run, handed to ``runner(step)``.
+
+    Attributes:
+        run_id: the caller-visible run id.
+        step_number: 0-based; step 0 gets the submission input as payload.
+        payload: bytes from the previous ``Continue``/``ContinueAfter``.
+        headers: submitter metadata; ``journaled.*`` keys are stripped.
+        job_id: unique per step, stable across its attempts.
+        attempts: deliveries so far, 1 on the first; >1 after a retry, a
+            worker death or a supervisor crash.
+        cancel_token: run-scoped: once the run is cancelled every later
+            look at it says so.
+
+    Steps must be idempotent per ``(run_id, step_number)``: delivery is
+    at-least-once.
+    """
+
+    __slots__ = ("run_id", "step_number", "payload", "headers", "job_id", "attempts",
+                 "cancel_token", "_progress")
+
+    def __init__(self, run_id: str, step_number: int, payload: bytes,
+                 headers: dict[str, str] | None = None, attempts: int = 1,
+                 cancel_token: CancelToken | None = None,
+                 progress: Callable[[float, float | None, str], None] | None = None) -> None:
+        self.run_id = run_id
+        self.step_number = step_number
+        self.payload = payload
+        self.headers = {k: v for k, v in (headers or {}).items()
+                        if not k.startswith(RESERVED_HEADER_PREFIX)}
+        self.job_id = f"{run_id}#{step_number}"
+        self.attempts = attempts
+        self.cancel_token = cancel_token if cancel_token is not None else CancelToken()
+        self._progress = progress
+
+    def progress(self, done: float, total: float | None = None, message: str = "") -> None:
+        """Report progress; cheap (a shared-memory write), never journaled."""
+        if self._progress is not None:
+            self._progress(done, total, message)
+
+    def __repr__(self) -> str:
+        return (f"Step(run_id={self.run_id!r}, step_number={self.step_number}, "
+                f"attempts={self.attempts}, payload={self.payload[:32]!r})")
+
+
+def write_progress(buf: Any, slot: int, seq: int, done: float, total: float | None,
+                   message: str) -> None:
+    """Store a progress report in a worker's slot; the reader checks ``seq``."""
+    raw = message.encode("utf-8", "replace")[:_MSG_ROOM]
+    off = slot * SLOT_SIZE
+    _PROGRESS.pack_into(buf, off + 16, float(done),
+                        float("nan") if total is None else float(total), seq, len(raw))
+    buf[off + 42: off + 42 + len(raw)] = raw
+
+
+def read_progress(buf: Any, slot: int) -> tuple[int, float, float | None, str]:
+    """Return ``(seq, done, total, message)`` last reported in a slot."""
+    off = slot * SLOT_SIZE
+    done, total, seq, n = _PROGRESS.unpack_from(buf, off + 16)
+    msg = bytes(buf[off + 42: off + 42 + min(n, _MSG_ROOM)]).decode("utf-8", "replace")
+    return seq, done, (None if total != total else total), msg

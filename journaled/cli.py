@@ -1,0 +1,423 @@
+"""The ``journaled`` command line.
+
+Every subcommand takes ``--state DIR`` (else ``$JOURNALED_STATE``, else
+``./.journaled``); every one that prints data takes ``--json``. Errors a
+user can fix are one line on stderr with exit 2 (bad input) or 1 (a run or
+a check failed); a traceback means a bug in journaled.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+import click
+
+from . import __version__
+from .api import RunOutcome
+from .errors import (
+    InvalidRunId,
+    JournalCorrupt,
+    JournaledError,
+    RunConflict,
+    RunNotFound,
+    StateLocked,
+    StorageFailure,
+)
+
+DEFAULT_STATE = ".journaled"
+
+
+def fail(msg: str, code: int = 2) -> NoReturn:
+    click.echo(f"journaled: error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _exit_code(e: JournaledError) -> int:
+    if isinstance(e, (JournalCorrupt, StorageFailure)):
+        return 1
+    if isinstance(e, (InvalidRunId, RunConflict, RunNotFound, StateLocked)):
+        return 2
+    return 1
+
+
+def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn journaled's own errors into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except JournaledError as e:
+            fail(str(e), _exit_code(e))
+        except TimeoutError as e:
+            fail(str(e), 3)
+        except BrokenPipeError:
+            sys.exit(0)
+
+    return wrapper
+
+
+def state_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--state", "state", envvar="JOURNALED_STATE", default=DEFAULT_STATE,
+        show_default=True, type=click.Path(file_okay=False, path_type=Path),
+        help="State directory (journal, inbox, lock). Env: JOURNALED_STATE.")(fn)
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print machine-readable JSON instead of text.")(fn)
+
+
+def outcome_json(o: RunOutcome) -> dict[str, Any]:
+    result_text = None
+    if o.result is not None:
+        try:
+            result_text = o.result.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return {
+        "run_id": o.run_id, "status": o.status.value, "result": result_text,
+        "result_b64": base64.b64encode(o.result).decode() if o.result is not None else None,
+        "error": o.error, "steps": o.steps, "submitted_at": o.submitted_at,
+        "finished_at": o.finished_at,
+    }
+
+
+def _short(b: bytes | None, n: int = 40) -> str:
+    if b is None:
+        return "-"
+    try:
+        s = b.decode("utf-8")
+    except UnicodeDecodeError:
+        s = repr(b)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _client(state: Path) -> Any:
+    from .client import Client
+
+    return Client(state)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="journaled")
+def main() -> None:
+    """journaled: durable step workflows for CPU-heavy Python on one machine.
+
+    \b
+    Write a runner:      def runner(step): ... return Continue(b"..") / Succeed(b"..")
+    Start a supervisor:  journaled run app:runner -w 4
+    Submit work:         journaled submit 42      (prints the run id)
+    Follow it:           journaled wait RUN_ID && journaled result RUN_ID
+
+    Every record is fsync'd before the supervisor acts on it: kill -9 anything
+    at any time and no run is lost or finished twice.
+    """
+
+
+# ---------------------------------------------------------------------- run
+
+
+@main.command()
+@click.argument("app")
+@click.option("-w", "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 2,
+              show_default=True, help="Worker processes.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Failures a step may have before it is dead-lettered.")
+@click.option("--max-abandons", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Supervisor crashes a step may survive before it is dead-lettered.")
+@click.option("--step-timeout", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Seconds a step may run before its worker is killed (0: no limit).")
+@click.option("--cancel-grace", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds a cancelled step may keep running before it is killed.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGINT/SIGTERM, seconds in-flight steps may take to finish.")
+@click.option("--until-idle", is_flag=True,
+              help="Exit 0 once no run is pending, running or delayed.")
+@click.option("--backoff", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="First retry delay in seconds; doubles per failure, with jitter.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every terminal run.")
+@state_option
+@handles_errors
+def run(app: str, workers: int, max_attempts: int, max_abandons: int, step_timeout: float,
+        cancel_grace: float, drain_timeout: float, until_idle: bool, backoff: float,
+        verbose: bool, state: Path) -> None:
+    """Run the supervisor for APP (``module:function``) in the foreground.
+
+    APP is imported from the current directory, like ``uvicorn app:app``; the
+    function is called once per step in a worker process. Ctrl-C (or SIGTERM)
+    stops leasing and lets running steps finish for --drain-timeout; a second
+    Ctrl-C stops at once. Nothing is lost either way.
+
+    \b
+    Exit codes: 0 stopped cleanly; 1 damaged journal or storage failure;
+    2 bad APP, bad options, or the state directory is locked by another supervisor.
+    """
+    from .pool import load_import_string
+    from .state import Policy
+    from .supervisor import Supervisor
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="journaled: %(message)s", stream=sys.stderr)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        load_import_string(app)
+    except ImportError as e:
+        fail(f"cannot load {app!r}: {e}")
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing
+        fail(f"importing {app!r} raised {type(e).__name__}: {e}")
+    policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
+                    step_timeout=step_timeout, backoff_base=backoff)
+    sup = Supervisor(state, app, workers=workers, policy=policy, cancel_grace=cancel_grace,
+                     drain_timeout=drain_timeout, preload=[app.partition(":")[0]],
+                     import_string=app)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # Only a flag and a wake-up here; the loop logs and drains.
+        sup.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    sup.start()
+    counts = sup.state.status_counts()
+    click.echo(
+        f"journaled {__version__}: supervising {app} with {workers} workers on {state} "
+        f"(journal {sup.journal.size_bytes / 1e6:.1f} MB, {len(sup.state.runs)} runs known, "
+        f"{sup.recovered_runs} resumed, {counts['pending']} pending)", err=True)
+    sup.run(until_idle=until_idle)
+    counts = sup.state.status_counts()
+    click.echo(f"journaled: stopped ({counts['succeeded']} succeeded, {counts['failed']} failed, "
+               f"{counts['cancelled']} cancelled, "
+               f"{counts['pending'] + counts['running'] + counts['waiting']} unfinished)",
+               err=True)
+
+
+# ------------------------------------------------------------------- submit
+
+
+def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            fail(f"bad header {p!r}: use -H key=value")
+        out[k] = v
+    return out
+
+
+@main.command()
+@click.argument("input", required=False)
+@click.option("--run-id", help="Your own id (1-128 of A-Z a-z 0-9 . _ : -); idempotent.")
+@click.option("-H", "--header", "headers", multiple=True, metavar="KEY=VALUE",
+              help="Metadata every step sees in step.headers (repeatable).")
+@click.option("--input-file", type=click.File("rb"), help="Read the input bytes from a file.")
+@click.option("--each-line", type=click.File("rb"),
+              help="Submit one run per non-empty line of this file ('-': stdin), one fsync.")
+@click.option("--priority", type=int, default=0, help="Higher runs first.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=None,
+              help="Override the supervisor's --max-attempts for this run.")
+@click.option("--step-timeout", type=click.FloatRange(min=0), default=None,
+              help="Override the supervisor's --step-timeout for this run.")
+@json_option
+@state_option
+@handles_errors
+def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], input_file: Any,
+           each_line: Any, priority: int, max_attempts: int | None,
+           step_timeout: float | None, as_json: bool, state: Path) -> None:
+    """Submit a run with INPUT (text; '-' reads stdin); prints its run id.
+
+    The submission is durable when this returns, whether or not a supervisor
+    is running; one that is not yet running picks it up when it starts.
+    """
+    given = sum(x is not None for x in (input, input_file, each_line))
+    if given > 1:
+        fail("give the input once: INPUT, --input-file or --each-line")
+    opts = dict(priority=priority, max_attempts=max_attempts or 0,
+                step_timeout=step_timeout or 0.0)
+    hdrs = _parse_headers(headers)
+    client = _client(state)
+    if each_line is not None:
+        if run_id:
+            fail("--run-id cannot be used with --each-line (each run gets its own id)")
+        lines = [ln.rstrip(b"\r\n") for ln in each_line.read().splitlines()]
+        ids = client.submit_many([ln for ln in lines if ln.strip()], hdrs, **opts)
+    else:
+        if input == "-":
+            data = sys.stdin.buffer.read()
+        elif input_file is not None:
+            data = input_file.read()
+        else:
+            data = (input or "").encode()
+        ids = [client.submit(data, hdrs, run_id, **opts)]
+    if as_json:
+        click.echo(json.dumps({"run_ids": ids}))
+    else:
+        for rid in ids:
+            click.echo(rid)
+
+
+# ------------------------------------------------------------------ queries
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default="cancelled by user", show_default=True)
+@json_option
+@state_option
+@handles_errors
+def cancel(run_id: str, reason: str, as_json: bool, state: Path) -> None:
+    """Cancel RUN_ID: its running step sees its token set, then is killed after a grace."""
+    out = _client(state).cancel(run_id, reason)
+    lost = out.status.terminal
+    if as_json:
+        click.echo(json.dumps({"run_id": run_id, "requested": not lost,
+                               "status": out.status.value}))
+    elif lost:
+        click.echo(f"run {run_id} already {out.status.value}; the cancel came too late")
+    else:
+        click.echo(f"cancel requested for run {run_id} (was {out.status.value})")
+
+
+@main.command()
+@click.argument("run_id")
+@json_option
+@state_option
+@handles_errors
+def status(run_id: str, as_json: bool, state: Path) -> None:
+    """Show where RUN_ID is: status, steps, result or error."""
+    client = _client(state)
+    out = client.status(run_id)
+    if as_json:
+        data = outcome_json(out)
+        run = client.state.runs.get(run_id)
+        if run is not None:
+            data.update(step=run.step, attempt=run.attempt, failures=run.failures,
+                        dead=run.dead, traceback=run.traceback or None)
+        click.echo(json.dumps(data))
+        return
+    click.echo(f"run {out.run_id}: {out.status.value}")
+    click.echo(f"  steps:     {out.steps}")
+    click.echo(f"  submitted: {_when(out.submitted_at)}")
+    if out.finished_at:
+        click.echo(f"  finished:  {_when(out.finished_at)}")
+    if out.result is not None:
+        click.echo(f"  result:    {_short(out.result, 200)}")
+    if out.error:
+        click.echo(f"  error:     {out.error}")
+    run = client.state.runs.get(run_id)
+    if run is not None and run.traceback:
+        click.echo("  traceback (from the runner):")
+        for line in run.traceback.rstrip().splitlines():
+            click.echo(f"    {line}")
+
+
+@main.command()
+@click.option("--status", "status_", type=click.Choice(
+    ["pending", "running", "waiting", "succeeded", "failed", "cancelled"]),
+    help="Only runs with this status.")
+@json_option
+@state_option
+@handles_errors
+def runs(status_: str | None, as_json: bool, state: Path) -> None:
+    """List runs, oldest first."""
+    outs = _client(state).runs(status_)
+    if as_json:
+        click.echo(json.dumps([outcome_json(o) for o in outs]))
+        return
+    if not outs:
+        click.echo("no runs" + (f" with status {status_}" if status_ else ""))
+        return
+    w = max(len(o.run_id) for o in outs)
+    click.echo(f"{'RUN':<{w}}  {'STATUS':<9}  {'STEPS':>5}  {'SUBMITTED':<19}  RESULT / ERROR")
+    for o in outs:
+        tail = _short(o.result) if o.result is not None else (o.error or "")
+        click.echo(f"{o.run_id:<{w}}  {o.status.value:<9}  {o.steps:>5}  "
+                   f"{_when(o.submitted_at):<19}  {tail}")
+
+
+@main.command()
+@click.argument("run_id")
+@state_option
+@handles_errors
+def result(run_id: str, state: Path) -> None:
+    """Write RUN_ID's result bytes to stdout (exit 1 if it failed or is not done)."""
+    out = _client(state).status(run_id)
+    if out.status.value == "succeeded":
+        sys.stdout.buffer.write(out.result or b"")
+        if sys.stdout.isatty():
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+        return
+    if out.status.terminal:
+        fail(f"run {run_id} {out.status.value}: {out.error}", 1)
+    fail(f"run {run_id} is {out.status.value}, no result yet; "
+         f"'journaled wait {run_id}' blocks until it ends", 1)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Give up after this many seconds (exit 3).")
+@json_option
+@state_option
+@handles_errors
+def wait(run_id: str, timeout: float | None, as_json: bool, state: Path) -> None:
+    """Block until RUN_ID ends. Exit 0 succeeded, 1 failed, 2 cancelled, 3 timeout."""
+    out = _client(state).wait(run_id, timeout)
+    if as_json:
+        click.echo(json.dumps(outcome_json(out)))
+    else:
+        extra = _short(out.result, 200) if out.result is not None else (out.error or "")
+        click.echo(f"{out.run_id} {out.status.value} {extra}".rstrip())
+    sys.exit({"succeeded": 0, "failed": 1, "cancelled": 2}[out.status.value])
+
+
+@main.command()
+@json_option
+@state_option
+@handles_errors
+def dead(as_json: bool, state: Path) -> None:
+    """List dead-lettered steps: retries exhausted, permanent errors, poison pills."""
+    runs_ = _client(state).dead()
+    if as_json:
+        click.echo(json.dumps([{"run_id": r.run_id, "step": r.step, "attempts": r.attempt,
+                                "kind": r.kind, "error": r.error, "traceback": r.traceback,
+                                "finished_at": r.finished_at} for r in runs_]))
+        return
+    if not runs_:
+        click.echo("no dead-lettered steps")
+        return
+    for r in runs_:
+        click.echo(f"{r.run_id} step {r.step} ({r.attempt} attempts, {r.kind}): {r.error}")
+        if r.traceback:
+            for line in r.traceback.rstrip().splitlines():
+                click.echo(f"    {line}")
+
+
+@main.command()
+@click.argument("run_id")
+@state_option
+@handles_errors
+def retry(run_id: str, state: Path) -> None:
+    """Redrive RUN_ID's dead-lettered step as a new series of attempts."""
+    _client(state).retry(run_id)
+    click.echo(f"redrive of run {run_id} queued; the supervisor picks it up")
+
+
+if __name__ == "__main__":
+    main()

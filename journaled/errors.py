@@ -1,0 +1,97 @@
+"""The errors journaled raises on purpose; anything else is a bug.
+
+Every class builds its own message from its facts, and each docstring
+says whether retrying can help. The CLI prints ``str(err)`` on one line.
+"""
+
+from __future__ import annotations
+
+
+class JournaledError(Exception):
+    """Root of every error journaled raises on purpose."""
+
+
+class RunNotFound(JournaledError):
+    """Permanent: no run with this id is known to the state directory."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"no run {run_id!r} in this state directory; 'journaled runs' lists the known ones"
+        )
+
+
+class RunConflict(JournaledError):
+    """Permanent: the run id is taken by a submission with other input."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run id {run_id!r} was already submitted with different input or headers; "
+            "pick a fresh run id"
+        )
+
+
+class InvalidRunId(JournaledError):
+    """Permanent: the id breaks the 1-128 chars of [A-Za-z0-9._:-] rule."""
+
+    def __init__(self, run_id: object) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"invalid run id {run_id!r}: use 1-128 characters of letters, digits and . _ : -"
+        )
+
+
+class JournalCorrupt(JournaledError):
+    """Permanent until repaired: a frame that is not a torn tail is damaged."""
+
+    def __init__(self, segment: str, offset: int, what: str) -> None:
+        self.segment = segment
+        self.offset = offset
+        self.what = what
+        super().__init__(
+            f"journal damaged: {segment} at byte {offset}: {what}; run 'journaled verify' "
+            "to see it, 'journaled repair' to cut it off (a backup is kept)"
+        )
+
+
+class StateLocked(JournaledError):
+    """Retry later: another supervisor holds the state directory's lock."""
+
+    def __init__(self, state_dir: str, holder: str = "") -> None:
+        self.state_dir = state_dir
+        who = f" (pid {holder})" if holder else ""
+        super().__init__(
+            f"state directory {state_dir} is locked by another supervisor{who}; "
+            "stop it first or use another --state"
+        )
+
+
+class StorageFailure(JournaledError):
+    """Permanent for this process: a write or fsync failed, so nothing after it is trusted.
+
+    After a failed fsync the page cache cannot be trusted (the "fsyncgate"
+    lesson), so the supervisor stops instead of retrying; a restart replays
+    what is really on disk.
+    """
+
+    def __init__(self, op: str, path: str, err: OSError) -> None:
+        self.op = op
+        self.path = path
+        self.errno = err.errno
+        super().__init__(
+            f"storage failure: {op} on {path} failed ({err.strerror or err}); "
+            "stopping without acknowledging anything not yet durable; fix the disk and restart"
+        )
+
+
+class RunNotTerminal(JournaledError):
+    """Retry later: the run has no result yet."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(
+            f"run {run_id!r} is {status}, it has no result yet; "
+            f"'journaled wait {run_id}' blocks until it ends"
+        )

@@ -1,0 +1,171 @@
+"""The journal's record types: frozen, tagged msgspec Structs, one per transition.
+
+Each record is one state transition, so a torn batch leaves a consistent
+prefix. Tags are short and explicit because they are on disk; new fields
+go last with defaults and no field ever changes type. Public outcomes
+(``journaled.api``) become records only in ``state.py``'s
+``outcome_records``, so editing a public class never silently changes
+the disk format. Times are wall-clock seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+
+class Record(msgspec.Struct, frozen=True, tag_field="t", array_like=True, omit_defaults=True):
+    """Base of every journal record."""
+
+
+class Submitted(Record, tag="sub"):
+    """A run exists. Replay: step 0 is ready with ``input`` as payload."""
+
+    run_id: str
+    input: bytes
+    at: float
+    headers: dict[str, str] = {}
+    priority: int = 0
+    max_attempts: int = 0  # 0: the supervisor's default
+    step_timeout: float = 0.0  # 0: the supervisor's default
+
+
+class Leased(Record, tag="lea"):
+    """Durable before the step reaches a worker. Replay: the step is in flight, the attempt is spent."""
+
+    run_id: str
+    step: int
+    attempt: int
+    worker: int
+    at: float
+
+
+class Released(Record, tag="rel"):
+    """A lease handed back unstarted (shutdown, queued behind a dead step). Replay: not a delivery."""
+
+    run_id: str
+    step: int
+    attempt: int
+
+
+class StepDone(Record, tag="don"):
+    """A step returned ``Continue``/``ContinueAfter``. Replay: the next step is ready at ``due_at``."""
+
+    run_id: str
+    step: int
+    attempt: int
+    payload: bytes
+    at: float
+    due_at: float = 0.0
+
+
+class AttemptFailed(Record, tag="fai"):
+    """An attempt failed and will be retried at ``retry_at``. Replay: a failure is counted.
+
+    ``kind`` is ``error``, ``timeout`` or ``worker_died``.
+    """
+
+    run_id: str
+    step: int
+    attempt: int
+    kind: str
+    error: str
+    at: float
+    retry_at: float
+    traceback: str = ""
+
+
+class CancelRequested(Record, tag="can"):
+    """Someone asked to cancel the run. Replay: the token is set; the run ends cancelled."""
+
+    run_id: str
+    reason: str
+    at: float
+
+
+class Terminated(Record, tag="end"):
+    """The run's one terminal transition. Replay: the run is finished.
+
+    ``status`` is ``succeeded``, ``failed`` or ``cancelled``. ``dead`` marks
+    a dead-lettered step (retries exhausted, permanent error, abandons).
+    """
+
+    run_id: str
+    status: str
+    at: float
+    step: int
+    attempt: int = 0
+    result: Union[bytes, None] = None
+    error: Union[str, None] = None
+    dead: bool = False
+    traceback: str = ""
+    kind: str = ""
+
+
+class HookDelivered(Record, tag="hok"):
+    """``on_terminal`` returned for this run. Replay: do not fire it again."""
+
+    run_id: str
+
+
+class Recovered(Record, tag="rec"):
+    """A supervisor started on this journal. Replay: every lease still open was abandoned."""
+
+    at: float
+    pid: int = 0
+
+
+class Redriven(Record, tag="rdv"):
+    """An operator redrove a dead-lettered run. Replay: its dead step runs again, fresh attempts."""
+
+    run_id: str
+    at: float
+
+
+class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+    """One live or retained run inside a ``Snapshot``."""
+
+    run_id: str
+    input: bytes
+    submitted_at: float
+    headers: dict[str, str]
+    priority: int
+    max_attempts: int
+    step_timeout: float
+    step: int
+    payload: bytes
+    attempt: int
+    failures: int
+    abandons: int
+    due_at: float
+    status: str
+    cancel_reason: Union[str, None] = None
+    result: Union[bytes, None] = None
+    error: Union[str, None] = None
+    finished_at: Union[float, None] = None
+    hook_delivered: bool = False
+    dead: bool = False
+    traceback: str = ""
+    seq: int = 0
+    leased: bool = False
+    worker: int = -1
+    leased_at: float = 0.0
+    kind: str = ""
+
+
+class Snapshot(Record, tag="snp"):
+    """Every run worth keeping at compaction time. Replay: start from exactly this state."""
+
+    at: float
+    runs: list[RunSnapshot]
+
+
+AnyRecord = Union[Submitted, Leased, Released, StepDone, AttemptFailed, CancelRequested,
+                  Terminated, HookDelivered, Recovered, Redriven, Snapshot]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyRecord)
+
+encode = _encoder.encode
+decode = _decoder.decode

@@ -1,0 +1,495 @@
+"""The pure state machine: records in, state and decisions out, no I/O.
+
+Replay is a fold: ``State.apply`` over every record in the journal. The
+supervisor drives the same machine through *commands* (``submit``,
+``lease``, ``complete``, ...): each takes the current wall-clock time as
+an argument, builds the records for one transition, applies them and
+returns them so the caller can make them durable before it acts. Nothing
+here reads a clock, logs, or touches a file, which is what lets the
+property tests run thousands of crash/replay interleavings a second.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Callable, Iterable
+
+import msgspec
+
+from .api import RunOutcome, RunStatus
+from .errors import RunConflict, RunNotFound
+from .records import (
+    AttemptFailed,
+    CancelRequested,
+    HookDelivered,
+    Leased,
+    Record,
+    Recovered,
+    Redriven,
+    Released,
+    RunSnapshot,
+    Snapshot,
+    StepDone,
+    Submitted,
+    Terminated,
+)
+
+PENDING, RUNNING, WAITING = "pending", "running", "waiting"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+class Policy(msgspec.Struct, frozen=True):
+    """Supervisor-wide defaults; a run's own submit options win over them."""
+
+    max_attempts: int = 3
+    max_abandons: int = 10
+    step_timeout: float = 0.0  # 0 = none
+    backoff_base: float = 0.5
+    backoff_cap: float = 60.0
+
+
+class WorkerResult(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+    """What came back from one attempt, as the pool reports it.
+
+    ``kind``: ``continue``, ``succeed``, ``fail``, ``cancel`` (runner
+    verdicts), ``error`` (exception, bad return value), ``cancelled`` (the
+    runner raised on its token), ``worker_died`` or ``timeout``.
+    """
+
+    kind: str
+    data: bytes = b""
+    delay: float = 0.0
+    error: str = ""
+    traceback: str = ""
+    permanent: bool = False
+
+
+def remaining_delay(due_at: float, now: float) -> float:
+    """Seconds until ``due_at``; never negative."""
+    return due_at - now if due_at > now else 0.0
+
+
+def backoff(failures: int, policy: Policy, jitter: float) -> float:
+    """Exponential backoff for the ``failures``-th failure; ``jitter`` in [0, 1)."""
+    base = min(policy.backoff_cap, policy.backoff_base * (2 ** max(0, failures - 1)))
+    return base * (0.5 + 0.5 * jitter)
+
+
+class Run:
+    """Everything known about one run; mutated only by ``State.apply``."""
+
+    __slots__ = (
+        "run_id", "input", "headers", "submitted_at", "priority", "max_attempts",
+        "step_timeout", "step", "payload", "attempt", "failures", "abandons", "due_at",
+        "status", "leased", "worker", "leased_at", "cancel_reason", "result", "error",
+        "finished_at", "hook_delivered", "dead", "traceback", "kind", "seq",
+    )
+
+    def __init__(self, rec: Submitted, seq: int) -> None:
+        self.run_id = rec.run_id
+        self.input = rec.input
+        self.headers = rec.headers
+        self.submitted_at = rec.at
+        self.priority = rec.priority
+        self.max_attempts = rec.max_attempts
+        self.step_timeout = rec.step_timeout
+        self.step = 0
+        self.payload = rec.input
+        self.attempt = 0
+        self.failures = 0
+        self.abandons = 0
+        self.due_at = 0.0
+        self.status = PENDING
+        self.leased = False
+        self.worker = -1
+        self.leased_at = 0.0
+        self.cancel_reason: str | None = None
+        self.result: bytes | None = None
+        self.error: str | None = None
+        self.finished_at: float | None = None
+        self.hook_delivered = False
+        self.dead = False
+        self.traceback = ""
+        self.kind = ""
+        self.seq = seq
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def steps(self) -> int:
+        """Steps run to completion (a step that ended the run by its verdict counts)."""
+        finished_by_verdict = self.status == SUCCEEDED or self.kind in ("fail", "cancel")
+        return self.step + 1 if finished_by_verdict else self.step
+
+
+class State:
+    """All runs, the ready queue and the timers: the fold of the journal."""
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.policy = policy or Policy()
+        self.runs: dict[str, Run] = {}
+        self.in_flight: dict[str, Run] = {}
+        self._ready: list[tuple[int, int, str]] = []  # (-priority, seq, run_id), lazy
+        self._timers: list[tuple[float, str]] = []  # (due_at, run_id), lazy
+        self._attention: set[str] = set()  # runs a command must decide on
+        self.unhooked: set[str] = set()  # terminal, hook not yet delivered
+        self._seq = 0
+        self.records_applied = 0
+        self._apply: dict[type, Callable[[Record], None]] = {
+            Submitted: self._submitted, Leased: self._leased, Released: self._released,
+            StepDone: self._step_done, AttemptFailed: self._attempt_failed,
+            CancelRequested: self._cancel_requested, Terminated: self._terminated,
+            HookDelivered: self._hook_delivered, Recovered: self._recovered,
+            Redriven: self._redriven, Snapshot: self._snapshot,
+        }
+
+    # ----------------------------------------------------------------- fold
+
+    def apply(self, rec: Record) -> None:
+        """Fold one record into the state (replay and live use the same path)."""
+        self._apply[type(rec)](rec)
+        self.records_applied += 1
+
+    def apply_all(self, recs: Iterable[Record]) -> None:
+        table = self._apply
+        n = 0
+        for rec in recs:
+            table[type(rec)](rec)
+            n += 1
+        self.records_applied += n
+
+    def _make_ready(self, run: Run) -> None:
+        self._seq += 1
+        run.seq = self._seq
+        heapq.heappush(self._ready, (-run.priority, run.seq, run.run_id))
+
+    def _unlease(self, run: Run) -> None:
+        if run.leased:
+            run.leased = False
+            run.worker = -1
+            self.in_flight.pop(run.run_id, None)
+
+    def _submitted(self, rec: Submitted) -> None:
+        if rec.run_id in self.runs:
+            return
+        run = Run(rec, 0)
+        self.runs[rec.run_id] = run
+        self._make_ready(run)
+
+    def _leased(self, rec: Leased) -> None:
+        run = self.runs[rec.run_id]
+        run.attempt = rec.attempt
+        run.leased = True
+        run.worker = rec.worker
+        run.leased_at = rec.at
+        run.status = RUNNING
+        self.in_flight[rec.run_id] = run
+
+    def _released(self, rec: Released) -> None:
+        run = self.runs[rec.run_id]
+        if not run.leased or run.attempt != rec.attempt:
+            return
+        self._unlease(run)
+        run.attempt -= 1
+        if run.step == 0 and run.attempt == 0:
+            run.status = PENDING
+        self._after_unlease(run)
+
+    def _after_unlease(self, run: Run) -> None:
+        if run.cancel_reason is not None:
+            self._attention.add(run.run_id)
+        else:
+            self._make_ready(run)
+
+    def _step_done(self, rec: StepDone) -> None:
+        run = self.runs[rec.run_id]
+        self._unlease(run)
+        run.step = rec.step + 1
+        run.payload = rec.payload
+        run.attempt = run.failures = run.abandons = 0
+        run.due_at = rec.due_at
+        if rec.due_at > rec.at:
+            run.status = WAITING
+            heapq.heappush(self._timers, (rec.due_at, run.run_id))
+        else:
+            run.status = RUNNING
+            self._make_ready(run)
+
+    def _attempt_failed(self, rec: AttemptFailed) -> None:
+        run = self.runs[rec.run_id]
+        self._unlease(run)
+        run.failures += 1
+        run.error = rec.error
+        run.traceback = rec.traceback
+        run.kind = rec.kind
+        run.due_at = rec.retry_at
+        run.status = WAITING
+        heapq.heappush(self._timers, (rec.retry_at, run.run_id))
+
+    def _cancel_requested(self, rec: CancelRequested) -> None:
+        run = self.runs[rec.run_id]
+        if run.terminal or run.cancel_reason is not None:
+            return
+        run.cancel_reason = rec.reason
+        if not run.leased:
+            self._attention.add(run.run_id)
+
+    def _terminated(self, rec: Terminated) -> None:
+        run = self.runs[rec.run_id]
+        self._unlease(run)
+        run.step = rec.step
+        run.result = rec.result
+        run.error = rec.error
+        run.finished_at = rec.at
+        run.dead = rec.dead
+        run.traceback = rec.traceback
+        run.kind = rec.kind
+        run.hook_delivered = False
+        run.status = rec.status  # last: other threads read status first
+        self.unhooked.add(run.run_id)
+        self._attention.discard(run.run_id)
+
+    def _hook_delivered(self, rec: HookDelivered) -> None:
+        run = self.runs.get(rec.run_id)
+        if run is not None:
+            run.hook_delivered = True
+        self.unhooked.discard(rec.run_id)
+
+    def _recovered(self, rec: Recovered) -> None:
+        for run in list(self.in_flight.values()):
+            self._unlease(run)
+            run.abandons += 1
+            self._attention.add(run.run_id)
+            if run.cancel_reason is None and run.abandons <= self.policy.max_abandons:
+                self._make_ready(run)
+
+    def _redriven(self, rec: Redriven) -> None:
+        run = self.runs[rec.run_id]
+        self.unhooked.discard(run.run_id)
+        run.status = RUNNING if run.step or run.attempt else PENDING
+        run.attempt = run.failures = run.abandons = 0
+        run.result = run.error = run.finished_at = run.cancel_reason = None
+        run.dead = False
+        run.traceback = run.kind = ""
+        run.due_at = 0.0
+        run.hook_delivered = False
+        self._make_ready(run)
+
+    def _snapshot(self, rec: Snapshot) -> None:
+        self.runs.clear()
+        self.in_flight.clear()
+        self._ready.clear()
+        self._timers.clear()
+        self._attention.clear()
+        self.unhooked.clear()
+        for s in rec.runs:
+            run = _run_from_snapshot(s)
+            self.runs[run.run_id] = run
+            self._seq = max(self._seq, run.seq)
+            if run.terminal:
+                if not run.hook_delivered:
+                    self.unhooked.add(run.run_id)
+            elif run.leased:
+                self.in_flight[run.run_id] = run
+            elif run.cancel_reason is not None:
+                self._attention.add(run.run_id)
+            elif run.status == WAITING:
+                heapq.heappush(self._timers, (run.due_at, run.run_id))
+            else:
+                heapq.heappush(self._ready, (-run.priority, run.seq, run.run_id))
+
+    # ------------------------------------------------------------- commands
+
+    def _commit(self, recs: list[Record]) -> list[Record]:
+        for r in recs:
+            self.apply(r)
+        return recs
+
+    def submit(self, run_id: str, input: bytes, now: float, headers: dict[str, str] | None = None,
+               priority: int = 0, max_attempts: int = 0, step_timeout: float = 0.0
+               ) -> list[Record]:
+        """A new run; nothing for a duplicate, ``RunConflict`` for a clash."""
+        old = self.runs.get(run_id)
+        hdrs = dict(headers or {})
+        if old is not None:
+            if old.input == input and old.headers == hdrs:
+                return []
+            raise RunConflict(run_id)
+        return self._commit([Submitted(run_id, input, now, hdrs, priority, max_attempts,
+                                       step_timeout)])
+
+    def due_runs(self, now: float, limit: int) -> list[Run]:
+        """Up to ``limit`` runs ready to lease now, highest priority first, FIFO within one."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, rid = heapq.heappop(timers)
+            run = self.runs.get(rid)
+            if run is not None and run.status == WAITING and run.due_at == due and not run.leased:
+                if run.cancel_reason is None:
+                    self._make_ready(run)
+        out: list[Run] = []
+        ready = self._ready
+        runs = self.runs
+        while ready and len(out) < limit:
+            _, seq, rid = heapq.heappop(ready)
+            run = runs.get(rid)
+            if (run is None or run.seq != seq or run.leased or run.terminal
+                    or run.cancel_reason is not None):
+                continue
+            out.append(run)
+        return out
+
+    def next_due(self) -> float | None:
+        """Wall-clock time of the earliest timer, if any (may be stale: harmless)."""
+        return self._timers[0][0] if self._timers else None
+
+    def has_ready(self) -> bool:
+        return bool(self._ready)
+
+    def requeue(self, runs: Iterable[Run]) -> None:
+        """Put runs taken by ``due_runs`` but not leased back in line, order kept."""
+        for run in runs:
+            heapq.heappush(self._ready, (-run.priority, run.seq, run.run_id))
+
+    def lease(self, run: Run, worker: int, now: float) -> Leased:
+        rec = Leased(run.run_id, run.step, run.attempt + 1, worker, now)
+        self.apply(rec)
+        return rec
+
+    def release(self, run_id: str, attempt: int) -> list[Record]:
+        """Hand back a lease whose step never started (shutdown, queued behind a death)."""
+        run = self.runs.get(run_id)
+        if run is None or not run.leased or run.attempt != attempt:
+            return []
+        return self._commit([Released(run_id, run.step, run.attempt)])
+
+    def complete(self, run_id: str, attempt: int, res: WorkerResult, now: float,
+                 jitter: float = 0.5) -> list[Record]:
+        """Turn one attempt's result into records; a stale result gives none."""
+        run = self.runs.get(run_id)
+        if run is None or not run.leased or run.attempt != attempt:
+            return []
+        step = run.step
+        kind = res.kind
+        if run.cancel_reason is not None:
+            # Outcomes of a cancelled run are discarded, whatever they were.
+            return self._commit([Terminated(run_id, CANCELLED, now, step, attempt,
+                                            error=run.cancel_reason, kind="cancel_request")])
+        if kind == "continue":
+            due = now + res.delay if res.delay > 0 else 0.0
+            return self._commit([StepDone(run_id, step, attempt, res.data, now, due)])
+        if kind == "succeed":
+            return self._commit([Terminated(run_id, SUCCEEDED, now, step, attempt,
+                                            result=res.data)])
+        if kind == "fail":
+            return self._commit([Terminated(run_id, FAILED, now, step, attempt,
+                                            error=res.error, kind="fail")])
+        if kind in ("cancel", "cancelled"):
+            return self._commit([Terminated(run_id, CANCELLED, now, step, attempt,
+                                            error=res.error, kind="cancel")])
+        # error, worker_died, timeout: an attempt failed.
+        limit = run.max_attempts or self.policy.max_attempts
+        if res.permanent or run.failures + 1 >= limit:
+            why = "permanent error" if res.permanent else f"failed {run.failures + 1} times"
+            return self._commit([Terminated(
+                run_id, FAILED, now, step, attempt,
+                error=f"step {step} dead-lettered ({why}): {res.error}", dead=True,
+                traceback=res.traceback, kind=kind)])
+        retry_at = now + backoff(run.failures + 1, self.policy, jitter)
+        return self._commit([AttemptFailed(run_id, step, attempt, kind, res.error, now, retry_at,
+                                           res.traceback)])
+
+    def cancel(self, run_id: str, reason: str, now: float) -> list[Record]:
+        """Request cancel; a leased run ends when its worker answers or is killed."""
+        run = self.runs.get(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        if run.terminal or run.cancel_reason is not None:
+            return []
+        recs = self._commit([CancelRequested(run_id, reason, now)])
+        return recs + self.reconcile(now)
+
+    def recover(self, now: float, pid: int = 0) -> list[Record]:
+        """A supervisor starts: abandon open leases, then settle what that leaves."""
+        return self._commit([Recovered(now, pid)]) + self.reconcile(now)
+
+    def reconcile(self, now: float) -> list[Record]:
+        """Decide runs that need no worker: cancelled while idle, abandoned too often."""
+        out: list[Record] = []
+        for rid in sorted(self._attention):
+            run = self.runs[rid]
+            if run.terminal or run.leased:
+                continue
+            if run.cancel_reason is not None:
+                out.append(Terminated(rid, CANCELLED, now, run.step, run.attempt,
+                                      error=run.cancel_reason, kind="cancel_request"))
+            elif run.abandons > self.policy.max_abandons:
+                out.append(Terminated(
+                    rid, FAILED, now, run.step, run.attempt,
+                    error=(f"step {run.step} dead-lettered: abandoned by {run.abandons} "
+                           "supervisor crashes; suspected of taking the supervisor down"),
+                    dead=True, kind="abandoned"))
+        self._attention.clear()
+        return self._commit(out)
+
+    def hook_delivered(self, run_id: str) -> list[Record]:
+        if run_id not in self.unhooked:
+            return []
+        return self._commit([HookDelivered(run_id)])
+
+    def redrive(self, run_id: str, now: float) -> list[Record]:
+        run = self.runs.get(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        if not run.dead:
+            return []
+        return self._commit([Redriven(run_id, now)])
+
+    def snapshot(self, now: float, retention: float) -> Snapshot:
+        """Live runs plus terminal ones younger than ``retention`` seconds."""
+        cutoff = now - retention
+        keep = [run for run in self.runs.values()
+                if not (run.terminal and run.hook_delivered and (run.finished_at or 0) < cutoff)]
+        return Snapshot(now, [_run_to_snapshot(r) for r in keep])
+
+    # -------------------------------------------------------------- queries
+
+    def status_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys((PENDING, RUNNING, WAITING, SUCCEEDED, FAILED, CANCELLED), 0)
+        for run in self.runs.values():
+            counts[run.status] += 1
+        return counts
+
+    def idle(self) -> bool:
+        """No run is pending, running or delayed."""
+        return not self.in_flight and all(r.terminal for r in self.runs.values())
+
+
+def _run_to_snapshot(r: Run) -> RunSnapshot:
+    return RunSnapshot(
+        r.run_id, r.input, r.submitted_at, r.headers, r.priority, r.max_attempts, r.step_timeout,
+        r.step, r.payload, r.attempt, r.failures, r.abandons, r.due_at, r.status,
+        r.cancel_reason, r.result, r.error, r.finished_at, r.hook_delivered, r.dead, r.traceback,
+        r.seq, r.leased, r.worker, r.leased_at, r.kind)
+
+
+def _run_from_snapshot(s: RunSnapshot) -> Run:
+    run = Run(Submitted(s.run_id, s.input, s.submitted_at, s.headers, s.priority,
+                        s.max_attempts, s.step_timeout), s.seq)
+    run.step, run.payload, run.attempt = s.step, s.payload, s.attempt
+    run.failures, run.abandons, run.due_at, run.status = s.failures, s.abandons, s.due_at, s.status
+    run.cancel_reason, run.result, run.error = s.cancel_reason, s.result, s.error
+    run.finished_at, run.hook_delivered, run.dead = s.finished_at, s.hook_delivered, s.dead
+    run.traceback, run.leased, run.worker = s.traceback, s.leased, s.worker
+    run.leased_at, run.kind = s.leased_at, s.kind
+    return run
+
+
+def outcome_of(run: Run) -> RunOutcome:
+    """The public view of a run; ``result``/``finished_at`` only once terminal."""
+    done = run.terminal
+    return RunOutcome(run.run_id, RunStatus(run.status), run.result if done else None,
+                      run.error, run.steps, run.submitted_at, run.finished_at if done else None)

@@ -1,0 +1,573 @@
+"""The supervisor: the one process that writes the journal and drives the pool.
+
+::
+
+      Client / CLI ──files──> inbox/ ──watchfiles──┐
+      Runtime.submit/cancel ──command queue────────┤ (wake pipe)
+                                                   v
+    ┌───────────────── one turn ──────────────────────────────────────────┐
+    │ wait(worker pipes, worker sentinels, wake pipe, timeout=next timer) │
+    │ fold what arrived into State (commands -> records)                  │
+    │ lease due runs to workers with room (more records)                  │
+    │ journal: ONE write + ONE fdatasync of the turn's records            │
+    │ only then act: send leases, set cancel flags, ack inbox files,      │
+    │ report results, fire on_terminal hooks                              │
+    └─────────────────────────────────────────────────────────────────────┘
+
+Write-ahead rule: nothing leaves this process (a step to a worker, a
+result to a waiter, a hook, an inbox deletion) before the records that
+justify it are durable. A ``kill -9`` between the sync and the act leaves
+records whose acts were never done; replay redoes them (a lease becomes
+an abandoned attempt, a hook fires again, an inbox file is read again and
+found to be a duplicate), which is always the safe side.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import wait as mp_wait
+from pathlib import Path
+from typing import Any, Callable
+
+from . import failpoints
+from .api import RunOutcome, RunStatus
+from .errors import JournaledError, StorageFailure
+from .inbox import BatchMsg, CancelMsg, Inbox, RedriveMsg, SubmitMsg
+from .journal import Journal, StateLock
+from .pool import Dispatch, InFlight, Pool, Worker
+from .records import CancelRequested, Record, Terminated, decode, encode
+from .state import Policy, State, WorkerResult, outcome_of
+
+log = logging.getLogger("journaled.supervisor")
+
+DAY = 86400.0
+
+
+class Future:
+    """A result handed from the supervisor thread to a caller once it is durable."""
+
+    __slots__ = ("_ev", "value", "error")
+
+    def __init__(self) -> None:
+        self._ev = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+        self._ev.set()
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self._ev.wait(timeout):
+            raise TimeoutError("the supervisor did not answer in time")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Supervisor:
+    """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], runner: Any, *, workers: int = 2,
+                 policy: Policy | None = None, on_terminal: Callable[[RunOutcome], Any] | None
+                 = None, cancel_grace: float = 2.0, drain_timeout: float = 30.0,
+                 preload: list[str] | None = None, retention: float = 7 * DAY,
+                 compact_bytes: int = 256 << 20, unsafe_no_fsync: bool = False,
+                 import_string: str = "") -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.state_dir = Path(state_dir)
+        self.policy = policy or Policy()
+        self.runner = runner
+        self.workers = workers
+        self.on_terminal = on_terminal
+        self.cancel_grace = cancel_grace
+        self.drain_timeout = drain_timeout
+        self.preload = preload
+        self.retention = retention
+        self.compact_bytes = compact_bytes
+        self.import_string = import_string
+        self.state = State(self.policy)
+        self.journal = Journal(self.state_dir / "journal", unsafe_no_fsync=unsafe_no_fsync)
+        self.lock = StateLock(self.state_dir)
+        self.pool: Pool | None = None
+        self.inbox: Inbox | None = None
+        self._commands: deque[tuple[str, tuple[Any, ...], Future]] = deque()
+        self._wake_r, self._wake_w = -1, -1
+        self._recs: list[Record] = []
+        self._carry: list[Record] = []  # records made after a commit, for the next one
+        self._acks: list[Path] = []
+        self._futures: list[tuple[Future, Any]] = []
+        self._dispatch: list[tuple[Worker, list[Dispatch]]] = []
+        self._stopping = False
+        self._stop_now = False
+        self._drain_deadline = 0.0
+        self._shutdown_cancelled = False
+        self.stopped = threading.Event()
+        self.outcomes: dict[str, RunOutcome] = {}  # durable terminal outcomes
+        self.cond = threading.Condition()
+        self.recovered_runs = 0
+        self.started_at = 0.0
+        self.steps_done = 0
+        self._rng = random.Random()
+        self._wait_map: dict[Any, tuple[str, Worker]] = {}
+        self._startup_deaths = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Lock, replay, recover, start workers; raises before any worker starts on trouble."""
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            self._replay()
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self.inbox = Inbox(self.state_dir)
+            self.pool = Pool(self.runner, self.workers, preload=self.preload)
+            self.pool.start()
+            self._wait_map = self.pool.wait_objects()
+            self.inbox.watch(self.wake)
+            self._read_inbox(time.time())
+            self.started_at = time.monotonic()
+        except BaseException:
+            self.close()
+            raise
+
+    def _replay(self) -> None:
+        state = self.state
+        apply = state.apply
+        for seg, off, body in self.journal.replay():
+            try:
+                rec = decode(body)
+            except Exception as e:  # noqa: BLE001 - any decode failure is damage
+                from .errors import JournalCorrupt
+
+                raise JournalCorrupt(seg, off, f"undecodable record ({e})") from None
+            apply(rec)
+        self.journal.open_for_append()
+        now = time.time()
+        live = sum(1 for r in state.runs.values() if not r.terminal)
+        self.recovered_runs = live
+        recs = state.recover(now, os.getpid())
+        for run in state.runs.values():
+            if run.terminal and run.run_id not in state.unhooked:
+                self.outcomes[run.run_id] = outcome_of(run)
+        self._write(recs)
+        self._after_commit(recs)
+        if self.on_terminal is not None:
+            for rid in sorted(self.state.unhooked):
+                self._fire_hook(rid)
+        else:
+            for rid in list(self.state.unhooked):
+                self.outcomes[rid] = outcome_of(self.state.runs[rid])
+
+    def wake(self) -> None:
+        """Wake the loop from another thread (or a signal handler)."""
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def request_stop(self) -> None:
+        """First call: drain (stop leasing, let steps finish). Second call: stop now."""
+        if self._stopping:
+            self._stop_now = True
+        else:
+            self._stopping = True
+            self._drain_deadline = time.monotonic() + self.drain_timeout
+        self.wake()
+
+    def run(self, until_idle: bool = False) -> None:
+        """Turn until stopped (or, with ``until_idle``, until nothing is left to do)."""
+        try:
+            while True:
+                self.turn()
+                if self._stopping and self._all_workers_gone():
+                    break
+                if until_idle and not self._stopping and self._idle():
+                    self.request_stop()
+        finally:
+            self.close()
+
+    def _idle(self) -> bool:
+        return (self.state.idle() and not self._commands and not self._carry
+                and self.inbox is not None and not self.inbox.scan_pending())
+
+    def _all_workers_gone(self) -> bool:
+        return self.pool is None or all(w.proc is None for w in self.pool.workers)
+
+    def close(self) -> None:
+        if self.inbox is not None:
+            self.inbox.close()
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        self.journal.close()
+        self.lock.release()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        gone = JournaledError("the supervisor stopped before this was durable")
+        for _, _args, fut in self._commands:
+            fut.set(error=gone)
+        for fut, _value in self._futures:
+            fut.set(error=gone)
+        self._commands.clear()
+        self._futures.clear()
+        self.stopped.set()
+        with self.cond:
+            self.cond.notify_all()
+
+    # ------------------------------------------------------------ commands
+
+    def call(self, kind: str, *args: Any) -> Future:
+        """Queue a command from another thread; the Future resolves once it is durable."""
+        fut = Future()
+        if self.stopped.is_set():
+            fut.set(error=JournaledError("the supervisor is not running"))
+            return fut
+        self._commands.append((kind, args, fut))
+        self.wake()
+        return fut
+
+    def _run_commands(self, now: float) -> None:
+        state = self.state
+        while self._commands:
+            kind, args, fut = self._commands.popleft()
+            try:
+                if kind == "submit_many":
+                    for rid, data, hdrs, prio, attempts, timeout in args[0]:
+                        self._recs += state.submit(rid, data, now, hdrs, prio, attempts, timeout)
+                    self._futures.append((fut, [item[0] for item in args[0]]))
+                elif kind == "cancel":
+                    run_id, reason = args
+                    self._recs += state.cancel(run_id, reason, now)
+                    self._futures.append((fut, state.runs[run_id].status))
+                elif kind == "redrive":
+                    self._recs += state.redrive(args[0], now)
+                    self._futures.append((fut, None))
+                else:
+                    raise ValueError(f"unknown command {kind!r}")
+            except JournaledError as e:
+                fut.set(error=e)
+
+    def _read_inbox(self, now: float) -> None:
+        assert self.inbox is not None
+        state = self.state
+        for path, msg in self.inbox.scan():
+            try:
+                if isinstance(msg, SubmitMsg):
+                    self._recs += self._submit_msg(msg, now)
+                elif isinstance(msg, BatchMsg):
+                    for m in msg.items:
+                        self._recs += self._submit_msg(m, now)
+                elif isinstance(msg, CancelMsg):
+                    self._recs += state.cancel(msg.run_id, msg.reason, now)
+                elif isinstance(msg, RedriveMsg):
+                    self._recs += state.redrive(msg.run_id, now)
+            except JournaledError as e:
+                self.inbox.reject(path, str(e))
+                continue
+            self._acks.append(path)
+
+    def _submit_msg(self, m: SubmitMsg, now: float) -> list[Record]:
+        return self.state.submit(m.run_id, m.input, now, m.headers, m.priority, m.max_attempts,
+                                 m.step_timeout)
+
+    # ----------------------------------------------------------------- turn
+
+    def turn(self, timeout: float | None = None) -> None:
+        """One pass: wait, fold, lease, write + sync once, act."""
+        pool = self.pool
+        assert pool is not None
+        if timeout is None:
+            timeout = self._next_timeout()
+        objs = list(self._wait_map)
+        objs.append(self._wake_r)
+        ready = mp_wait(objs, timeout)
+        now = time.time()
+        mono = time.monotonic()
+        recs = self._recs
+        if self._carry:
+            recs += self._carry
+            self._carry = []
+        woke = False
+        dead: list[Worker] = []
+        for obj in ready:
+            if obj == self._wake_r:
+                woke = True
+                continue
+            what, w = self._wait_map[obj]
+            if what == "conn":
+                try:
+                    self._results(w, pool.read(w, mono), now)
+                except (EOFError, OSError):
+                    dead.append(w)
+            elif w not in dead:
+                dead.append(w)
+        if woke:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            self._run_commands(now)
+            self._read_inbox(now)
+        for w in dead:
+            self._worker_died(w, now)
+        self._deadlines(mono, now)
+        recs += self.state.reconcile(now)
+        if not self._stopping:
+            self._lease(now, mono)
+        else:
+            for w in pool.workers:
+                # Stop: finish the running step, skip the queued ones (released on exit).
+                pool.stop(w)
+                if self._stop_now:
+                    pool.kill(w, "shutdown")
+        self._commit(recs)
+
+    def _results(self, w: Worker, done: list[tuple[InFlight, WorkerResult]], now: float) -> None:
+        complete = self.state.complete
+        recs = self._recs
+        rng = self._rng.random
+        for item, res in done:
+            if self._shutdown_cancelled and item.cancel_at and res.kind in ("cancel", "cancelled"):
+                # Our own shutdown set that token: the step is abandoned, not cancelled.
+                recs += self.state.release(item.run_id, item.attempt)
+                continue
+            recs += complete(item.run_id, item.attempt, res, now, rng())
+        self.steps_done += len(done)
+
+    def _worker_died(self, w: Worker, now: float) -> None:
+        pool = self.pool
+        assert pool is not None
+        try:
+            while w.conn is not None and w.conn.poll(0):
+                self._results(w, pool.read(w, time.monotonic()), now)
+        except (EOFError, OSError):
+            pass
+        running = pool.running_seq(w)
+        reason = w.kill_reason
+        pid = w.pid
+        code = pool.reap(w)
+        left = list(w.outstanding)
+        w.outstanding.clear()
+        for item in left:
+            if item.seq == running and not (self._stopping and reason in ("shutdown", "drain")):
+                kind = "timeout" if reason == "timeout" else "worker_died"
+                msg = ("step timed out and its worker was killed" if kind == "timeout" else
+                       f"worker {w.slot} (pid {pid}) died with exit code {code} during the step")
+                run = self.state.runs.get(item.run_id)
+                if run is not None and not reason:
+                    log.warning("worker %d (pid %s) died (exit code %s) in run %s step %d "
+                                "attempt %d; respawning", w.slot, pid, code, item.run_id,
+                                run.step, item.attempt)
+                self._recs += self.state.complete(item.run_id, item.attempt,
+                                                  WorkerResult(kind, error=msg), now,
+                                                  self._rng.random())
+            else:
+                self._recs += self.state.release(item.run_id, item.attempt)
+        if w.ever_ran or left:
+            self._startup_deaths = 0
+        else:
+            self._startup_deaths += 1
+            if self._startup_deaths >= 5:
+                raise JournaledError(
+                    f"worker processes keep dying at start-up (last exit code {code}); check "
+                    "that the runner's module imports cleanly in a fresh process (guard "
+                    "script code with 'if __name__ == \"__main__\":')")
+        if not self._stopping:
+            pool.respawn(w)
+        self._wait_map = pool.wait_objects()
+
+    def _deadlines(self, mono: float, now: float) -> None:
+        pool = self.pool
+        assert pool is not None
+        runs = self.state.runs
+        if self._stopping and not self._shutdown_cancelled and mono >= self._drain_deadline:
+            # Drain time is up: ask running steps to stop, kill them after the grace.
+            self._shutdown_cancelled = True
+            for w in pool.workers:
+                if w.outstanding:
+                    pool.cancel(w, w.outstanding[0], self.cancel_grace, mono)
+        for w in pool.workers:
+            if not w.outstanding or w.proc is None:
+                continue
+            head = w.outstanding[0]
+            if head.cancel_at and mono >= head.cancel_at:
+                pool.kill(w, "shutdown" if self._shutdown_cancelled else "cancelled")
+                continue
+            run = runs.get(head.run_id)
+            limit = (run.step_timeout if run is not None and run.step_timeout else
+                     self.policy.step_timeout)
+            if limit and mono - w.head_started >= limit:
+                pool.kill(w, "timeout")
+
+    def _next_timeout(self) -> float | None:
+        if self._carry or self._commands:
+            return 0.0
+        now = time.time()
+        mono = time.monotonic()
+        best: float | None = None
+        due = self.state.next_due()
+        if due is not None:
+            best = max(0.0, due - now)
+        pool = self.pool
+        assert pool is not None
+        for w in pool.workers:
+            if not w.outstanding:
+                continue
+            head = w.outstanding[0]
+            if head.cancel_at:
+                t = head.cancel_at - mono
+                best = t if best is None else min(best, t)
+            run = self.state.runs.get(head.run_id)
+            limit = (run.step_timeout if run is not None and run.step_timeout else
+                     self.policy.step_timeout)
+            if limit:
+                t = w.head_started + limit - mono
+                best = t if best is None else min(best, t)
+        if self._stopping and not self._shutdown_cancelled:
+            t = self._drain_deadline - mono
+            best = t if best is None else min(best, t)
+        if best is not None:
+            best = max(0.0, best) + 0.0005
+        return best if best is None else min(best, 5.0)
+
+    def _lease(self, now: float, mono: float) -> None:
+        pool = self.pool
+        assert pool is not None
+        state = self.state
+        if not state.has_ready() and (state.next_due() or now + 1) > now:
+            return
+        recs = self._recs
+        # Least-loaded workers first, so a deep batch never starves an idle worker.
+        for w in sorted(pool.workers, key=lambda x: len(x.outstanding)):
+            if w.proc is None or w.stopping:
+                continue
+            want = pool.depth(w) - len(w.outstanding)
+            if want <= 0:
+                continue
+            runs = state.due_runs(now, want)
+            if not runs:
+                break
+            items = []
+            for run in runs:
+                rec = state.lease(run, w.slot, now)
+                recs.append(rec)
+                items.append(Dispatch(pool.next_seq(), run.run_id, run.step, rec.attempt,
+                                      run.payload, run.headers))
+            self._dispatch.append((w, items))
+
+    # --------------------------------------------------------- write, then act
+
+    def _write(self, recs: list[Record]) -> None:
+        if not recs:
+            return
+        try:
+            self.journal.extend([encode(r) for r in recs])
+            self.journal.commit()
+        except StorageFailure:
+            # fsyncgate: nothing after a failed write or sync can be trusted.
+            # Acknowledge nothing, stop every worker, let the caller exit.
+            if self.pool is not None:
+                for w in self.pool.workers:
+                    self.pool.kill(w, "storage")
+            raise
+
+    def _commit(self, recs: list[Record]) -> None:
+        self._recs = []
+        self._write(recs)
+        # Everything below happens only once the records above are durable.
+        pool = self.pool
+        assert pool is not None
+        if self._dispatch:
+            if failpoints.ENABLED:
+                failpoints.hit("supervisor.before_dispatch")
+            mono = time.monotonic()
+            for w, items in self._dispatch:
+                try:
+                    pool.send(w, items, mono)
+                except OSError:
+                    pass  # the worker is dying; its sentinel will say so next turn
+            self._dispatch = []
+            if failpoints.ENABLED:
+                failpoints.hit("supervisor.after_dispatch")
+        if self._acks:
+            assert self.inbox is not None
+            self.inbox.ack(self._acks)
+            self._acks = []
+        self._after_commit(recs)
+        futures, self._futures = self._futures, []
+        for fut, value in futures:
+            fut.set(value)
+
+    def _after_commit(self, recs: list[Record]) -> None:
+        pool = self.pool
+        terminated: list[str] = []
+        for rec in recs:
+            t = type(rec)
+            if t is Terminated:
+                terminated.append(rec.run_id)
+            elif t is CancelRequested and pool is not None:
+                self._signal_cancel(rec.run_id)
+        if not terminated:
+            return
+        state = self.state
+        for rid in terminated:
+            run = state.runs[rid]
+            self.outcomes[rid] = outcome_of(run)
+            log.info("run %s %s after %d steps", rid, run.status, run.steps)
+        with self.cond:
+            self.cond.notify_all()
+        if self.on_terminal is not None:
+            for rid in terminated:
+                self._fire_hook(rid)
+
+    def _signal_cancel(self, run_id: str) -> None:
+        pool = self.pool
+        assert pool is not None
+        mono = time.monotonic()
+        for w in pool.workers:
+            for item in w.outstanding:
+                if item.run_id == run_id:
+                    pool.cancel(w, item, self.cancel_grace, mono)
+                    return
+
+    def _fire_hook(self, run_id: str) -> None:
+        run = self.state.runs[run_id]
+        outcome = outcome_of(run)
+        self.outcomes[run_id] = outcome
+        if failpoints.ENABLED:
+            failpoints.hit("supervisor.before_hook")
+        try:
+            assert self.on_terminal is not None
+            self.on_terminal(outcome)
+        except Exception:  # noqa: BLE001 - a hook's bug must not stop the supervisor
+            log.exception("on_terminal hook failed for run %s; not retrying it", run_id)
+        if failpoints.ENABLED:
+            failpoints.hit("supervisor.after_hook")
+        self._carry += self.state.hook_delivered(run_id)
+
+    # -------------------------------------------------------------- queries
+
+    def status(self, run_id: str) -> RunOutcome | None:
+        """Durable view: a terminal status is reported only once it is synced."""
+        out = self.outcomes.get(run_id)
+        if out is not None:
+            return out
+        run = self.state.runs.get(run_id)
+        if run is None:
+            return None
+        if run.terminal:  # applied, not yet durable: still running as far as anyone knows
+            return RunOutcome(run_id, RunStatus.RUNNING, None, None, run.step, run.submitted_at)
+        return outcome_of(run)
