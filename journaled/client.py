@@ -36,8 +36,8 @@ def check_run_id(run_id: object) -> str:
 
 
 def new_run_id() -> str:
-    """Time-ordered and unique: sorts by submission like the journal does."""
-    return f"r-{time.time_ns() // 1_000_000:x}-{uuid.uuid4().hex[:10]}"
+    """Time-ordered and unique: ids sort in submission order."""
+    return f"r-{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
 
 
 def check_headers(headers: dict[str, str] | None) -> dict[str, str]:

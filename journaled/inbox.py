@@ -48,13 +48,19 @@ class RedriveMsg(msgspec.Struct, frozen=True, tag="redrive"):
     at: float
 
 
+class CompactMsg(msgspec.Struct, frozen=True, tag="compact"):
+    """Ask a running supervisor to compact its journal now."""
+
+    at: float
+
+
 class BatchMsg(msgspec.Struct, frozen=True, tag="batch"):
     """Many submissions in one file: one fsync for all of them."""
 
     items: list[SubmitMsg]
 
 
-Message = Union[SubmitMsg, CancelMsg, RedriveMsg, BatchMsg]
+Message = Union[SubmitMsg, CancelMsg, RedriveMsg, CompactMsg, BatchMsg]
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(Message)
 

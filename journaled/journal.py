@@ -148,14 +148,21 @@ def _valid_frame_at(data: bytes | memoryview, p: int) -> bool:
     return 0 < length <= MAX_BODY and end <= n and zlib.crc32(data[p + 8:end]) == crc
 
 
-def _valid_frame_after(data: bytes | memoryview, start: int, stop: int) -> bool:
-    """Whether any whole, non-empty frame with a matching crc starts in ``[start, stop)``."""
+def _length_took_a_flipped_bit(data: bytes | memoryview, offset: int, declared_len: int) -> bool:
+    """Whether the bad frame is a whole record whose length field has one flipped bit.
+
+    Tried with each one-bit correction of the length: the frame's own crc
+    matching, or a valid frame starting right after it, proves the log went on
+    past this point. Cheap (at most 32 tries), unlike scanning every offset.
+    """
     n = len(data)
-    unpack = _FRAME.unpack_from
-    for p in range(start, min(stop, n - 8)):
-        length = unpack(data, p)[0]
-        # Cheap filter first: a frame must be non-empty and fit in the file.
-        if 0 < length <= n - p - 8 and length <= MAX_BODY and _valid_frame_at(data, p):
+    stored = _FRAME.unpack_from(data, offset)[1]
+    for bit in range(32):
+        length = declared_len ^ (1 << bit)
+        end = offset + 8 + length
+        if not 0 < length <= MAX_BODY or end > n:
+            continue
+        if zlib.crc32(data[offset + 8:end]) == stored or _valid_frame_at(data, end):
             return True
     return False
 
@@ -168,16 +175,16 @@ def _is_torn_tail(data: bytes | memoryview, offset: int, declared_len: int | Non
     8 bytes remain, or its declared end reaches or passes end of file, or the
     file is zeros from the frame's start or from inside it to the end (the
     file grew but its last pages were never written, as after a power cut).
-    In every case nothing valid may follow it: a whole frame further on means
-    the log went on past this point, so the bad frame is damage, not a tail.
+    One exception keeps acknowledged records from being cut as a "tail": if
+    correcting one bit of the length makes it a whole record (or puts a valid
+    frame right after it), the length was damaged and records follow it.
     """
     n = len(data)
     if declared_len is None or n - offset < 8:
         return True  # not even a frame header left, so nothing can follow
-    zeros_from = _zero_tail_start(data, offset)
-    if zeros_from > offset + 8 + declared_len:
+    if _zero_tail_start(data, offset) > offset + 8 + declared_len:
         return False  # the frame ends inside the file and non-zero bytes follow it
-    return not _valid_frame_after(data, offset + 1, zeros_from)
+    return not _length_took_a_flipped_bit(data, offset, declared_len)
 
 
 class FrameReader:
@@ -356,15 +363,14 @@ def _scan(journal_dir: Path, out: _Scan) -> Iterator[tuple[str, int, bytes]]:
             start = i
             break
     live = out.live = segments[start:]
-    for prev, cur in zip(live, live[1:], strict=False):
-        if _segment_num(cur) != _segment_num(prev) + 1:
-            missing = _segment_name(_segment_num(prev) + 1)
-            raise JournalCorrupt(
-                cur.name, 0, f"segment {missing} is missing between {prev.name} and {cur.name}"
-            )
     for i, path in enumerate(live):
         is_last = i == len(live) - 1
         name = path.name
+        if i and _segment_num(path) != _segment_num(live[i - 1]) + 1:
+            missing = _segment_name(_segment_num(live[i - 1]) + 1)
+            raise JournalCorrupt(
+                name, 0, f"segment {missing} is missing between {live[i - 1].name} and {name}"
+            )
         data = path.read_bytes()
         if _check_header(data, name, is_last) is None:
             reason = f"segment header cut short ({len(data)} of {HEADER_SIZE} bytes)"

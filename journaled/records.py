@@ -155,10 +155,14 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
 
 
 class Snapshot(Record, tag="snp"):
-    """Every run worth keeping at compaction time. Replay: start from exactly this state."""
+    """Every run worth keeping at compaction time, in parts of bounded size.
+
+    Replay: part 0 replaces the whole state; later parts add their runs.
+    """
 
     at: float
     runs: list[RunSnapshot]
+    part: int = 0
 
 
 AnyRecord = Union[Submitted, Leased, Released, StepDone, AttemptFailed, CancelRequested,

@@ -279,12 +279,13 @@ class State:
         self._make_ready(run)
 
     def _snapshot(self, rec: Snapshot) -> None:
-        self.runs.clear()
-        self.in_flight.clear()
-        self._ready.clear()
-        self._timers.clear()
-        self._attention.clear()
-        self.unhooked.clear()
+        if rec.part == 0:
+            self.runs.clear()
+            self.in_flight.clear()
+            self._ready.clear()
+            self._timers.clear()
+            self._attention.clear()
+            self.unhooked.clear()
         for s in rec.runs:
             run = _run_from_snapshot(s)
             self.runs[run.run_id] = run
@@ -448,12 +449,20 @@ class State:
             return []
         return self._commit([Redriven(run_id, now)])
 
-    def snapshot(self, now: float, retention: float) -> Snapshot:
-        """Live runs plus terminal ones younger than ``retention`` seconds."""
+    def snapshot(self, now: float, retention: float, hooks: bool = True,
+                 part_size: int = 20_000) -> list[Snapshot]:
+        """Live runs plus terminal ones younger than ``retention`` seconds, in parts.
+
+        With ``hooks`` a terminal run whose hook is not yet delivered is kept
+        whatever its age, so the hook still fires after a restart.
+        """
         cutoff = now - retention
-        keep = [run for run in self.runs.values()
-                if not (run.terminal and run.hook_delivered and (run.finished_at or 0) < cutoff)]
-        return Snapshot(now, [_run_to_snapshot(r) for r in keep])
+        keep = [_run_to_snapshot(run) for run in self.runs.values()
+                if not (run.terminal and (run.hook_delivered or not hooks)
+                        and (run.finished_at or 0) < cutoff)]
+        parts = [Snapshot(now, keep[i:i + part_size], i // part_size)
+                 for i in range(0, len(keep), part_size)]
+        return parts or [Snapshot(now, [], 0)]
 
     # -------------------------------------------------------------- queries
 

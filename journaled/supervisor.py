@@ -37,7 +37,7 @@ from typing import Any, Callable
 from . import failpoints
 from .api import RunOutcome, RunStatus
 from .errors import JournaledError, StorageFailure
-from .inbox import BatchMsg, CancelMsg, Inbox, RedriveMsg, SubmitMsg
+from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SubmitMsg
 from .journal import Journal, StateLock
 from .pool import Dispatch, InFlight, Pool, Worker
 from .records import CancelRequested, Record, Terminated, decode, encode
@@ -117,6 +117,9 @@ class Supervisor:
         self._rng = random.Random()
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
         self._startup_deaths = 0
+        self._compact_requested = False
+        self._next_size_check = 0
+        self.compactions = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -251,6 +254,9 @@ class Supervisor:
                     run_id, reason = args
                     self._recs += state.cancel(run_id, reason, now)
                     self._futures.append((fut, state.runs[run_id].status))
+                elif kind == "compact":
+                    self._compact_requested = True
+                    self._futures.append((fut, None))
                 elif kind == "redrive":
                     self._recs += state.redrive(args[0], now)
                     self._futures.append((fut, None))
@@ -273,6 +279,8 @@ class Supervisor:
                     self._recs += state.cancel(msg.run_id, msg.reason, now)
                 elif isinstance(msg, RedriveMsg):
                     self._recs += state.redrive(msg.run_id, now)
+                elif isinstance(msg, CompactMsg):
+                    self._compact_requested = True
             except JournaledError as e:
                 self.inbox.reject(path, str(e))
                 continue
@@ -334,6 +342,29 @@ class Supervisor:
                 if self._stop_now:
                     pool.kill(w, "shutdown")
         self._commit(recs)
+        if self._compact_requested or self.journal.bytes_written >= self._next_size_check:
+            # Stat the segments only every few MB written, not every turn.
+            self._next_size_check = self.journal.bytes_written + (4 << 20)
+            if self._compact_requested or self.journal.size_bytes > self.compact_bytes:
+                self.compact(now)
+
+    def compact(self, now: float | None = None) -> None:
+        """Snapshot the state into a new base segment; drop old segments and expired runs."""
+        now = time.time() if now is None else now
+        self._compact_requested = False
+        parts = self.state.snapshot(now, self.retention, hooks=self.on_terminal is not None)
+        # The snapshot is built from the state after the last commit, so it
+        # holds exactly what is durable; the journal syncs it before the
+        # old segments go (see Journal.compact for each crash window).
+        self.journal.compact([encode(p) for p in parts])
+        # Folding our own snapshot is the cheap way to drop expired runs.
+        for p in parts:
+            self.state.apply(p)
+        for rid in [r for r in self.outcomes if r not in self.state.runs]:
+            del self.outcomes[rid]
+        self.compactions += 1
+        log.info("compacted the journal: %d runs kept, %.1f MB", len(self.state.runs),
+                 self.journal.size_bytes / 1e6)
 
     def _results(self, w: Worker, done: list[tuple[InFlight, WorkerResult]], now: float) -> None:
         complete = self.state.complete

@@ -774,3 +774,40 @@ def test_tailer_reports_damage_before_the_newest_segment(tmp_path):
     with pytest.raises(JournalCorrupt) as exc:
         JournalTailer(tmp_path).poll()
     assert (exc.value.segment, exc.value.offset) == ("00000001.log", HEADER_SIZE)
+
+
+@pytest.mark.timeout(10)
+def test_tailer_follows_a_restarted_writer_past_a_torn_tail(tmp_path):
+    _write_journal(tmp_path, [b"one"])
+    seg = tmp_path / "00000001.log"
+    with open(seg, "ab") as f:
+        f.write(encode_frame(b"never finished")[:9])  # the old writer died mid-write
+    tailer = JournalTailer(tmp_path)
+    assert tailer.poll() == (False, [b"one"])
+    j = Journal(tmp_path)
+    assert [b for _, _, b in j.replay()] == [b"one"] and j.torn is not None
+    j.open_for_append()
+    j.append(b"two")
+    j.commit()
+    j.close()
+    assert tailer.poll() == (False, [b"two"])
+
+
+@pytest.mark.timeout(10)
+def test_power_loss_mode_holds_bytes_until_a_sync_and_defers_rotation(tmp_path):
+    j = Journal(tmp_path, segment_bytes=40, simulate_power_loss=True)
+    list(j.replay())
+    j.open_for_append()
+    seg = tmp_path / "00000001.log"
+    failpoints.configure("journal.fdatasync=skip@1")
+    j.append(b"held-until-the-next-sync")
+    j.commit()
+    assert seg.stat().st_size == HEADER_SIZE, "a skipped sync must leave the bytes in memory"
+    assert j.syncs == 0 and j.size_bytes == HEADER_SIZE + 8 + 24
+    assert len(list_segments(tmp_path)) == 1, "no rotation while bytes are held"
+    j.append(b"synced")
+    j.commit()
+    assert j.syncs == 1
+    assert [p.name for p in list_segments(tmp_path)] == ["00000001.log", "00000002.log"]
+    j.close()
+    assert _replay(tmp_path) == ([b"held-until-the-next-sync", b"synced"], None)

@@ -182,6 +182,14 @@ def test_repair_bad_header_in_a_middle_segment():
 
 
 @pytest.mark.timeout(10)
+def test_repair_missing_middle_segment_moves_the_later_ones_aside():
+    def corrupt(path: Path, end: int) -> None:
+        (path.parent / "00000002.log").unlink()
+
+    _check_repair(corrupt, 5, damaged=True)
+
+
+@pytest.mark.timeout(10)
 def test_verify_reports_a_clean_journal(tmp_path):
     jdir = tmp_path / "journal"
     _build(jdir)
