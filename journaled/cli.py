@@ -473,7 +473,9 @@ def repair(yes: bool, state: Path) -> None:
 
     Refuses while a supervisor holds the state directory.
     """
-    from .journal import StateLock, repair as do_repair, verify as do_verify
+    from .journal import StateLock
+    from .journal import repair as do_repair
+    from .journal import verify as do_verify
 
     if StateLock.is_locked(state):
         fail(f"a supervisor holds {state}; stop it before repairing")
