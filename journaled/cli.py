@@ -150,12 +150,16 @@ def main() -> None:
               help="Exit 0 once no run is pending, running or delayed.")
 @click.option("--backoff", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="First retry delay in seconds; doubles per failure, with jitter.")
+@click.option("--on-terminal", "hook", metavar="MODULE:FUNC",
+              help="Call FUNC(outcome) once a run's outcome is durable (at least once per run).")
+@click.option("--retention", type=click.FloatRange(min=0), default=7 * 86400.0,
+              show_default=True, help="Seconds finished runs stay queryable.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every terminal run.")
 @state_option
 @handles_errors
 def run(app: str, workers: int, max_attempts: int, max_abandons: int, step_timeout: float,
         cancel_grace: float, drain_timeout: float, until_idle: bool, backoff: float,
-        verbose: bool, state: Path) -> None:
+        hook: str | None, retention: float, verbose: bool, state: Path) -> None:
     """Run the supervisor for APP (``module:function``) in the foreground.
 
     APP is imported from the current directory, like ``uvicorn app:app``; the
@@ -175,17 +179,21 @@ def run(app: str, workers: int, max_attempts: int, max_abandons: int, step_timeo
                         format="journaled: %(message)s", stream=sys.stderr)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        load_import_string(app)
-    except ImportError as e:
-        fail(f"cannot load {app!r}: {e}")
-    except Exception as e:  # noqa: BLE001 - the user's module failed while importing
-        fail(f"importing {app!r} raised {type(e).__name__}: {e}")
+    on_terminal = None
+    for spec in filter(None, (app, hook)):
+        try:
+            obj = load_import_string(spec)
+        except ImportError as e:
+            fail(f"cannot load {spec!r}: {e}")
+        except Exception as e:  # noqa: BLE001 - the user's module failed while importing
+            fail(f"importing {spec!r} raised {type(e).__name__}: {e}")
+        if spec is hook:
+            on_terminal = obj
     policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
                     step_timeout=step_timeout, backoff_base=backoff)
     sup = Supervisor(state, app, workers=workers, policy=policy, cancel_grace=cancel_grace,
                      drain_timeout=drain_timeout, preload=[app.partition(":")[0]],
-                     import_string=app)
+                     import_string=app, on_terminal=on_terminal, retention=retention)
 
     def on_signal(signum: int, frame: Any) -> None:
         # Only a flag and a wake-up here; the loop logs and drains.

@@ -47,6 +47,10 @@ log = logging.getLogger("journaled.supervisor")
 
 DAY = 86400.0
 
+# Test-only: break the write-ahead rule on purpose (send leases before they are
+# synced) to prove that crash tests in power-loss mode catch it. Never a flag.
+_UNSAFE_DISPATCH_FIRST = os.environ.get("JOURNALED_UNSAFE_DISPATCH_BEFORE_SYNC") == "1"
+
 
 class Future:
     """A result handed from the supervisor thread to a caller once it is durable."""
@@ -517,8 +521,21 @@ class Supervisor:
 
     def _commit(self, recs: list[Record]) -> None:
         self._recs = []
+        if _UNSAFE_DISPATCH_FIRST:  # the bug crash tests must catch; see its definition
+            self._send_dispatches()
         self._write(recs)
         # Everything below happens only once the records above are durable.
+        self._send_dispatches()
+        if self._acks:
+            assert self.inbox is not None
+            self.inbox.ack(self._acks)
+            self._acks = []
+        self._after_commit(recs)
+        futures, self._futures = self._futures, []
+        for fut, value in futures:
+            fut.set(value)
+
+    def _send_dispatches(self) -> None:
         pool = self.pool
         assert pool is not None
         if self._dispatch:
@@ -533,14 +550,6 @@ class Supervisor:
             self._dispatch = []
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.after_dispatch")
-        if self._acks:
-            assert self.inbox is not None
-            self.inbox.ack(self._acks)
-            self._acks = []
-        self._after_commit(recs)
-        futures, self._futures = self._futures, []
-        for fut, value in futures:
-            fut.set(value)
 
     def _after_commit(self, recs: list[Record]) -> None:
         pool = self.pool
