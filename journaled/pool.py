@@ -88,6 +88,7 @@ ToWorker = Union[DispatchBatch, CancelQueued, Stop]
 
 class ResultBatch(msgspec.Struct, frozen=True, array_like=True):
     items: list[tuple[int, WorkerResult]]
+    busy: float = 0.0  # seconds spent inside steps for these results: drives batch depth
 
 
 _to_worker_enc = msgspec.msgpack.Encoder()
@@ -213,7 +214,9 @@ def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, r
     out: list[tuple[int, WorkerResult]] = []
     enc = msgspec.msgpack.Encoder()
     stopping = False
-    last_flush = time.monotonic()
+    clock = time.perf_counter
+    last_flush = clock()
+    busy = 0.0
     while True:
         # Block only when there is nothing to run; otherwise just drain the pipe.
         while not queue or conn.poll(0):
@@ -231,7 +234,7 @@ def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, r
                 break
         if stopping and not queue:
             if out:
-                conn.send_bytes(enc.encode(ResultBatch(out)))
+                conn.send_bytes(enc.encode(ResultBatch(out, busy)))
             return
         item = queue.popleft()
         seq = item.seq
@@ -239,6 +242,7 @@ def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, r
             skip.discard(seq)
             out.append((seq, WorkerResult("cancelled", error="cancelled before it started")))
         else:
+            started = clock()
             _U64.pack_into(buf, off, seq)
             if failpoints.ENABLED:
                 failpoints.hit("worker.before_step")
@@ -250,12 +254,14 @@ def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, r
                 failpoints.hit("worker.after_step")
             out.append((seq, res))
             _U64.pack_into(buf, off, 0)
-        now = time.monotonic()
+            busy += clock() - started
+        now = clock()
         # Batch results only while more queued work follows closely; a lone
         # result goes out at once so the supervisor can lease the next step.
-        if not queue or now - last_flush > 0.002:
-            conn.send_bytes(enc.encode(ResultBatch(out)))
+        if not queue or now - last_flush > 0.001:
+            conn.send_bytes(enc.encode(ResultBatch(out, busy)))
             out = []
+            busy = 0.0
             last_flush = now
 
 
@@ -317,7 +323,7 @@ class Pool:
     workers: list[Worker] = []
 
     def __init__(self, runner: Any, workers: int, preload: list[str] | None = None,
-                 max_depth: int = 64, batch_target: float = 0.002) -> None:
+                 max_depth: int = 256, batch_target: float = 0.01) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.runner = runner
@@ -382,8 +388,10 @@ class Pool:
         """Results waiting on ``w``'s pipe, matched to what was sent; EOFError if it died."""
         assert w.conn is not None
         done: list[tuple[InFlight, WorkerResult]] = []
+        busy = 0.0
         while True:
             batch = _result_dec.decode(w.conn.recv_bytes())
+            busy += batch.busy
             for seq, res in batch.items:
                 # Results come back in send order; anything before seq was lost.
                 while w.outstanding and w.outstanding[0].seq != seq:
@@ -396,8 +404,9 @@ class Pool:
                 break
         if done:
             w.ever_ran = True
-            elapsed = now - w.head_started
-            per = elapsed / len(done)
+            # Time inside steps, not wall time: waiting on our own fsync must
+            # not make tiny steps look long and shrink their batches.
+            per = max(busy / len(done), 1e-6)
             w.avg_step = per if w.avg_step <= 0 else 0.7 * w.avg_step + 0.3 * per
             w.head_started = now
         return done
