@@ -1,13 +1,17 @@
 """journaled: a durable step-workflow runner for CPU-heavy Python on one machine."""
 
 from .api import (
+    Attempt,
     Cancel,
     CancelToken,
     Continue,
     ContinueAfter,
+    ContinueOnSignal,
     Fail,
+    Memo,
     RunOutcome,
     RunStatus,
+    Signal,
     Step,
     StepError,
     Succeed,
@@ -16,8 +20,9 @@ from .api import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cancel", "CancelToken", "Client", "Continue", "ContinueAfter", "Fail", "Runtime",
-    "RunOutcome", "RunStatus", "Step", "StepError", "Succeed", "__version__",
+    "Attempt", "Cancel", "CancelToken", "Client", "Continue", "ContinueAfter",
+    "ContinueOnSignal", "Fail", "Memo", "Runtime", "RunOutcome", "RunStatus", "Signal", "Step",
+    "StepError", "Succeed", "__version__",
 ]
 
 

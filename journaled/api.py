@@ -62,8 +62,86 @@ class Cancel(msgspec.Struct, frozen=True):
     reason: str = ""
 
 
-Outcome = Union[Continue, ContinueAfter, Succeed, Fail, Cancel]
-OUTCOME_TYPES = (Continue, ContinueAfter, Succeed, Fail, Cancel)
+class ContinueOnSignal(msgspec.Struct, frozen=True):
+    """Park the run until ``Client.signal(run_id, key, data)`` arrives or ``timeout`` passes.
+
+    The next step gets ``payload`` and sees ``step.signal`` (its ``key``,
+    ``data`` and ``timed_out``). A signal sent before the run parks is kept
+    durably (one per key, the last one wins) and delivered when it does. A
+    run may wait on a given key once; a second wait on it is a permanent
+    error. ``timeout`` is seconds or a ``timedelta``; ``None`` waits forever.
+    """
+
+    payload: bytes = b""
+    key: str = ""
+    timeout: Union[float, timedelta, None] = None
+
+    def timeout_seconds(self) -> float:
+        t = self.timeout
+        if t is None:
+            return 0.0
+        return t.total_seconds() if isinstance(t, timedelta) else float(t)
+
+
+Outcome = Union[Continue, ContinueAfter, ContinueOnSignal, Succeed, Fail, Cancel]
+OUTCOME_TYPES = (Continue, ContinueAfter, ContinueOnSignal, Succeed, Fail, Cancel)
+
+
+class Signal(msgspec.Struct, frozen=True, array_like=True):
+    """What woke a parked run: ``data`` sent with ``key``, or ``timed_out``."""
+
+    key: str
+    data: bytes = b""
+    timed_out: bool = False
+
+
+class Attempt(msgspec.Struct, frozen=True):
+    """One delivery of one step, as ``Client.history`` reports it.
+
+    ``outcome`` is ``running``, ``completed``, ``retried``, ``dead_lettered``,
+    ``timed_out``, ``worker_died``, ``abandoned`` (a supervisor crash) or
+    ``cancelled``. Times are wall-clock seconds since the epoch.
+    """
+
+    step: int
+    attempt: int
+    worker: int
+    started_at: float
+    finished_at: Union[float, None] = None
+    outcome: str = "running"
+    error: str = ""
+    traceback: str = ""
+
+
+class Memo:
+    """A durable key-value store scoped to one ``(run_id, step_number)``.
+
+    Record the result of an expensive or external sub-task with ``put`` and
+    skip it with ``get`` when the step is retried after a crash. ``put``
+    returns only once the value is durable in the journal. Absence is always
+    safe: a value may be missing (a ``put`` not yet durable when the worker
+    died), never wrong. Memos go away with the run's retention.
+    """
+
+    __slots__ = ("_values", "_put")
+
+    def __init__(self, values: dict[str, bytes] | None = None,
+                 put: Callable[[str, bytes], None] | None = None) -> None:
+        self._values = dict(values or {})
+        self._put = put
+
+    def get(self, key: str, default: bytes | None = None) -> bytes | None:
+        return self._values.get(key, default)
+
+    def put(self, key: str, value: bytes) -> None:
+        if not isinstance(key, str) or not isinstance(value, (bytes, bytearray)):
+            raise TypeError("memo keys are str and values bytes")
+        if self._put is not None:
+            self._put(key, bytes(value))
+        self._values[key] = bytes(value)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
 
 
 class StepError(Exception):
@@ -218,18 +296,22 @@ class Step:
             worker death or a supervisor crash.
         cancel_token: run-scoped: once the run is cancelled every later
             look at it says so.
+        signal: the ``Signal`` that woke this step after ``ContinueOnSignal``,
+            else ``None``.
+        memo: durable key-value store of this ``(run_id, step_number)``.
 
     Steps must be idempotent per ``(run_id, step_number)``: delivery is
     at-least-once.
     """
 
     __slots__ = ("run_id", "step_number", "payload", "headers", "job_id", "attempts",
-                 "cancel_token", "_progress")
+                 "cancel_token", "signal", "memo", "_progress")
 
     def __init__(self, run_id: str, step_number: int, payload: bytes,
                  headers: dict[str, str] | None = None, attempts: int = 1,
                  cancel_token: CancelToken | None = None,
-                 progress: Callable[[float, float | None, str], None] | None = None) -> None:
+                 progress: Callable[[float, float | None, str], None] | None = None,
+                 signal: Signal | None = None, memo: Memo | None = None) -> None:
         self.run_id = run_id
         self.step_number = step_number
         self.payload = payload
@@ -238,6 +320,8 @@ class Step:
         self.job_id = f"{run_id}#{step_number}"
         self.attempts = attempts
         self.cancel_token = cancel_token if cancel_token is not None else CancelToken()
+        self.signal = signal
+        self.memo = memo if memo is not None else Memo()
         self._progress = progress
 
     def progress(self, done: float, total: float | None = None, message: str = "") -> None:

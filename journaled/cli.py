@@ -560,5 +560,9 @@ def compact(retention: float, state: Path) -> None:
     click.echo(f"compacted: {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB")
 
 
+from .crashtest import crashtest as _crashtest  # noqa: E402
+
+main.add_command(_crashtest)
+
 if __name__ == "__main__":
     main()

@@ -18,13 +18,20 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .api import RunOutcome, RunStatus
-from .errors import InvalidRunId, JournalCorrupt, RunConflict, RunNotFound, RunNotTerminal
-from .inbox import BatchMsg, CancelMsg, RedriveMsg, SubmitMsg, inbox_dir, post
+from .api import Attempt, RunOutcome, RunStatus
+from .errors import (
+    InvalidRunId,
+    JournalCorrupt,
+    RunConflict,
+    RunNotFound,
+    RunNotLive,
+    RunNotTerminal,
+)
+from .inbox import BatchMsg, CancelMsg, RedriveMsg, SignalMsg, SubmitMsg, inbox_dir, post
 from .journal import JournalTailer
 from .notify import DirWatcher
 from .records import decode
-from .state import Run, State, outcome_of
+from .state import Run, State, attempts_of, outcome_of
 
 _RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -151,6 +158,15 @@ class Client:
                 # Wake at least every second: a compaction may swap directories.
                 watcher.wait(1.0 if left is None else min(left, 1.0))
 
+    def history(self, run_id: str) -> list[Attempt]:
+        """Every delivery of every step of the run, oldest first."""
+        run = self.refresh().runs.get(run_id)
+        if run is None:
+            if run_id in self._pending():
+                return []
+            raise RunNotFound(run_id)
+        return attempts_of(run)
+
     def dead(self) -> list[Run]:
         """Runs whose step was dead-lettered (terminal ``failed`` with ``dead``)."""
         return [r for r in self.refresh().runs.values() if r.dead]
@@ -198,6 +214,18 @@ class Client:
         if not out.status.terminal:
             post(self.state_dir, CancelMsg(run_id, reason, time.time()))
         return out
+
+    def signal(self, run_id: str, key: str, data: bytes = b"") -> None:
+        """Send ``data`` to the run's ``ContinueOnSignal(key=...)``; buffered until it waits.
+
+        Raises ``RunNotFound`` for an unknown run and ``RunNotLive`` for a finished one.
+        """
+        if not isinstance(key, str) or not key:
+            raise ValueError("signal key must be a non-empty str")
+        out = self.status(run_id)
+        if out.status.terminal:
+            raise RunNotLive(run_id, out.status.value)
+        post(self.state_dir, SignalMsg(run_id, key, bytes(data), time.time()))
 
     def retry(self, run_id: str) -> None:
         """Redrive a dead-lettered run's step as a new attempt series."""

@@ -95,3 +95,12 @@ class RunNotTerminal(JournaledError):
             f"run {run_id!r} is {status}, it has no result yet; "
             f"'journaled wait {run_id}' blocks until it ends"
         )
+
+
+class RunNotLive(JournaledError):
+    """Permanent: the run has ended, so it takes no more signals."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id!r} already {status}; signals only reach live runs")

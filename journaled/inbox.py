@@ -48,6 +48,13 @@ class RedriveMsg(msgspec.Struct, frozen=True, tag="redrive"):
     at: float
 
 
+class SignalMsg(msgspec.Struct, frozen=True, tag="signal"):
+    run_id: str
+    key: str
+    data: bytes
+    at: float
+
+
 class CompactMsg(msgspec.Struct, frozen=True, tag="compact"):
     """Ask a running supervisor to compact its journal now."""
 
@@ -60,7 +67,7 @@ class BatchMsg(msgspec.Struct, frozen=True, tag="batch"):
     items: list[SubmitMsg]
 
 
-Message = Union[SubmitMsg, CancelMsg, RedriveMsg, CompactMsg, BatchMsg]
+Message = Union[SubmitMsg, CancelMsg, RedriveMsg, CompactMsg, SignalMsg, BatchMsg]
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(Message)
 

@@ -17,9 +17,9 @@ runner's exception crosses as text, never pickled.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
-import math
 import mmap
 import multiprocessing
 import os
@@ -44,7 +44,10 @@ from .api import (
     CancelToken,
     Continue,
     ContinueAfter,
+    ContinueOnSignal,
     Fail,
+    Memo,
+    Signal,
     Step,
     StepError,
     Succeed,
@@ -67,6 +70,8 @@ class Dispatch(msgspec.Struct, frozen=True, array_like=True):
     attempt: int
     payload: bytes
     headers: dict[str, str]
+    signal: Union[Signal, None] = None
+    memo: Union[dict[str, bytes], None] = None
 
 
 class DispatchBatch(msgspec.Struct, frozen=True, array_like=True, tag="d"):
@@ -83,17 +88,33 @@ class Stop(msgspec.Struct, frozen=True, array_like=True, tag="s"):
     """Finish the running step, skip the queued ones, exit."""
 
 
-ToWorker = Union[DispatchBatch, CancelQueued, Stop]
+class MemoAck(msgspec.Struct, frozen=True, array_like=True, tag="m"):
+    """The memo the running step put is durable."""
+
+    seq: int
 
 
-class ResultBatch(msgspec.Struct, frozen=True, array_like=True):
+ToWorker = Union[DispatchBatch, CancelQueued, Stop, MemoAck]
+
+
+class ResultBatch(msgspec.Struct, frozen=True, array_like=True, tag="r"):
     items: list[tuple[int, WorkerResult]]
     busy: float = 0.0  # seconds spent inside steps for these results: drives batch depth
 
 
+class MemoPutMsg(msgspec.Struct, frozen=True, array_like=True, tag="p"):
+    """The running step ``seq`` stores a memo; the worker blocks until ``MemoAck``."""
+
+    seq: int
+    key: str
+    value: bytes
+
+
+FromWorker = Union[ResultBatch, MemoPutMsg]
+
 _to_worker_enc = msgspec.msgpack.Encoder()
 _to_worker_dec = msgspec.msgpack.Decoder(ToWorker)
-_result_dec = msgspec.msgpack.Decoder(ResultBatch)
+_from_worker_dec = msgspec.msgpack.Decoder(FromWorker)
 
 # ----------------------------------------------------------------- worker side
 
@@ -145,6 +166,13 @@ def to_result(out: Any) -> WorkerResult:
     elif t is ContinueAfter:
         if isinstance(out.payload, bytes):
             return WorkerResult("continue", out.payload, max(0.0, out.delay_seconds()) or 1e-9)
+    elif t is ContinueOnSignal:
+        if isinstance(out.payload, bytes) and isinstance(out.key, str) and out.key:
+            return WorkerResult("continue", out.payload, max(0.0, out.timeout_seconds()),
+                                key=out.key)
+        if not (isinstance(out.key, str) and out.key):
+            return WorkerResult("error", permanent=True,
+                                error="ContinueOnSignal.key must be a non-empty str")
     elif t is Fail:
         return WorkerResult("fail", error=str(out.reason))
     elif t is Cancel:
@@ -153,8 +181,10 @@ def to_result(out: Any) -> WorkerResult:
         return WorkerResult(
             "error", permanent=True,
             error=(f"runner returned {t.__name__}, expected Continue, ContinueAfter, "
-                   "Succeed, Fail or Cancel"))
+                   "ContinueOnSignal, Succeed, Fail or Cancel"))
     field = "result" if t is Succeed else "payload"
+    if t is ContinueOnSignal and isinstance(out.payload, bytes):
+        field = "key"
     return WorkerResult("error", permanent=True,
                         error=f"{t.__name__}.{field} must be bytes, got "
                               f"{type(getattr(out, field)).__name__}")
@@ -213,6 +243,26 @@ def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, r
     skip: set[int] = set()
     out: list[tuple[int, WorkerResult]] = []
     enc = msgspec.msgpack.Encoder()
+    acks: set[int] = set()
+
+    def put_memo(seq: int, key: str, value: bytes) -> None:
+        """Block until the supervisor says the memo is durable; queue what else arrives."""
+        conn.send_bytes(enc.encode(MemoPutMsg(seq, key, value)))
+        while seq not in acks:
+            try:
+                msg = _to_worker_dec.decode(conn.recv_bytes())
+            except (EOFError, OSError):
+                os._exit(0)
+            if type(msg) is MemoAck:
+                acks.add(msg.seq)
+            elif type(msg) is DispatchBatch:
+                queue.extend(msg.items)
+            elif type(msg) is CancelQueued:
+                skip.add(msg.seq)
+            else:
+                queue.clear()  # Stop: the step finishes, nothing queued runs
+        acks.discard(seq)
+
     stopping = False
     clock = time.perf_counter
     last_flush = clock()
@@ -228,7 +278,7 @@ def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, r
                 queue.extend(msg.items)
             elif type(msg) is CancelQueued:
                 skip.add(msg.seq)
-            else:
+            elif type(msg) is Stop:
                 stopping = True
                 queue.clear()
                 break
@@ -247,7 +297,8 @@ def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, r
             if failpoints.ENABLED:
                 failpoints.hit("worker.before_step")
             step = Step(item.run_id, item.step, item.payload, item.headers, item.attempt,
-                        CancelToken(buf, slot, seq), _Progress(buf, slot, seq))
+                        CancelToken(buf, slot, seq), _Progress(buf, slot, seq), item.signal,
+                        Memo(item.memo, functools.partial(put_memo, seq)))
             res = run_one(fn, step)
             del step, item  # drop the runner's objects before waiting for more work
             if failpoints.ENABLED:
@@ -305,6 +356,8 @@ class Worker:
         self.kill_reason = ""
         self.stopping = False
         self.ever_ran = False  # a result came back: the process got past start-up
+        self.memo_puts: list[MemoPutMsg] = []
+        self.lost: list[InFlight] = []
 
     @property
     def pid(self) -> int | None:
@@ -385,17 +438,26 @@ class Pool:
         w.conn.send_bytes(_to_worker_enc.encode(DispatchBatch(items)))
 
     def read(self, w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
-        """Results waiting on ``w``'s pipe, matched to what was sent; EOFError if it died."""
+        """Results waiting on ``w``'s pipe, matched to what was sent; EOFError if it died.
+
+        Memo puts that arrive are left in ``w.memo_puts`` for the supervisor.
+        """
         assert w.conn is not None
         done: list[tuple[InFlight, WorkerResult]] = []
         busy = 0.0
         while True:
-            batch = _result_dec.decode(w.conn.recv_bytes())
+            batch = _from_worker_dec.decode(w.conn.recv_bytes())
+            if type(batch) is MemoPutMsg:
+                w.memo_puts.append(batch)
+                if not w.conn.poll(0):
+                    break
+                continue
             busy += batch.busy
             for seq, res in batch.items:
-                # Results come back in send order; anything before seq was lost.
+                # Results come back in send order, so a gap means a step the
+                # worker dropped; it goes back to the supervisor to release.
                 while w.outstanding and w.outstanding[0].seq != seq:
-                    w.outstanding.popleft()
+                    w.lost.append(w.outstanding.popleft())
                 if not w.outstanding:
                     continue
                 item = w.outstanding.popleft()
@@ -424,6 +486,13 @@ class Pool:
         if w.outstanding and w.outstanding[0] is not item and w.conn is not None:
             try:
                 w.conn.send_bytes(_to_worker_enc.encode(CancelQueued(item.seq)))
+            except OSError:
+                pass
+
+    def ack_memo(self, w: Worker, seq: int) -> None:
+        if w.conn is not None:
+            try:
+                w.conn.send_bytes(_to_worker_enc.encode(MemoAck(seq)))
             except OSError:
                 pass
 
@@ -491,6 +560,3 @@ class Pool:
             except FileNotFoundError:
                 pass
 
-
-def nan_to_none(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) else x

@@ -57,7 +57,8 @@ class StepDone(Record, tag="don"):
     attempt: int
     payload: bytes
     at: float
-    due_at: float = 0.0
+    due_at: float = 0.0  # with signal_key: the wait's timeout (0 = none)
+    signal_key: str = ""  # park until a signal with this key arrives
 
 
 class AttemptFailed(Record, tag="fai"):
@@ -114,6 +115,25 @@ class Recovered(Record, tag="rec"):
 
     at: float
     pid: int = 0
+    app: str = ""  # the runner's import string, for 'journaled step'
+
+
+class SignalSent(Record, tag="sig"):
+    """A signal for a run. Replay: wakes the run parked on ``key``, else is buffered."""
+
+    run_id: str
+    key: str
+    data: bytes
+    at: float
+
+
+class MemoPut(Record, tag="mem"):
+    """A step stored a memo value. Replay: retries of that step see it."""
+
+    run_id: str
+    step: int
+    key: str
+    value: bytes
 
 
 class Redriven(Record, tag="rdv"):
@@ -152,6 +172,12 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
     worker: int = -1
     leased_at: float = 0.0
     kind: str = ""
+    wait_key: str = ""
+    signals: dict[str, bytes] = {}
+    woken: Union[list, None] = None  # [key, data, timed_out] for the next step
+    used_keys: list[str] = []
+    memos: dict[str, bytes] = {}
+    history: list[list] = []  # [step, attempt, worker, started, finished, outcome, error, tb]
 
 
 class Snapshot(Record, tag="snp"):
@@ -166,7 +192,7 @@ class Snapshot(Record, tag="snp"):
 
 
 AnyRecord = Union[Submitted, Leased, Released, StepDone, AttemptFailed, CancelRequested,
-                  Terminated, HookDelivered, Recovered, Redriven, Snapshot]
+                  Terminated, HookDelivered, Recovered, Redriven, SignalSent, MemoPut, Snapshot]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyRecord)

@@ -15,10 +15,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .api import RunOutcome, RunStatus
+from .api import Attempt, RunOutcome, RunStatus
 from .client import Client, _submit_msgs, check_run_id
 from .errors import JournaledError, RunNotFound, RunNotTerminal
-from .state import Policy
+from .state import Policy, attempts_of
 from .supervisor import DAY, Supervisor
 
 
@@ -39,6 +39,11 @@ class Runtime:
         max_attempts: failures a step may have before it is dead-lettered.
         step_timeout: seconds a step may run before it is killed (None: no limit).
         on_terminal: ``hook(outcome)``, at least once per terminal run.
+        replay_outputs: accepted for the Taquba-style option; always on here. An
+            outcome is durable before the supervisor acts on it, so a step whose
+            outcome was journaled is never run again after a crash. The window
+            that remains: a step that finished in its worker but whose outcome
+            was not yet synced runs again (at-least-once).
 
     Use it as a context manager; leaving the block drains and stops.
     """
@@ -48,7 +53,8 @@ class Runtime:
                  on_terminal: Callable[[RunOutcome], Any] | None = None, *,
                  max_abandons: int = 10, cancel_grace: float = 2.0, drain_timeout: float = 30.0,
                  backoff_base: float = 0.5, backoff_cap: float = 60.0,
-                 retention: float = 7 * DAY, unsafe_no_fsync: bool = False) -> None:
+                 retention: float = 7 * DAY, unsafe_no_fsync: bool = False,
+                 replay_outputs: bool = True) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
@@ -135,8 +141,23 @@ class Runtime:
         return self.status(run_id)
 
     def retry(self, run_id: str) -> None:
+        """Redrive a dead-lettered run's step as a new series of attempts."""
         self._check()
         self._sup.call("redrive", run_id).result()
+
+    def signal(self, run_id: str, key: str, data: bytes = b"") -> None:
+        """Wake the run parked on ``key`` (or buffer it); returns once durable."""
+        self._check()
+        if not isinstance(key, str) or not key:
+            raise ValueError("signal key must be a non-empty str")
+        self._sup.call("signal", run_id, key, bytes(data)).result()
+
+    def history(self, run_id: str) -> list[Attempt]:
+        """Every delivery of every step of the run (durable or in flight)."""
+        run = self._sup.state.runs.get(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return attempts_of(run)
 
     # -------------------------------------------------------------- queries
 

@@ -16,18 +16,20 @@ from typing import Callable, Iterable
 
 import msgspec
 
-from .api import RunOutcome, RunStatus
-from .errors import RunConflict, RunNotFound
+from .api import Attempt, RunOutcome, RunStatus
+from .errors import RunConflict, RunNotFound, RunNotLive
 from .records import (
     AttemptFailed,
     CancelRequested,
     HookDelivered,
     Leased,
+    MemoPut,
     Record,
     Recovered,
     Redriven,
     Released,
     RunSnapshot,
+    SignalSent,
     Snapshot,
     StepDone,
     Submitted,
@@ -35,6 +37,7 @@ from .records import (
 )
 
 PENDING, RUNNING, WAITING = "pending", "running", "waiting"
+_FAILED_AS = {"timeout": "timed_out", "worker_died": "worker_died", "error": "retried"}
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
@@ -63,6 +66,7 @@ class WorkerResult(msgspec.Struct, frozen=True, array_like=True, omit_defaults=T
     error: str = ""
     traceback: str = ""
     permanent: bool = False
+    key: str = ""  # with kind "continue": park until this signal key (delay = timeout)
 
 
 def remaining_delay(due_at: float, now: float) -> float:
@@ -84,6 +88,7 @@ class Run:
         "step_timeout", "step", "payload", "attempt", "failures", "abandons", "due_at",
         "status", "leased", "worker", "leased_at", "cancel_reason", "result", "error",
         "finished_at", "hook_delivered", "dead", "traceback", "kind", "seq",
+        "wait_key", "signals", "woken", "used_keys", "memos", "history",
     )
 
     def __init__(self, rec: Submitted, seq: int) -> None:
@@ -113,6 +118,14 @@ class Run:
         self.traceback = ""
         self.kind = ""
         self.seq = seq
+        self.wait_key = ""  # parked on this signal key (or woken from it)
+        self.signals: dict[str, bytes] = {}  # buffered: sent before the run waited
+        self.woken: list | None = None  # [key, data, timed_out] for the next step
+        self.used_keys: list[str] = []
+        self.memos: dict[str, bytes] = {}  # of the current step
+        # One entry per delivery: [step, attempt, worker, started, finished, outcome,
+        # error, traceback]; lists, not Structs, because the fold fills them in later.
+        self.history: list[list] = []
 
     @property
     def terminal(self) -> bool:
@@ -143,7 +156,8 @@ class State:
             StepDone: self._step_done, AttemptFailed: self._attempt_failed,
             CancelRequested: self._cancel_requested, Terminated: self._terminated,
             HookDelivered: self._hook_delivered, Recovered: self._recovered,
-            Redriven: self._redriven, Snapshot: self._snapshot,
+            Redriven: self._redriven, SignalSent: self._signal_sent, MemoPut: self._memo_put,
+            Snapshot: self._snapshot,
         }
 
     # ----------------------------------------------------------------- fold
@@ -179,8 +193,18 @@ class State:
         self.runs[rec.run_id] = run
         self._make_ready(run)
 
+    def _end_attempt(self, run: Run, at: float, outcome: str, error: str = "",
+                     tb: str = "") -> None:
+        h = run.history
+        if h and h[-1][4] is None:
+            h[-1][4] = at
+            h[-1][5] = outcome
+            h[-1][6] = error
+            h[-1][7] = tb
+
     def _leased(self, rec: Leased) -> None:
         run = self.runs[rec.run_id]
+        run.history.append([rec.step, rec.attempt, rec.worker, rec.at, None, "running", "", ""])
         run.attempt = rec.attempt
         run.leased = True
         run.worker = rec.worker
@@ -193,6 +217,8 @@ class State:
         if not run.leased or run.attempt != rec.attempt:
             return
         self._unlease(run)
+        if run.history and run.history[-1][4] is None:
+            run.history.pop()  # never delivered: not an attempt
         run.attempt -= 1
         if run.step == 0 and run.attempt == 0:
             run.status = PENDING
@@ -207,11 +233,28 @@ class State:
     def _step_done(self, rec: StepDone) -> None:
         run = self.runs[rec.run_id]
         self._unlease(run)
+        if run.history:
+            self._end_attempt(run, rec.at, "completed")
         run.step = rec.step + 1
         run.payload = rec.payload
         run.attempt = run.failures = run.abandons = 0
         run.due_at = rec.due_at
-        if rec.due_at > rec.at:
+        run.woken = None
+        if run.memos:
+            run.memos = {}
+        key = rec.signal_key
+        run.wait_key = key
+        if key:
+            run.used_keys.append(key)
+            if key in run.signals:  # sent before we waited: deliver now
+                run.woken = [key, run.signals.pop(key), False]
+                run.status = RUNNING
+                self._make_ready(run)
+            else:
+                run.status = WAITING
+                if rec.due_at:
+                    heapq.heappush(self._timers, (rec.due_at, run.run_id))
+        elif rec.due_at > rec.at:
             run.status = WAITING
             heapq.heappush(self._timers, (rec.due_at, run.run_id))
         else:
@@ -221,6 +264,8 @@ class State:
     def _attempt_failed(self, rec: AttemptFailed) -> None:
         run = self.runs[rec.run_id]
         self._unlease(run)
+        self._end_attempt(run, rec.at, _FAILED_AS.get(rec.kind, "retried"), rec.error,
+                          rec.traceback)
         run.failures += 1
         run.error = rec.error
         run.traceback = rec.traceback
@@ -239,6 +284,11 @@ class State:
 
     def _terminated(self, rec: Terminated) -> None:
         run = self.runs[rec.run_id]
+        if run.leased:
+            how = ("cancelled" if rec.status == CANCELLED else
+                   "dead_lettered" if rec.dead else "completed")
+            self._end_attempt(run, rec.at, how, rec.error or "" if rec.dead else "",
+                              rec.traceback)
         self._unlease(run)
         run.step = rec.step
         run.result = rec.result
@@ -260,6 +310,7 @@ class State:
 
     def _recovered(self, rec: Recovered) -> None:
         for run in list(self.in_flight.values()):
+            self._end_attempt(run, rec.at, "abandoned", "the supervisor stopped during the step")
             self._unlease(run)
             run.abandons += 1
             self._attention.add(run.run_id)
@@ -277,6 +328,23 @@ class State:
         run.due_at = 0.0
         run.hook_delivered = False
         self._make_ready(run)
+
+    def _signal_sent(self, rec: SignalSent) -> None:
+        run = self.runs.get(rec.run_id)
+        if run is None or run.terminal:
+            return
+        if (run.wait_key == rec.key and run.status == WAITING and not run.leased
+                and run.woken is None):
+            run.woken = [rec.key, rec.data, False]
+            run.status = RUNNING
+            self._make_ready(run)
+        else:
+            run.signals[rec.key] = rec.data  # last write wins
+
+    def _memo_put(self, rec: MemoPut) -> None:
+        run = self.runs.get(rec.run_id)
+        if run is not None and run.step == rec.step and not run.terminal:
+            run.memos[rec.key] = rec.value
 
     def _snapshot(self, rec: Snapshot) -> None:
         if rec.part == 0:
@@ -381,7 +449,12 @@ class State:
                                             error=run.cancel_reason, kind="cancel_request")])
         if kind == "continue":
             due = now + res.delay if res.delay > 0 else 0.0
-            return self._commit([StepDone(run_id, step, attempt, res.data, now, due)])
+            if res.key and res.key in run.used_keys:
+                return self._commit([Terminated(
+                    run_id, FAILED, now, step, attempt, dead=True, kind="error",
+                    error=(f"step {step} dead-lettered (permanent error): waited on signal key "
+                           f"{res.key!r} a second time; a run may wait on a key once"))])
+            return self._commit([StepDone(run_id, step, attempt, res.data, now, due, res.key)])
         if kind == "succeed":
             return self._commit([Terminated(run_id, SUCCEEDED, now, step, attempt,
                                             result=res.data)])
@@ -403,6 +476,31 @@ class State:
         return self._commit([AttemptFailed(run_id, step, attempt, kind, res.error, now, retry_at,
                                            res.traceback)])
 
+    def signal(self, run_id: str, key: str, data: bytes, now: float) -> list[Record]:
+        """Wake the run parked on ``key``, or buffer the signal until it parks there."""
+        run = self.runs.get(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        if run.terminal:
+            raise RunNotLive(run_id, run.status)
+        return self._commit([SignalSent(run_id, key, data, now)])
+
+    def memo_put(self, run_id: str, attempt: int, key: str, value: bytes) -> list[Record]:
+        """Record a memo of the step ``attempt`` is running; nothing for a stale attempt."""
+        run = self.runs.get(run_id)
+        if run is None or not run.leased or run.attempt != attempt:
+            return []
+        return self._commit([MemoPut(run_id, run.step, key, value)])
+
+    @staticmethod
+    def woken_by(run: Run) -> list | None:
+        """``[key, data, timed_out]`` for the step about to run, if a signal wait preceded it."""
+        if run.woken is not None:
+            return run.woken
+        if run.wait_key:
+            return [run.wait_key, b"", True]  # made ready by its timer: the wait timed out
+        return None
+
     def cancel(self, run_id: str, reason: str, now: float) -> list[Record]:
         """Request cancel; a leased run ends when its worker answers or is killed."""
         run = self.runs.get(run_id)
@@ -413,9 +511,9 @@ class State:
         recs = self._commit([CancelRequested(run_id, reason, now)])
         return recs + self.reconcile(now)
 
-    def recover(self, now: float, pid: int = 0) -> list[Record]:
+    def recover(self, now: float, pid: int = 0, app: str = "") -> list[Record]:
         """A supervisor starts: abandon open leases, then settle what that leaves."""
-        return self._commit([Recovered(now, pid)]) + self.reconcile(now)
+        return self._commit([Recovered(now, pid, app)]) + self.reconcile(now)
 
     def reconcile(self, now: float) -> list[Record]:
         """Decide runs that need no worker: cancelled while idle, abandoned too often."""
@@ -482,7 +580,8 @@ def _run_to_snapshot(r: Run) -> RunSnapshot:
         r.run_id, r.input, r.submitted_at, r.headers, r.priority, r.max_attempts, r.step_timeout,
         r.step, r.payload, r.attempt, r.failures, r.abandons, r.due_at, r.status,
         r.cancel_reason, r.result, r.error, r.finished_at, r.hook_delivered, r.dead, r.traceback,
-        r.seq, r.leased, r.worker, r.leased_at, r.kind)
+        r.seq, r.leased, r.worker, r.leased_at, r.kind, r.wait_key, r.signals, r.woken,
+        r.used_keys, r.memos, r.history)
 
 
 def _run_from_snapshot(s: RunSnapshot) -> Run:
@@ -494,6 +593,9 @@ def _run_from_snapshot(s: RunSnapshot) -> Run:
     run.finished_at, run.hook_delivered, run.dead = s.finished_at, s.hook_delivered, s.dead
     run.traceback, run.leased, run.worker = s.traceback, s.leased, s.worker
     run.leased_at, run.kind = s.leased_at, s.kind
+    run.wait_key, run.signals, run.woken = s.wait_key, dict(s.signals), s.woken
+    run.used_keys, run.memos = list(s.used_keys), dict(s.memos)
+    run.history = [list(h) for h in s.history]
     return run
 
 
@@ -502,3 +604,9 @@ def outcome_of(run: Run) -> RunOutcome:
     done = run.terminal
     return RunOutcome(run.run_id, RunStatus(run.status), run.result if done else None,
                       run.error, run.steps, run.submitted_at, run.finished_at if done else None)
+
+
+def attempts_of(run: Run) -> list[Attempt]:
+    """The run's attempt history in its public form."""
+    return [Attempt(h[0], h[1], h[2], h[3], h[4], h[5], h[6] or "", h[7] or "")
+            for h in run.history]

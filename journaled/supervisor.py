@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import failpoints
-from .api import RunOutcome, RunStatus
+from .api import RunOutcome, RunStatus, Signal
 from .errors import JournaledError, StorageFailure
-from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SubmitMsg
+from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SignalMsg, SubmitMsg
 from .journal import Journal, StateLock
 from .pool import Dispatch, InFlight, Pool, Worker
 from .records import CancelRequested, Record, Terminated, decode, encode
@@ -122,6 +122,7 @@ class Supervisor:
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
         self._startup_deaths = 0
         self._compact_requested = False
+        self._memo_acks: list[tuple[Worker, int]] = []
         self._next_size_check = 0
         self.compactions = 0
 
@@ -162,7 +163,7 @@ class Supervisor:
         now = time.time()
         live = sum(1 for r in state.runs.values() if not r.terminal)
         self.recovered_runs = live
-        recs = state.recover(now, os.getpid())
+        recs = state.recover(now, os.getpid(), self.import_string)
         for run in state.runs.values():
             if run.terminal and run.run_id not in state.unhooked:
                 self.outcomes[run.run_id] = outcome_of(run)
@@ -258,6 +259,9 @@ class Supervisor:
                     run_id, reason = args
                     self._recs += state.cancel(run_id, reason, now)
                     self._futures.append((fut, state.runs[run_id].status))
+                elif kind == "signal":
+                    self._recs += state.signal(*args, now=now)
+                    self._futures.append((fut, None))
                 elif kind == "compact":
                     self._compact_requested = True
                     self._futures.append((fut, None))
@@ -285,6 +289,8 @@ class Supervisor:
                     self._recs += state.redrive(msg.run_id, now)
                 elif isinstance(msg, CompactMsg):
                     self._compact_requested = True
+                elif isinstance(msg, SignalMsg):
+                    self._recs += state.signal(msg.run_id, msg.key, msg.data, now)
             except JournaledError as e:
                 self.inbox.reject(path, str(e))
                 continue
@@ -323,6 +329,8 @@ class Supervisor:
                     self._results(w, pool.read(w, mono), now)
                 except (EOFError, OSError):
                     dead.append(w)
+                if w.memo_puts or w.lost:
+                    self._worker_messages(w)
             elif w not in dead:
                 dead.append(w)
         if woke:
@@ -381,6 +389,21 @@ class Supervisor:
                 continue
             recs += complete(item.run_id, item.attempt, res, now, rng())
         self.steps_done += len(done)
+
+    def _worker_messages(self, w: Worker) -> None:
+        """Memo puts (acked after the commit) and steps a worker dropped (released)."""
+        state = self.state
+        for item in w.lost:
+            log.error("worker %d dropped step seq %d of run %s; releasing it", w.slot, item.seq,
+                      item.run_id)
+            self._recs += state.release(item.run_id, item.attempt)
+        w.lost.clear()
+        for put in w.memo_puts:
+            item = next((i for i in w.outstanding if i.seq == put.seq), None)
+            if item is not None:
+                self._recs += state.memo_put(item.run_id, item.attempt, put.key, put.value)
+            self._memo_acks.append((w, put.seq))
+        w.memo_puts.clear()
 
     def _worker_died(self, w: Worker, now: float) -> None:
         pool = self.pool
@@ -499,8 +522,11 @@ class Supervisor:
             for run in runs:
                 rec = state.lease(run, w.slot, now)
                 recs.append(rec)
+                woken = state.woken_by(run)
                 items.append(Dispatch(pool.next_seq(), run.run_id, run.step, rec.attempt,
-                                      run.payload, run.headers))
+                                      run.payload, run.headers,
+                                      Signal(*woken) if woken is not None else None,
+                                      run.memos or None))
             self._dispatch.append((w, items))
 
     # --------------------------------------------------------- write, then act
@@ -521,11 +547,17 @@ class Supervisor:
 
     def _commit(self, recs: list[Record]) -> None:
         self._recs = []
+        pool = self.pool
+        assert pool is not None
         if _UNSAFE_DISPATCH_FIRST:  # the bug crash tests must catch; see its definition
             self._send_dispatches()
         self._write(recs)
         # Everything below happens only once the records above are durable.
         self._send_dispatches()
+        if self._memo_acks:
+            for w, seq in self._memo_acks:
+                pool.ack_memo(w, seq)  # the MemoPut is durable: put() may return
+            self._memo_acks = []
         if self._acks:
             assert self.inbox is not None
             self.inbox.ack(self._acks)

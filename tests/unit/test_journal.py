@@ -811,3 +811,13 @@ def test_power_loss_mode_holds_bytes_until_a_sync_and_defers_rotation(tmp_path):
     assert [p.name for p in list_segments(tmp_path)] == ["00000001.log", "00000002.log"]
     j.close()
     assert _replay(tmp_path) == ([b"held-until-the-next-sync", b"synced"], None)
+
+
+@pytest.mark.timeout(10)
+def test_golden_segment_of_an_older_writer_still_decodes():
+    """Fields are only ever added last with defaults, so old journals keep replaying."""
+    old = (Path(__file__).resolve().parents[1] / "data" / "golden-0.1-initial.log").read_bytes()
+    decoded = [records.decode(bytes(body)) for _, body in FrameReader(old, "old.log")]
+    assert [type(r) for r in decoded] == [type(r) for r in GOLDEN_RECORDS], \
+        "every record written by the first release must decode to the same type"
+    assert decoded == GOLDEN_RECORDS, "missing trailing fields must take their defaults"
