@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 import click
+import msgspec
 
 from . import __version__
 from .api import RunOutcome
@@ -29,6 +30,7 @@ from .errors import (
     JournaledError,
     RunConflict,
     RunNotFound,
+    RunNotLive,
     StateLocked,
     StorageFailure,
 )
@@ -44,7 +46,7 @@ def fail(msg: str, code: int = 2) -> NoReturn:
 def _exit_code(e: JournaledError) -> int:
     if isinstance(e, (JournalCorrupt, StorageFailure)):
         return 1
-    if isinstance(e, (InvalidRunId, RunConflict, RunNotFound, StateLocked)):
+    if isinstance(e, (InvalidRunId, RunConflict, RunNotFound, RunNotLive, StateLocked)):
         return 2
     return 1
 
@@ -136,12 +138,17 @@ def main() -> None:
 @click.argument("app")
 @click.option("-w", "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 2,
               show_default=True, help="Worker processes.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Failures a step may have before it is dead-lettered.")
+@click.option("--max-attempts", "--default-max-attempts", type=click.IntRange(min=1), default=3,
+              show_default=True,
+              help="Failures a step may have before it is dead-lettered (a run's own wins).")
 @click.option("--max-abandons", type=click.IntRange(min=1), default=10, show_default=True,
               help="Supervisor crashes a step may survive before it is dead-lettered.")
-@click.option("--step-timeout", type=click.FloatRange(min=0), default=0, show_default=True,
-              help="Seconds a step may run before its worker is killed (0: no limit).")
+@click.option("--step-timeout", "--default-step-timeout", type=click.FloatRange(min=0), default=0,
+              show_default=True,
+              help="Seconds a step may run before its worker is killed (0: no limit; a run's "
+                   "own wins).")
+@click.option("--replay-outputs/--no-replay-outputs", default=True, show_default=True,
+              help="Accepted for Taquba parity; always on: a journaled outcome is never re-run.")
 @click.option("--cancel-grace", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Seconds a cancelled step may keep running before it is killed.")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
@@ -158,8 +165,8 @@ def main() -> None:
 @state_option
 @handles_errors
 def run(app: str, workers: int, max_attempts: int, max_abandons: int, step_timeout: float,
-        cancel_grace: float, drain_timeout: float, until_idle: bool, backoff: float,
-        hook: str | None, retention: float, verbose: bool, state: Path) -> None:
+        replay_outputs: bool, cancel_grace: float, drain_timeout: float, until_idle: bool,
+        backoff: float, hook: str | None, retention: float, verbose: bool, state: Path) -> None:
     """Run the supervisor for APP (``module:function``) in the foreground.
 
     APP is imported from the current directory, like ``uvicorn app:app``; the
@@ -315,7 +322,8 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
         run = client.state.runs.get(run_id)
         if run is not None:
             data.update(step=run.step, attempt=run.attempt, failures=run.failures,
-                        dead=run.dead, traceback=run.traceback or None)
+                        dead=run.dead, traceback=run.traceback or None,
+                        history=[msgspec.structs.asdict(a) for a in client.history(run_id)])
         click.echo(json.dumps(data))
         return
     click.echo(f"run {out.run_id}: {out.status.value}")
@@ -332,6 +340,14 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
         click.echo("  traceback (from the runner):")
         for line in run.traceback.rstrip().splitlines():
             click.echo(f"    {line}")
+    hist = client.history(run_id)
+    if hist:
+        click.echo("  attempts:")
+        for a in hist:
+            took = f"{(a.finished_at - a.started_at) * 1000:.0f} ms" if a.finished_at else "…"
+            err = f"  {a.error}" if a.error else ""
+            click.echo(f"    step {a.step} attempt {a.attempt} on worker {a.worker}: "
+                       f"{a.outcome} ({took}){err}")
 
 
 @main.command()
@@ -425,6 +441,39 @@ def retry(run_id: str, state: Path) -> None:
     """Redrive RUN_ID's dead-lettered step as a new series of attempts."""
     _client(state).retry(run_id)
     click.echo(f"redrive of run {run_id} queued; the supervisor picks it up")
+
+
+@main.command("signal")
+@click.argument("run_id")
+@click.argument("key")
+@click.argument("data", required=False, default="")
+@click.option("--data-file", type=click.File("rb"), help="Read the data bytes from a file.")
+@state_option
+@handles_errors
+def signal_cmd(run_id: str, key: str, data: str, data_file: Any, state: Path) -> None:
+    """Send DATA to RUN_ID's ContinueOnSignal(key=KEY) wait (kept until it waits)."""
+    raw = data_file.read() if data_file is not None else data.encode()
+    _client(state).signal(run_id, key, raw)
+    click.echo(f"signal {key!r} sent to run {run_id}")
+
+
+@main.command("step")
+@click.argument("run_id")
+@click.argument("step_number", type=click.IntRange(min=0))
+@click.option("--app", help="module:function to run (default: the one the supervisor recorded).")
+@click.option("--pdb", "use_pdb", is_flag=True, help="Drop into the debugger on an exception.")
+@state_option
+@handles_errors
+def step_cmd(run_id: str, step_number: int, app: str | None, use_pdb: bool, state: Path) -> None:
+    """Re-run one recorded step here, with its recorded payload, headers and attempt.
+
+    Prints the outcome; the journal is not touched. The way to debug a failed
+    step from production: journaled step RUN_ID 3 --pdb
+    """
+    from .debug import rerun_step
+
+    code = rerun_step(state, run_id, step_number, app, use_pdb)
+    sys.exit(code)
 
 
 # ------------------------------------------------------------ journal tools
