@@ -153,6 +153,9 @@ def main() -> None:
               help="Seconds a cancelled step may keep running before it is killed.")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On SIGINT/SIGTERM, seconds in-flight steps may take to finish.")
+@click.option("--reload", is_flag=True,
+              help="Restart workers (not the supervisor) when a .py file under the current "
+                   "directory changes; running steps finish first.")
 @click.option("--until-idle", is_flag=True,
               help="Exit 0 once no run is pending, running or delayed.")
 @click.option("--backoff", type=click.FloatRange(min=0), default=0.5, show_default=True,
@@ -165,8 +168,9 @@ def main() -> None:
 @state_option
 @handles_errors
 def run(app: str, workers: int, max_attempts: int, max_abandons: int, step_timeout: float,
-        replay_outputs: bool, cancel_grace: float, drain_timeout: float, until_idle: bool,
-        backoff: float, hook: str | None, retention: float, verbose: bool, state: Path) -> None:
+        replay_outputs: bool, cancel_grace: float, drain_timeout: float, reload: bool,
+        until_idle: bool, backoff: float, hook: str | None, retention: float, verbose: bool,
+        state: Path) -> None:
     """Run the supervisor for APP (``module:function``) in the foreground.
 
     APP is imported from the current directory, like ``uvicorn app:app``; the
@@ -199,8 +203,11 @@ def run(app: str, workers: int, max_attempts: int, max_abandons: int, step_timeo
     policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
                     step_timeout=step_timeout, backoff_base=backoff)
     sup = Supervisor(state, app, workers=workers, policy=policy, cancel_grace=cancel_grace,
-                     drain_timeout=drain_timeout, preload=[app.partition(":")[0]],
-                     import_string=app, on_terminal=on_terminal, retention=retention)
+                     drain_timeout=drain_timeout,
+                     # Preloading in the forkserver would pin the old code across reloads.
+                     preload=None if reload else [app.partition(":")[0]],
+                     import_string=app, on_terminal=on_terminal, retention=retention,
+                     reload_dir=os.getcwd() if reload else None)
 
     def on_signal(signum: int, frame: Any) -> None:
         # Only a flag and a wake-up here; the loop logs and drains.

@@ -106,10 +106,11 @@ CHECKS: dict[str, str] = {
     "exit": "supervisors exit cleanly or by the kill sent to them",
 }
 
-# Where crashtest aims failpoints, round-robin in this order (the windows of
-# the write-ahead rule first), with the action each gets. ``%P`` is drawn
+# Where crashtest aims failpoints, with the action each gets. ``%P`` is drawn
 # per restart: points hit on every commit get a small P so the crash lands
-# at varied commits, rare points a large one.
+# at varied commits, rare points a large one. Aims alternate between the
+# windows of the write-ahead rule (CRITICAL, where ordering bugs hide) and
+# the other points, round-robin within each group.
 AIM_POINTS: dict[str, str] = {
     "journal.before_sync": "crash%{p}",
     "supervisor.after_dispatch": "crash%{p}",
@@ -126,6 +127,8 @@ AIM_POINTS: dict[str, str] = {
     "worker.after_step": "exit@{n}",
 }
 _WORKER_POINTS = ("worker.before_step", "worker.after_step")
+CRITICAL = ("journal.before_sync", "supervisor.after_dispatch", "journal.before_write",
+            "supervisor.before_hook")
 # Share of restarts that aim a failpoint; the rest are killed by the clock.
 AIM_SHARE = 0.4
 
@@ -448,6 +451,60 @@ def check_exec_log(lines: list[Line]) -> list[Violation]:
     return out
 
 
+class WriteAheadCheck:
+    """Checks (c) and (d) at the moment a supervisor is gone, before anyone replays.
+
+    Whatever a worker ran must have had its ``Leased`` record on disk, and
+    whatever the hook reported its ``Terminated`` record: the write-ahead
+    rule, checked directly rather than by waiting for its consequence (an
+    attempt run twice, a step run after its result). Each exec-log line is
+    judged once, against the journal as the supervisor that ran it left it.
+    """
+
+    def __init__(self) -> None:
+        self.checked = 0
+
+    def after_exit(self, lines: list[Line], archive: Archive, how: str) -> list[Violation]:
+        from .records import Leased, Snapshot, Terminated
+
+        new, self.checked = lines[self.checked:], len(lines)
+        if not new:
+            return []
+        leases: set[tuple[str, int, int]] = set()
+        ended: set[str] = set()
+        snap: dict[str, tuple[int, int]] = {}  # compaction: the furthest (step, attempt) seen
+        for r in archive.records:
+            t = type(r)
+            if t is Leased:
+                leases.add((r.run_id, r.step, r.attempt))
+            elif t is Terminated:
+                ended.add(r.run_id)
+            elif t is Snapshot:
+                for sr in r.runs:
+                    snap[sr.run_id] = max(snap.get(sr.run_id, (0, 0)), (sr.step, sr.attempt))
+                    if sr.status in ("succeeded", "failed", "cancelled"):
+                        ended.add(sr.run_id)
+        out: list[Violation] = []
+        for ln in new:
+            if ln.kind == "exec":
+                if (ln.run_id, ln.step, ln.attempt) in leases:
+                    continue
+                if snap.get(ln.run_id, (-1, 0)) >= (ln.step, ln.attempt):
+                    continue
+                out.append(Violation("c", ln.run_id, (
+                    f"run {ln.run_id} step {ln.step} attempt {ln.attempt} ran (exec-log line "
+                    f"{ln.index + 1}, pid {ln.pid}), but its Leased record was not in the "
+                    f"journal after the supervisor {how}: the step was sent to a worker "
+                    "before its lease was durable (dispatch before the lease was durable)")))
+            elif ln.run_id not in ended:
+                out.append(Violation("d", ln.run_id, (
+                    f"on_terminal reported run {ln.run_id} {ln.status} (exec-log line "
+                    f"{ln.index + 1}), but its Terminated record was not in the journal after "
+                    f"the supervisor {how}: the result was reported before its outcome was "
+                    "durable")))
+        return out
+
+
 def check_round(lines: list[Line], archive: Archive, final: dict[str, Outcome | None],
                 reference: dict[str, Outcome], max_attempts: int,
                 verify: Any) -> list[Violation]:
@@ -597,14 +654,18 @@ class CrashTest:
         self.kept: Path | None = None
         self.kills_left = cfg.kills
         self.stop_early = False
+        self._write_ahead = WriteAheadCheck()
+        self._found: list[Violation] = []  # this round's violations found between restarts
         self.reference: dict[str, Outcome] = {}
         self.ref_failures: Counter[tuple[str, int]] = Counter()
         self.first_step_at = 1.0  # seconds from a supervisor's start to its first step
         self.work_window = 1.5  # seconds after that in which kills land
         self.started = time.monotonic()
         self.details: dict[str, list[str]] = {}  # run id -> its records, for the report
-        self._aims: list[str] = []
-        self._aim_next = 0
+        self._aim_groups = ([p for p in AIM_POINTS if p in CRITICAL],
+                            [p for p in AIM_POINTS if p not in CRITICAL])
+        self._aim_next = [0, 0]
+        self._aims_made = 0
         self._caller_points: set[str] = set()
         self._caller_spec = ""
         self._progress_tty = sys.stderr.isatty()
@@ -661,7 +722,6 @@ class CrashTest:
         self._check_caller_failpoints()
         ids = [f"ct-{i:04d}" for i in range(len(inputs))]
         self.root = Path(tempfile.mkdtemp(prefix="journaled-crashtest-"))
-        self._aims = list(AIM_POINTS)
         try:
             self._reference(ids, inputs)
             while True:
@@ -754,13 +814,14 @@ class CrashTest:
         self._submit(state, ids, inputs)
         archive = Archive(state)
         exec_log = ExecLog(log)
+        self._write_ahead = WriteAheadCheck()
+        self._found = []
         finished = False
         fatal = False
         while self.kills_left > 0 and not self.stop_early:
             plan = self._plan(state, archive)
             res = self._restart(state, log, archive, exec_log, plan)
-            archive.update()
-            exec_log.poll()
+            self._after_exit(archive, exec_log, res)
             self._progress_round(n, exec_log, len(ids))
             if res.code == 0:
                 finished = True
@@ -768,9 +829,6 @@ class CrashTest:
             if res.fatal:
                 fatal = True
                 break
-            if check_exec_log(exec_log.lines):
-                # A broken ordering is proven; finish the round to report it whole.
-                self.stop_early = True
         if not finished and not fatal:
             fatal = not self._finish(state, log, archive, exec_log)
         archive.update()
@@ -781,8 +839,9 @@ class CrashTest:
             self._failing_round = state
             self._collect_details(archive, exec_log)
             return
-        found = check_round(exec_log.lines, archive, final_outcomes(state), self.reference,
-                            self.cfg.max_attempts, check(state))
+        found = self._found + check_round(exec_log.lines, archive, final_outcomes(state),
+                                          self.reference, self.cfg.max_attempts, check(state))
+        found.sort(key=lambda v: list(CHECKS).index(v.check))
         if found:
             self.violations += found
             self._failing_round = state
@@ -798,7 +857,7 @@ class CrashTest:
                                   self._command(state, crash=True), Plan(0, None), archive,
                                   exec_log)
             self.stats.restarts += 1
-            archive.update()
+            self._after_exit(archive, exec_log, res)
             if res.code == 0:
                 return True
             if res.fatal:
@@ -809,6 +868,15 @@ class CrashTest:
         self.violations.append(Violation("hang", "-", "50 clean restarts did not finish "
                                                       "the work"))
         return False
+
+    def _after_exit(self, archive: Archive, exec_log: ExecLog, res: _Result) -> None:
+        archive.update()
+        exec_log.poll()
+        found = self._write_ahead.after_exit(exec_log.lines, archive, res.how)
+        if found:
+            # A broken ordering is proven: stop killing, finish the round, report it.
+            self._found += found
+            self.stop_early = True
 
     def _count_steps(self, exec_log: ExecLog) -> None:
         per_step: Counter[tuple[str, int]] = Counter()
@@ -862,16 +930,19 @@ class CrashTest:
 
     def _next_aim(self, archive: Archive) -> str | None:
         rng = self.rng
-        for _ in range(len(self._aims)):
-            point = self._aims[self._aim_next % len(self._aims)]
-            self._aim_next += 1
+        group = self._aims_made % 2
+        self._aims_made += 1
+        points = self._aim_groups[group]
+        for _ in range(len(points)):
+            point = points[self._aim_next[group] % len(points)]
+            self._aim_next[group] += 1
             if point in self._caller_points:
                 continue
             if point in _WORKER_POINTS and not self._worker_faults_ok(archive):
                 continue
             action = AIM_POINTS[point].format(p=rng.choice((3, 5, 10, 20, 40)),
                                               hp=rng.choice((25, 50, 100)),
-                                              n=rng.randint(2, 5))
+                                              n=rng.randint(3, 6))
             self.stats.points_aimed[point] += 1
             return f"{point}={action}"
         return None

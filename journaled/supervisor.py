@@ -39,6 +39,7 @@ from .api import RunOutcome, RunStatus, Signal
 from .errors import JournaledError, StorageFailure
 from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SignalMsg, SubmitMsg
 from .journal import Journal, StateLock
+from .live import STATUS_INTERVAL, LiveStatus, LiveStep, clear_status, write_status
 from .pool import Dispatch, InFlight, Pool, Worker
 from .records import CancelRequested, Record, Terminated, decode, encode
 from .state import Policy, State, WorkerResult, outcome_of
@@ -82,7 +83,8 @@ class Supervisor:
                  = None, cancel_grace: float = 2.0, drain_timeout: float = 30.0,
                  preload: list[str] | None = None, retention: float = 7 * DAY,
                  compact_bytes: int = 256 << 20, unsafe_no_fsync: bool = False,
-                 import_string: str = "") -> None:
+                 import_string: str = "", reload_dir: str | os.PathLike[str] | None = None
+                 ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.state_dir = Path(state_dir)
@@ -96,6 +98,10 @@ class Supervisor:
         self.retention = retention
         self.compact_bytes = compact_bytes
         self.import_string = import_string
+        self.reload_dir = Path(reload_dir) if reload_dir is not None else None
+        self._reload = threading.Event()
+        self._reload_stop = threading.Event()
+        self.reloads = 0
         self.state = State(self.policy)
         self.journal = Journal(self.state_dir / "journal", unsafe_no_fsync=unsafe_no_fsync)
         self.lock = StateLock(self.state_dir)
@@ -122,6 +128,10 @@ class Supervisor:
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
         self._startup_deaths = 0
         self._compact_requested = False
+        self._status_due = 0.0
+        self._counts_due = 0.0
+        self._counts: dict[str, int] = {}
+        self._started_wall = time.time()
         self._memo_acks: list[tuple[Worker, int]] = []
         self._next_size_check = 0
         self.compactions = 0
@@ -142,6 +152,9 @@ class Supervisor:
             self.pool.start()
             self._wait_map = self.pool.wait_objects()
             self.inbox.watch(self.wake)
+            if self.reload_dir is not None:
+                threading.Thread(target=self._watch_code, daemon=True,
+                                 name="journaled-reload").start()
             self._read_inbox(time.time())
             self.started_at = time.monotonic()
         except BaseException:
@@ -175,6 +188,31 @@ class Supervisor:
         else:
             for rid in list(self.state.unhooked):
                 self.outcomes[rid] = outcome_of(self.state.runs[rid])
+
+    def _watch_code(self) -> None:
+        """--reload: flag a worker restart when a .py file under the app's directory changes."""
+        import watchfiles
+
+        assert self.reload_dir is not None
+        for changes in watchfiles.watch(self.reload_dir, watch_filter=watchfiles.PythonFilter(),
+                                        stop_event=self._reload_stop, raise_interrupt=False,
+                                        debounce=300):
+            names = sorted({Path(p).name for _, p in changes})
+            log.warning("code changed (%s); restarting workers after their current steps",
+                        ", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
+            self._reload.set()
+            self.wake()
+
+    def _restart_workers(self) -> None:
+        """Stop every worker after its running step; each is replaced when it exits."""
+        self._reload.clear()
+        self.reloads += 1
+        pool = self.pool
+        assert pool is not None
+        for w in pool.workers:
+            if w.proc is not None:
+                w.kill_reason = "reload"
+                pool.stop(w)
 
     def wake(self) -> None:
         """Wake the loop from another thread (or a signal handler)."""
@@ -212,6 +250,8 @@ class Supervisor:
         return self.pool is None or all(w.proc is None for w in self.pool.workers)
 
     def close(self) -> None:
+        clear_status(self.state_dir)
+        self._reload_stop.set()
         if self.inbox is not None:
             self.inbox.close()
         if self.pool is not None:
@@ -345,6 +385,8 @@ class Supervisor:
             self._worker_died(w, now)
         self._deadlines(mono, now)
         recs += self.state.reconcile(now)
+        if self._reload.is_set() and not self._stopping:
+            self._restart_workers()
         if not self._stopping:
             self._lease(now, mono)
         else:
@@ -354,6 +396,8 @@ class Supervisor:
                 if self._stop_now:
                     pool.kill(w, "shutdown")
         self._commit(recs)
+        if mono >= self._status_due:
+            self._write_status(mono)
         if self._compact_requested or self.journal.bytes_written >= self._next_size_check:
             # Stat the segments only every few MB written, not every turn.
             self._next_size_check = self.journal.bytes_written + (4 << 20)
@@ -377,6 +421,38 @@ class Supervisor:
         self.compactions += 1
         log.info("compacted the journal: %d runs kept, %.1f MB", len(self.state.runs),
                  self.journal.size_bytes / 1e6)
+
+    def _write_status(self, mono: float) -> None:
+        """Publish a live view for 'journaled watch' (not durable, not the source of truth)."""
+        self._status_due = mono + STATUS_INTERVAL
+        pool = self.pool
+        assert pool is not None
+        now = time.time()
+        flights = []
+        for w in pool.workers:
+            running = pool.running_seq(w)
+            pseq, done, total, msg = pool.progress(w)
+            for i, item in enumerate(w.outstanding):
+                run = self.state.runs.get(item.run_id)
+                if run is None:
+                    continue
+                started = item.seq == running or (i == 0 and running == 0)
+                flights.append(LiveStep(
+                    item.run_id, run.step, item.attempt, w.slot, w.pid or 0,
+                    now - (mono - w.head_started) if i == 0 else None,
+                    "running" if started else "queued",
+                    done if pseq == item.seq else None,
+                    total if pseq == item.seq else None,
+                    msg if pseq == item.seq else ""))
+        j = self.journal
+        if len(self.state.runs) < 20_000 or mono >= self._counts_due:
+            # Counting is O(runs): on a big state do it every few seconds only.
+            self._counts = self.state.status_counts()
+            self._counts_due = mono + 5.0
+        live = LiveStatus(os.getpid(), self.import_string, self.workers, self._started_wall, now,
+                          self.steps_done, j.syncs, j.records_written, j.size_bytes,
+                          self._counts, flights, self._stopping)
+        write_status(self.state_dir, live)
 
     def _results(self, w: Worker, done: list[tuple[InFlight, WorkerResult]], now: float) -> None:
         complete = self.state.complete
@@ -434,7 +510,7 @@ class Supervisor:
                                                   self._rng.random())
             else:
                 self._recs += self.state.release(item.run_id, item.attempt)
-        if w.ever_ran or left:
+        if w.ever_ran or left or reason:
             self._startup_deaths = 0
         else:
             self._startup_deaths += 1
@@ -496,6 +572,9 @@ class Supervisor:
                 best = t if best is None else min(best, t)
         if self._stopping and not self._shutdown_cancelled:
             t = self._drain_deadline - mono
+            best = t if best is None else min(best, t)
+        if self.state.in_flight:  # keep the live view's progress fresh
+            t = self._status_due - mono
             best = t if best is None else min(best, t)
         if best is not None:
             best = max(0.0, best) + 0.0005
