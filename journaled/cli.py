@@ -136,8 +136,10 @@ def main() -> None:
 
 @main.command()
 @click.argument("app")
-@click.option("-w", "--workers", type=click.IntRange(min=1), default=os.cpu_count() or 2,
-              show_default=True, help="Worker processes.")
+@click.option("-w", "--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: CPU count; on Dask: the cluster's threads).")
+@click.option("--executor", default="local", show_default=True, metavar="local|dask://HOST:PORT",
+              help="Where steps run: local worker processes, or a Dask distributed cluster.")
 @click.option("--max-attempts", "--default-max-attempts", type=click.IntRange(min=1), default=3,
               show_default=True,
               help="Failures a step may have before it is dead-lettered (a run's own wins).")
@@ -167,10 +169,10 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log every terminal run.")
 @state_option
 @handles_errors
-def run(app: str, workers: int, max_attempts: int, max_abandons: int, step_timeout: float,
-        replay_outputs: bool, cancel_grace: float, drain_timeout: float, reload: bool,
-        until_idle: bool, backoff: float, hook: str | None, retention: float, verbose: bool,
-        state: Path) -> None:
+def run(app: str, workers: int | None, executor: str, max_attempts: int, max_abandons: int,
+        step_timeout: float, replay_outputs: bool, cancel_grace: float, drain_timeout: float,
+        reload: bool, until_idle: bool, backoff: float, hook: str | None, retention: float,
+        verbose: bool, state: Path) -> None:
     """Run the supervisor for APP (``module:function``) in the foreground.
 
     APP is imported from the current directory, like ``uvicorn app:app``; the
@@ -200,6 +202,15 @@ def run(app: str, workers: int, max_attempts: int, max_abandons: int, step_timeo
             fail(f"importing {spec!r} raised {type(e).__name__}: {e}")
         if spec is hook:
             on_terminal = obj
+    if executor != "local" and not executor.startswith("dask://"):
+        fail(f"unknown executor {executor!r}: use 'local' or 'dask://HOST:PORT'")
+    if executor.startswith("dask://"):
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            fail("the Dask executor needs the 'dask' extra: pip install 'journaled[dask]'")
+    if workers is None:
+        workers = 0 if executor != "local" else (os.cpu_count() or 2)
     policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
                     step_timeout=step_timeout, backoff_base=backoff)
     sup = Supervisor(state, app, workers=workers, policy=policy, cancel_grace=cancel_grace,
@@ -207,7 +218,7 @@ def run(app: str, workers: int, max_attempts: int, max_abandons: int, step_timeo
                      # Preloading in the forkserver would pin the old code across reloads.
                      preload=None if reload else [app.partition(":")[0]],
                      import_string=app, on_terminal=on_terminal, retention=retention,
-                     reload_dir=os.getcwd() if reload else None)
+                     reload_dir=os.getcwd() if reload else None, executor=executor)
 
     def on_signal(signum: int, frame: Any) -> None:
         # Only a flag and a wake-up here; the loop logs and drains.
@@ -215,7 +226,11 @@ def run(app: str, workers: int, max_attempts: int, max_abandons: int, step_timeo
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    sup.start()
+    try:
+        sup.start()
+    except ConnectionError as e:
+        fail(str(e))
+    workers = len(sup.pool.workers) if sup.pool is not None else workers
     counts = sup.state.status_counts()
     click.echo(
         f"journaled {__version__}: supervising {app} with {workers} workers on {state} "
@@ -619,6 +634,10 @@ def compact(retention: float, state: Path) -> None:
 from .crashtest import crashtest as _crashtest  # noqa: E402
 
 main.add_command(_crashtest)
+
+from .watch import watch as _watch  # noqa: E402
+
+main.add_command(_watch)
 
 if __name__ == "__main__":
     main()

@@ -108,9 +108,9 @@ CHECKS: dict[str, str] = {
 
 # Where crashtest aims failpoints, with the action each gets. ``%P`` is drawn
 # per restart: points hit on every commit get a small P so the crash lands
-# at varied commits, rare points a large one. Aims alternate between the
-# windows of the write-ahead rule (CRITICAL, where ordering bugs hide) and
-# the other points, round-robin within each group.
+# at varied commits, rare points a large one. Two aims in three go to the
+# windows of the write-ahead rule (CRITICAL, where ordering bugs hide), the
+# third to the other points, round-robin within each group.
 AIM_POINTS: dict[str, str] = {
     "journal.before_sync": "crash%{p}",
     "supervisor.after_dispatch": "crash%{p}",
@@ -129,8 +129,15 @@ AIM_POINTS: dict[str, str] = {
 _WORKER_POINTS = ("worker.before_step", "worker.after_step")
 CRITICAL = ("journal.before_sync", "supervisor.after_dispatch", "journal.before_write",
             "supervisor.before_hook")
+# Set beside an aimed crash to widen its window: a step sent just before the
+# crash gets the time to start on its worker, so a lease that was used before
+# it was durable shows (harmless when leases are synced before the send).
+AIM_EXTRA = {
+    "journal.before_sync": "supervisor.after_dispatch=delay:30",
+    "journal.before_write": "supervisor.after_dispatch=delay:30",
+}
 # Share of restarts that aim a failpoint; the rest are killed by the clock.
-AIM_SHARE = 0.4
+AIM_SHARE = 0.5
 
 
 # ------------------------------------------------ in the supervisor and its workers
@@ -379,6 +386,12 @@ def final_outcomes(state: Path) -> dict[str, Outcome | None]:
     for rid, run in st.runs.items():
         out[rid] = Outcome(run.status, run.result, run.error) if run.terminal else None
     return out
+
+
+def _steps_done(archive: Archive) -> int:
+    from .records import StepDone, Terminated
+
+    return sum(1 for r in archive.records if type(r) in (StepDone, Terminated))
 
 
 def failures_per_step(recs: Iterable[Any]) -> Counter[tuple[str, int]]:
@@ -930,7 +943,7 @@ class CrashTest:
 
     def _next_aim(self, archive: Archive) -> str | None:
         rng = self.rng
-        group = self._aims_made % 2
+        group = 0 if self._aims_made % 3 < 2 else 1
         self._aims_made += 1
         points = self._aim_groups[group]
         for _ in range(len(points)):
@@ -940,10 +953,16 @@ class CrashTest:
                 continue
             if point in _WORKER_POINTS and not self._worker_faults_ok(archive):
                 continue
-            action = AIM_POINTS[point].format(p=rng.choice((3, 5, 10, 20, 40)),
+            # Fire at a random one of the commits left to do, not always the first.
+            left = max(2, self.stats.reference_steps - _steps_done(archive))
+            p = min(100, max(2, round(100 / rng.uniform(1, left))))
+            action = AIM_POINTS[point].format(p=p,
                                               hp=rng.choice((25, 50, 100)),
                                               n=rng.randint(3, 6))
             self.stats.points_aimed[point] += 1
+            extra = AIM_EXTRA.get(point)
+            if extra and extra.partition("=")[0] not in self._caller_points:
+                return f"{point}={action},{extra}"
             return f"{point}={action}"
         return None
 

@@ -364,6 +364,43 @@ class Worker:
         return self.proc.pid if self.proc is not None else None
 
 
+def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
+    """Results waiting on ``w``'s pipe, matched to what was sent; EOFError if it died.
+
+    Memo puts that arrive are left in ``w.memo_puts`` for the supervisor.
+    """
+    assert w.conn is not None
+    done: list[tuple[InFlight, WorkerResult]] = []
+    busy = 0.0
+    while True:
+        batch = _from_worker_dec.decode(w.conn.recv_bytes())
+        if type(batch) is MemoPutMsg:
+            w.memo_puts.append(batch)
+            if not w.conn.poll(0):
+                break
+            continue
+        busy += batch.busy
+        for seq, res in batch.items:
+            # Results come back in send order, so a gap means a step the
+            # worker dropped; it goes back to the supervisor to release.
+            while w.outstanding and w.outstanding[0].seq != seq:
+                w.lost.append(w.outstanding.popleft())
+            if not w.outstanding:
+                continue
+            item = w.outstanding.popleft()
+            done.append((item, res))
+        if not w.conn.poll(0):
+            break
+    if done:
+        w.ever_ran = True
+        # Time inside steps, not wall time: waiting on our own fsync must
+        # not make tiny steps look long and shrink their batches.
+        per = max(busy / len(done), 1e-6)
+        w.avg_step = per if w.avg_step <= 0 else 0.7 * w.avg_step + 0.3 * per
+        w.head_started = now
+    return done
+
+
 class Pool:
     """Starts, feeds, cancels, kills and replaces the worker processes.
 
@@ -438,40 +475,7 @@ class Pool:
         w.conn.send_bytes(_to_worker_enc.encode(DispatchBatch(items)))
 
     def read(self, w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
-        """Results waiting on ``w``'s pipe, matched to what was sent; EOFError if it died.
-
-        Memo puts that arrive are left in ``w.memo_puts`` for the supervisor.
-        """
-        assert w.conn is not None
-        done: list[tuple[InFlight, WorkerResult]] = []
-        busy = 0.0
-        while True:
-            batch = _from_worker_dec.decode(w.conn.recv_bytes())
-            if type(batch) is MemoPutMsg:
-                w.memo_puts.append(batch)
-                if not w.conn.poll(0):
-                    break
-                continue
-            busy += batch.busy
-            for seq, res in batch.items:
-                # Results come back in send order, so a gap means a step the
-                # worker dropped; it goes back to the supervisor to release.
-                while w.outstanding and w.outstanding[0].seq != seq:
-                    w.lost.append(w.outstanding.popleft())
-                if not w.outstanding:
-                    continue
-                item = w.outstanding.popleft()
-                done.append((item, res))
-            if not w.conn.poll(0):
-                break
-        if done:
-            w.ever_ran = True
-            # Time inside steps, not wall time: waiting on our own fsync must
-            # not make tiny steps look long and shrink their batches.
-            per = max(busy / len(done), 1e-6)
-            w.avg_step = per if w.avg_step <= 0 else 0.7 * w.avg_step + 0.3 * per
-            w.head_started = now
-        return done
+        return read_results(w, now)
 
     def running_seq(self, w: Worker) -> int:
         return _U64.unpack_from(self.buf, w.slot * SLOT_SIZE + 8)[0]

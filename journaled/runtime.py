@@ -39,6 +39,7 @@ class Runtime:
         max_attempts: failures a step may have before it is dead-lettered.
         step_timeout: seconds a step may run before it is killed (None: no limit).
         on_terminal: ``hook(outcome)``, at least once per terminal run.
+        executor: ``"local"`` (worker processes here) or ``"dask://HOST:PORT"``.
         replay_outputs: accepted for the Taquba-style option; always on here. An
             outcome is durable before the supervisor acts on it, so a step whose
             outcome was journaled is never run again after a crash. The window
@@ -54,7 +55,7 @@ class Runtime:
                  max_abandons: int = 10, cancel_grace: float = 2.0, drain_timeout: float = 30.0,
                  backoff_base: float = 0.5, backoff_cap: float = 60.0,
                  retention: float = 7 * DAY, unsafe_no_fsync: bool = False,
-                 replay_outputs: bool = True) -> None:
+                 replay_outputs: bool = True, executor: str = "local") -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
@@ -66,7 +67,8 @@ class Runtime:
         self._sup = Supervisor(self.state_dir, runner, workers=workers, policy=policy,
                                on_terminal=on_terminal, cancel_grace=cancel_grace,
                                drain_timeout=drain_timeout, preload=preload,
-                               retention=retention, unsafe_no_fsync=unsafe_no_fsync)
+                               retention=retention, unsafe_no_fsync=unsafe_no_fsync,
+                               executor=executor)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._client: Client | None = None

@@ -37,6 +37,7 @@ from typing import Any, Callable
 from . import failpoints
 from .api import RunOutcome, RunStatus, Signal
 from .errors import JournaledError, StorageFailure
+from .executors import make_executor
 from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SignalMsg, SubmitMsg
 from .journal import Journal, StateLock
 from .live import STATUS_INTERVAL, LiveStatus, LiveStep, clear_status, write_status
@@ -83,9 +84,9 @@ class Supervisor:
                  = None, cancel_grace: float = 2.0, drain_timeout: float = 30.0,
                  preload: list[str] | None = None, retention: float = 7 * DAY,
                  compact_bytes: int = 256 << 20, unsafe_no_fsync: bool = False,
-                 import_string: str = "", reload_dir: str | os.PathLike[str] | None = None
-                 ) -> None:
-        if workers < 1:
+                 import_string: str = "", reload_dir: str | os.PathLike[str] | None = None,
+                 executor: str = "local") -> None:
+        if workers < 1 and executor in ("", "local"):
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.state_dir = Path(state_dir)
         self.policy = policy or Policy()
@@ -98,6 +99,7 @@ class Supervisor:
         self.retention = retention
         self.compact_bytes = compact_bytes
         self.import_string = import_string
+        self.executor = executor
         self.reload_dir = Path(reload_dir) if reload_dir is not None else None
         self._reload = threading.Event()
         self._reload_stop = threading.Event()
@@ -148,7 +150,8 @@ class Supervisor:
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
             self.inbox = Inbox(self.state_dir)
-            self.pool = Pool(self.runner, self.workers, preload=self.preload)
+            self.pool = make_executor(self.executor, self.import_string or self.runner,
+                                      self.workers, self.preload)
             self.pool.start()
             self._wait_map = self.pool.wait_objects()
             self.inbox.watch(self.wake)
@@ -496,7 +499,10 @@ class Supervisor:
         left = list(w.outstanding)
         w.outstanding.clear()
         for item in left:
-            if item.seq == running and not (self._stopping and reason in ("shutdown", "drain")):
+            # A step cut off by our own shutdown or a lost Dask scheduler is released,
+            # like a supervisor crash: not the step's fault, no failure counted.
+            if item.seq == running and not (self._stopping and reason in ("shutdown", "drain")
+                                             ) and reason != "lost":
                 kind = "timeout" if reason == "timeout" else "worker_died"
                 msg = ("step timed out and its worker was killed" if kind == "timeout" else
                        f"worker {w.slot} (pid {pid}) died with exit code {code} during the step")

@@ -1,0 +1,25 @@
+"""Where steps run: the local process pool (default) or a Dask cluster.
+
+Both present the same face to the supervisor (``journaled.pool.Pool``'s
+methods: ``start``, ``wait_objects``, ``send``, ``read``, ``cancel``,
+``stop``, ``kill``, ``reap``, ``respawn``, ``running_seq``, ``progress``,
+``depth``, ``close``), so the supervisor, the journal and the write-ahead
+rule do not know which one they drive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def make_executor(spec: str, runner: Any, workers: int, preload: list[str] | None) -> Any:
+    """``local`` or ``dask://HOST:PORT``; ``ValueError`` names what is accepted."""
+    from ..pool import Pool
+
+    if spec in ("", "local"):
+        return Pool(runner, workers, preload=preload)
+    if spec.startswith("dask://"):
+        from .dask import DaskExecutor
+
+        return DaskExecutor(spec[len("dask://"):], runner, workers)
+    raise ValueError(f"unknown executor {spec!r}: use 'local' or 'dask://HOST:PORT'")

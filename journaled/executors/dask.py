@@ -1,0 +1,324 @@
+"""Run steps on a Dask ``distributed`` cluster; the journal stays with the supervisor.
+
+::
+
+    supervisor ──pipe── virtual worker i (a thread here) ──client.submit──> Dask worker
+               <─pipe── ResultBatch                      <──future result──
+
+Each virtual worker runs one step at a time, like a local worker process,
+and talks to the supervisor over a local pipe with the very messages a
+worker process uses, so the supervisor code path is the same. There are as
+many virtual workers as ``-w`` says (default: the cluster's thread count).
+
+Semantics kept, and how:
+
+- journaled owns attempts: the task records that it started in a
+  ``distributed.Event``; if Dask re-runs it after a worker died, the
+  re-run reports ``worker_died`` at once instead of running the step again.
+- The cancel token is a ``distributed.Event`` per step, watched by a thread
+  next to the step that flips the token's local flag, so ``is_cancelled()``
+  stays a memory read. A step that ignores its token cannot be killed on a
+  remote worker: after the grace period it is abandoned (its outcome, if it
+  ever comes, is discarded) and the run ends ``cancelled``.
+- A step timeout is enforced the same way: abandoned, counted as a failure.
+- If the scheduler goes away, in-flight steps are released (no failure
+  counted) and no step is leased until the connection is back; the
+  connection is retried with backoff.
+
+Not supported on Dask (documented): ``step.progress`` (a no-op) and
+``step.memo.put`` (raises).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from ..api import SLOT_SIZE, CancelToken, Memo, Step
+from ..pool import (
+    DispatchBatch,
+    MemoAck,
+    ResultBatch,
+    Stop,
+    Worker,
+    _to_worker_dec,
+    read_results,
+    resolve_runner,
+    run_one,
+)
+from ..state import WorkerResult
+
+log = logging.getLogger("journaled.executors.dask")
+
+_U64 = __import__("struct").Struct("<Q")
+_enc = msgspec.msgpack.Encoder()
+_res_dec = msgspec.msgpack.Decoder(WorkerResult)
+_runners: dict[str, Any] = {}
+
+
+def _run_remote(spec: str, ns: str, seq: int, run_id: str, step_no: int, attempt: int,
+                payload: bytes, headers: dict[str, str], signal: Any) -> bytes:
+    """This runs on a Dask worker: one attempt of one step, result as msgpack bytes."""
+    from distributed import Event
+
+    started = Event(f"journaled-{ns}-started-{seq}")
+    if started.is_set():
+        # Dask re-ran us after a worker died: that attempt is over, and
+        # journaled, not Dask, decides about the next one.
+        return _enc.encode(WorkerResult("worker_died", error="the Dask worker running the "
+                                        "step died"))
+    started.set()
+    fn = _runners.get(spec)
+    if fn is None:
+        fn = _runners[spec] = resolve_runner(spec)
+    buf = bytearray(SLOT_SIZE)
+    token = CancelToken(buf, 0, seq)
+    done = threading.Event()
+    cancel = Event(f"journaled-{ns}-cancel-{seq}")
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                if cancel.wait(timeout=0.05):
+                    token.cancel()
+                    return
+            except Exception:  # noqa: BLE001 - scheduler trouble: keep the step going
+                time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+    def no_memo(key: str, value: bytes) -> None:
+        raise NotImplementedError("step.memo.put is not supported on the Dask executor")
+
+    from ..api import Signal
+
+    sig = Signal(*signal) if signal is not None else None
+    step = Step(run_id, step_no, payload, headers, attempt, token, None, sig, Memo(None, no_memo))
+    try:
+        res = run_one(fn, step)
+    finally:
+        done.set()
+    return _enc.encode(res)
+
+
+class _Remote:
+    """Stands in for a worker process: a thread driving one step at a time on Dask."""
+
+    pid = None
+    sentinel = None
+
+    def __init__(self) -> None:
+        self.alive = True
+        self.abandon = threading.Event()
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+
+class DaskExecutor:
+    """Virtual workers that forward steps to a Dask cluster."""
+
+    def __init__(self, address: str, runner: Any, workers: int = 0) -> None:
+        if not isinstance(runner, str):
+            mod = getattr(runner, "__module__", "")
+            name = getattr(runner, "__qualname__", "")
+            if not mod or not name or "<" in name:
+                raise ValueError("the Dask executor needs a module-level runner it can import "
+                                 "by name on the cluster")
+            runner = f"{mod}:{name}"
+        self.address = address
+        self.spec: str = runner
+        self.size = workers
+        self.ns = uuid.uuid4().hex[:12]
+        self.client: Any = None
+        self.workers: list[Worker] = []
+        self.buf = bytearray()
+        self._seq = 0
+        self._connected = threading.Event()
+        self._closing = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        from distributed import Client
+
+        try:
+            self.client = Client(self.address, timeout=10, set_as_default=False)
+        except Exception as e:  # noqa: BLE001 - one line for the user
+            raise ConnectionError(f"cannot reach the Dask scheduler at {self.address}: {e}"
+                                  ) from None
+        if not self.size:
+            info = self.client.scheduler_info()
+            self.size = max(1, sum(w.get("nthreads", 1) for w in info["workers"].values()))
+        self.buf = bytearray(SLOT_SIZE * self.size)
+        self.workers = [Worker(i) for i in range(self.size)]
+        self._connected.set()
+        for w in self.workers:
+            self._spawn(w)
+
+    def _spawn(self, w: Worker) -> None:
+        parent, child = multiprocessing.Pipe(duplex=True)
+        proc = _Remote()
+        w.proc, w.conn, w.alive_w = proc, parent, None
+        w.outstanding.clear()
+        w.kill_reason = ""
+        w.stopping = False
+        w.avg_step = 0.0
+        w.ever_ran = False
+        threading.Thread(target=self._serve, args=(w, proc, child), daemon=True,
+                         name=f"journaled-dask-{w.slot}").start()
+
+    def _serve(self, w: Worker, proc: _Remote, child: Any) -> None:
+        """One virtual worker: take dispatches, run each on Dask, send the results back."""
+        off = w.slot * SLOT_SIZE + 8
+        try:
+            while True:
+                try:
+                    msg = _to_worker_dec.decode(child.recv_bytes())
+                except (EOFError, OSError):
+                    return
+                if type(msg) is Stop:
+                    return
+                if type(msg) is not DispatchBatch:
+                    continue  # MemoAck/CancelQueued have no meaning here
+                for item in msg.items:
+                    _U64.pack_into(self.buf, off, item.seq)
+                    fut = self.client.submit(
+                        _run_remote, self.spec, self.ns, item.seq, item.run_id, item.step,
+                        item.attempt, item.payload, item.headers,
+                        list(msg_signal(item)) if item.signal is not None else None,
+                        key=f"journaled-{self.ns}-{item.seq}", pure=False, retries=0)
+                    t0 = time.perf_counter()
+                    finished = threading.Event()
+                    fut.add_done_callback(lambda _f, ev=finished: ev.set())
+                    while not finished.wait(0.05):
+                        if proc.abandon.is_set():
+                            fut.release()
+                            return  # killed: the supervisor sees EOF and decides
+                    try:
+                        res = _res_dec.decode(fut.result())
+                    except Exception as e:  # noqa: BLE001 - lost worker or scheduler
+                        name = type(e).__name__
+                        if name in ("KilledWorker",):
+                            res = WorkerResult("worker_died", error=f"Dask: {e}")
+                        else:
+                            log.warning("lost the Dask scheduler (%s); releasing step and "
+                                        "reconnecting", e)
+                            w.kill_reason = "lost"
+                            self._connected.clear()
+                            threading.Thread(target=self._reconnect, daemon=True).start()
+                            return
+                    busy = time.perf_counter() - t0
+                    _U64.pack_into(self.buf, off, 0)
+                    child.send_bytes(_enc.encode(ResultBatch([(item.seq, res)], busy)))
+        finally:
+            proc.alive = False
+            try:
+                child.close()
+            except OSError:
+                pass
+
+    def _reconnect(self) -> None:
+        delay = 0.5
+        while not self._closing and not self._connected.is_set():
+            try:
+                self.client.scheduler_info()
+                self._connected.set()
+                log.warning("Dask scheduler at %s is back; leasing again", self.address)
+                return
+            except Exception:  # noqa: BLE001
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # ------------------------------------------------------ the Pool face
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def depth(self, w: Worker) -> int:
+        return 1 if self._connected.is_set() else 0
+
+    def send(self, w: Worker, items: list[Any], now: float) -> None:
+        from ..pool import InFlight
+
+        if not w.outstanding:
+            w.head_started = now
+        for d in items:
+            w.outstanding.append(InFlight(d.seq, d.run_id, d.attempt, now))
+        assert w.conn is not None
+        w.conn.send_bytes(_enc.encode(DispatchBatch(items)))
+
+    def read(self, w: Worker, now: float) -> list[Any]:
+        return read_results(w, now)
+
+    def running_seq(self, w: Worker) -> int:
+        return _U64.unpack_from(self.buf, w.slot * SLOT_SIZE + 8)[0]
+
+    def progress(self, w: Worker) -> tuple[int, float, float | None, str]:
+        return 0, 0.0, None, ""
+
+    def cancel(self, w: Worker, item: Any, grace: float, now: float) -> None:
+        from distributed import Event
+
+        item.cancel_at = now + grace
+        try:
+            Event(f"journaled-{self.ns}-cancel-{item.seq}", client=self.client).set()
+        except Exception as e:  # noqa: BLE001 - the grace-period abandon still applies
+            log.warning("could not set the Dask cancel event for run %s: %s", item.run_id, e)
+
+    def ack_memo(self, w: Worker, seq: int) -> None:
+        if w.conn is not None:
+            w.conn.send_bytes(_enc.encode(MemoAck(seq)))
+
+    def stop(self, w: Worker) -> None:
+        if w.conn is not None and not w.stopping:
+            w.stopping = True
+            try:
+                w.conn.send_bytes(_enc.encode(Stop()))
+            except OSError:
+                pass
+
+    def kill(self, w: Worker, reason: str) -> None:
+        proc = w.proc
+        if proc is not None and proc.is_alive():
+            w.kill_reason = w.kill_reason or reason
+            proc.abandon.set()
+
+    def reap(self, w: Worker) -> int | None:
+        if w.conn is not None:
+            w.conn.close()
+        w.proc = w.conn = None
+        return None
+
+    def respawn(self, w: Worker) -> None:
+        self._spawn(w)
+
+    def wait_objects(self) -> dict[Any, tuple[str, Worker]]:
+        return {w.conn: ("conn", w) for w in self.workers if w.conn is not None}
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._closing = True
+        for w in self.workers:
+            self.kill(w, "shutdown")
+            if w.conn is not None:
+                w.conn.close()
+                w.conn = None
+            w.proc = None
+        if self.client is not None:
+            try:
+                self.client.close(timeout=timeout)
+            except Exception:  # noqa: BLE001
+                pass
+            self.client = None
+
+
+def msg_signal(item: Any) -> tuple[str, bytes, bool]:
+    s = item.signal
+    return (s.key, s.data, s.timed_out)
