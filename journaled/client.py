@@ -181,7 +181,7 @@ class Client:
         Re-submitting an id with the same input and headers is a no-op;
         with other input it raises ``RunConflict``.
         """
-        return self.submit_many([input], headers, [run_id] if run_id else None,
+        return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
                                 step_timeout=step_timeout)[0]
 
@@ -191,9 +191,10 @@ class Client:
         """Queue many runs with one inbox file and one fsync."""
         items = _submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout)
         state = self.refresh()
+        waiting = self._pending() if run_ids is not None else {}
         fresh = []
         for m in items:
-            old = state.runs.get(m.run_id)
+            old = state.runs.get(m.run_id) or waiting.get(m.run_id)
             if old is not None:
                 if old.input != m.input or old.headers != m.headers:
                     raise RunConflict(m.run_id)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .api import Attempt, RunOutcome, RunStatus
 from .client import Client, _submit_msgs, check_run_id
 from .errors import JournaledError, RunNotFound, RunNotTerminal
-from .state import Policy, attempts_of
+from .state import Policy, Run, attempts_of
 from .supervisor import DAY, Supervisor
 
 
@@ -120,7 +120,7 @@ class Runtime:
                run_id: str | None = None, *, priority: int = 0, max_attempts: int = 0,
                step_timeout: float = 0.0) -> str:
         """Start a run; returns its id once the submission is durable."""
-        return self.submit_many([input], headers, [run_id] if run_id else None,
+        return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
                                 step_timeout=step_timeout)[0]
 
@@ -200,6 +200,11 @@ class Runtime:
             want = RunStatus(status)
             out = [o for o in out if o.status == want]
         return out
+
+    def dead(self) -> list[Run]:
+        """Runs whose step was dead-lettered."""
+        return [r for r in list(self._sup.state.runs.values())
+                if r.dead and r.run_id in self._sup.outcomes]
 
     def client(self) -> Client:
         """A file-based client on the same state directory."""

@@ -42,7 +42,7 @@ from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SignalMsg
 from .journal import Journal, StateLock
 from .live import STATUS_INTERVAL, LiveStatus, LiveStep, clear_status, write_status
 from .pool import Dispatch, InFlight, Pool, Worker
-from .records import CancelRequested, Record, Terminated, decode, encode
+from .records import CancelRequested, Record, Redriven, Terminated, decode, encode
 from .state import Policy, State, WorkerResult, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
@@ -160,6 +160,7 @@ class Supervisor:
                                  name="journaled-reload").start()
             self._read_inbox(time.time())
             self.started_at = time.monotonic()
+            self.wake()  # the first turn must lease what replay and the inbox left ready
         except BaseException:
             self.close()
             raise
@@ -340,7 +341,8 @@ class Supervisor:
             self._acks.append(path)
 
     def _submit_msg(self, m: SubmitMsg, now: float) -> list[Record]:
-        return self.state.submit(m.run_id, m.input, now, m.headers, m.priority, m.max_attempts,
+        # The client's clock: submitted_at must not change when a pending run is taken up.
+        return self.state.submit(m.run_id, m.input, m.at, m.headers, m.priority, m.max_attempts,
                                  m.step_timeout)
 
     # ----------------------------------------------------------------- turn
@@ -516,7 +518,8 @@ class Supervisor:
                                                   self._rng.random())
             else:
                 self._recs += self.state.release(item.run_id, item.attempt)
-        if w.ever_ran or left or reason:
+        if w.ever_ran or running or reason:
+            # It got as far as running a step (or we killed it): not a start-up failure.
             self._startup_deaths = 0
         else:
             self._startup_deaths += 1
@@ -675,6 +678,8 @@ class Supervisor:
             t = type(rec)
             if t is Terminated:
                 terminated.append(rec.run_id)
+            elif t is Redriven:
+                self.outcomes.pop(rec.run_id, None)  # live again: the old end no longer holds
             elif t is CancelRequested and pool is not None:
                 self._signal_cancel(rec.run_id)
         if not terminated:
