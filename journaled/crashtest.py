@@ -32,10 +32,13 @@ Phases:
 
    a. every run has exactly one ``Terminated`` record and is terminal;
    b. final status, result and error equal the reference;
-   c. no ``(run, step, attempt)`` ran twice: a lease used before it was
-      durable comes back after the crash with the same attempt number;
-   d. no step of a run ran after its outcome was reported (``term``): the
-      outcome was reported before it was durable;
+   c. dispatch only after the lease is durable: whenever a supervisor is
+      gone, every attempt a worker ran has its ``Leased`` record on disk;
+      and no ``(run, step, attempt)`` ran twice (a lost lease comes back
+      after the restart with the same attempt number);
+   d. report only after the outcome is durable: whenever a supervisor is
+      gone, every outcome the hook reported has its ``Terminated`` record
+      on disk; and no step of a run ran after its outcome was reported;
    e. every reported outcome equals the final one;
    f. failures per step stay within ``--max-attempts``;
    g. ``journaled verify`` passes (frames, CRCs, invariants);
@@ -48,6 +51,12 @@ The caller's ``JOURNALED_FAILPOINTS`` and
 ``JOURNALED_UNSAFE_DISPATCH_BEFORE_SYNC`` reach the supervisors of the
 crash rounds (never the reference): that is how the suite proves a broken
 write-ahead ordering makes crashtest fail.
+
+Aimed failpoints go two times in three to the windows of the write-ahead
+rule (before the write, before the sync, right after a send, before the
+hook), round-robin, at a random one of the commits left to do; a crash
+before the write or the sync comes with a short delay after each send, so
+a step sent too early has the time to start and the crash can show it.
 
 Kills that crashtest itself makes must not change a run's outcome:
 supervisor crashes are not the step's fault, so the crash rounds raise
@@ -133,8 +142,8 @@ CRITICAL = ("journal.before_sync", "supervisor.after_dispatch", "journal.before_
 # crash gets the time to start on its worker, so a lease that was used before
 # it was durable shows (harmless when leases are synced before the send).
 AIM_EXTRA = {
-    "journal.before_sync": "supervisor.after_dispatch=delay:30",
-    "journal.before_write": "supervisor.after_dispatch=delay:30",
+    "journal.before_sync": "supervisor.after_dispatch=delay:100",
+    "journal.before_write": "supervisor.after_dispatch=delay:100",
 }
 # Share of restarts that aim a failpoint; the rest are killed by the clock.
 AIM_SHARE = 0.5
@@ -394,10 +403,18 @@ def _steps_done(archive: Archive) -> int:
     return sum(1 for r in archive.records if type(r) in (StepDone, Terminated))
 
 
+def _worker_deaths(recs: Iterable[Any]) -> int:
+    from .records import AttemptFailed, Terminated
+
+    return sum(1 for r in recs if type(r) in (AttemptFailed, Terminated)
+               and r.kind == "worker_died")
+
+
 def failures_per_step(recs: Iterable[Any]) -> Counter[tuple[str, int]]:
     """Failed attempts per (run, step): AttemptFailed plus the failure that dead-letters.
 
-    A Snapshot (compaction) restarts the count from each run's ``failures``.
+    A Snapshot (compaction) says how many failures each run's current step
+    had; records the compaction swallowed count through it.
     """
     from .records import AttemptFailed, Snapshot, Terminated
 
@@ -409,8 +426,6 @@ def failures_per_step(recs: Iterable[Any]) -> Counter[tuple[str, int]]:
         elif t is Terminated and r.dead and r.kind not in ("abandoned", ""):
             out[(r.run_id, r.step)] += 1
         elif t is Snapshot:
-            if r.part == 0:
-                out.clear()
             for s in r.runs:
                 if s.failures:
                     out[(s.run_id, s.step)] = max(out[(s.run_id, s.step)], s.failures)
@@ -673,6 +688,7 @@ class CrashTest:
         self.ref_failures: Counter[tuple[str, int]] = Counter()
         self.first_step_at = 1.0  # seconds from a supervisor's start to its first step
         self.work_window = 1.5  # seconds after that in which kills land
+        self.step_seconds = 0.1  # a step's length on one worker, from the reference
         self.started = time.monotonic()
         self.details: dict[str, list[str]] = {}  # run id -> its records, for the report
         self._aim_groups = ([p for p in AIM_POINTS if p in CRITICAL],
@@ -797,6 +813,10 @@ class CrashTest:
         if res.code != 0:
             self._failing_round = state
             tail = res.stderr_tail or "(no output)"
+            if any(v.check == "hang" for v in self.violations):
+                raise Aborted(f"the crash-free reference run did not finish within --timeout "
+                              f"{self.cfg.timeout:g} s; every stack was dumped to "
+                              f"{state.parent / (state.name + '.stderr')}")
             if "cannot load" in tail or "importing" in tail:
                 raise UsageError(tail.splitlines()[-1].removeprefix("journaled: error: "))
             raise Aborted(f"the crash-free reference run {res.how}; its output:\n{tail}")
@@ -813,6 +833,8 @@ class CrashTest:
         # more; kills are timed from the first step, within the work's length.
         if res.first_exec is not None:
             self.first_step_at = res.first_exec
+            busy = (res.last_line - res.first_exec) * self.cfg.workers
+            self.step_seconds = max(0.001, busy / max(1, self.stats.reference_steps))
         work = self.stats.reference_seconds - self.first_step_at
         self.work_window = min(1.5, max(0.3, work))
 
@@ -926,10 +948,11 @@ class CrashTest:
         else:
             plan.kill_at = self.first_step_at + rng.uniform(0.0, self.work_window)
         if rng.random() < AIM_SHARE:
-            plan.aim = self._next_aim(archive)
+            # The clock is only the fallback of an aimed restart.
+            fallback = self.first_step_at + self.work_window + rng.uniform(0.2, 1.0)
+            plan.aim = self._next_aim(archive, fallback - self.first_step_at)
             if plan.aim is not None:
-                # The clock is only the fallback of an aimed restart.
-                plan.kill_at = self.first_step_at + self.work_window + rng.uniform(0.2, 1.0)
+                plan.kill_at = fallback
         worker_aim = plan.aim is not None and plan.aim.partition("=")[0] in _WORKER_POINTS
         if self.cfg.kill_workers and not worker_aim and self.kills_left > 1:
             n = rng.choice((0, 1, 1, 2))
@@ -941,7 +964,7 @@ class CrashTest:
             plan.compact_at = rng.uniform(0.0, plan.kill_at)
         return plan
 
-    def _next_aim(self, archive: Archive) -> str | None:
+    def _next_aim(self, archive: Archive, work_seconds: float) -> str | None:
         rng = self.rng
         group = 0 if self._aims_made % 3 < 2 else 1
         self._aims_made += 1
@@ -956,9 +979,13 @@ class CrashTest:
             # Fire at a random one of the commits left to do, not always the first.
             left = max(2, self.stats.reference_steps - _steps_done(archive))
             p = min(100, max(2, round(100 / rng.uniform(1, left))))
-            action = AIM_POINTS[point].format(p=p,
-                                              hp=rng.choice((25, 50, 100)),
-                                              n=rng.randint(3, 6))
+            # A worker point fires on the N-th step of every worker process, a
+            # fresh one too. With N above half the steps a worker can run in
+            # this restart, the fresh workers never get there: at most the two
+            # first ones fail a step, which stays below --max-attempts.
+            most = max(2, int(work_seconds / self.step_seconds) + 1)
+            action = AIM_POINTS[point].format(p=p, hp=rng.choice((25, 50, 100)),
+                                              n=rng.randint(most // 2 + 1, most))
             self.stats.points_aimed[point] += 1
             extra = AIM_EXTRA.get(point)
             if extra and extra.partition("=")[0] not in self._caller_points:
@@ -1001,8 +1028,7 @@ class CrashTest:
         if plan.aim and plan.aim.partition("=")[0] in _WORKER_POINTS:
             # Worker deaths of this restart were the failpoint's (no other worker kills).
             archive.update()
-            after = failures_per_step(archive.records)
-            hits = max(0, sum(after.values()) - sum(res.failures_before.values()))
+            hits = max(0, _worker_deaths(archive.records) - res.worker_deaths_before)
             if hits:
                 self.stats.points_hit[plan.aim.partition("=")[0]] += hits
                 self.stats.failpoint_kills += hits
@@ -1026,7 +1052,7 @@ class CrashTest:
                                     start_new_session=True)
         res = _Result()
         if archive is not None:
-            res.failures_before = failures_per_step(archive.records)
+            res.worker_deaths_before = _worker_deaths(archive.records)
         seen_exec = len(exec_log.lines)
         t0 = time.monotonic()
         tracked: dict[int, int] = {}
@@ -1037,40 +1063,51 @@ class CrashTest:
         compact_at = plan.compact_at if plan else None
         kill_at = plan.kill_at if plan else None
         last_track = -1.0
-        while True:
-            code = proc.poll()
-            if code is not None:
-                break
-            now = time.monotonic() - t0
-            if now - last_track >= 0.05:
-                self._track(proc.pid, tracked)
-                last_track = now
-                if archive is not None:
-                    archive.update()
-                if res.first_exec is None:
-                    exec_log.poll()
-                    if any(ln.kind == "exec" for ln in exec_log.lines[seen_exec:]):
-                        res.first_exec = now
-            if compact_at is not None and now >= compact_at:
-                compact_at = None
-                if archive is not None:
-                    archive.update()  # what the compaction is about to drop
-                post(state, CompactMsg(time.time()))
-                self.stats.compactions_requested += 1
-            if worker_kills and now >= worker_kills[0]:
-                worker_kills.pop(0)
-                if archive is not None and self.kills_left > 1:
-                    self._kill_a_worker(proc.pid, archive, exec_log, tracked)
-            if kill_at is not None and now >= kill_at:
-                self._track(proc.pid, tracked)
-                res.killed_by_us = _signal(proc.pid, signal.SIGKILL)
-                proc.wait()
-                break
-            if kill_at is None and now > self.cfg.timeout:
-                self._hang(proc, tracked, now)
-                res.fatal = True
-                break
-            time.sleep(0.01 if kill_at is not None or worker_kills else 0.05)
+        try:
+            while True:
+                code = proc.poll()
+                if code is not None:
+                    break
+                now = time.monotonic() - t0
+                if now - last_track >= 0.05:
+                    self._track(proc.pid, tracked)
+                    last_track = now
+                    if archive is not None:
+                        archive.update()
+                    if reference or res.first_exec is None:
+                        before = len(exec_log.lines)
+                        exec_log.poll()
+                        if len(exec_log.lines) > before:
+                            res.last_line = now
+                        if res.first_exec is None and any(
+                                ln.kind == "exec" for ln in exec_log.lines[seen_exec:]):
+                            res.first_exec = now
+                if compact_at is not None and now >= compact_at:
+                    compact_at = None
+                    if archive is not None:
+                        archive.update()  # what the compaction is about to drop
+                    post(state, CompactMsg(time.time()))
+                    self.stats.compactions_requested += 1
+                if worker_kills and now >= worker_kills[0]:
+                    worker_kills.pop(0)
+                    if archive is not None and self.kills_left > 1:
+                        self._kill_a_worker(proc.pid, archive, exec_log, tracked)
+                if kill_at is not None and now >= kill_at:
+                    self._track(proc.pid, tracked)
+                    res.killed_by_us = _signal(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    break
+                if kill_at is None and now > self.cfg.timeout:
+                    self._hang(proc, tracked, now)
+                    res.fatal = True
+                    break
+                time.sleep(0.01 if kill_at is not None or worker_kills else 0.05)
+        except BaseException:
+            # Interrupted (Ctrl-C, a bug): leave no supervisor or worker behind.
+            self._track(proc.pid, tracked)
+            for pid in [proc.pid, *_alive(tracked)]:
+                _signal(pid, signal.SIGKILL)
+            raise
         res.code = proc.wait()
         res.how = _how(res.code)
         if res.code not in (0, -signal.SIGKILL) and not res.fatal and not reference:
@@ -1228,8 +1265,9 @@ class _Result:
     killed_by_us: bool = False
     fatal: bool = False
     stderr_tail: str = ""
-    failures_before: Counter[tuple[str, int]] = field(default_factory=Counter)
+    worker_deaths_before: int = 0
     first_exec: float | None = None  # seconds from start to the first exec line
+    last_line: float = 0.0  # seconds from start to the last exec-log line (reference only)
 
 
 def _how(code: int) -> str:

@@ -76,7 +76,7 @@ def remaining_delay(due_at: float, now: float) -> float:
 
 def backoff(failures: int, policy: Policy, jitter: float) -> float:
     """Exponential backoff for the ``failures``-th failure; ``jitter`` in [0, 1)."""
-    base = min(policy.backoff_cap, policy.backoff_base * (2 ** max(0, failures - 1)))
+    base = min(policy.backoff_cap, policy.backoff_base * 2.0 ** min(max(0, failures - 1), 64))
     return base * (0.5 + 0.5 * jitter)
 
 
@@ -204,6 +204,11 @@ class State:
 
     def _leased(self, rec: Leased) -> None:
         run = self.runs[rec.run_id]
+        # Out of line now: any ready-queue entry for the run is stale. Replay
+        # never pops the queue, so without this a restart would find the old
+        # entry valid and run a delayed step (or a signal wait) at once.
+        self._seq += 1
+        run.seq = self._seq
         run.history.append([rec.step, rec.attempt, rec.worker, rec.at, None, "running", "", ""])
         run.attempt = rec.attempt
         run.leased = True

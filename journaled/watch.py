@@ -52,6 +52,7 @@ class WatchStep(msgspec.Struct):
     done: float | None = None
     total: float | None = None
     message: str = ""
+    pid: int = 0  # the worker process
 
 
 class WatchSupervisor(msgspec.Struct):
@@ -181,7 +182,7 @@ class Collector:
                 flights.append(WatchStep(
                     s.run_id, s.step, s.attempt, s.worker, s.state,
                     None if s.started_at is None else max(0.0, now - s.started_at),
-                    s.done, s.total, s.message))
+                    s.done, s.total, s.message, s.pid))
             steps_rate, syncs_rate = self._rates(live, now)
         else:
             self._samples.clear()
@@ -262,7 +263,8 @@ def render(snap: Snapshot, width: int = 100) -> str:
         out.append("no supervisor running (counts are from the journal)")
     else:
         stop = "  STOPPING (draining)" if sup.stopping else ""
-        out.append(f"supervisor pid {sup.pid}  {sup.app}  {sup.workers} workers  "
+        out.append(f"supervisor pid {sup.pid}  {sup.app}  {sup.workers} "
+                   f"worker{'s' if sup.workers != 1 else ''}  "
                    f"up {_duration(sup.uptime)}  journal {_bytes(sup.journal_bytes)}{stop}")
         out.append(f"throughput  {_rate(snap.steps_per_s)} steps/s  "
                    f"{_rate(snap.syncs_per_s)} syncs/s  "
