@@ -87,7 +87,8 @@ from typing import Any, Callable, NamedTuple, NoReturn
 import click
 
 __all__ = ["crashtest", "wrapped_runner", "record_terminal", "CrashTest", "Config",
-           "ExecLog", "Line", "CHECKS", "AIM_POINTS"]
+           "ExecLog", "Line", "Archive", "WriteAheadCheck", "check_exec_log", "check_round",
+           "final_outcomes", "format_report", "CHECKS", "AIM_POINTS"]
 
 ENV_APP = "JOURNALED_CRASHTEST_APP"
 ENV_LOG = "JOURNALED_CRASHTEST_LOG"
@@ -403,6 +404,23 @@ def _steps_done(archive: Archive) -> int:
     return sum(1 for r in archive.records if type(r) in (StepDone, Terminated))
 
 
+def _longest_step(recs: Iterable[Any]) -> float:
+    """Seconds from a step's lease to its outcome, the longest of a journal."""
+    from .records import Leased, StepDone, Terminated
+
+    leased: dict[tuple[str, int, int], float] = {}
+    longest = 0.0
+    for r in recs:
+        t = type(r)
+        if t is Leased:
+            leased[(r.run_id, r.step, r.attempt)] = r.at
+        elif t is StepDone or t is Terminated:
+            start = leased.get((r.run_id, r.step, r.attempt))
+            if start is not None:
+                longest = max(longest, r.at - start)
+    return longest
+
+
 def _worker_deaths(recs: Iterable[Any]) -> int:
     from .records import AttemptFailed, Terminated
 
@@ -688,6 +706,8 @@ class CrashTest:
         self.ref_failures: Counter[tuple[str, int]] = Counter()
         self.first_step_at = 1.0  # seconds from a supervisor's start to its first step
         self.work_window = 1.5  # seconds after that in which kills land
+        self.longest_step = 0.0  # seconds, in the reference
+        self._stalled = 0  # restarts in a row that finished no step
         self.step_seconds = 0.1  # a step's length on one worker, from the reference
         self.started = time.monotonic()
         self.details: dict[str, list[str]] = {}  # run id -> its records, for the report
@@ -836,7 +856,9 @@ class CrashTest:
             busy = (res.last_line - res.first_exec) * self.cfg.workers
             self.step_seconds = max(0.001, busy / max(1, self.stats.reference_steps))
         work = self.stats.reference_seconds - self.first_step_at
-        self.work_window = min(1.5, max(0.3, work))
+        # Every step must fit in some restarts, or a long one never completes.
+        self.longest_step = _longest_step(rec for _s, _o, rec in records(state))
+        self.work_window = max(min(1.5, max(0.3, work)), 2 * self.longest_step)
 
     # ---------------------------------------------------------------- round
 
@@ -855,8 +877,10 @@ class CrashTest:
         fatal = False
         while self.kills_left > 0 and not self.stop_early:
             plan = self._plan(state, archive)
+            done = _steps_done(archive)
             res = self._restart(state, log, archive, exec_log, plan)
             self._after_exit(archive, exec_log, res)
+            self._stalled = 0 if _steps_done(archive) > done else self._stalled + 1
             self._progress_round(n, exec_log, len(ids))
             if res.code == 0:
                 finished = True
@@ -942,14 +966,17 @@ class CrashTest:
     def _plan(self, state: Path, archive: Archive) -> Plan:
         rng = self.rng
         plan = Plan(seed=rng.randrange(1, 2**31), kill_at=0.0)
-        if rng.random() < 0.2:
+        # Restarts that finished nothing widen the window, so the work always
+        # moves on, however long its steps or unlucky the draws.
+        window = self.work_window * 1.5 ** min(self._stalled, 6)
+        if rng.random() < 0.2 and not self._stalled:
             # Some kills land in start-up: replay, recovery, re-fired hooks.
             plan.kill_at = rng.uniform(0.05, self.first_step_at)
         else:
-            plan.kill_at = self.first_step_at + rng.uniform(0.0, self.work_window)
-        if rng.random() < AIM_SHARE:
+            plan.kill_at = self.first_step_at + rng.uniform(0.0, window)
+        if rng.random() < AIM_SHARE and self._stalled < 3:
             # The clock is only the fallback of an aimed restart.
-            fallback = self.first_step_at + self.work_window + rng.uniform(0.2, 1.0)
+            fallback = self.first_step_at + window + rng.uniform(0.2, 1.0)
             plan.aim = self._next_aim(archive, fallback - self.first_step_at)
             if plan.aim is not None:
                 plan.kill_at = fallback
@@ -1249,12 +1276,14 @@ class CrashTest:
             "re_executed_steps": s.re_executed_steps,
             "max_attempt_seen": s.max_attempt_seen,
             "reference_seconds": round(s.reference_seconds, 3),
+            "longest_step_seconds": round(self.longest_step, 3),
             "elapsed": round(time.monotonic() - self.started, 3),
             "failed_checks": kinds,
             "first_failed_check": kinds[0] if kinds else None,
             "violations": [v.as_dict() for v in self.violations],
             "records": self.details,
             "kept": str(self.kept) if self.kept else None,
+            "failing_state": str(self._failing_round) if self._failing_round else None,
         }
 
 
@@ -1341,7 +1370,10 @@ def format_report(rep: dict[str, Any]) -> str:
             out += [f"  {ln}" for ln in lines[:80]]
     if rep["kept"]:
         out.append("")
-        out.append(f"state kept in {rep['kept']}")
+        failing = rep.get("failing_state")
+        out.append(f"state kept in {rep['kept']}" + (
+            f" (the failing one: {failing}; replay it with 'journaled log --state {failing}')"
+            if failing and failing != rep["kept"] else ""))
     return "\n".join(out)
 
 
@@ -1422,6 +1454,11 @@ def crashtest(app: str | None, runs: int | None, kills: int, seed: int | None, i
                  kill_workers=kill_workers, power_loss=power_loss, max_attempts=max_attempts,
                  timeout=timeout, keep=keep)
     test = CrashTest(cfg)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # the same clean-up as Ctrl-C: no supervisor left behind
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         rep = test.run()
     except UsageError as e:

@@ -373,7 +373,15 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
     done: list[tuple[InFlight, WorkerResult]] = []
     busy = 0.0
     while True:
-        batch = _from_worker_dec.decode(w.conn.recv_bytes())
+        try:
+            raw = w.conn.recv_bytes()
+        except EOFError:
+            if not done and not w.memo_puts:
+                raise
+            # It exited right after its last batch (as a stopped worker does):
+            # keep what it sent; its sentinel reports the exit next turn.
+            break
+        batch = _from_worker_dec.decode(raw)
         if type(batch) is MemoPutMsg:
             w.memo_puts.append(batch)
             if not w.conn.poll(0):

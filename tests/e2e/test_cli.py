@@ -252,6 +252,36 @@ def test_run_until_idle_finishes_the_submitted_runs_and_exits_0(state_dir):
     assert json.loads(none.stdout) == [], "runs --status must leave out other statuses"
 
 
+@pytest.mark.timeout(40)
+def test_sigterm_stops_the_supervisor_with_exit_0_and_a_restart_finishes_the_run(
+        state_dir, tmp_path):
+    s = str(state_dir)
+    mark = tmp_path / "running"
+    rid = out_of(journaled_cli("submit", "x", "-H", "app=sleep", "-H", "seconds=0.5",
+                               "-H", f"mark={mark}", "--state", s)).strip()
+    sup = subprocess.Popen([sys.executable, "-m", "journaled.cli", "run",
+                            "tests.apps.basic:runner", "--state", s, "-w", "1"],
+                           cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    try:
+        wait_for(mark.exists, timeout=20, what="the step to start")
+        sup.send_signal(signal.SIGTERM)
+        _, err = sup.communicate(timeout=20)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+    assert sup.returncode == 0, f"SIGTERM must stop the supervisor with exit 0: {err.decode()}"
+    assert Client(state_dir).status(rid).status.value == "succeeded", \
+        "a step running at SIGTERM must be drained: its outcome recorded before exit 0"
+    again = journaled_cli("run", "tests.apps.basic:runner", "--state", s, "-w", "1",
+                          "--until-idle", timeout=30)
+    assert again.returncode == 0, again.stderr.decode()
+    out = Client(state_dir).status(rid)
+    assert (out.status.value, out.result) == ("succeeded", b"woke up"), \
+        "after a SIGTERM stop and a restart the run must succeed"
+
+
 # ------------------------------------------------------------------ kill -9 and restart
 
 

@@ -23,12 +23,6 @@ from journaled.records import Submitted
 
 from .helpers import ROOT, cli_env, journal_records, wait_for
 
-INBOX_CONFLICT_BUG = (
-    "bug: Client.submit_many checks conflicts only against the journal, not against "
-    "submissions still in the inbox; the second submit 'succeeds' and is later rejected"
-)
-
-
 # ------------------------------------------------------------- without a supervisor
 
 
