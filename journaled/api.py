@@ -231,11 +231,13 @@ class RunOutcome(msgspec.Struct, frozen=True):
 #   8  u64 dispatch sequence number now running (0 = idle)
 #  16  f64 progress done      24 f64 progress total (NaN = unknown)
 #  32  u64 sequence number the progress belongs to
-#  40  u16 message length     42..128 message, UTF-8, cut to fit
+#  40  u16 message length     42..120 message, UTF-8, cut to fit
+# 120  u64 highest queued sequence number revoked (taken back to run elsewhere)
 SLOT_SIZE = 128
 _U64 = struct.Struct("<Q")
 _PROGRESS = struct.Struct("<ddQH")
-_MSG_ROOM = SLOT_SIZE - 42
+_MSG_ROOM = SLOT_SIZE - 42 - 8
+REVOKED_OFFSET = SLOT_SIZE - 8
 
 
 class CancelToken:

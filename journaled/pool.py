@@ -38,6 +38,7 @@ import msgspec
 
 from . import failpoints
 from .api import (
+    REVOKED_OFFSET,
     SLOT_SIZE,
     Cancel,
     Cancelled,
@@ -231,14 +232,15 @@ def _attach(name: str) -> memoryview:
         os.close(fd)
 
 
-def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, runner: Any
-                ) -> None:
+def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, runner: Any,
+                lock: Any = None) -> None:
     """This runs in a separate process: one step at a time, results back in batches."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_supervisor, args=(alive,), daemon=True).start()
     buf = _attach(shm_name)
     fn = resolve_runner(runner)
     off = slot * SLOT_SIZE + 8
+    revoked_off = slot * SLOT_SIZE + REVOKED_OFFSET
     queue: deque[Dispatch] = deque()
     skip: set[int] = set()
     out: list[tuple[int, WorkerResult]] = []
@@ -288,7 +290,19 @@ def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, r
             return
         item = queue.popleft()
         seq = item.seq
-        if seq in skip:
+        # Claim the step under the slot lock: the supervisor revokes queued steps
+        # under the same lock, so a step is either started here or taken back.
+        if lock is not None:
+            lock.acquire()
+            revoked = seq <= _U64.unpack_from(buf, revoked_off)[0]
+            if not revoked:
+                _U64.pack_into(buf, off, seq)
+            lock.release()
+        else:
+            revoked = False
+        if revoked:
+            out.append((seq, WorkerResult("revoked")))
+        elif seq in skip:
             skip.discard(seq)
             out.append((seq, WorkerResult("cancelled", error="cancelled before it started")))
         else:
@@ -358,6 +372,8 @@ class Worker:
         self.ever_ran = False  # a result came back: the process got past start-up
         self.memo_puts: list[MemoPutMsg] = []
         self.lost: list[InFlight] = []
+        self.revoked: set[int] = set()  # taken back; their "revoked" answers are dropped
+        self.lock: Any = None
 
     @property
     def pid(self) -> int | None:
@@ -389,6 +405,9 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
             continue
         busy += batch.busy
         for seq, res in batch.items:
+            if seq in w.revoked:
+                w.revoked.discard(seq)  # given to another worker already
+                continue
             # Results come back in send order, so a gap means a step the
             # worker dropped; it goes back to the supervisor to release.
             while w.outstanding and w.outstanding[0].seq != seq:
@@ -450,8 +469,11 @@ class Pool:
         alive_r, alive_w = self.ctx.Pipe(duplex=False)
         _U64.pack_into(self.buf, w.slot * SLOT_SIZE, 0)
         _U64.pack_into(self.buf, w.slot * SLOT_SIZE + 8, 0)
+        _U64.pack_into(self.buf, w.slot * SLOT_SIZE + REVOKED_OFFSET, 0)
+        w.lock = self.ctx.Lock()
         proc = self.ctx.Process(target=worker_main, name=f"journaled-worker-{w.slot}",
-                                args=(w.slot, child, alive_r, self._shm.name, self.runner),
+                                args=(w.slot, child, alive_r, self._shm.name, self.runner,
+                                      w.lock),
                                 daemon=True)
         proc.start()
         # Our copies of the child's ends must go, or EOF never reaches either side.
@@ -463,6 +485,7 @@ class Pool:
         w.stopping = False
         w.avg_step = 0.0
         w.ever_ran = False
+        w.revoked.clear()
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -500,6 +523,27 @@ class Pool:
                 w.conn.send_bytes(_to_worker_enc.encode(CancelQueued(item.seq)))
             except OSError:
                 pass
+
+    def revoke_queued(self, w: Worker) -> list[InFlight]:
+        """Take back the steps queued behind ``w``'s running one; returns them.
+
+        Only while ``w`` is running its head step: anything after it has not
+        started, and the slot lock makes sure it will not (the worker checks
+        the revoked mark under the same lock before it starts a step).
+        """
+        if w.lock is None or len(w.outstanding) < 2:
+            return []
+        base = w.slot * SLOT_SIZE
+        with w.lock:
+            if _U64.unpack_from(self.buf, base + 8)[0] != w.outstanding[0].seq:
+                return []  # between steps: results may be on their way
+            taken = list(w.outstanding)[1:]
+            _U64.pack_into(self.buf, base + REVOKED_OFFSET, taken[-1].seq)
+        head = w.outstanding.popleft()
+        w.outstanding.clear()
+        w.outstanding.append(head)
+        w.revoked.update(i.seq for i in taken)
+        return taken
 
     def ack_memo(self, w: Worker, seq: int) -> None:
         if w.conn is not None:

@@ -423,6 +423,10 @@ class State:
     def has_ready(self) -> bool:
         return bool(self._ready)
 
+    def ready_count(self) -> int:
+        """Entries in the ready queue (an upper bound: some may be stale)."""
+        return len(self._ready)
+
     def requeue(self, runs: Iterable[Run]) -> None:
         """Put runs taken by ``due_runs`` but not leased back in line, order kept."""
         for run in runs:

@@ -582,6 +582,11 @@ class Supervisor:
         if self._stopping and not self._shutdown_cancelled:
             t = self._drain_deadline - mono
             best = t if best is None else min(best, t)
+        if any(not w.outstanding and w.proc is not None for w in pool.workers):
+            for w in pool.workers:
+                if len(w.outstanding) > 1:  # when a steal would become worth it
+                    t = w.head_started + max(0.02, 4 * w.avg_step) - mono
+                    best = t if best is None else min(best, t)
         if self.state.in_flight:  # keep the live view's progress fresh
             t = self._status_due - mono
             best = t if best is None else min(best, t)
@@ -589,18 +594,44 @@ class Supervisor:
             best = max(0.0, best) + 0.0005
         return best if best is None else min(best, 5.0)
 
+    def _steal(self, mono: float) -> bool:
+        """An idle worker and nothing ready: take back steps queued behind a long one.
+
+        Returns whether anything was taken back (it is ready again at once).
+        """
+        pool = self.pool
+        assert pool is not None
+        if not hasattr(pool, "revoke_queued"):
+            return False
+        workers = [w for w in pool.workers if w.proc is not None and not w.stopping]
+        if not any(not w.outstanding for w in workers):
+            return False
+        took = False
+        for w in workers:
+            # Stuck: its head has run well past what its steps usually take.
+            if (len(w.outstanding) > 1
+                    and mono - w.head_started > max(0.02, 4 * w.avg_step)):
+                for item in pool.revoke_queued(w):
+                    self._recs += self.state.release(item.run_id, item.attempt)
+                    took = True
+        return took
+
     def _lease(self, now: float, mono: float) -> None:
         pool = self.pool
         assert pool is not None
         state = self.state
         if not state.has_ready() and (state.next_due() or now + 1) > now:
-            return
+            if not self._steal(mono):
+                return
         recs = self._recs
+        live = [w for w in pool.workers if w.proc is not None and not w.stopping]
+        # Fair share: a deep batch learned on tiny steps must not pile every
+        # ready run on one worker while another idles (celery #6500).
+        share = -(-state.ready_count() // max(1, len(live)))
         # Least-loaded workers first, so a deep batch never starves an idle worker.
-        for w in sorted(pool.workers, key=lambda x: len(x.outstanding)):
-            if w.proc is None or w.stopping:
-                continue
-            want = pool.depth(w) - len(w.outstanding)
+        for w in sorted(live, key=lambda x: len(x.outstanding)):
+            want = min(pool.depth(w), max(1, share) + (1 if w.outstanding else 0)) \
+                - len(w.outstanding)
             if want <= 0:
                 continue
             runs = state.due_runs(now, want)
