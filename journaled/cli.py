@@ -166,13 +166,15 @@ def main() -> None:
               help="Call FUNC(outcome) once a run's outcome is durable (at least once per run).")
 @click.option("--retention", type=click.FloatRange(min=0), default=7 * 86400.0,
               show_default=True, help="Seconds finished runs stay queryable.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one JSON object per log line, for log shippers.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every terminal run.")
 @state_option
 @handles_errors
 def run(app: str, workers: int | None, executor: str, max_attempts: int, max_abandons: int,
         step_timeout: float, replay_outputs: bool, cancel_grace: float, drain_timeout: float,
         reload: bool, until_idle: bool, backoff: float, hook: str | None, retention: float,
-        verbose: bool, state: Path) -> None:
+        log_format: str, verbose: bool, state: Path) -> None:
     """Run the supervisor for APP (``module:function``) in the foreground.
 
     APP is imported from the current directory, like ``uvicorn app:app``; the
@@ -188,8 +190,10 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     from .state import Policy
     from .supervisor import Supervisor
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="journaled: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLog() if log_format == "json"
+                         else logging.Formatter("journaled: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     on_terminal = None
@@ -236,12 +240,65 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
         f"journaled {__version__}: supervising {app} with {workers} workers on {state} "
         f"(journal {sup.journal.size_bytes / 1e6:.1f} MB, {len(sup.state.runs)} runs known, "
         f"{sup.recovered_runs} resumed, {counts['pending']} pending)", err=True)
-    sup.run(until_idle=until_idle)
+    ticker = None
+    if sys.stderr.isatty() and log_format == "text":
+        ticker = _StatusLine(sup)
+        ticker.start()
+    try:
+        sup.run(until_idle=until_idle)
+    finally:
+        if ticker is not None:
+            ticker.stop()
     counts = sup.state.status_counts()
     click.echo(f"journaled: stopped ({counts['succeeded']} succeeded, {counts['failed']} failed, "
                f"{counts['cancelled']} cancelled, "
                f"{counts['pending'] + counts['running'] + counts['waiting']} unfinished)",
                err=True)
+
+
+class _JsonLog(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 6), "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+class _StatusLine:
+    """A one-line live status on a terminal: runs by status, steps/s, syncs/s."""
+
+    def __init__(self, sup: Any) -> None:
+        import threading
+
+        self.sup = sup
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="journaled-status")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+    def _loop(self) -> None:
+        sup = self.sup
+        t0, steps0, syncs0 = time.monotonic(), sup.steps_done, sup.journal.syncs
+        while not self._stop.wait(1.0):
+            t1, steps1, syncs1 = time.monotonic(), sup.steps_done, sup.journal.syncs
+            dt = max(1e-6, t1 - t0)
+            c = sup.state.status_counts() if len(sup.state.runs) < 20_000 else sup._counts
+            line = (f"running {c.get('running', 0)}  waiting {c.get('waiting', 0)}  "
+                    f"pending {c.get('pending', 0)}  succeeded {c.get('succeeded', 0)}  "
+                    f"failed {c.get('failed', 0)}  cancelled {c.get('cancelled', 0)}  |  "
+                    f"{(steps1 - steps0) / dt:,.0f} steps/s  {(syncs1 - syncs0) / dt:,.0f} "
+                    "syncs/s")
+            t0, steps0, syncs0 = t1, steps1, syncs1
+            sys.stderr.write(f"\r\033[K{line[:160]}")
+            sys.stderr.flush()
 
 
 # ------------------------------------------------------------------- submit

@@ -191,18 +191,24 @@ def to_result(out: Any) -> WorkerResult:
                               f"{type(getattr(out, field)).__name__}")
 
 
+def _user_traceback(e: BaseException) -> str:
+    """The runner's traceback without our own calling frame on top."""
+    tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+    return "".join(traceback.format_exception(type(e), e, tb))
+
+
 def run_one(fn: Callable[[Step], Any], step: Step) -> WorkerResult:
     """Call the runner once; every exception becomes text."""
     try:
         return to_result(fn(step))
     except StepError as e:
-        return WorkerResult("error", error=e.message, traceback=traceback.format_exc(),
+        return WorkerResult("error", error=e.message, traceback=_user_traceback(e),
                             permanent=e.permanent)
     except Cancelled as e:
         return WorkerResult("cancelled", error=str(e) or "cancelled")
     except BaseException as e:  # noqa: BLE001 - the runner's failure is data, not ours
         return WorkerResult("error", error=f"{type(e).__name__}: {e}",
-                            traceback=traceback.format_exc())
+                            traceback=_user_traceback(e))
 
 
 def _watch_supervisor(alive: Connection) -> None:
@@ -380,6 +386,29 @@ class Worker:
         return self.proc.pid if self.proc is not None else None
 
 
+def _create_block(name: str | None, size: int) -> SharedMemory:
+    """Create the cancel block, 0600, under a name the next supervisor can find.
+
+    A supervisor killed with -9 leaves its block behind; a fixed name per
+    state directory lets the next one unlink it first. The block is kept
+    out of multiprocessing's resource tracker, which would otherwise warn
+    about a "leak" after every such kill.
+    """
+    from multiprocessing import resource_tracker
+
+    if name is not None:
+        try:
+            old = SharedMemory(name=name)
+            resource_tracker.unregister(old._name, "shared_memory")  # type: ignore[attr-defined]
+            old.close()
+            old.unlink()
+        except FileNotFoundError:
+            pass
+    shm = SharedMemory(name=name, create=True, size=size)
+    resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    return shm
+
+
 def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
     """Results waiting on ``w``'s pipe, matched to what was sent; EOFError if it died.
 
@@ -440,7 +469,8 @@ class Pool:
     workers: list[Worker] = []
 
     def __init__(self, runner: Any, workers: int, preload: list[str] | None = None,
-                 max_depth: int = 256, batch_target: float = 0.01) -> None:
+                 max_depth: int = 256, batch_target: float = 0.01, name: str | None = None
+                 ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.runner = runner
@@ -450,7 +480,7 @@ class Pool:
         self.ctx = multiprocessing.get_context("forkserver")
         if preload:
             self.ctx.set_forkserver_preload(preload)
-        self._shm = SharedMemory(create=True, size=SLOT_SIZE * workers)
+        self._shm = _create_block(name, SLOT_SIZE * workers)
         try:
             self.buf = self._shm.buf
             self.buf[:] = bytes(SLOT_SIZE * workers)
@@ -612,7 +642,9 @@ class Pool:
             except BufferError:
                 pass
             try:
-                shm.unlink()
+                import _posixshmem
+
+                _posixshmem.shm_unlink(shm._name)  # type: ignore[attr-defined]
             except FileNotFoundError:
                 pass
 

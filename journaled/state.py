@@ -326,7 +326,8 @@ class State:
         run = self.runs[rec.run_id]
         self.unhooked.discard(run.run_id)
         run.status = RUNNING if run.step or run.attempt else PENDING
-        run.attempt = run.failures = run.abandons = 0
+        # A new series of failures; ``attempt`` keeps counting deliveries.
+        run.failures = run.abandons = 0
         run.result = run.error = run.finished_at = run.cancel_reason = None
         run.dead = False
         run.traceback = run.kind = ""

@@ -24,6 +24,7 @@ found to be a duplicate), which is always the safe side.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -52,6 +53,12 @@ DAY = 86400.0
 # Test-only: break the write-ahead rule on purpose (send leases before they are
 # synced) to prove that crash tests in power-loss mode catch it. Never a flag.
 _UNSAFE_DISPATCH_FIRST = os.environ.get("JOURNALED_UNSAFE_DISPATCH_BEFORE_SYNC") == "1"
+
+
+def block_name(state_dir: Path) -> str:
+    """Shared-memory name of a state directory's cancel block (one supervisor each)."""
+    digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:16]
+    return f"journaled-{digest}"
 
 
 class Future:
@@ -150,8 +157,10 @@ class Supervisor:
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
             self.inbox = Inbox(self.state_dir)
+            # Runners that talk back (fan-out submitting child runs) find their state here.
+            os.environ["JOURNALED_STATE"] = str(self.state_dir.resolve())
             self.pool = make_executor(self.executor, self.import_string or self.runner,
-                                      self.workers, self.preload)
+                                      self.workers, self.preload, block_name(self.state_dir))
             self.pool.start()
             self._wait_map = self.pool.wait_objects()
             self.inbox.watch(self.wake)

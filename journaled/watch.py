@@ -38,6 +38,8 @@ from .live import LiveStatus, read_status
 STATUSES = ("pending", "running", "waiting", "succeeded", "failed", "cancelled")
 RECENT = 5  # terminal runs and dead letters shown
 RATE_WINDOW = 3.0  # seconds of supervisor samples a rate is computed over
+BIG_STATE = 20_000  # runs past which the journal fold is refreshed less often...
+BIG_STATE_EVERY = 2.0  # ...every this many seconds
 
 
 class WatchStep(msgspec.Struct):
@@ -130,6 +132,8 @@ class Collector:
         # (updated_at, steps_done, syncs) of the live status, newest last; one supervisor.
         self._samples: deque[tuple[float, int, int]] = deque()
         self._pid: int | None = None
+        self._folded: tuple[dict[str, int], list[WatchRun], list[WatchDead]] | None = None
+        self._folded_at = 0.0
 
     def _rates(self, live: LiveStatus, now: float) -> tuple[float, float]:
         if live.pid != self._pid:
@@ -149,9 +153,13 @@ class Collector:
             return live.steps_done / span, live.syncs / span
         return (steps1 - steps0) / (t1 - t0), (syncs1 - syncs0) / (t1 - t0)
 
-    def snapshot(self) -> Snapshot:
-        now = time.time()
+    def _fold(self, now: float) -> tuple[dict[str, int], list[WatchRun], list[WatchDead]]:
+        """Counts, recent runs and dead letters from the journal: O(runs), so on a big
+        state they are recomputed every ``BIG_STATE_EVERY`` seconds, not every frame."""
         state = self.client.refresh()
+        if self._folded is not None and len(state.runs) > BIG_STATE \
+                and now - self._folded_at < BIG_STATE_EVERY:
+            return self._folded
         counts = state.status_counts()
         pending = getattr(self.client, "_pending", None)
         if pending is not None:  # submissions still in the inbox count as pending
@@ -167,6 +175,12 @@ class Collector:
                               key=lambda r: r.finished_at or 0.0)
         dead_rows = [WatchDead(r.run_id, r.step, r.attempt, r.kind, _first_line(r.error),
                                r.finished_at) for r in dead]
+        self._folded, self._folded_at = (counts, recent, dead_rows), now
+        return self._folded
+
+    def snapshot(self) -> Snapshot:
+        now = time.time()
+        counts, recent, dead_rows = self._fold(now)
         live = read_status(self.state_dir)
         sup = None
         flights: list[WatchStep] = []

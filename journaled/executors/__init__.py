@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 
-def make_executor(spec: str, runner: Any, workers: int, preload: list[str] | None) -> Any:
+def make_executor(spec: str, runner: Any, workers: int, preload: list[str] | None,
+                  name: str | None = None) -> Any:
     """``local`` or ``dask://HOST:PORT``; ``ValueError`` names what is accepted."""
     from ..pool import Pool
 
     if spec in ("", "local"):
-        return Pool(runner, workers, preload=preload)
+        return Pool(runner, workers, preload=preload, name=name)
     if spec.startswith("dask://"):
         from .dask import DaskExecutor
 

@@ -837,7 +837,7 @@ def test_hook_is_delivered_once():
 
 
 @pytest.mark.timeout(10)
-def test_redrive_reruns_the_dead_step_with_fresh_attempts():
+def test_redrive_reruns_the_dead_step_with_fresh_failures_and_counting_deliveries():
     j = Journal(Policy(max_attempts=2))
     j.submit("r1", b"0")
     j.lease("r1")
@@ -849,11 +849,12 @@ def test_redrive_reruns_the_dead_step_with_fresh_attempts():
     assert recs == [Redriven("r1", T0 + 5)]
     run = j.st.runs["r1"]
     assert (run.status, run.step, run.payload, run.attempt, run.failures) == \
-        (RUNNING, 1, b"1", 0, 0), "a redriven run retries its dead step with its input"
+        (RUNNING, 1, b"1", 1, 0), "a redriven run retries its dead step with its input"
     assert run.error is None and not run.dead and run.result is None
     assert "r1" not in j.st.unhooked, "a redriven run owes no hook until it ends again"
     leased = j.lease("r1", now=T0 + 5)
-    assert (leased.step, leased.attempt) == (1, 1), "attempts start over at 1"
+    assert (leased.step, leased.attempt) == (1, 2), \
+        "failures start over, but attempts keep counting deliveries"
     j.complete("r1", SUCCEED, now=T0 + 6)
     assert j.st.runs["r1"].status == SUCCEEDED and j.st.unhooked == {"r1"}
     ends = [r for r in j.recs if isinstance(r, Terminated)]

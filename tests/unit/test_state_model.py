@@ -309,8 +309,8 @@ class SupervisorModel(RuleBasedStateMachine):
         assert recs == ([Redriven(rid, self.now)] if dead else []), \
             "only a dead-lettered run can be redriven"
         if dead:
-            assert not run.terminal and run.attempt == 0 and run.failures == 0, \
-                "a redriven run retries its dead step with fresh attempts"
+            assert not run.terminal and run.failures == 0 and run.abandons == 0, \
+                "a redriven run retries its dead step with a fresh series of failures"
         self.commit(recs)
 
     @precondition(lambda self: self.up)
@@ -460,7 +460,7 @@ class SupervisorModel(RuleBasedStateMachine):
                     assert m["abandons"] == POLICY.max_abandons + 1, \
                         f"(e) run {rid} is dead-lettered on abandon max_abandons + 1"
             elif isinstance(rec, Redriven):
-                m.update(ends=0, spent=0, failures=0, abandons=0)
+                m.update(ends=0, failures=0, abandons=0)  # deliveries keep counting
         if not self.up:
             return
         for rid, m in model.items():
