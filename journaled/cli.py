@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import gc
 import json
 import logging
 import os
@@ -235,6 +236,9 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     except ConnectionError as e:
         fail(str(e))
     workers = len(sup.pool.workers) if sup.pool is not None else workers
+    # This process is the supervisor: what replay built lives as long as it does,
+    # so keep the cyclic collector from rescanning it on every full collection.
+    gc.freeze()
     counts = sup.state.status_counts()
     click.echo(
         f"journaled {__version__}: supervising {app} with {workers} workers on {state} "

@@ -602,14 +602,16 @@ class Pool:
     def reap(self, w: Worker) -> int | None:
         """Collect a dead worker; returns its exit code."""
         code = None
-        if w.proc is not None:
-            w.proc.join(timeout=1)
-            code = w.proc.exitcode
-            w.proc.close() if code is not None else None
+        proc, w.proc = w.proc, None  # other threads read w.pid: never a closed process
+        if proc is not None:
+            proc.join(timeout=1)
+            code = proc.exitcode
+            if code is not None:
+                proc.close()
         for c in (w.conn, w.alive_w):
             if c is not None:
                 c.close()
-        w.proc = w.conn = w.alive_w = None
+        w.conn = w.alive_w = None
         return code
 
     def respawn(self, w: Worker) -> None:

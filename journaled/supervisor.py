@@ -24,6 +24,7 @@ found to be a duplicate), which is always the safe side.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -37,7 +38,7 @@ from typing import Any, Callable
 
 from . import failpoints
 from .api import RunOutcome, RunStatus, Signal
-from .errors import JournaledError, StorageFailure
+from .errors import JournalCorrupt, JournaledError, StorageFailure
 from .executors import make_executor
 from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SignalMsg, SubmitMsg
 from .journal import Journal, StateLock
@@ -128,7 +129,8 @@ class Supervisor:
         self._drain_deadline = 0.0
         self._shutdown_cancelled = False
         self.stopped = threading.Event()
-        self.outcomes: dict[str, RunOutcome] = {}  # durable terminal outcomes
+        # Runs whose terminal record is durable: only these are reported as ended.
+        self.outcomes: set[str] = set()
         self.cond = threading.Condition()
         self.recovered_runs = 0
         self.started_at = 0.0
@@ -177,30 +179,31 @@ class Supervisor:
     def _replay(self) -> None:
         state = self.state
         apply = state.apply
-        for seg, off, body in self.journal.replay():
-            try:
-                rec = decode(body)
-            except Exception as e:  # noqa: BLE001 - any decode failure is damage
-                from .errors import JournalCorrupt
-
-                raise JournalCorrupt(seg, off, f"undecodable record ({e})") from None
-            apply(rec)
+        # Records and runs hold no reference cycles: the cyclic collector would
+        # only rescan the growing state again and again (a third of replay time).
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        try:
+            for seg, off, body in self.journal.replay():
+                try:
+                    rec = decode(body)
+                except Exception as e:  # noqa: BLE001 - any decode failure is damage
+                    raise JournalCorrupt(seg, off, f"undecodable record ({e})") from None
+                apply(rec)
+        finally:
+            if gc_was_on:
+                gc.enable()
         self.journal.open_for_append()
         now = time.time()
         live = sum(1 for r in state.runs.values() if not r.terminal)
         self.recovered_runs = live
         recs = state.recover(now, os.getpid(), self.import_string)
-        for run in state.runs.values():
-            if run.terminal and run.run_id not in state.unhooked:
-                self.outcomes[run.run_id] = outcome_of(run)
+        self.outcomes.update(r.run_id for r in state.runs.values() if r.terminal)
         self._write(recs)
         self._after_commit(recs)
         if self.on_terminal is not None:
             for rid in sorted(self.state.unhooked):
                 self._fire_hook(rid)
-        else:
-            for rid in list(self.state.unhooked):
-                self.outcomes[rid] = outcome_of(self.state.runs[rid])
 
     def _watch_code(self) -> None:
         """--reload: flag a worker restart when a .py file under the app's directory changes."""
@@ -311,6 +314,7 @@ class Supervisor:
                 elif kind == "cancel":
                     run_id, reason = args
                     self._recs += state.cancel(run_id, reason, now)
+                    self._signal_cancel(run_id)
                     self._futures.append((fut, state.runs[run_id].status))
                 elif kind == "signal":
                     self._recs += state.signal(*args, now=now)
@@ -338,6 +342,7 @@ class Supervisor:
                         self._recs += self._submit_msg(m, now)
                 elif isinstance(msg, CancelMsg):
                     self._recs += state.cancel(msg.run_id, msg.reason, now)
+                    self._signal_cancel(msg.run_id)
                 elif isinstance(msg, RedriveMsg):
                     self._recs += state.redrive(msg.run_id, now)
                 elif isinstance(msg, CompactMsg):
@@ -430,8 +435,7 @@ class Supervisor:
         # Folding our own snapshot is the cheap way to drop expired runs.
         for p in parts:
             self.state.apply(p)
-        for rid in [r for r in self.outcomes if r not in self.state.runs]:
-            del self.outcomes[rid]
+        self.outcomes.intersection_update(self.state.runs)
         self.compactions += 1
         log.info("compacted the journal: %d runs kept, %.1f MB", len(self.state.runs),
                  self.journal.size_bytes / 1e6)
@@ -719,7 +723,7 @@ class Supervisor:
             if t is Terminated:
                 terminated.append(rec.run_id)
             elif t is Redriven:
-                self.outcomes.pop(rec.run_id, None)  # live again: the old end no longer holds
+                self.outcomes.discard(rec.run_id)  # live again: the old end no longer holds
             elif t is CancelRequested and pool is not None:
                 self._signal_cancel(rec.run_id)
         if not terminated:
@@ -727,7 +731,7 @@ class Supervisor:
         state = self.state
         for rid in terminated:
             run = state.runs[rid]
-            self.outcomes[rid] = outcome_of(run)
+            self.outcomes.add(rid)
             log.info("run %s %s after %d steps", rid, run.status, run.steps)
         with self.cond:
             self.cond.notify_all()
@@ -739,16 +743,19 @@ class Supervisor:
         pool = self.pool
         assert pool is not None
         mono = time.monotonic()
+        # Set before the CancelRequested record is synced: the token is advisory,
+        # and whatever the step answers is journaled after that record anyway.
         for w in pool.workers:
             for item in w.outstanding:
                 if item.run_id == run_id:
-                    pool.cancel(w, item, self.cancel_grace, mono)
+                    if not item.cancel_at:
+                        pool.cancel(w, item, self.cancel_grace, mono)
                     return
 
     def _fire_hook(self, run_id: str) -> None:
         run = self.state.runs[run_id]
         outcome = outcome_of(run)
-        self.outcomes[run_id] = outcome
+        self.outcomes.add(run_id)
         if failpoints.ENABLED:
             failpoints.hit("supervisor.before_hook")
         try:
@@ -764,12 +771,11 @@ class Supervisor:
 
     def status(self, run_id: str) -> RunOutcome | None:
         """Durable view: a terminal status is reported only once it is synced."""
-        out = self.outcomes.get(run_id)
-        if out is not None:
-            return out
         run = self.state.runs.get(run_id)
         if run is None:
             return None
+        if run_id in self.outcomes:
+            return outcome_of(run)
         if run.terminal:  # applied, not yet durable: still running as far as anyone knows
             return RunOutcome(run_id, RunStatus.RUNNING, None, None, run.step, run.submitted_at)
         return outcome_of(run)

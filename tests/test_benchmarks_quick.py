@@ -1,0 +1,67 @@
+"""Every benchmark script runs in ``--quick`` mode and prints the JSON it promises.
+
+Only the shape is checked: exit status 0, exactly one JSON line on stdout
+with ``title``, ``machine`` and ``results``, and the keys each script's
+rows are documented to carry. Never the numbers: timing depends on the
+machine (and this one is shared), so no speed is asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# script -> keys every result row has (rows of another kind are filtered by ``where``)
+EXPECTED: dict[str, tuple[set[str], tuple[str, str] | None]] = {
+    "baseline.py": ({"baseline", "tasks", "workers", "tasks_per_s", "us_per_task"}, None),
+    "transitions.py": ({"what", "tasks_per_s", "ratio", "durable"}, None),
+    "cpu_scaling.py": ({"what", "workers", "steps", "seconds", "ms_per_step", "speedup",
+                        "efficiency"}, None),
+    "replay.py": ({"journal", "what", "seconds"}, None),
+    "cancel_latency.py": ({"path", "n", "target", "p50_ms", "p99_ms", "max_ms",
+                           "after_return_p99_ms", "call_p99_ms", "not_cancelled"}, None),
+    "submit_latency.py": ({"path", "n", "target", "p50_ms", "p99_ms", "max_ms", "call_p50_ms",
+                           "call_p99_ms"}, None),
+    "soak.py": ({"kind", "runs", "seconds", "rss_mb", "worker_rss_mb", "journal_mb",
+                 "runs_in_memory", "compactions"}, ("kind", "sample")),
+}
+
+
+def run_quick(script: str) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"{script} printed {len(lines)} lines on stdout, expected 1 JSON line"
+    doc = json.loads(lines[0])
+    assert proc.stderr.strip(), f"{script} printed no table on stderr"
+    return doc
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_quick_mode_prints_json(script: str) -> None:
+    doc = run_quick(script)
+    assert {"title", "machine", "results"} <= doc.keys()
+    assert {"nproc", "python"} <= doc["machine"].keys()
+    keys, where = EXPECTED[script]
+    rows = doc["results"]
+    if where is not None:
+        rows = [r for r in rows if r.get(where[0]) == where[1]]
+    assert rows, f"{script} reported no result rows"
+    for r in rows:
+        missing = keys - r.keys()
+        assert not missing, f"{script}: row {r} lacks {sorted(missing)}"
+    if script == "soak.py":
+        kinds = {r["kind"] for r in doc["results"]}
+        assert any(k.startswith("flat") for k in kinds), kinds
+        assert any(k.startswith("growth") for k in kinds), kinds
+    elif script == "replay.py":
+        journals = {r["journal"] for r in doc["results"]}
+        assert {"raw", "compacted, keep all", "compacted, drop finished"} <= journals
+        assert all(r["records"] > 0 for r in doc["results"] if r["journal"] == "raw")
