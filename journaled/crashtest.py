@@ -802,6 +802,14 @@ class CrashTest:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH")]))
         return env
 
+    def _crash_env(self, log: Path, plan: Plan) -> dict[str, str]:
+        """A crash-round supervisor's environment: power loss, its seed, its failpoints."""
+        env = self._base_env(log, crash=True)
+        env["JOURNALED_SIMULATE_POWER_LOSS"] = "1" if self.cfg.power_loss else "0"
+        env["JOURNALED_FAILPOINT_SEED"] = str(plan.seed)
+        env["JOURNALED_FAILPOINTS"] = ",".join(filter(None, [self._caller_spec, plan.aim]))
+        return env
+
     def _command(self, state: Path, crash: bool) -> list[str]:
         cmd = [sys.executable, "-m", "journaled.cli", "run", WRAPPED, "--state", str(state),
                "--until-idle", "-w", str(self.cfg.workers),
@@ -913,7 +921,7 @@ class CrashTest:
     def _finish(self, state: Path, log: Path, archive: Archive, exec_log: ExecLog) -> bool:
         """Clean runs until the work is done; a caller's crash failpoint may need several."""
         for _ in range(50):
-            res = self._supervise(state, self._base_env(log, crash=True),
+            res = self._supervise(state, self._crash_env(log, Plan(0, None)),
                                   self._command(state, crash=True), Plan(0, None), archive,
                                   exec_log)
             self.stats.restarts += 1
@@ -1037,12 +1045,8 @@ class CrashTest:
 
     def _restart(self, state: Path, log: Path, archive: Archive, exec_log: ExecLog,
                  plan: Plan) -> _Result:
-        env = self._base_env(log, crash=True)
-        env["JOURNALED_SIMULATE_POWER_LOSS"] = "1" if self.cfg.power_loss else "0"
-        env["JOURNALED_FAILPOINT_SEED"] = str(plan.seed)
-        env["JOURNALED_FAILPOINTS"] = ",".join(filter(None, [self._caller_spec, plan.aim]))
-        res = self._supervise(state, env, self._command(state, crash=True), plan, archive,
-                              exec_log)
+        res = self._supervise(state, self._crash_env(log, plan),
+                              self._command(state, crash=True), plan, archive, exec_log)
         self.stats.restarts += 1
         if res.code == -signal.SIGKILL:
             if res.killed_by_us:

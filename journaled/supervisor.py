@@ -163,6 +163,8 @@ class Supervisor:
             os.environ["JOURNALED_STATE"] = str(self.state_dir.resolve())
             self.pool = make_executor(self.executor, self.import_string or self.runner,
                                       self.workers, self.preload, block_name(self.state_dir))
+            if hasattr(self.pool, "on_ready"):
+                self.pool.on_ready = self.wake  # a remote executor came back: lease again
             self.pool.start()
             self._wait_map = self.pool.wait_objects()
             self.inbox.watch(self.wake)

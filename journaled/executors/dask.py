@@ -141,7 +141,9 @@ class DaskExecutor:
         self.buf = bytearray()
         self._seq = 0
         self._connected = threading.Event()
+        self._reconnecting = threading.Lock()
         self._closing = False
+        self.on_ready: Any = None  # the supervisor's wake-up, called once reconnected
 
     # ------------------------------------------------------------ lifecycle
 
@@ -197,10 +199,19 @@ class DaskExecutor:
                     t0 = time.perf_counter()
                     finished = threading.Event()
                     fut.add_done_callback(lambda _f, ev=finished: ev.set())
+                    down_since = 0.0
                     while not finished.wait(0.05):
                         if proc.abandon.is_set():
                             fut.release()
                             return  # killed: the supervisor sees EOF and decides
+                        # A future can hang forever once its scheduler is gone.
+                        if self.client.status == "running":
+                            down_since = 0.0
+                        elif not down_since:
+                            down_since = time.monotonic()
+                        elif time.monotonic() - down_since > 1.0:
+                            self._lost(w, "the scheduler connection dropped")
+                            return
                     try:
                         res = _res_dec.decode(fut.result())
                     except Exception as e:  # noqa: BLE001 - lost worker or scheduler
@@ -208,11 +219,7 @@ class DaskExecutor:
                         if name in ("KilledWorker",):
                             res = WorkerResult("worker_died", error=f"Dask: {e}")
                         else:
-                            log.warning("lost the Dask scheduler (%s); releasing step and "
-                                        "reconnecting", e)
-                            w.kill_reason = "lost"
-                            self._connected.clear()
-                            threading.Thread(target=self._reconnect, daemon=True).start()
+                            self._lost(w, f"{type(e).__name__}: {e}")
                             return
                     busy = time.perf_counter() - t0
                     _U64.pack_into(self.buf, off, 0)
@@ -224,17 +231,38 @@ class DaskExecutor:
             except OSError:
                 pass
 
-    def _reconnect(self) -> None:
-        delay = 0.5
-        while not self._closing and not self._connected.is_set():
-            try:
-                self.client.scheduler_info()
-                self._connected.set()
-                log.warning("Dask scheduler at %s is back; leasing again", self.address)
+    def _lost(self, w: Worker, why: str) -> None:
+        """The scheduler is gone: release this step, stop leasing, reconnect in the background."""
+        w.kill_reason = "lost"
+        with self._reconnecting:
+            if not self._connected.is_set():
                 return
-            except Exception:  # noqa: BLE001
+            self._connected.clear()
+        log.warning("lost the Dask scheduler at %s (%s); releasing in-flight steps, leasing "
+                    "nothing until it is back", self.address, why)
+        threading.Thread(target=self._reconnect, daemon=True, name="journaled-dask-reconnect"
+                         ).start()
+
+    def _reconnect(self) -> None:
+        from distributed import Client
+
+        old, delay = self.client, 0.5
+        try:
+            old.close(timeout=1)
+        except Exception:  # noqa: BLE001 - it is already broken
+            pass
+        while not self._closing:
+            try:
+                self.client = Client(self.address, timeout=5, set_as_default=False)
+            except Exception:  # noqa: BLE001 - not back yet
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+                continue
+            self._connected.set()
+            log.warning("the Dask scheduler at %s is back; leasing again", self.address)
+            if self.on_ready is not None:
+                self.on_ready()
+            return
 
     # ------------------------------------------------------ the Pool face
 

@@ -104,7 +104,8 @@ def test_cancel_reaches_a_step_watching_its_token(start: Callable[..., Runtime],
 
 @pytest.mark.timeout(90)
 def test_step_ignoring_its_token_is_given_up_after_the_grace(start: Callable[..., Runtime],
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path, executor: str
+                                                             ) -> None:
     rt = start(cancel_grace=0.3)
     mark = tmp_path / "running"
     rid = rt.submit(b"", headers={"app": "ignore_token", "mark": str(mark)})
@@ -117,6 +118,13 @@ def test_step_ignoring_its_token_is_given_up_after_the_grace(start: Callable[...
     after = rt.submit(b"next", headers={"app": "echo"})
     assert rt.wait(after, timeout=60).status.value == "succeeded", \
         "the executor must keep serving runs after giving up on a step"
+    if executor.startswith("dask://"):
+        # An abandoned Dask task keeps its worker thread busy until it returns
+        # (documented); restart the cluster's workers so later tests get them.
+        from distributed import Client as DaskClient
+
+        with DaskClient(executor[len("dask://"):], set_as_default=False) as dc:
+            dc.restart()
 
 
 @pytest.mark.timeout(120)
@@ -156,3 +164,57 @@ def test_supervisor_kill_and_restart_finishes_every_run_once(state_dir: Path,
     for rid in ids:
         assert ends.get(rid) == 1, f"run {rid} must finish exactly once, got {ends.get(rid)}"
         assert client.status(rid).status.value == "succeeded"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(150)
+def test_lost_dask_scheduler_pauses_leasing_and_resumes_when_back(state_dir: Path) -> None:
+    pytest.importorskip("distributed", reason="the 'dask' extra is not installed")
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+    def scheduler() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", "from distributed.cli.dask_scheduler "
+                                 "import main; main()", "--port", str(port), "--no-dashboard"],
+                                **quiet)
+
+    def worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", "from distributed.cli.dask_worker "
+                                 "import main; main()", addr, "--nthreads", "1",
+                                 "--no-dashboard"], **quiet)
+
+    procs = [scheduler()]
+    time.sleep(2)
+    procs.append(worker())
+    try:
+        with Runtime(state_dir, basic.runner, executor="dask://127.0.0.1:" + str(port),
+                     **{**FAST, "workers": 1}) as rt:
+            first = rt.submit(b"a")
+            assert rt.wait(first, 60).status.value == "succeeded"
+            procs[0].kill()
+            procs[0].wait()
+            second = rt.submit(b"b")
+            time.sleep(3)
+            assert rt.status(second).status.value in ("pending", "running"), \
+                "with the scheduler gone the run must wait, not fail"
+            procs.append(scheduler())
+            time.sleep(2)
+            procs.append(worker())  # the old worker gave up on the dead scheduler
+            out = rt.wait(second, 90)
+            assert out.status.value == "succeeded" and out.result == b"b", \
+                "once the scheduler is back the run must finish"
+            assert "worker_died" not in [a.outcome for a in rt.history(second)], \
+                "losing the scheduler is not the step's failure"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
