@@ -97,13 +97,9 @@ def outcome_json(o: RunOutcome) -> dict[str, Any]:
 
 
 def _short(b: bytes | None, n: int = 40) -> str:
-    if b is None:
-        return "-"
-    try:
-        s = b.decode("utf-8")
-    except UnicodeDecodeError:
-        s = repr(b)
-    return s if len(s) <= n else s[: n - 1] + "…"
+    from .tools import short_bytes
+
+    return short_bytes(b, n)
 
 
 def _when(t: float | None) -> str:

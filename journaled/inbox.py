@@ -23,6 +23,7 @@ from typing import Callable, Union
 import msgspec
 
 from . import failpoints
+from .journal import fsync_dir
 
 log = logging.getLogger("journaled.inbox")
 
@@ -76,14 +77,6 @@ def inbox_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "inbox"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durable(directory: Path, name: str, data: bytes, mode: int = 0o600) -> Path:
     """Atomically create ``directory/name``: temp file, fsync, rename, fsync directory."""
     final = directory / name
@@ -99,7 +92,7 @@ def write_durable(directory: Path, name: str, data: bytes, mode: int = 0o600) ->
     if failpoints.ENABLED:
         failpoints.hit("inbox.before_rename")
     os.rename(tmp, final)  # atomic: readers see no file or the whole file
-    _fsync_dir(directory)  # the rename itself is durable only once the directory is synced
+    fsync_dir(directory)  # the rename itself is durable only once the directory is synced
     return final
 
 
@@ -163,7 +156,7 @@ class Inbox:
         try:
             write_durable(self.rejected, path.name + ".why", (why + "\n").encode())
             os.rename(path, self.rejected / path.name)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as e:
             log.warning("could not move rejected inbox file %s aside: %s", path.name, e)
         self._seen.discard(path.name)

@@ -299,7 +299,8 @@ def _read_head(path: Path) -> bytes:
         return f.read(HEADER_SIZE)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a create, rename or unlink in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -333,7 +334,7 @@ def _install_segment(journal_dir: Path, num: int, data: bytes, sync: bool) -> Pa
     _write_file(tmp, data, sync)
     os.rename(tmp, path)
     if sync:
-        _fsync_dir(journal_dir)
+        fsync_dir(journal_dir)
     return path
 
 
@@ -519,7 +520,7 @@ class Journal:
                 os.unlink(self.journal_dir / name)
                 removed = True
         if removed and not self.unsafe_no_fsync:
-            _fsync_dir(self.journal_dir)
+            fsync_dir(self.journal_dir)
 
     def _open(self, path: Path, size: int) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -684,7 +685,7 @@ class Journal:
             # 3. fsync the directory: the BASE segment now survives a power
             # cut. From here on replay starts at it and ignores older segments.
             if sync:
-                _fsync_dir(self.journal_dir)
+                fsync_dir(self.journal_dir)
             if failpoints.ENABLED:
                 failpoints.hit("compact.after_rename")
             # 4. Switch appends to the new segment. Bytes still held for the old
@@ -702,7 +703,7 @@ class Journal:
                 (self.journal_dir / _segment_name(n)).unlink(missing_ok=True)
             self._nums = [num]
             if sync:
-                _fsync_dir(self.journal_dir)
+                fsync_dir(self.journal_dir)
         except OSError as err:
             raise self._fail("compact", path, err) from err
 
@@ -1005,7 +1006,7 @@ def repair(journal_dir: Path | str) -> RepairReport:
                 dropped += later.stat().st_size
                 _move_aside(later)
                 moved.append(later.name)
-        _fsync_dir(journal_dir)
+        fsync_dir(journal_dir)
         _log.warning(
             "journal repaired: cut %s at byte %d (%s), dropped %d bytes, backup %s%s",
             seg, off, reason, dropped, backup.name,

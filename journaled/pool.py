@@ -253,42 +253,41 @@ def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, r
     enc = msgspec.msgpack.Encoder()
     acks: set[int] = set()
 
+    stopping = False
+
+    def receive() -> type:
+        """Read one message from the supervisor and file it; returns its type."""
+        nonlocal stopping
+        try:
+            msg = _to_worker_dec.decode(conn.recv_bytes())
+        except (EOFError, OSError):
+            os._exit(0)  # the supervisor is gone: exit rather than become an orphan
+        t = type(msg)
+        if t is DispatchBatch:
+            queue.extend(msg.items)
+        elif t is CancelQueued:
+            skip.add(msg.seq)
+        elif t is MemoAck:
+            acks.add(msg.seq)
+        else:  # Stop: the running step finishes, nothing queued runs
+            stopping = True
+            queue.clear()
+        return t
+
     def put_memo(seq: int, key: str, value: bytes) -> None:
-        """Block until the supervisor says the memo is durable; queue what else arrives."""
+        """Block until the supervisor says the memo is durable; file what else arrives."""
         conn.send_bytes(enc.encode(MemoPutMsg(seq, key, value)))
         while seq not in acks:
-            try:
-                msg = _to_worker_dec.decode(conn.recv_bytes())
-            except (EOFError, OSError):
-                os._exit(0)
-            if type(msg) is MemoAck:
-                acks.add(msg.seq)
-            elif type(msg) is DispatchBatch:
-                queue.extend(msg.items)
-            elif type(msg) is CancelQueued:
-                skip.add(msg.seq)
-            else:
-                queue.clear()  # Stop: the step finishes, nothing queued runs
+            receive()
         acks.discard(seq)
 
-    stopping = False
     clock = time.perf_counter
     last_flush = clock()
     busy = 0.0
     while True:
         # Block only when there is nothing to run; otherwise just drain the pipe.
         while not queue or conn.poll(0):
-            try:
-                msg = _to_worker_dec.decode(conn.recv_bytes())
-            except (EOFError, OSError):
-                os._exit(0)
-            if type(msg) is DispatchBatch:
-                queue.extend(msg.items)
-            elif type(msg) is CancelQueued:
-                skip.add(msg.seq)
-            elif type(msg) is Stop:
-                stopping = True
-                queue.clear()
+            if receive() is Stop:
                 break
         if stopping and not queue:
             if out:
@@ -457,7 +456,28 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
     return done
 
 
-class Pool:
+class Feeder:
+    """Numbering, sending and reading steps: the part every executor shares."""
+
+    _seq = 0
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def send(self, w: Worker, items: list[Dispatch], now: float) -> None:
+        if not w.outstanding:
+            w.head_started = now
+        for d in items:
+            w.outstanding.append(InFlight(d.seq, d.run_id, d.attempt, now))
+        assert w.conn is not None
+        w.conn.send_bytes(_to_worker_enc.encode(DispatchBatch(items)))
+
+    def read(self, w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
+        return read_results(w, now)
+
+
+class Pool(Feeder):
     """Starts, feeds, cancels, kills and replaces the worker processes.
 
     The shared-memory block has one ``SLOT_SIZE`` slot per worker; the
@@ -485,7 +505,6 @@ class Pool:
             self.buf = self._shm.buf
             self.buf[:] = bytes(SLOT_SIZE * workers)
             self.workers = [Worker(i) for i in range(workers)]
-            self._seq = 0
         except BaseException:
             self._unlink()
             raise
@@ -517,26 +536,12 @@ class Pool:
         w.ever_ran = False
         w.revoked.clear()
 
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def depth(self, w: Worker) -> int:
         """How many steps to keep leased on ``w``: deep for tiny steps, 1 for long ones."""
         if w.avg_step <= 0:
             return 1
         return max(1, min(self.max_depth, int(self.batch_target / w.avg_step)))
 
-    def send(self, w: Worker, items: list[Dispatch], now: float) -> None:
-        if not w.outstanding:
-            w.head_started = now
-        for d in items:
-            w.outstanding.append(InFlight(d.seq, d.run_id, d.attempt, now))
-        assert w.conn is not None
-        w.conn.send_bytes(_to_worker_enc.encode(DispatchBatch(items)))
-
-    def read(self, w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
-        return read_results(w, now)
 
     def running_seq(self, w: Worker) -> int:
         return _U64.unpack_from(self.buf, w.slot * SLOT_SIZE + 8)[0]

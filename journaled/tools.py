@@ -122,3 +122,14 @@ def record_line(rec: Record) -> str:
         s = str(v)
         parts.append(f"{k}={s if len(s) <= 60 else s[:59] + '…'}")
     return f"{when}  {kind:<15} {rid}  {' '.join(parts)}".rstrip()
+
+
+def short_bytes(b: bytes | None, n: int = 40, none: str = "-") -> str:
+    """Bytes for one line of a table: text if they decode, cut to ``n`` characters."""
+    if b is None:
+        return none
+    try:
+        s = " ".join(b.decode("utf-8").split())
+    except UnicodeDecodeError:
+        s = repr(b)
+    return s if len(s) <= n else s[: n - 1] + "…"

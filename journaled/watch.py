@@ -34,6 +34,7 @@ import click
 import msgspec
 
 from .live import LiveStatus, read_status
+from .tools import short_bytes
 
 STATUSES = ("pending", "running", "waiting", "succeeded", "failed", "cancelled")
 RECENT = 5  # terminal runs and dead letters shown
@@ -106,14 +107,7 @@ class Snapshot(msgspec.Struct):
 
 
 def _text(b: bytes | None, n: int = 60) -> str:
-    if b is None:
-        return ""
-    try:
-        s = b.decode("utf-8")
-    except UnicodeDecodeError:
-        s = repr(b)
-    s = " ".join(s.split())
-    return s if len(s) <= n else s[: n - 1] + "…"
+    return short_bytes(b, n, none="")
 
 
 def _first_line(s: str | None, n: int = 120) -> str:

@@ -43,12 +43,12 @@ import msgspec
 from ..api import SLOT_SIZE, CancelToken, Memo, Step
 from ..pool import (
     DispatchBatch,
+    Feeder,
     MemoAck,
     ResultBatch,
     Stop,
     Worker,
     _to_worker_dec,
-    read_results,
     resolve_runner,
     run_one,
 )
@@ -121,7 +121,7 @@ class _Remote:
         return self.alive
 
 
-class DaskExecutor:
+class DaskExecutor(Feeder):
     """Virtual workers that forward steps to a Dask cluster."""
 
     def __init__(self, address: str, runner: Any, workers: int = 0) -> None:
@@ -139,7 +139,6 @@ class DaskExecutor:
         self.client: Any = None
         self.workers: list[Worker] = []
         self.buf = bytearray()
-        self._seq = 0
         self._connected = threading.Event()
         self._reconnecting = threading.Lock()
         self._closing = False
@@ -266,25 +265,8 @@ class DaskExecutor:
 
     # ------------------------------------------------------ the Pool face
 
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def depth(self, w: Worker) -> int:
         return 1 if self._connected.is_set() else 0
-
-    def send(self, w: Worker, items: list[Any], now: float) -> None:
-        from ..pool import InFlight
-
-        if not w.outstanding:
-            w.head_started = now
-        for d in items:
-            w.outstanding.append(InFlight(d.seq, d.run_id, d.attempt, now))
-        assert w.conn is not None
-        w.conn.send_bytes(_enc.encode(DispatchBatch(items)))
-
-    def read(self, w: Worker, now: float) -> list[Any]:
-        return read_results(w, now)
 
     def running_seq(self, w: Worker) -> int:
         return _U64.unpack_from(self.buf, w.slot * SLOT_SIZE + 8)[0]
