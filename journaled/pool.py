@@ -476,6 +476,22 @@ class Feeder:
     def read(self, w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
         return read_results(w, now)
 
+    def ack_memo(self, w: Worker, seq: int) -> None:
+        if w.conn is not None:
+            try:
+                w.conn.send_bytes(_to_worker_enc.encode(MemoAck(seq)))
+            except OSError:
+                pass
+
+    def stop(self, w: Worker) -> None:
+        """Ask ``w`` to finish its current step and exit."""
+        if w.conn is not None and not w.stopping:
+            w.stopping = True
+            try:
+                w.conn.send_bytes(_to_worker_enc.encode(Stop()))
+            except OSError:
+                pass
+
 
 class Pool(Feeder):
     """Starts, feeds, cancels, kills and replaces the worker processes.
@@ -579,22 +595,6 @@ class Pool(Feeder):
         w.outstanding.append(head)
         w.revoked.update(i.seq for i in taken)
         return taken
-
-    def ack_memo(self, w: Worker, seq: int) -> None:
-        if w.conn is not None:
-            try:
-                w.conn.send_bytes(_to_worker_enc.encode(MemoAck(seq)))
-            except OSError:
-                pass
-
-    def stop(self, w: Worker) -> None:
-        """Ask ``w`` to finish its current step and exit."""
-        if w.conn is not None and not w.stopping:
-            w.stopping = True
-            try:
-                w.conn.send_bytes(_to_worker_enc.encode(Stop()))
-            except OSError:
-                pass
 
     def kill(self, w: Worker, reason: str) -> None:
         if w.proc is not None and w.proc.is_alive():

@@ -44,7 +44,6 @@ from ..api import SLOT_SIZE, CancelToken, Memo, Step
 from ..pool import (
     DispatchBatch,
     Feeder,
-    MemoAck,
     ResultBatch,
     Stop,
     Worker,
@@ -282,18 +281,6 @@ class DaskExecutor(Feeder):
             Event(f"journaled-{self.ns}-cancel-{item.seq}", client=self.client).set()
         except Exception as e:  # noqa: BLE001 - the grace-period abandon still applies
             log.warning("could not set the Dask cancel event for run %s: %s", item.run_id, e)
-
-    def ack_memo(self, w: Worker, seq: int) -> None:
-        if w.conn is not None:
-            w.conn.send_bytes(_enc.encode(MemoAck(seq)))
-
-    def stop(self, w: Worker) -> None:
-        if w.conn is not None and not w.stopping:
-            w.stopping = True
-            try:
-                w.conn.send_bytes(_enc.encode(Stop()))
-            except OSError:
-                pass
 
     def kill(self, w: Worker, reason: str) -> None:
         proc = w.proc
