@@ -271,6 +271,7 @@ def worker_main(slot: int, conn: Connection, alive: Connection, shm_name: str, r
             acks.add(msg.seq)
         else:  # Stop: the running step finishes, nothing queued runs
             stopping = True
+            out.extend((d.seq, WorkerResult("revoked")) for d in queue)
             queue.clear()
         return t
 
@@ -376,7 +377,6 @@ class Worker:
         self.stopping = False
         self.ever_ran = False  # a result came back: the process got past start-up
         self.memo_puts: list[MemoPutMsg] = []
-        self.lost: list[InFlight] = []
         self.revoked: set[int] = set()  # taken back; their "revoked" answers are dropped
         self.lock: Any = None
 
@@ -436,13 +436,16 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
             if seq in w.revoked:
                 w.revoked.discard(seq)  # given to another worker already
                 continue
-            # Results come back in send order, so a gap means a step the
-            # worker dropped; it goes back to the supervisor to release.
-            while w.outstanding and w.outstanding[0].seq != seq:
-                w.lost.append(w.outstanding.popleft())
-            if not w.outstanding:
-                continue
-            item = w.outstanding.popleft()
+            # Results come back in send order, so the match is almost always the
+            # head; a step answered out of order (skipped at a Stop that came in
+            # mid-step) is found further in.
+            if w.outstanding and w.outstanding[0].seq == seq:
+                item = w.outstanding.popleft()
+            else:
+                item = next((i for i in w.outstanding if i.seq == seq), None)
+                if item is None:
+                    continue
+                w.outstanding.remove(item)
             done.append((item, res))
         if not w.conn.poll(0):
             break

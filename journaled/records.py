@@ -42,11 +42,19 @@ class Leased(Record, tag="lea"):
 
 
 class Released(Record, tag="rel"):
-    """A lease handed back unstarted (shutdown, queued behind a dead step). Replay: not a delivery."""
+    """A lease handed back without an outcome.
+
+    Replay: unstarted (queued behind a dead step, taken back, skipped at
+    shutdown) it is not a delivery; ``started`` (cut off by a shutdown, a
+    lost executor, or a worker that died holding its result) it counts as
+    an abandoned delivery, like a supervisor crash, not as a failure.
+    """
 
     run_id: str
     step: int
     attempt: int
+    started: bool = False
+    at: float = 0.0
 
 
 class StepDone(Record, tag="don"):

@@ -222,11 +222,20 @@ class State:
         if not run.leased or run.attempt != rec.attempt:
             return
         self._unlease(run)
-        if run.history and run.history[-1][4] is None:
-            run.history.pop()  # never delivered: not an attempt
-        run.attempt -= 1
-        if run.step == 0 and run.attempt == 0:
-            run.status = PENDING
+        if rec.started:
+            # Delivered, outcome lost: counts like a supervisor crash would.
+            self._end_attempt(run, rec.at, "abandoned", "its worker stopped before the outcome "
+                              "was recorded")
+            run.abandons += 1
+            if run.cancel_reason is None and run.abandons > self.policy.max_abandons:
+                self._attention.add(run.run_id)
+                return
+        else:
+            if run.history and run.history[-1][4] is None:
+                run.history.pop()  # never delivered: not an attempt
+            run.attempt -= 1
+            if run.step == 0 and run.attempt == 0:
+                run.status = PENDING
         self._after_unlease(run)
 
     def _after_unlease(self, run: Run) -> None:
@@ -438,12 +447,13 @@ class State:
         self.apply(rec)
         return rec
 
-    def release(self, run_id: str, attempt: int) -> list[Record]:
-        """Hand back a lease whose step never started (shutdown, queued behind a death)."""
+    def release(self, run_id: str, attempt: int, started: bool = False, now: float = 0.0
+                ) -> list[Record]:
+        """Hand back a lease without an outcome; ``started``: it may have run."""
         run = self.runs.get(run_id)
         if run is None or not run.leased or run.attempt != attempt:
             return []
-        return self._commit([Released(run_id, run.step, run.attempt)])
+        return self._commit([Released(run_id, run.step, run.attempt, started, now)])
 
     def complete(self, run_id: str, attempt: int, res: WorkerResult, now: float,
                  jitter: float = 0.5) -> list[Record]:

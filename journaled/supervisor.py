@@ -390,7 +390,7 @@ class Supervisor:
                     self._results(w, pool.read(w, mono), now)
                 except (EOFError, OSError):
                     dead.append(w)
-                if w.memo_puts or w.lost:
+                if w.memo_puts:
                     self._worker_messages(w)
             elif w not in dead:
                 dead.append(w)
@@ -479,21 +479,19 @@ class Supervisor:
         recs = self._recs
         rng = self._rng.random
         for item, res in done:
+            if res.kind == "revoked":  # skipped unstarted (the worker was told to stop)
+                recs += self.state.release(item.run_id, item.attempt, False, now)
+                continue
             if self._shutdown_cancelled and item.cancel_at and res.kind in ("cancel", "cancelled"):
                 # Our own shutdown set that token: the step is abandoned, not cancelled.
-                recs += self.state.release(item.run_id, item.attempt)
+                recs += self.state.release(item.run_id, item.attempt, True, now)
                 continue
             recs += complete(item.run_id, item.attempt, res, now, rng())
         self.steps_done += len(done)
 
     def _worker_messages(self, w: Worker) -> None:
-        """Memo puts (acked after the commit) and steps a worker dropped (released)."""
+        """Memo puts: journaled this turn, acknowledged to the worker after the commit."""
         state = self.state
-        for item in w.lost:
-            log.error("worker %d dropped step seq %d of run %s; releasing it", w.slot, item.seq,
-                      item.run_id)
-            self._recs += state.release(item.run_id, item.attempt)
-        w.lost.clear()
         for put in w.memo_puts:
             item = next((i for i in w.outstanding if i.seq == put.seq), None)
             if item is not None:
@@ -515,7 +513,15 @@ class Supervisor:
         code = pool.reap(w)
         left = list(w.outstanding)
         w.outstanding.clear()
-        for item in left:
+        # Steps up to the running one may have run (a worker batches results, so a
+        # finished step's outcome can die with it); steps after it never started.
+        # With nothing running we cannot tell, so every step counts as delivered:
+        # over-counting attempts is safe, reusing an attempt number is not.
+        pos = next((i for i, it in enumerate(left) if it.seq == running), None)
+        for i, item in enumerate(left):
+            if pos is not None and i > pos:
+                self._recs += self.state.release(item.run_id, item.attempt, False, now)
+                continue
             # A step cut off by our own shutdown or a lost Dask scheduler is released,
             # like a supervisor crash: not the step's fault, no failure counted.
             if item.seq == running and not (self._stopping and reason in ("shutdown", "drain")
@@ -532,7 +538,7 @@ class Supervisor:
                                                   WorkerResult(kind, error=msg), now,
                                                   self._rng.random())
             else:
-                self._recs += self.state.release(item.run_id, item.attempt)
+                self._recs += self.state.release(item.run_id, item.attempt, True, now)
         if w.ever_ran or running or reason:
             # It got as far as running a step (or we killed it): not a start-up failure.
             self._startup_deaths = 0

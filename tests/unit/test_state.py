@@ -563,6 +563,26 @@ def test_release_hands_back_the_attempt_without_a_failure():
 
 
 @pytest.mark.timeout(10)
+def test_release_of_a_step_that_may_have_run_spends_its_attempt_as_an_abandon():
+    j = Journal(Policy(max_abandons=1))
+    j.submit("r1")
+    leased = j.lease("r1")
+    recs = j(j.st.release("r1", leased.attempt, True, T0 + 1))
+    assert recs == [Released("r1", 0, 1, True, T0 + 1)]
+    run = j.st.runs["r1"]
+    assert (run.attempt, run.failures, run.abandons) == (1, 0, 1), \
+        "a delivery whose outcome was lost is spent, counted as an abandon, not a failure"
+    assert [h[5] for h in run.history] == ["abandoned"], "history shows it as abandoned"
+    again = j.lease("r1", now=T0 + 2)
+    assert again.attempt == 2, "an attempt number is never reused for a step that may have run"
+    j(j.st.release("r1", again.attempt, True, T0 + 3))
+    ends = j(j.st.reconcile(T0 + 3))
+    assert len(ends) == 1 and ends[0].dead and ends[0].kind == "abandoned", \
+        "past max_abandons the step is dead-lettered"
+    j.assert_replay_matches()
+
+
+@pytest.mark.timeout(10)
 def test_release_of_a_later_step_keeps_it_running_and_due():
     j = Journal()
     j.submit("r1")
