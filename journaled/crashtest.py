@@ -343,13 +343,9 @@ class Outcome(NamedTuple):
 
 
 def _short(b: bytes | None, n: int = 40) -> str:
-    if b is None:
-        return "-"
-    try:
-        s = b.decode("utf-8")
-    except UnicodeDecodeError:
-        s = b.hex()
-    return s if len(s) <= n else s[: n - 1] + "…"
+    from .tools import short_bytes
+
+    return short_bytes(b, n)
 
 
 class Archive:
@@ -632,6 +628,7 @@ class Config:
     timeout: float = 120.0
     keep: bool = False
     progress: bool = True
+    signals: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -821,7 +818,13 @@ class CrashTest:
     def _submit(self, state: Path, ids: list[str], inputs: list[bytes]) -> None:
         from .client import Client
 
-        Client(state).submit_many(inputs, run_ids=ids)
+        client = Client(state)
+        client.submit_many(inputs, run_ids=ids)
+        # Signals go in right behind the submissions: the journal buffers each
+        # until its run waits on the key, so workflows that park get woken.
+        for rid in ids:
+            for key, data in self.cfg.signals:
+                client.signal(rid, key, data)
 
     # ------------------------------------------------------------ reference
 
@@ -1422,9 +1425,13 @@ def _lines(data: bytes) -> Iterator[bytes]:
 @click.option("--keep", is_flag=True, help="Keep the temporary state directories.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--list-failpoints", is_flag=True, help="List the failpoints and exit.")
+@click.option("--signal", "signals", multiple=True, metavar="KEY=DATA",
+              help="Send this signal to every run right after it is submitted (repeatable), "
+                   "for workflows that wait with ContinueOnSignal.")
 def crashtest(app: str | None, runs: int | None, kills: int, seed: int | None, input_file: Any,
               workers: int, kill_workers: bool, power_loss: bool, max_attempts: int,
-              timeout: float, keep: bool, as_json: bool, list_failpoints: bool) -> None:
+              timeout: float, keep: bool, as_json: bool, list_failpoints: bool,
+              signals: tuple[str, ...]) -> None:
     """Crash-test APP (``module:function``): kill -9 it at random and check every run.
 
     Runs the workload once crash-free for reference, then again while killing
@@ -1455,9 +1462,15 @@ def crashtest(app: str | None, runs: int | None, kills: int, seed: int | None, i
     if seed is None:
         seed = random.randrange(1_000_000)
     inputs = list(_lines(input_file.read())) if input_file is not None else None
+    sigs = []
+    for spec in signals:
+        key, sep, data = spec.partition("=")
+        if not sep or not key:
+            _fail(f"bad --signal {spec!r}: use KEY=DATA, e.g. --signal approve=yes")
+        sigs.append((key, data.encode()))
     cfg = Config(app=app, runs=runs, kills=kills, seed=seed, inputs=inputs, workers=workers,
                  kill_workers=kill_workers, power_loss=power_loss, max_attempts=max_attempts,
-                 timeout=timeout, keep=keep)
+                 timeout=timeout, keep=keep, signals=sigs)
     test = CrashTest(cfg)
 
     def on_term(signum: int, frame: Any) -> None:

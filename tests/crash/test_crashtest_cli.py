@@ -217,3 +217,16 @@ def test_crashtest_lists_the_failpoints() -> None:
     assert res.returncode == 0, res.stderr
     for name in POINTS:
         assert name in res.stdout
+
+
+@pytest.mark.timeout(120)
+def test_crashtest_passes_on_the_signal_and_memo_examples() -> None:
+    """Workflows that park on a signal (woken by --signal) and memoize a sub-task."""
+    approval = _crashtest("examples.approval:runner", "--runs", "4", "--kills", "4", "--seed",
+                          "2", "--signal", "approve=yes", "--json", timeout=110)
+    assert approval.returncode == 0, approval.stdout + approval.stderr
+    memo = _crashtest("examples.memo:runner", "--runs", "4", "--kills", "4", "--seed", "2",
+                      "--json", timeout=110)
+    assert memo.returncode == 0, memo.stdout + memo.stderr
+    bad = _crashtest("examples.approval:runner", "--signal", "novalue")
+    assert bad.returncode == 2 and "KEY=DATA" in bad.stderr and "Traceback" not in bad.stderr
