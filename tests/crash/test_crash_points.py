@@ -20,7 +20,6 @@ stack (faulthandler) and kills the process group before failing.
 from __future__ import annotations
 
 import faulthandler
-import math
 import os
 import signal
 import subprocess
@@ -48,6 +47,7 @@ from journaled.inbox import CompactMsg, post
 from journaled.journal import verify
 from journaled.records import AttemptFailed, Leased, Submitted, Terminated
 from journaled.tools import check
+from tests.apps.reference import primes_below
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "examples.primes:runner"  # four steps per run, one chunk of [0, N) each
@@ -63,17 +63,9 @@ KILLED = "supervisor killed"  # the failpoint SIGKILLs the supervisor
 WORKER_DIED = "worker died"
 
 
-def _primes_below(n: int) -> int:
-    """Crash-free reference result, computed independently of the example: a sieve."""
-    sieve = bytearray([1]) * n
-    sieve[0:2] = b"\x00\x00"
-    for p in range(2, math.isqrt(n - 1) + 1):
-        if sieve[p]:
-            sieve[p * p :: p] = bytes(len(range(p * p, n, p)))
-    return sum(sieve)
 
 
-EXPECTED = {rid: str(_primes_below(int(data))).encode()
+EXPECTED = {rid: str(primes_below(int(data))).encode()
             for rid, data in zip(RUN_IDS, INPUTS, strict=True)}
 
 

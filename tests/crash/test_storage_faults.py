@@ -15,7 +15,6 @@ supervisor costs over a second of start-up here); each test checks its own.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -31,6 +30,7 @@ import pytest
 from journaled.client import Client
 from journaled.crashtest import ENV_APP, ENV_LOG, HOOK, WRAPPED, ExecLog, final_outcomes
 from journaled.tools import check
+from tests.apps.reference import primes_below
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "examples.primes:runner"
@@ -38,17 +38,10 @@ FIRST = [b"60000", b"90000", b"120000"]  # submitted before the supervisor start
 TIMEOUT = 40.0
 
 
-def _primes_below(n: int) -> int:
-    sieve = bytearray([1]) * n
-    sieve[0:2] = b"\x00\x00"
-    for p in range(2, math.isqrt(n - 1) + 1):
-        if sieve[p]:
-            sieve[p * p :: p] = bytes(len(range(p * p, n, p)))
-    return sum(sieve)
 
 
 def _expected(data: bytes) -> bytes:
-    return str(_primes_below(int(data))).encode()
+    return str(primes_below(int(data))).encode()
 
 
 @dataclass
