@@ -591,8 +591,16 @@ class State:
         return counts
 
     def idle(self) -> bool:
-        """No run is pending, running or delayed."""
-        return not self.in_flight and all(r.terminal for r in self.runs.values())
+        """No run is pending, running or delayed: only outside input can move anything.
+
+        A run parked on a signal with no timeout waits for the outside, so it
+        does not keep ``--until-idle`` from exiting; the signal, when it comes,
+        waits in the inbox for the next supervisor.
+        """
+        if self.in_flight or self._ready:
+            return False
+        return all(r.terminal or (r.wait_key and r.woken is None and r.status == WAITING
+                                  and not r.due_at) for r in self.runs.values())
 
 
 def _run_to_snapshot(r: Run) -> RunSnapshot:

@@ -242,3 +242,18 @@ def test_hook_fires_for_a_run_dead_lettered_by_recovery(state_dir: Path, tmp_pat
     assert seen == [f"{rid} failed"], "the terminal hook must fire for a recovery dead letter"
     ends = [r for _s, _o, r in records(state_dir) if type(r) is Terminated and r.run_id == rid]
     assert len(ends) == 1, "the run must end exactly once"
+
+
+@pytest.mark.timeout(90)
+def test_until_idle_exits_while_a_run_waits_for_a_signal_and_the_next_start_finishes_it(
+        state_dir: Path) -> None:
+    client = Client(state_dir)
+    rid = client.submit(b"x", headers={"app": "approval"})
+    first = _cli("run", APP, "--state", str(state_dir), "-w", "1", "--until-idle")
+    assert first.returncode == 0, first.stderr
+    assert client.status(rid).status.value == "waiting", \
+        "a run parked on a signal with no timeout must not keep --until-idle running"
+    client.signal(rid, "approve", b"later")
+    second = _cli("run", APP, "--state", str(state_dir), "-w", "1", "--until-idle")
+    assert second.returncode == 0, second.stderr
+    assert client.status(rid).result == b"approved:later"
