@@ -629,6 +629,7 @@ class Config:
     keep: bool = False
     progress: bool = True
     signals: list[tuple[str, bytes]] = field(default_factory=list)
+    scratch: Path | None = None  # where the temporary state directories go
 
 
 @dataclass
@@ -767,7 +768,9 @@ class CrashTest:
         inputs = self._load()
         self._check_caller_failpoints()
         ids = [f"ct-{i:04d}" for i in range(len(inputs))]
-        self.root = Path(tempfile.mkdtemp(prefix="journaled-crashtest-"))
+        if cfg.scratch is not None:
+            cfg.scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="journaled-crashtest-", dir=cfg.scratch))
         try:
             self._reference(ids, inputs)
             while True:
@@ -1428,10 +1431,13 @@ def _lines(data: bytes) -> Iterator[bytes]:
 @click.option("--signal", "signals", multiple=True, metavar="KEY=DATA",
               help="Send this signal to every run right after it is submitted (repeatable), "
                    "for workflows that wait with ContinueOnSignal.")
+@click.option("--state", "scratch", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where crashtest makes its own throw-away state directories "
+                                 "(default: the system temp dir). Your state is never touched.")
 def crashtest(app: str | None, runs: int | None, kills: int, seed: int | None, input_file: Any,
               workers: int, kill_workers: bool, power_loss: bool, max_attempts: int,
               timeout: float, keep: bool, as_json: bool, list_failpoints: bool,
-              signals: tuple[str, ...]) -> None:
+              signals: tuple[str, ...], scratch: Path | None) -> None:
     """Crash-test APP (``module:function``): kill -9 it at random and check every run.
 
     Runs the workload once crash-free for reference, then again while killing
@@ -1470,7 +1476,7 @@ def crashtest(app: str | None, runs: int | None, kills: int, seed: int | None, i
         sigs.append((key, data.encode()))
     cfg = Config(app=app, runs=runs, kills=kills, seed=seed, inputs=inputs, workers=workers,
                  kill_workers=kill_workers, power_loss=power_loss, max_attempts=max_attempts,
-                 timeout=timeout, keep=keep, signals=sigs)
+                 timeout=timeout, keep=keep, signals=sigs, scratch=scratch)
     test = CrashTest(cfg)
 
     def on_term(signum: int, frame: Any) -> None:
