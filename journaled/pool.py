@@ -380,6 +380,16 @@ class Worker:
         self.revoked: set[int] = set()  # taken back; their "revoked" answers are dropped
         self.lock: Any = None
 
+    def attach(self, proc: Any, conn: Connection, alive_w: Connection | None) -> None:
+        """A fresh process behind this slot: nothing in flight, nothing learned yet."""
+        self.proc, self.conn, self.alive_w = proc, conn, alive_w
+        self.outstanding.clear()
+        self.kill_reason = ""
+        self.stopping = False
+        self.avg_step = 0.0
+        self.ever_ran = False
+        self.revoked.clear()
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
@@ -547,13 +557,7 @@ class Pool(Feeder):
         # Our copies of the child's ends must go, or EOF never reaches either side.
         child.close()
         alive_r.close()
-        w.proc, w.conn, w.alive_w = proc, parent, alive_w
-        w.outstanding.clear()
-        w.kill_reason = ""
-        w.stopping = False
-        w.avg_step = 0.0
-        w.ever_ran = False
-        w.revoked.clear()
+        w.attach(proc, parent, alive_w)
 
     def depth(self, w: Worker) -> int:
         """How many steps to keep leased on ``w``: deep for tiny steps, 1 for long ones."""

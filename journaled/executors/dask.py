@@ -165,12 +165,7 @@ class DaskExecutor(Feeder):
     def _spawn(self, w: Worker) -> None:
         parent, child = multiprocessing.Pipe(duplex=True)
         proc = _Remote()
-        w.proc, w.conn, w.alive_w = proc, parent, None
-        w.outstanding.clear()
-        w.kill_reason = ""
-        w.stopping = False
-        w.avg_step = 0.0
-        w.ever_ran = False
+        w.attach(proc, parent, None)
         threading.Thread(target=self._serve, args=(w, proc, child), daemon=True,
                          name=f"journaled-dask-{w.slot}").start()
 
