@@ -133,7 +133,6 @@ class Supervisor:
         self.outcomes: set[str] = set()
         self.cond = threading.Condition()
         self.recovered_runs = 0
-        self.started_at = 0.0
         self.steps_done = 0
         self._rng = random.Random()
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
@@ -172,7 +171,6 @@ class Supervisor:
                 threading.Thread(target=self._watch_code, daemon=True,
                                  name="journaled-reload").start()
             self._read_inbox(time.time())
-            self.started_at = time.monotonic()
             self.wake()  # the first turn must lease what replay and the inbox left ready
         except BaseException:
             self.close()
@@ -556,7 +554,6 @@ class Supervisor:
     def _deadlines(self, mono: float, now: float) -> None:
         pool = self.pool
         assert pool is not None
-        runs = self.state.runs
         if self._stopping and not self._shutdown_cancelled and mono >= self._drain_deadline:
             # Drain time is up: ask running steps to stop, kill them after the grace.
             self._shutdown_cancelled = True
@@ -570,11 +567,20 @@ class Supervisor:
             if head.cancel_at and mono >= head.cancel_at:
                 pool.kill(w, "shutdown" if self._shutdown_cancelled else "cancelled")
                 continue
-            run = runs.get(head.run_id)
-            limit = (run.step_timeout if run is not None and run.step_timeout else
-                     self.policy.step_timeout)
+            limit = self._step_limit(head.run_id)
             if limit and mono - w.head_started >= limit:
                 pool.kill(w, "timeout")
+
+    def _step_limit(self, run_id: str) -> float:
+        """Seconds a step of this run may take (0 = no limit); a run's own option wins."""
+        run = self.state.runs.get(run_id)
+        return run.step_timeout if run is not None and run.step_timeout else \
+            self.policy.step_timeout
+
+    @staticmethod
+    def _stuck_after(w: Worker) -> float:
+        """How long a worker's head step may run before the steps behind it are taken back."""
+        return max(0.02, 4 * w.avg_step)
 
     def _next_timeout(self) -> float | None:
         if self._carry or self._commands:
@@ -594,9 +600,7 @@ class Supervisor:
             if head.cancel_at:
                 t = head.cancel_at - mono
                 best = t if best is None else min(best, t)
-            run = self.state.runs.get(head.run_id)
-            limit = (run.step_timeout if run is not None and run.step_timeout else
-                     self.policy.step_timeout)
+            limit = self._step_limit(head.run_id)
             if limit:
                 t = w.head_started + limit - mono
                 best = t if best is None else min(best, t)
@@ -606,7 +610,7 @@ class Supervisor:
         if any(not w.outstanding and w.proc is not None for w in pool.workers):
             for w in pool.workers:
                 if len(w.outstanding) > 1:  # when a steal would become worth it
-                    t = w.head_started + max(0.02, 4 * w.avg_step) - mono
+                    t = w.head_started + self._stuck_after(w) - mono
                     best = t if best is None else min(best, t)
         if self.state.in_flight:  # keep the live view's progress fresh
             t = self._status_due - mono
@@ -630,8 +634,7 @@ class Supervisor:
         took = False
         for w in workers:
             # Stuck: its head has run well past what its steps usually take.
-            if (len(w.outstanding) > 1
-                    and mono - w.head_started > max(0.02, 4 * w.avg_step)):
+            if len(w.outstanding) > 1 and mono - w.head_started > self._stuck_after(w):
                 for item in pool.revoke_queued(w):
                     self._recs += self.state.release(item.run_id, item.attempt)
                     took = True
