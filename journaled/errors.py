@@ -104,3 +104,33 @@ class RunNotLive(JournaledError):
         self.run_id = run_id
         self.status = status
         super().__init__(f"run {run_id!r} already {status}; signals only reach live runs")
+
+
+class InputTooLarge(JournaledError):
+    """Permanent: a value is over the size the journal can hold inline.
+
+    Refused at the API, before anything is acknowledged, so an oversized
+    value can never reach the supervisor and crash it (see ``limits``).
+    """
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"{what} is {size:,} bytes, over the {limit:,}-byte limit; "
+            "store big data in a file and pass its path"
+        )
+
+
+class SubmissionRejected(JournaledError):
+    """Permanent: the supervisor refused a submission that a client had posted.
+
+    The run never existed; ``reason`` says why (for example another client
+    took the same run id with other input first).
+    """
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"submission of run {run_id!r} was rejected: {reason}")
