@@ -36,6 +36,7 @@ import struct
 import tempfile
 import threading
 import time
+import warnings
 from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -306,8 +307,20 @@ class _SpawnRetry:
         return False
 
 
-def _blocked_signals() -> set[signal.Signals]:
-    return {signal.SIGINT, signal.SIGTERM}
+def _ensure_tracker() -> None:
+    """Replace a dead resource tracker with one line in the log, not a UserWarning.
+
+    The forkserver needs a tracker; nothing of ours registers with it (the
+    cancel block is a plain file, there is no semaphore), so its death
+    loses nothing and "some resources might leak" would be a false alarm.
+    """
+    from multiprocessing import resource_tracker
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resource_tracker.ensure_running()
+    if caught:
+        log.warning("the multiprocessing resource tracker had died; started a new one")
 
 
 class Pool(WorkerChannels):
@@ -335,8 +348,9 @@ class Pool(WorkerChannels):
         self.batch_target = batch_target
         self.state_dir = str(Path(state_dir).resolve()) if state_dir is not None else None
         self.ctx = multiprocessing.get_context("forkserver")
-        if preload:
-            self.ctx.set_forkserver_preload(preload)
+        # The forkserver ignores SIGINT/SIGTERM from its start (see quiet.py); it
+        # is started, or restarted after a kill, by the next spawn.
+        self.ctx.set_forkserver_preload(["journaled.pool.quiet", *(preload or [])])
         if self.state_dir is not None:
             self.dir = os.path.join(self.state_dir, "workers")
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -405,6 +419,7 @@ class Pool(WorkerChannels):
         w.spawn_error = why
 
     def _start_process(self, w: Worker, fault: str | None) -> None:
+        _ensure_tracker()
         parent, child = self.ctx.Pipe(duplex=True)
         alive_r, alive_w = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
@@ -412,19 +427,12 @@ class Pool(WorkerChannels):
             args=(w.slot, child, alive_r, self.block_path, self.runner, dict(os.environ),
                   self.state_dir, fault, self.stop_at),
             daemon=True)
-        # SIGINT/SIGTERM blocked on this thread while a process starts: a
-        # forkserver (or resource tracker) started now inherits the mask, so
-        # a signal to the process group cannot take it down. signal.signal
-        # would only work on the main thread; the mask works on any.
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _blocked_signals())
         try:
             proc.start()
         except BaseException:
             for c in (parent, child, alive_r, alive_w):
                 c.close()
             raise
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         # Our copies of the child's ends must go, or EOF never reaches either side.
         child.close()
         alive_r.close()
@@ -567,13 +575,23 @@ class Pool(WorkerChannels):
             self._scratch = None
 
 
-def fault_tail(path: str, lines: int = 12, limit: int = 4096) -> str:
-    """The last lines of a faulthandler file ('' if none)."""
+def fault_tail(path: str, frames: int = 10, limit: int = 16384) -> str:
+    """What a worker's faulthandler wrote last: its "Fatal Python error" line and the
+    innermost frames of the crashing thread ('' if it wrote nothing)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - limit))
-            data = f.read().decode(errors="replace")
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(data.strip().splitlines()[-lines:])
+    i = text.rfind("Fatal Python error")
+    if i < 0:
+        return "\n".join(text.strip().splitlines()[-frames:])
+    lines = text[i:].strip().splitlines()
+    head = lines[:1]
+    cur = next((n for n, ln in enumerate(lines) if ln.startswith("Current thread")), None)
+    if cur is None:
+        cur = next((n for n, ln in enumerate(lines) if ln.startswith("Thread ")), 1)
+    body = [ln for ln in lines[cur:cur + 1 + frames] if ln.strip()]
+    return "\n".join(head + body)

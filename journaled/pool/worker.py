@@ -185,11 +185,10 @@ def run_one(fn: Callable[[Step], Any], step: Step) -> WorkerResult:
 def quiet_signals() -> None:
     """Ignore SIGINT and SIGTERM: a service manager signals the whole process group,
     and the supervisor drains and stops its workers itself (they exit on pipe EOF)."""
+    # Inherited already from a forkserver that imported pool.quiet; set again
+    # for a forkserver someone else started first.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    # The supervisor blocks both while it spawns (see pool.pool._spawn_masked);
-    # ignored now, they can be unblocked without effect.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def apply_environment(env: dict[str, str] | None, state_dir: str | None) -> None:
