@@ -134,11 +134,21 @@ class Memo:
         return self._values.get(key, default)
 
     def put(self, key: str, value: bytes) -> None:
+        """Store ``value`` durably; ``InputTooLarge`` if it (or the step's memos) is too big."""
         if not isinstance(key, str) or not isinstance(value, (bytes, bytearray)):
             raise TypeError("memo keys are str and values bytes")
+        from .limits import MAX_MEMOS, check_size
+
+        value = bytes(value)
+        check_size(f"memo {key[:64]!r}", value)
+        total = len(value) + sum(len(v) for k, v in self._values.items() if k != key)
+        if total > MAX_MEMOS:
+            from .errors import InputTooLarge
+
+            raise InputTooLarge("this step's memos together", total, MAX_MEMOS)
         if self._put is not None:
-            self._put(key, bytes(value))
-        self._values[key] = bytes(value)
+            self._put(key, value)
+        self._values[key] = value
 
     def __contains__(self, key: str) -> bool:
         return key in self._values
@@ -232,12 +242,17 @@ class RunOutcome(msgspec.Struct, frozen=True):
 #  16  f64 progress done      24 f64 progress total (NaN = unknown)
 #  32  u64 sequence number the progress belongs to
 #  40  u16 message length     42..120 message, UTF-8, cut to fit
-# 120  u64 highest queued sequence number revoked (taken back to run elsewhere)
+# 120  u64 unused
+# After the last slot, one pool-wide u64: non-zero once the supervisor drains.
 SLOT_SIZE = 128
 _U64 = struct.Struct("<Q")
 _PROGRESS = struct.Struct("<ddQH")
 _MSG_ROOM = SLOT_SIZE - 42 - 8
-REVOKED_OFFSET = SLOT_SIZE - 8
+
+
+def block_size(workers: int) -> int:
+    """Bytes of a pool's cancel block: the slots, then the stopping word."""
+    return SLOT_SIZE * workers + 8
 
 
 class CancelToken:
@@ -248,18 +263,26 @@ class CancelToken:
     so a stale flag never cancels the next step. Runners that ignore the
     token stay correct: the outcome of a cancelled run is discarded, and a
     step that does not stop is killed after a grace period.
+
+    ``stopping()`` is the shutdown notice: True once the supervisor began
+    draining (the step may finish, but a long one should checkpoint soon).
     """
 
-    __slots__ = ("_buf", "_off", "_seq", "_local")
+    __slots__ = ("_buf", "_off", "_seq", "_local", "_stop")
 
-    def __init__(self, buf: Any = None, slot: int = 0, seq: int = 1) -> None:
+    def __init__(self, buf: Any = None, slot: int = 0, seq: int = 1, stop_at: int = -1) -> None:
         self._buf = buf if buf is not None else bytearray(SLOT_SIZE)
         self._off = slot * SLOT_SIZE
         self._seq = seq
         self._local = buf is None
+        self._stop = stop_at  # offset of the pool's stopping word; -1: none
 
     def is_cancelled(self) -> bool:
         return _U64.unpack_from(self._buf, self._off)[0] == self._seq
+
+    def stopping(self) -> bool:
+        """True once the supervisor is shutting down (draining); a plain memory read."""
+        return self._stop >= 0 and _U64.unpack_from(self._buf, self._stop)[0] != 0
 
     def cancel(self) -> None:
         """Cancel this token locally (for tests and ``journaled step``)."""

@@ -158,10 +158,9 @@ class Supervisor:
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
             self.inbox = Inbox(self.state_dir)
-            # Runners that talk back (fan-out submitting child runs) find their state here.
-            os.environ["JOURNALED_STATE"] = str(self.state_dir.resolve())
             self.pool = make_executor(self.executor, self.import_string or self.runner,
-                                      self.workers, self.preload, block_name(self.state_dir))
+                                      self.workers, self.preload, block_name(self.state_dir),
+                                      state_dir=self.state_dir)
             if hasattr(self.pool, "on_ready"):
                 self.pool.on_ready = self.wake  # a remote executor came back: lease again
             self.pool.start()
@@ -244,6 +243,8 @@ class Supervisor:
         else:
             self._stopping = True
             self._drain_deadline = time.monotonic() + self.drain_timeout
+            if self.pool is not None:
+                self.pool.set_stopping()  # the shutdown notice: step.cancel_token.stopping()
         self.wake()
 
     def run(self, until_idle: bool = False) -> None:

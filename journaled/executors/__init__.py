@@ -3,8 +3,9 @@
 Both present the same face to the supervisor (``journaled.pool.Pool``'s
 methods: ``start``, ``wait_objects``, ``send``, ``read``, ``cancel``,
 ``stop``, ``kill``, ``reap``, ``respawn``, ``running_seq``, ``progress``,
-``depth``, ``close``), so the supervisor, the journal and the write-ahead
-rule do not know which one they drive.
+``depth``, ``set_stopping``, ``death_reason``, ``close``), so the
+supervisor, the journal and the write-ahead rule do not know which one
+they drive.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import Any
 
 
 def make_executor(spec: str, runner: Any, workers: int, preload: list[str] | None,
-                  name: str | None = None) -> Any:
+                  name: str | None = None, state_dir: Any = None) -> Any:
     """``local`` or ``dask://HOST:PORT``; ``ValueError`` names what is accepted."""
     from ..pool import Pool
 
     if spec in ("", "local"):
-        return Pool(runner, workers, preload=preload, name=name)
+        return Pool(runner, workers, preload=preload, name=name, state_dir=state_dir)
     if spec.startswith("dask://"):
         from .dask import DaskExecutor
 

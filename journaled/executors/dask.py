@@ -41,16 +41,9 @@ from typing import Any
 import msgspec
 
 from ..api import SLOT_SIZE, CancelToken, Memo, Step
-from ..pool import (
-    DispatchBatch,
-    Feeder,
-    ResultBatch,
-    Stop,
-    Worker,
-    _to_worker_dec,
-    resolve_runner,
-    run_one,
-)
+from ..pool import DispatchBatch, ResultBatch, Stop, Worker, WorkerChannels
+from ..pool.wire import to_worker_dec
+from ..pool.worker import resolve_runner, run_one
 from ..state import WorkerResult
 
 log = logging.getLogger("journaled.executors.dask")
@@ -120,7 +113,7 @@ class _Remote:
         return self.alive
 
 
-class DaskExecutor(Feeder):
+class DaskExecutor(WorkerChannels):
     """Virtual workers that forward steps to a Dask cluster."""
 
     def __init__(self, address: str, runner: Any, workers: int = 0) -> None:
@@ -175,13 +168,13 @@ class DaskExecutor(Feeder):
         try:
             while True:
                 try:
-                    msg = _to_worker_dec.decode(child.recv_bytes())
+                    msg = to_worker_dec.decode(child.recv_bytes())
                 except (EOFError, OSError):
                     return
                 if type(msg) is Stop:
                     return
                 if type(msg) is not DispatchBatch:
-                    continue  # MemoAck/CancelQueued have no meaning here
+                    continue  # MemoAck/CancelQueued/Revoke have no meaning here
                 for item in msg.items:
                     _U64.pack_into(self.buf, off, item.seq)
                     fut = self.client.submit(
@@ -284,10 +277,15 @@ class DaskExecutor(Feeder):
             proc.abandon.set()
 
     def reap(self, w: Worker) -> int | None:
-        if w.conn is not None:
-            w.conn.close()
-        w.proc = w.conn = None
+        w.proc = None
+        w.detach()
         return None
+
+    def set_stopping(self) -> None:
+        """No shutdown notice on Dask: remote tokens have no stopping word."""
+
+    def death_reason(self, w: Worker, exitcode: int | None) -> str:
+        return f"virtual Dask worker {w.slot} stopped"
 
     def respawn(self, w: Worker) -> None:
         self._spawn(w)
@@ -299,9 +297,7 @@ class DaskExecutor(Feeder):
         self._closing = True
         for w in self.workers:
             self.kill(w, "shutdown")
-            if w.conn is not None:
-                w.conn.close()
-                w.conn = None
+            w.detach()
             w.proc = None
         if self.client is not None:
             try:

@@ -1,0 +1,113 @@
+"""The messages on a worker's pipe, both ways (msgpack, never pickle).
+
+::
+
+    supervisor -> worker   DispatchBatch  CancelQueued  Revoke  MemoAck  Stop
+    worker -> supervisor   ResultBatch    MemoPutMsg    Revoked
+
+Batches are capped in bytes as well as in count (``BATCH_BYTES``): a pipe
+never carries one giant message, and a single big item travels alone.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from ..api import Signal
+from ..state import WorkerResult
+
+# Stop adding items to a batch once it holds this much payload; one item
+# bigger than this goes alone.
+BATCH_BYTES = 1 << 20
+
+
+class Dispatch(msgspec.Struct, frozen=True, array_like=True):
+    """One leased step for a worker; its lease is already durable."""
+
+    seq: int
+    run_id: str
+    step: int
+    attempt: int
+    payload: bytes
+    headers: dict[str, str]
+    signal: Union[Signal, None] = None
+    memo: Union[dict[str, bytes], None] = None
+
+
+class DispatchBatch(msgspec.Struct, frozen=True, array_like=True, tag="d"):
+    items: list[Dispatch]
+
+
+class CancelQueued(msgspec.Struct, frozen=True, array_like=True, tag="c"):
+    """Skip a step queued on the worker; if it is already running, set its token."""
+
+    seq: int
+
+
+class Revoke(msgspec.Struct, frozen=True, array_like=True, tag="v"):
+    """Give back these queued steps if they have not started; answered by ``Revoked``."""
+
+    seqs: list[int]
+
+
+class Stop(msgspec.Struct, frozen=True, array_like=True, tag="s"):
+    """Finish the running step, skip the queued ones, exit."""
+
+
+class MemoAck(msgspec.Struct, frozen=True, array_like=True, tag="m"):
+    """The memo the running step put is durable."""
+
+    seq: int
+
+
+ToWorker = Union[DispatchBatch, CancelQueued, Revoke, Stop, MemoAck]
+
+
+class ResultBatch(msgspec.Struct, frozen=True, array_like=True, tag="r"):
+    items: list[tuple[int, WorkerResult]]
+    busy: float = 0.0  # seconds spent inside steps for these results: drives batch depth
+
+
+class MemoPutMsg(msgspec.Struct, frozen=True, array_like=True, tag="p"):
+    """The running step ``seq`` stores a memo; the worker blocks until ``MemoAck``."""
+
+    seq: int
+    key: str
+    value: bytes
+
+
+class Revoked(msgspec.Struct, frozen=True, array_like=True, tag="k"):
+    """The answer to ``Revoke``: these steps were taken off the queue unstarted."""
+
+    seqs: list[int]
+
+
+FromWorker = Union[ResultBatch, MemoPutMsg, Revoked]
+
+to_worker_enc = msgspec.msgpack.Encoder()
+to_worker_dec = msgspec.msgpack.Decoder(ToWorker)
+from_worker_dec = msgspec.msgpack.Decoder(FromWorker)
+
+
+def result_size(res: WorkerResult) -> int:
+    """Bytes a result adds to a batch (its payload and texts)."""
+    return len(res.data) + len(res.error) + len(res.traceback)
+
+
+def split_dispatches(items: list[Dispatch], cap: int = BATCH_BYTES) -> list[list[Dispatch]]:
+    """Cut ``items`` into batches of at most ``cap`` payload bytes (a big item alone)."""
+    out: list[list[Dispatch]] = []
+    cur: list[Dispatch] = []
+    size = 0
+    for d in items:
+        n = len(d.payload) + sum(len(v) for v in (d.memo or {}).values())
+        if cur and size + n > cap:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(d)
+        size += n
+    if cur:
+        out.append(cur)
+    return out

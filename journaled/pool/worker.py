@@ -1,0 +1,452 @@
+"""The worker process: everything a worker imports, and nothing of the supervisor side.
+
+Three threads, so no pipe can fill up with both ends waiting on each other
+(the CPython process pool's rule: a manager never blocks on a worker)::
+
+    reader  : conn.recv_bytes() forever -> queue / skips / acks / revokes
+    main    : pops one step at a time, runs it, files its result
+    sender  : results (batched, capped in bytes) and control answers -> conn
+
+The reader never waits for anything but the pipe, so the supervisor's
+sends always drain, even while this process is in the middle of a big
+``send_bytes`` of its own. Which queued step runs and which is revoked or
+skipped is decided under one lock, so a step is either started here or
+handed back, never both.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import functools
+import importlib
+import mmap
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+from .. import failpoints
+from ..api import (
+    SLOT_SIZE,
+    Cancel,
+    Cancelled,
+    CancelToken,
+    Continue,
+    ContinueAfter,
+    ContinueOnSignal,
+    Fail,
+    Memo,
+    Step,
+    StepError,
+    Succeed,
+    write_progress,
+)
+from ..errors import InputTooLarge
+from ..limits import check_size, cut_text
+from ..state import WorkerResult
+from .wire import (
+    BATCH_BYTES,
+    CancelQueued,
+    Dispatch,
+    DispatchBatch,
+    MemoAck,
+    MemoPutMsg,
+    ResultBatch,
+    Revoke,
+    Revoked,
+    result_size,
+    to_worker_dec,
+)
+
+_U64 = struct.Struct("<Q")
+HOLD = 0.001  # results wait at most this long for company before they are sent
+
+# ------------------------------------------------------------------- runners
+
+
+def resolve_runner(spec: Any) -> Callable[[Step], Any]:
+    """Turn an import string ``module:attr`` or a runner object into a callable."""
+    if isinstance(spec, str):
+        obj = load_import_string(spec)
+    else:
+        obj = spec
+    if hasattr(obj, "run_step"):
+        return obj.run_step
+    return obj
+
+
+def load_import_string(spec: str) -> Any:
+    """Import ``module:attr`` (``attr`` may be dotted); ``ImportError`` says what was missing."""
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ImportError(f"import string {spec!r} must look like 'module:attribute'")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name and mod_name.startswith(e.name):
+            raise ImportError(f"could not import module {mod_name!r} (run from the directory "
+                              "that contains it)") from e
+        raise
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"module {mod_name!r} has no attribute {attr!r}") from None
+    if not callable(obj) and not hasattr(obj, "run_step"):
+        raise ImportError(f"{spec!r} is neither callable nor has a run_step method")
+    return obj
+
+
+def _too_large(e: InputTooLarge) -> WorkerResult:
+    return WorkerResult("error", permanent=True, error=str(e))
+
+
+def to_result(out: Any) -> WorkerResult:
+    """Map a runner's return value to the wire form; anything unexpected is permanent.
+
+    A payload or result over ``limits.MAX_VALUE`` is a permanent error here,
+    in the worker: it must never reach the journal.
+    """
+    t = type(out)
+    try:
+        if t is Continue:
+            if isinstance(out.payload, bytes):
+                check_size("Continue.payload", out.payload)
+                return WorkerResult("continue", out.payload)
+        elif t is Succeed:
+            if isinstance(out.result, bytes):
+                check_size("Succeed.result", out.result)
+                return WorkerResult("succeed", out.result)
+        elif t is ContinueAfter:
+            if isinstance(out.payload, bytes):
+                check_size("ContinueAfter.payload", out.payload)
+                return WorkerResult("continue", out.payload,
+                                    max(0.0, out.delay_seconds()) or 1e-9)
+        elif t is ContinueOnSignal:
+            if isinstance(out.payload, bytes) and isinstance(out.key, str) and out.key:
+                check_size("ContinueOnSignal.payload", out.payload)
+                return WorkerResult("continue", out.payload, max(0.0, out.timeout_seconds()),
+                                    key=out.key)
+            if not (isinstance(out.key, str) and out.key):
+                return WorkerResult("error", permanent=True,
+                                    error="ContinueOnSignal.key must be a non-empty str")
+        elif t is Fail:
+            return WorkerResult("fail", error=cut_text(str(out.reason)))
+        elif t is Cancel:
+            return WorkerResult("cancel", error=cut_text(str(out.reason)))
+        else:
+            return WorkerResult(
+                "error", permanent=True,
+                error=(f"runner returned {t.__name__}, expected Continue, ContinueAfter, "
+                       "ContinueOnSignal, Succeed, Fail or Cancel"))
+    except InputTooLarge as e:
+        return _too_large(e)
+    field = "result" if t is Succeed else "payload"
+    if t is ContinueOnSignal and isinstance(out.payload, bytes):
+        field = "key"
+    return WorkerResult("error", permanent=True,
+                        error=f"{t.__name__}.{field} must be bytes, got "
+                              f"{type(getattr(out, field)).__name__}")
+
+
+def _user_traceback(e: BaseException) -> str:
+    """The runner's traceback without our own calling frame on top, cut to size."""
+    tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+    return cut_text("".join(traceback.format_exception(type(e), e, tb)))
+
+
+def run_one(fn: Callable[[Step], Any], step: Step) -> WorkerResult:
+    """Call the runner once; every exception becomes text."""
+    try:
+        return to_result(fn(step))
+    except StepError as e:
+        return WorkerResult("error", error=cut_text(e.message), traceback=_user_traceback(e),
+                            permanent=bool(e.permanent))
+    except Cancelled as e:
+        return WorkerResult("cancelled", error=cut_text(str(e)) or "cancelled")
+    except InputTooLarge as e:  # a memo put over the limit: retrying cannot help
+        return WorkerResult("error", error=str(e), traceback=_user_traceback(e), permanent=True)
+    except BaseException as e:  # noqa: BLE001 - the runner's failure is data, not ours
+        return WorkerResult("error", error=cut_text(f"{type(e).__name__}: {e}"),
+                            traceback=_user_traceback(e))
+
+
+# ------------------------------------------------------------ process set-up
+
+
+def quiet_signals() -> None:
+    """Ignore SIGINT and SIGTERM: a service manager signals the whole process group,
+    and the supervisor drains and stops its workers itself (they exit on pipe EOF)."""
+    # Inherited already from a forkserver that imported pool.quiet; set again
+    # for a forkserver someone else started first.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def apply_environment(env: dict[str, str] | None, state_dir: str | None) -> None:
+    """The supervisor's environment as of this spawn, not the forkserver's stale one."""
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    if state_dir is not None:
+        # Runners that talk back (fan-out submitting child runs) find their state here.
+        os.environ["JOURNALED_STATE"] = state_dir
+
+
+_fault_file: Any = None  # kept open for faulthandler for the life of the process
+
+
+def enable_faulthandler(path: str | None) -> None:
+    """Crash tracebacks (SIGSEGV, SIGABRT, ...) go to ``path`` for the death message."""
+    global _fault_file
+    if path is None:
+        return
+    try:
+        _fault_file = open(path, "a")  # noqa: SIM115 - must outlive this function
+        faulthandler.enable(file=_fault_file, all_threads=True)
+    except OSError:
+        pass
+
+
+def _attach(path: str) -> memoryview:
+    """Map the supervisor's cancel block (a plain file; no resource tracker involved)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        return memoryview(mmap.mmap(fd, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)
+
+
+def _watch_supervisor(alive: Connection) -> None:
+    """Exit as soon as the supervisor's end of ``alive`` closes."""
+    try:
+        alive.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    # The supervisor is gone: a step still running here would be run again
+    # after the restart, so stop now rather than become an orphan.
+    os._exit(0)
+
+
+def worker_main(slot: int, conn: Connection, alive: Connection, block: str, runner: Any,
+                env: dict[str, str] | None = None, state_dir: str | None = None,
+                fault_path: str | None = None, stop_at: int = -1) -> None:
+    """This runs in a separate process: one step at a time, results back in batches."""
+    quiet_signals()
+    apply_environment(env, state_dir)
+    enable_faulthandler(fault_path)
+    threading.Thread(target=_watch_supervisor, args=(alive,), daemon=True,
+                     name="journaled-watchdog").start()
+    buf = _attach(block)
+    fn = resolve_runner(runner)
+    WorkerLoop(slot, conn, buf, fn, stop_at).run()
+
+
+# ----------------------------------------------------------------- the loop
+
+
+class WorkerLoop:
+    """The state the three threads share, guarded by one condition variable."""
+
+    def __init__(self, slot: int, conn: Connection, buf: Any, fn: Callable[[Step], Any],
+                 stop_at: int = -1) -> None:
+        self.slot, self.conn, self.buf, self.fn, self.stop_at = slot, conn, buf, fn, stop_at
+        self.cancel_off = slot * SLOT_SIZE
+        self.run_off = slot * SLOT_SIZE + 8
+        self.cv = threading.Condition()
+        self.queue: deque[Dispatch] = deque()
+        self.skip: set[int] = set()
+        self.acks: set[int] = set()
+        self.running = 0
+        self.stopping = False
+        self.finished = False  # the main thread is done: the sender flushes and exits
+        # The outbox: ("r", seq, result, busy) entries and control messages, in order.
+        self.outbox: list[Any] = []
+        self.out_bytes = 0
+        self.held_since = 0.0
+        self.urgent = False  # a control message waits: send at once
+
+    # ----------------------------------------------------- reader thread
+
+    def read_forever(self) -> None:
+        conn = self.conn
+        while True:
+            try:
+                msg = to_worker_dec.decode(conn.recv_bytes())
+            except (EOFError, OSError):
+                os._exit(0)  # the supervisor is gone: exit rather than become an orphan
+            with self.cv:
+                self._file(msg)
+                self.cv.notify_all()
+
+    def _file(self, msg: Any) -> None:
+        t = type(msg)
+        if t is DispatchBatch:
+            self.queue.extend(msg.items)
+        elif t is CancelQueued:
+            if msg.seq == self.running:
+                # It started before the message came: cancel it through its own
+                # token (it is this slot's running step, nobody else's).
+                _U64.pack_into(self.buf, self.cancel_off, msg.seq)
+            elif any(d.seq == msg.seq for d in self.queue):
+                self.skip.add(msg.seq)
+        elif t is Revoke:
+            want = set(msg.seqs)
+            taken = [d.seq for d in self.queue if d.seq in want]
+            if taken:
+                gone = set(taken)
+                self.queue = deque(d for d in self.queue if d.seq not in gone)
+                self.skip.difference_update(gone)
+            self._control(Revoked(taken))
+        elif t is MemoAck:
+            self.acks.add(msg.seq)
+        else:  # Stop: the running step finishes, nothing queued runs
+            self.stopping = True
+            for d in self.queue:
+                self._result(d.seq, WorkerResult("revoked"), 0.0)
+            self.queue.clear()
+
+    # ------------------------------------------------------- outbox (under cv)
+
+    def _result(self, seq: int, res: WorkerResult, busy: float) -> None:
+        if not self.outbox:
+            self.held_since = time.perf_counter()
+        self.outbox.append(("r", seq, res, busy))
+        self.out_bytes += result_size(res)
+
+    def _control(self, msg: Any) -> None:
+        self.outbox.append(msg)
+        self.urgent = True
+
+    def _due(self) -> float:
+        """Seconds until the outbox should go (0: now); call under cv with a non-empty outbox."""
+        if self.urgent or self.finished or not self.queue or self.out_bytes >= BATCH_BYTES:
+            return 0.0
+        return self.held_since + HOLD - time.perf_counter()
+
+    # ------------------------------------------------------ sender thread
+
+    def send_forever(self) -> None:
+        enc_send = self.conn.send_bytes
+        from msgspec.msgpack import Encoder
+
+        enc = Encoder().encode
+        while True:
+            with self.cv:
+                while True:
+                    if self.outbox:
+                        left = self._due()
+                        if left <= 0:
+                            break
+                        self.cv.wait(left)
+                    elif self.finished:
+                        return
+                    else:
+                        self.cv.wait()
+                entries, self.outbox = self.outbox, []
+                self.out_bytes = 0
+                self.urgent = False
+            try:
+                for msg in _batches(entries):
+                    enc_send(enc(msg))
+            except OSError:
+                os._exit(0)  # the supervisor is gone
+
+    # --------------------------------------------------------- main thread
+
+    def run(self) -> None:
+        threading.Thread(target=self.read_forever, daemon=True, name="journaled-reader").start()
+        sender = threading.Thread(target=self.send_forever, daemon=True,
+                                  name="journaled-sender")
+        sender.start()
+        cv = self.cv
+        clock = time.perf_counter
+        while True:
+            with cv:
+                while not self.queue and not self.stopping:
+                    cv.wait()
+                if not self.queue:
+                    break  # stopping, nothing left
+                item = self.queue.popleft()
+                seq = item.seq
+                if seq in self.skip:
+                    self.skip.discard(seq)
+                    self._result(seq, WorkerResult("cancelled",
+                                                   error="cancelled before it started"), 0.0)
+                    cv.notify_all()
+                    continue
+                # Claimed: from here on a Revoke cannot take it back.
+                self.running = seq
+                _U64.pack_into(self.buf, self.run_off, seq)
+            started = clock()
+            if failpoints.ENABLED:
+                failpoints.hit("worker.before_step")
+            step = Step(item.run_id, item.step, item.payload, item.headers, item.attempt,
+                        CancelToken(self.buf, self.slot, seq, self.stop_at),
+                        _Progress(self.buf, self.slot, seq), item.signal,
+                        Memo(item.memo, functools.partial(self._put_memo, seq)))
+            res = run_one(self.fn, step)
+            del step, item  # drop the runner's objects before waiting for more work
+            if failpoints.ENABLED:
+                failpoints.hit("worker.after_step")
+            with cv:
+                self.running = 0
+                _U64.pack_into(self.buf, self.run_off, 0)
+                self._result(seq, res, clock() - started)
+                cv.notify_all()
+        with cv:
+            self.finished = True
+            cv.notify_all()
+        sender.join()
+
+    def _put_memo(self, seq: int, key: str, value: bytes) -> None:
+        """Block until the supervisor says the memo is durable."""
+        with self.cv:
+            self._control(MemoPutMsg(seq, key, value))
+            self.cv.notify_all()
+            while seq not in self.acks:
+                self.cv.wait()
+            self.acks.discard(seq)
+
+
+def _batches(entries: list[Any]) -> list[Any]:
+    """Group consecutive results into ``ResultBatch``es of at most ``BATCH_BYTES``."""
+    out: list[Any] = []
+    items: list[tuple[int, WorkerResult]] = []
+    size = 0
+    busy = 0.0
+    for e in entries:
+        if type(e) is tuple:
+            n = result_size(e[2])
+            if items and size + n > BATCH_BYTES:
+                out.append(ResultBatch(items, busy))
+                items, size, busy = [], 0, 0.0
+            items.append((e[1], e[2]))
+            size += n
+            busy += e[3]
+        else:
+            if items:
+                out.append(ResultBatch(items, busy))
+                items, size, busy = [], 0, 0.0
+            out.append(e)
+    if items:
+        out.append(ResultBatch(items, busy))
+    return out
+
+
+class _Progress:
+    __slots__ = ("buf", "slot", "seq")
+
+    def __init__(self, buf: Any, slot: int, seq: int) -> None:
+        self.buf, self.slot, self.seq = buf, slot, seq
+
+    def __call__(self, done: float, total: float | None, message: str) -> None:
+        write_progress(self.buf, self.slot, self.seq, done, total, message)
