@@ -27,7 +27,7 @@ from .journal.segment import Scan, scan
 from .records import Record, decode
 from .state import State
 
-__all__ = ["Entry", "decode_at", "records", "fold", "apply_all", "Tail"]
+__all__ = ["Entry", "decode_at", "decode_all", "records", "fold", "apply_all", "Tail"]
 
 Entry = tuple[str, int, Record]  # (segment name, file offset of the frame, record)
 
@@ -40,7 +40,8 @@ def decode_at(segment: str, offset: int, body: bytes | memoryview) -> Record:
         raise JournalCorrupt(segment, offset, f"undecodable record ({e})") from None
 
 
-def _decoded(frames: Iterable[tuple[str, int, bytes]]) -> Iterator[Entry]:
+def decode_all(frames: Iterable[tuple[str, int, bytes]]) -> Iterator[Entry]:
+    """Decode ``(segment, offset, body)`` frames, naming the place of any that fails."""
     for seg, off, body in frames:
         try:
             rec = decode(body)
@@ -60,8 +61,8 @@ def records(source: Path | str | Journal) -> Iterator[Entry]:
         JournalCorrupt: damage, or a record that does not decode.
     """
     if isinstance(source, Journal):
-        return _decoded(source.replay())
-    return _decoded(scan(Path(source), Scan()))
+        return decode_all(source.replay())
+    return decode_all(scan(Path(source), Scan()))
 
 
 def apply_all(state: State, entries: Iterable[Entry]) -> State:
@@ -100,4 +101,4 @@ class Tail:
             JournalCorrupt: damage, or a record that does not decode.
         """
         reset, frames = self.tailer.poll_frames()
-        return reset, list(_decoded(frames))
+        return reset, list(decode_all(frames))
