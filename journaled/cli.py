@@ -612,10 +612,14 @@ def repair(yes: bool, state: Path) -> None:
     from .journal import StateLock
     from .journal import repair as do_repair
     from .journal import verify as do_verify
+    from .records import decode
 
-    if StateLock.is_locked(state):
-        fail(f"a supervisor holds {state}; stop it before repairing")
-    r = do_verify(state / "journal")
+    holder = StateLock.holder(state)
+    if holder is not None:
+        fail(f"a supervisor (pid {holder}) holds {state}; stop it before repairing")
+    # With the decoder: a record whose CRC passes but which does not decode is
+    # damage too, cut there like any other (the backup keeps it).
+    r = do_verify(state / "journal", decode)
     bad = r.damage or r.torn
     if bad is None:
         click.echo("journal is clean; nothing to repair")
@@ -625,7 +629,7 @@ def repair(yes: bool, state: Path) -> None:
     click.echo(f"will cut the journal at {where}; everything after it is moved to *.broken")
     if not yes and not click.confirm("proceed?", default=False):
         fail("not repaired", 1)
-    rep = do_repair(state / "journal")
+    rep = do_repair(state / "journal", decode)
     click.echo(f"cut {rep.segment} at byte {rep.offset} ({rep.dropped_bytes} bytes dropped); "
                f"backup: {rep.backup}" + (f"; moved aside: {', '.join(rep.moved_aside)}"
                                           if rep.moved_aside else ""))
@@ -639,19 +643,17 @@ def repair(yes: bool, state: Path) -> None:
 @handles_errors
 def log(follow: bool, run_id: str | None, as_json: bool, state: Path) -> None:
     """Print the journal's records, one per line (JSON lines with --json)."""
-    from .journal import JournalTailer
     from .notify import DirWatcher
-    from .records import decode
+    from .replay import Entry, Tail
     from .tools import record_dict, record_line
 
     jdir = state / "journal"
     if not jdir.is_dir():
         fail(f"no journal in {state}; is that the right --state?")
-    tailer = JournalTailer(jdir)
+    tailer = Tail(jdir)  # decode errors are JournalCorrupt with segment and offset
 
-    def show(bodies: list[bytes]) -> None:
-        for body in bodies:
-            rec = decode(body)
+    def show(entries: list[Entry]) -> None:
+        for _seg, _off, rec in entries:
             if run_id is not None and getattr(rec, "run_id", None) != run_id:
                 continue
             click.echo(json.dumps(record_dict(rec)) if as_json else record_line(rec))
@@ -660,10 +662,10 @@ def log(follow: bool, run_id: str | None, as_json: bool, state: Path) -> None:
         show(tailer.poll()[1])
         while follow:
             watcher.wait(1.0)
-            reset, bodies = tailer.poll()
+            reset, entries = tailer.poll()
             if reset and not as_json:
                 click.echo("-- journal compacted; continuing from its snapshot --")
-            show(bodies)
+            show(entries)
 
 
 @main.command()

@@ -11,7 +11,6 @@ over from the snapshot.
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import time
@@ -19,10 +18,10 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import replay
 from .api import Attempt, RunOutcome, RunStatus
 from .errors import (
     InvalidRunId,
-    JournalCorrupt,
     RunConflict,
     RunNotFound,
     RunNotLive,
@@ -31,7 +30,6 @@ from .errors import (
 from .inbox import BatchMsg, CancelMsg, RedriveMsg, SignalMsg, SubmitMsg, inbox_dir, post
 from .journal import JournalTailer
 from .notify import DirWatcher
-from .records import decode
 from .state import Run, State, attempts_of, outcome_of
 
 _RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -75,24 +73,11 @@ class Client:
 
     def refresh(self) -> State:
         """Fold the records appended since the last call."""
-        reset, bodies = self._tailer.poll()
+        # Only records behind the synced mark: never an outcome a power cut could undo.
+        reset, frames = self._tailer.poll_frames()
         if reset:
             self.state = State()
-        apply = self.state.apply
-        # A big fold makes no reference cycles; the collector would only slow it down.
-        gc_off = len(bodies) > 10_000 and gc.isenabled()
-        if gc_off:
-            gc.disable()
-        try:
-            for body in bodies:
-                try:
-                    apply(decode(body))
-                except Exception as e:  # noqa: BLE001 - a body that passed its CRC must decode
-                    raise JournalCorrupt("journal", -1, f"undecodable record ({e})") from None
-        finally:
-            if gc_off:
-                gc.enable()
-        return self.state
+        return replay.apply_all(self.state, replay.decode_all(frames))
 
     def _pending(self) -> dict[str, SubmitMsg]:
         """Submissions still waiting in the inbox (no supervisor has taken them yet)."""

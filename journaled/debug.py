@@ -10,11 +10,12 @@ from pathlib import Path
 
 import click
 
+from . import replay
 from .api import CancelToken, Memo, Signal, Step
 from .errors import JournaledError, RunNotFound
 from .pool import load_import_string, resolve_runner, to_result
-from .records import Leased, MemoPut, Recovered, SignalSent, StepDone, Submitted
-from .tools import records
+from .records import Leased
+from .state import Run, State
 
 
 class StepInputs:
@@ -30,42 +31,45 @@ class StepInputs:
         self.known = False
 
 
-def recorded_inputs(state: Path, run_id: str, step_number: int) -> StepInputs:
-    """Scan the journal for the run; raises if the step never got its input."""
+def _inputs_of(run: Run, attempt: int) -> StepInputs:
+    """The inputs of ``run``'s current step, read off the folded state."""
     got = StepInputs()
-    wait_key = ""
-    signals: dict[str, bytes] = {}
-    for _seg, _off, rec in records(state):
-        t = type(rec)
-        if t is Recovered and rec.app:
-            got.app = rec.app
-        if getattr(rec, "run_id", None) != run_id:
-            continue
-        got.known = True
-        if t is Submitted:
-            got.headers = dict(rec.headers)
-            if step_number == 0:
-                got.payload = rec.input
-        elif t is StepDone and rec.step == step_number - 1:
-            got.payload = rec.payload
-            wait_key = rec.signal_key
-            got.signal = Signal(wait_key, b"", True) if wait_key else None
-            if wait_key in signals:
-                got.signal = Signal(wait_key, signals.pop(wait_key))
-        elif t is SignalSent:
-            if wait_key == rec.key and got.signal is not None and got.signal.timed_out:
-                got.signal = Signal(rec.key, rec.data)
-            else:
-                signals[rec.key] = rec.data
-        elif t is Leased and rec.step == step_number:
-            got.attempt = rec.attempt
-        elif t is MemoPut and rec.step == step_number:
-            got.memo[rec.key] = rec.value
-    if not got.known:
+    got.known = True
+    got.payload = run.payload
+    got.headers = dict(run.headers)
+    got.attempt = max(attempt, 1)
+    got.memo = dict(run.memos)
+    woken = State.woken_by(run)
+    if woken is not None:
+        key, data, timed_out = woken
+        got.signal = Signal(key, data, bool(timed_out))
+    return got
+
+
+def recorded_inputs(state: Path, run_id: str, step_number: int) -> StepInputs:
+    """Fold the journal, snapshots included; raises if the step never got its input.
+
+    For the run's current step (the one it is at, or ended on) the folded
+    run itself answers, memos of every attempt included, snapshot or not;
+    for an earlier step, the state as it was at that step's last lease. The
+    same ``State`` the supervisor folds answers, so this cannot disagree.
+    """
+    st = State()
+    apply = st.apply
+    got: StepInputs | None = None
+    for _seg, _off, rec in replay.records(Path(state) / "journal"):
+        apply(rec)
+        if type(rec) is Leased and rec.run_id == run_id and rec.step == step_number:
+            got = _inputs_of(st.runs[run_id], rec.attempt)
+    run = st.runs.get(run_id)
+    if run is None:
         raise RunNotFound(run_id)
-    if got.payload is None:
+    if run.step == step_number:
+        got = _inputs_of(run, run.attempt)
+    if got is None:
         raise JournaledError(f"run {run_id!r} never reached step {step_number} (or the journal "
                              "was compacted past it); 'journaled status' shows its steps")
+    got.app = st.app
     return got
 
 

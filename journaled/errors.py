@@ -134,3 +134,20 @@ class SubmissionRejected(JournaledError):
         self.run_id = run_id
         self.reason = reason
         super().__init__(f"submission of run {run_id!r} was rejected: {reason}")
+
+
+class RecordTooLarge(JournaledError, ValueError):
+    """Permanent: a journal record body is empty or over ``MAX_BODY``; nothing was written.
+
+    Raised by ``Journal.append`` and ``Journal.compact`` before any byte
+    reaches the disk, so the journal stays usable (a ``ValueError`` too,
+    for callers that checked for that).
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"a journal record of {size:,} bytes does not fit one frame (1 to {limit:,} bytes); "
+            "nothing was written"
+        )

@@ -10,8 +10,8 @@ never reaches the supervisor.
 from __future__ import annotations
 
 from .errors import InputTooLarge
+from .journal.frame import MAX_BODY as MAX_BODY  # one frame's body (the journal format's own limit)
 
-MAX_BODY = 64 << 20  # one frame's body (the journal format's own limit)
 MAX_VALUE = 8 << 20  # an input, a payload, a result, a memo value, a signal's data
 MAX_MEMOS = 8 << 20  # all memo values of one step together
 MAX_SIGNALS = 8 << 20  # signals buffered for one run, all keys together

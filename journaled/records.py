@@ -197,6 +197,7 @@ class Snapshot(Record, tag="snp"):
     at: float
     runs: list[RunSnapshot]
     part: int = 0
+    app: str = ""  # part 0: the runner's import string last recovered, for 'journaled step'
 
 
 AnyRecord = Union[Submitted, Leased, Released, StepDone, AttemptFailed, CancelRequested,

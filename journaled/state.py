@@ -149,6 +149,7 @@ class State:
         self._timers: list[tuple[float, str]] = []  # (due_at, run_id), lazy
         self._attention: set[str] = set()  # runs a command must decide on
         self.unhooked: set[str] = set()  # terminal, hook not yet delivered
+        self.app = ""  # the runner's import string last recovered (kept across snapshots)
         self._seq = 0
         self.records_applied = 0
         self._apply: dict[type, Callable[[Record], None]] = {
@@ -323,6 +324,8 @@ class State:
         self.unhooked.discard(rec.run_id)
 
     def _recovered(self, rec: Recovered) -> None:
+        if rec.app:
+            self.app = rec.app
         for run in list(self.in_flight.values()):
             self._end_attempt(run, rec.at, "abandoned", "the supervisor stopped during the step")
             self._unlease(run)
@@ -362,6 +365,8 @@ class State:
             run.memos[rec.key] = rec.value
 
     def _snapshot(self, rec: Snapshot) -> None:
+        if rec.app:
+            self.app = rec.app
         if rec.part == 0:
             self.runs.clear()
             self.in_flight.clear()
@@ -580,7 +585,10 @@ class State:
                         and (run.finished_at or 0) < cutoff)]
         parts = [Snapshot(now, keep[i:i + part_size], i // part_size)
                  for i in range(0, len(keep), part_size)]
-        return parts or [Snapshot(now, [], 0)]
+        parts = parts or [Snapshot(now, [], 0)]
+        if self.app:
+            parts[0] = msgspec.structs.replace(parts[0], app=self.app)
+        return parts
 
     # -------------------------------------------------------------- queries
 

@@ -24,7 +24,6 @@ found to be a duplicate), which is always the safe side.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import os
@@ -36,15 +35,15 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any, Callable
 
-from . import failpoints
+from . import failpoints, replay
 from .api import RunOutcome, RunStatus, Signal
-from .errors import JournalCorrupt, JournaledError, StorageFailure
+from .errors import JournaledError, StorageFailure
 from .executors import make_executor
 from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SignalMsg, SubmitMsg
 from .journal import Journal, StateLock
 from .live import STATUS_INTERVAL, LiveStatus, LiveStep, clear_status, write_status
 from .pool import Dispatch, InFlight, Pool, Worker
-from .records import CancelRequested, Record, Redriven, Terminated, decode, encode
+from .records import CancelRequested, Record, Redriven, Terminated, encode
 from .state import Policy, State, WorkerResult, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
@@ -177,21 +176,8 @@ class Supervisor:
 
     def _replay(self) -> None:
         state = self.state
-        apply = state.apply
-        # Records and runs hold no reference cycles: the cyclic collector would
-        # only rescan the growing state again and again (a third of replay time).
-        gc_was_on = gc.isenabled()
-        gc.disable()
-        try:
-            for seg, off, body in self.journal.replay():
-                try:
-                    rec = decode(body)
-                except Exception as e:  # noqa: BLE001 - any decode failure is damage
-                    raise JournalCorrupt(seg, off, f"undecodable record ({e})") from None
-                apply(rec)
-        finally:
-            if gc_was_on:
-                gc.enable()
+        # The one reader: an undecodable record is JournalCorrupt with its place.
+        replay.apply_all(state, replay.records(self.journal))
         self.journal.open_for_append()
         now = time.time()
         live = sum(1 for r in state.runs.values() if not r.terminal)

@@ -7,6 +7,7 @@ supervisor without cutting or refusing anything.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Iterator
 
 import msgspec
 
+from . import replay
 from .errors import JournalCorrupt
 from .journal import Journal, StateLock, VerifyReport, verify
 from .records import Record, Redriven, Submitted, Terminated, decode, encode
@@ -34,18 +36,13 @@ class Check(msgspec.Struct):
 
 
 def records(state_dir: Path) -> Iterator[tuple[str, int, Record]]:
-    """Every record from the replay start, with its segment and offset."""
-    for seg, off, body in Journal(state_dir / "journal").replay():
-        try:
-            rec = decode(body)
-        except msgspec.DecodeError as e:
-            raise JournalCorrupt(seg, off, f"undecodable record ({e})") from None
-        yield seg, off, rec
+    """Every record from the replay start, with its segment and offset (read-only)."""
+    return replay.records(Path(state_dir) / "journal")
 
 
 def check(state_dir: Path) -> Check:
-    """Frames, CRCs and headers, then the state machine's invariants on replay."""
-    report: VerifyReport = verify(state_dir / "journal")
+    """Frames, CRCs, headers and decoding, then the state machine's invariants on replay."""
+    report: VerifyReport = verify(Path(state_dir) / "journal", decode)
     out = Check(report)
     if report.damage is not None:
         return out
@@ -67,24 +64,32 @@ def check(state_dir: Path) -> Check:
                 continue
             state.apply(rec)
     except JournalCorrupt as e:
-        report.damage = e
+        # The report is frozen: a new one carries the damage the fold found.
+        out.report = dataclasses.replace(report, damage=e, torn=None)
     out.runs = len(state.runs)
     out.statuses = {k: v for k, v in state.status_counts().items() if v}
     return out
 
 
 def compact_offline(state_dir: Path, retention: float, hooks: bool = False) -> tuple[int, int]:
-    """Compact with no supervisor running; returns (bytes before, bytes after)."""
+    """Compact with no supervisor running; returns (bytes before, bytes after).
+
+    Raises:
+        JournalCorrupt: the journal is damaged or holds an undecodable record
+            (nothing is changed; 'journaled verify' shows where).
+        RecordTooLarge: a snapshot part does not fit one frame; the old journal is kept.
+    """
     with StateLock(state_dir):
         journal = Journal(state_dir / "journal")
-        state = State()
-        for _seg, _off, body in journal.replay():
-            state.apply(decode(body))
-        journal.open_for_append()
-        before = journal.size_bytes
-        journal.compact([encode(p) for p in state.snapshot(time.time(), retention, hooks)])
-        after = journal.size_bytes
-        journal.close()
+        try:
+            state = replay.fold(journal)
+            journal.open_for_append()
+            before = journal.size_bytes
+            parts = state.snapshot(time.time(), retention, hooks)
+            journal.compact([encode(p) for p in parts])
+            after = journal.size_bytes
+        finally:
+            journal.close()
     return before, after
 
 

@@ -126,10 +126,23 @@ def test_repair_cut_inside_the_header_of_the_newest_segment():
 
 @pytest.mark.timeout(10)
 def test_repair_zeroed_tail():
+    # The last frame's end zeroed inside a sector that also holds its start:
+    # no sector write was lost, so it is damage (sector rule), cut by repair.
     def corrupt(path: Path, end: int) -> None:
         with open(path, "r+b") as f:
             f.seek(end - 10)
             f.write(b"\0" * 10)
+
+    _check_repair(corrupt, 11, damaged=True)
+
+
+@pytest.mark.timeout(10)
+def test_repair_zeroed_last_frame():
+    def corrupt(path: Path, end: int) -> None:
+        start = _frame_starts(path)[-1]
+        with open(path, "r+b") as f:
+            f.seek(start)
+            f.write(b"\0" * (end - start))
 
     _check_repair(corrupt, 11)
 

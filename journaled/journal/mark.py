@@ -1,0 +1,108 @@
+"""The synced mark: "durable up to (segment, offset)", published by the writer after each sync.
+
+Readers in other processes stop at it, so nothing they report can be taken
+back by a power cut (SQLite's WAL publishes its ``mxFrame`` the same way,
+only after the sync). The mark lives in ``STATE/journal/.synced``, which
+segment listing ignores: one 32-byte record, rewritten in place with one
+``pwrite`` per commit, little-endian::
+
+    offset 0   4 bytes  magic b"JSYN"
+    offset 4   u32      pid of the writer that published it
+    offset 8   u32      generation: random, new each time a writer opens the journal
+    offset 12  u32      segment number
+    offset 16  u64      offset: every frame before it in that segment (and every
+                        older segment) is durable
+    offset 24  u32      crc32 of bytes 0-23
+    offset 28  4 bytes  zero
+
+A torn or zeroed record fails its crc and counts as no mark. The mark
+itself is never fsynced: after a power cut it may be older than the
+journal, never newer than what was durable when it was written, and the
+next writer republishes it. The writer zeroes it before it changes
+anything already written (cutting a torn tail, repair), then republishes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["MARK_NAME", "SyncedMark", "read_mark", "MarkWriter"]
+
+MARK_NAME = ".synced"
+MARK_MAGIC = b"JSYN"
+MARK_SIZE = 32
+_MARK = struct.Struct("<4sIIIQ")
+_CRC = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class SyncedMark:
+    """Everything before ``offset`` in segment ``segment`` (and all before it) is durable."""
+
+    pid: int
+    generation: int
+    segment: int
+    offset: int
+
+    def encode(self) -> bytes:
+        head = _MARK.pack(MARK_MAGIC, self.pid, self.generation, self.segment, self.offset)
+        return (head + _CRC.pack(zlib.crc32(head))).ljust(MARK_SIZE, b"\0")
+
+    @staticmethod
+    def decode(data: bytes) -> SyncedMark | None:
+        """The mark in ``data``, or None if it is absent, torn or zeroed."""
+        if len(data) < MARK_SIZE:
+            return None
+        head = data[: _MARK.size]
+        if _CRC.unpack_from(data, _MARK.size)[0] != zlib.crc32(head):
+            return None
+        magic, pid, generation, segment, offset = _MARK.unpack(head)
+        if magic != MARK_MAGIC:
+            return None
+        return SyncedMark(pid, generation, segment, offset)
+
+
+def read_mark(journal_dir: Path | str) -> SyncedMark | None:
+    """The published mark of ``journal_dir``, or None if there is none (or it is torn)."""
+    try:
+        fd = os.open(Path(journal_dir) / MARK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        return SyncedMark.decode(os.pread(fd, MARK_SIZE, 0))
+    finally:
+        os.close(fd)
+
+
+class MarkWriter:
+    """The writer's side: one open file, one ``pwrite`` per publish."""
+
+    def __init__(self, journal_dir: Path) -> None:
+        self.path = journal_dir / MARK_NAME
+        self.pid = os.getpid()
+        self.generation = int.from_bytes(os.urandom(4), "little")
+        self._fd = -1
+
+    def invalidate(self) -> None:
+        """Zero the mark, so readers stop trusting it, before anything written changes."""
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return
+        os.pwrite(self._fd, bytes(MARK_SIZE), 0)
+
+    def publish(self, segment: int, offset: int) -> None:
+        """Say every frame before ``offset`` of ``segment`` is durable (call after the sync)."""
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.pwrite(self._fd, SyncedMark(self.pid, self.generation, segment, offset).encode(), 0)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
