@@ -624,13 +624,20 @@ def test_due_runs_orders_by_priority_then_first_in_first_out():
 
 
 @pytest.mark.timeout(10)
-def test_a_continued_run_goes_to_the_back_of_its_priority():
+def test_a_continued_run_goes_before_newer_runs_of_its_priority():
     j = Journal()
     j.submit("a")
     j.submit("b")
+    j.submit("hi", priority=1)
     j.lease("a")
     j.complete("a", CONT())
-    assert due_ids(j.st, T0) == ["b", "a"], "a run's next step queues behind earlier work"
+    assert due_ids(j.st, T0) == ["hi", "a", "b"], \
+        "depth-first: a started run's next step goes before step 0 of newer runs, " \
+        "and priority still comes first"
+    j.assert_replay_matches()
+    assert due_ids(j.replay(), T0) == ["hi", "a", "b"], "replay reproduces the same order"
+    parts = snapshot_parts(j.st, T0, 86400)
+    assert due_ids(restore(parts, None), T0) == ["hi", "a", "b"], "so does a snapshot"
 
 
 @pytest.mark.timeout(10)
@@ -764,10 +771,9 @@ def test_snapshot_restores_the_same_observable_state():
 @pytest.mark.timeout(10)
 def test_a_snapshot_in_several_parts_restores_every_run():
     j = _busy_journal()
-    parts = snapshot_parts(j.st, T0 + 1, retention=86400, part_size=2)
-    if len(parts) == 1:
-        pytest.skip("State.snapshot does not split into parts")
-    assert len(parts) == (len(j.st.runs) + 1) // 2, "part_size=2 puts two runs in each part"
+    parts = snapshot_parts(j.st, T0 + 1, retention=86400, part_bytes=1)
+    assert len(parts) == len(j.st.runs), "a run bigger than a part gets a part of its own"
+    assert [p.part for p in parts] == list(range(len(parts)))
     assert observe(restore(parts, j.policy)) == observe(j.st), \
         "all parts together must reproduce the live state"
 
