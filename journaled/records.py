@@ -45,9 +45,11 @@ class Released(Record, tag="rel"):
     """A lease handed back without an outcome.
 
     Replay: unstarted (queued behind a dead step, taken back, skipped at
-    shutdown) it is not a delivery; ``started`` (cut off by a shutdown, a
-    lost executor, or a worker that died holding its result) it counts as
-    an abandoned delivery, like a supervisor crash, not as a failure.
+    shutdown) it is not a delivery; ``started`` (a lost executor, or a
+    worker that died holding its result) it counts as an abandoned
+    delivery, like a supervisor crash, not as a failure. ``started`` with
+    ``shutdown``: the supervisor's own drain cut the step; the delivery is
+    spent but counts toward nothing (a deploy is not a crash).
     """
 
     run_id: str
@@ -55,6 +57,7 @@ class Released(Record, tag="rel"):
     attempt: int
     started: bool = False
     at: float = 0.0
+    shutdown: bool = False  # with started: cut at the drain timeout, not an abandon
 
 
 class StepDone(Record, tag="don"):
@@ -124,6 +127,7 @@ class Recovered(Record, tag="rec"):
     at: float
     pid: int = 0
     app: str = ""  # the runner's import string, for 'journaled step'
+    hooks: bool = False  # this supervisor has an on_terminal hook (compaction keeps what it owes)
 
 
 class SignalSent(Record, tag="sig"):
@@ -186,6 +190,7 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
     used_keys: list[str] = []
     memos: dict[str, bytes] = {}
     history: list[list] = []  # [step, attempt, worker, started, finished, outcome, error, tb]
+    order: int = 0  # submission order: ready runs of one priority go oldest run first
 
 
 class Snapshot(Record, tag="snp"):
@@ -198,6 +203,8 @@ class Snapshot(Record, tag="snp"):
     runs: list[RunSnapshot]
     part: int = 0
     app: str = ""  # part 0: the runner's import string last recovered, for 'journaled step'
+    last_at: float = 0.0  # time of the last record folded before it (ends abandoned attempts)
+    hooks: bool = False  # hooks were in use: undelivered terminal runs are kept
 
 
 AnyRecord = Union[Submitted, Leased, Released, StepDone, AttemptFailed, CancelRequested,

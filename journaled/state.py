@@ -18,6 +18,7 @@ import msgspec
 
 from .api import Attempt, RunOutcome, RunStatus
 from .errors import RunConflict, RunNotFound, RunNotLive
+from .limits import SNAPSHOT_PART
 from .records import (
     AttemptFailed,
     CancelRequested,
@@ -34,6 +35,7 @@ from .records import (
     StepDone,
     Submitted,
     Terminated,
+    encode,
 )
 
 PENDING, RUNNING, WAITING = "pending", "running", "waiting"
@@ -88,7 +90,7 @@ class Run:
         "step_timeout", "step", "payload", "attempt", "failures", "abandons", "due_at",
         "status", "leased", "worker", "leased_at", "cancel_reason", "result", "error",
         "finished_at", "hook_delivered", "dead", "traceback", "kind", "seq",
-        "wait_key", "signals", "woken", "used_keys", "memos", "history",
+        "wait_key", "signals", "woken", "used_keys", "memos", "history", "order",
     )
 
     def __init__(self, rec: Submitted, seq: int) -> None:
@@ -126,6 +128,7 @@ class Run:
         # One entry per delivery: [step, attempt, worker, started, finished, outcome,
         # error, traceback]; lists, not Structs, because the fold fills them in later.
         self.history: list[list] = []
+        self.order = 0  # submission order: the ready queue serves older runs first
 
     @property
     def terminal(self) -> bool:
@@ -142,15 +145,23 @@ class State:
     """All runs, the ready queue and the timers: the fold of the journal."""
 
     def __init__(self, policy: Policy | None = None) -> None:
+        # Commands read the policy (retries, backoff, the abandon limit); the
+        # fold never does, so every reader folds a journal to the same state.
         self.policy = policy or Policy()
         self.runs: dict[str, Run] = {}
         self.in_flight: dict[str, Run] = {}
-        self._ready: list[tuple[int, int, str]] = []  # (-priority, seq, run_id), lazy
+        # (-priority, order, seq, run_id), lazy: a stale entry has an old seq.
+        # Ordered by submission, not readiness: a started run's next step goes
+        # before step 0 of newer runs, so results stream out (depth-first).
+        self._ready: list[tuple[int, int, int, str]] = []
         self._timers: list[tuple[float, str]] = []  # (due_at, run_id), lazy
         self._attention: set[str] = set()  # runs a command must decide on
         self.unhooked: set[str] = set()  # terminal, hook not yet delivered
         self.app = ""  # the runner's import string last recovered (kept across snapshots)
         self._seq = 0
+        self._order = 0
+        self.last_at = 0.0  # latest time of a supervisor record folded so far
+        self.hooks_in_use = False  # the last supervisor (or snapshot) had an on_terminal hook
         self.records_applied = 0
         self._apply: dict[type, Callable[[Record], None]] = {
             Submitted: self._submitted, Leased: self._leased, Released: self._released,
@@ -179,7 +190,11 @@ class State:
     def _make_ready(self, run: Run) -> None:
         self._seq += 1
         run.seq = self._seq
-        heapq.heappush(self._ready, (-run.priority, run.seq, run.run_id))
+        heapq.heappush(self._ready, (-run.priority, run.order, run.seq, run.run_id))
+
+    def _saw(self, at: float) -> None:
+        if at > self.last_at:
+            self.last_at = at
 
     def _unlease(self, run: Run) -> None:
         if run.leased:
@@ -191,6 +206,8 @@ class State:
         if rec.run_id in self.runs:
             return
         run = Run(rec, 0)
+        self._order += 1
+        run.order = self._order
         self.runs[rec.run_id] = run
         self._make_ready(run)
 
@@ -204,6 +221,7 @@ class State:
             h[-1][7] = tb
 
     def _leased(self, rec: Leased) -> None:
+        self._saw(rec.at)
         run = self.runs[rec.run_id]
         # Out of line now: any ready-queue entry for the run is stale. Replay
         # never pops the queue, so without this a restart would find the old
@@ -219,18 +237,22 @@ class State:
         self.in_flight[rec.run_id] = run
 
     def _released(self, rec: Released) -> None:
+        self._saw(rec.at)
         run = self.runs[rec.run_id]
         if not run.leased or run.attempt != rec.attempt:
             return
         self._unlease(run)
-        if rec.started:
-            # Delivered, outcome lost: counts like a supervisor crash would.
+        if rec.started and rec.shutdown:
+            # Our own drain cut it: the delivery is spent, nothing is counted.
+            self._end_attempt(run, rec.at, "interrupted", "interrupted by shutdown: the step "
+                              "ran past the drain timeout and was stopped")
+        elif rec.started:
+            # Delivered, outcome lost: counts like a supervisor crash would;
+            # ``reconcile`` decides whether that was one abandon too many.
             self._end_attempt(run, rec.at, "abandoned", "its worker stopped before the outcome "
                               "was recorded")
             run.abandons += 1
-            if run.cancel_reason is None and run.abandons > self.policy.max_abandons:
-                self._attention.add(run.run_id)
-                return
+            self._attention.add(run.run_id)
         else:
             if run.history and run.history[-1][4] is None:
                 run.history.pop()  # never delivered: not an attempt
@@ -246,6 +268,7 @@ class State:
             self._make_ready(run)
 
     def _step_done(self, rec: StepDone) -> None:
+        self._saw(rec.at)
         run = self.runs[rec.run_id]
         self._unlease(run)
         if run.history:
@@ -277,6 +300,7 @@ class State:
             self._make_ready(run)
 
     def _attempt_failed(self, rec: AttemptFailed) -> None:
+        self._saw(rec.at)
         run = self.runs[rec.run_id]
         self._unlease(run)
         self._end_attempt(run, rec.at, _FAILED_AS.get(rec.kind, "retried"), rec.error,
@@ -290,6 +314,7 @@ class State:
         heapq.heappush(self._timers, (rec.retry_at, run.run_id))
 
     def _cancel_requested(self, rec: CancelRequested) -> None:
+        self._saw(rec.at)
         run = self.runs[rec.run_id]
         if run.terminal or run.cancel_reason is not None:
             return
@@ -298,6 +323,7 @@ class State:
             self._attention.add(run.run_id)
 
     def _terminated(self, rec: Terminated) -> None:
+        self._saw(rec.at)
         run = self.runs[rec.run_id]
         if run.leased:
             how = ("cancelled" if rec.status == CANCELLED else
@@ -322,19 +348,26 @@ class State:
         if run is not None:
             run.hook_delivered = True
         self.unhooked.discard(rec.run_id)
+        self.hooks_in_use = True  # a hook ran on this journal
 
     def _recovered(self, rec: Recovered) -> None:
         if rec.app:
             self.app = rec.app
+        # The attempt ended when the old supervisor was last seen working, not
+        # at this restart: the downtime is not the step's duration.
         for run in list(self.in_flight.values()):
-            self._end_attempt(run, rec.at, "abandoned", "the supervisor stopped during the step")
+            self._end_attempt(run, max(run.leased_at, self.last_at) if self.last_at else rec.at,
+                              "abandoned", "the supervisor stopped during the step")
             self._unlease(run)
             run.abandons += 1
-            self._attention.add(run.run_id)
-            if run.cancel_reason is None and run.abandons <= self.policy.max_abandons:
+            self._attention.add(run.run_id)  # reconcile: cancelled, or abandoned too often?
+            if run.cancel_reason is None:
                 self._make_ready(run)
+        self.hooks_in_use = rec.hooks
+        self._saw(rec.at)
 
     def _redriven(self, rec: Redriven) -> None:
+        self._saw(rec.at)
         run = self.runs[rec.run_id]
         self.unhooked.discard(run.run_id)
         run.status = RUNNING if run.step or run.attempt else PENDING
@@ -348,6 +381,7 @@ class State:
         self._make_ready(run)
 
     def _signal_sent(self, rec: SignalSent) -> None:
+        self._saw(rec.at)
         run = self.runs.get(rec.run_id)
         if run is None or run.terminal:
             return
@@ -374,21 +408,30 @@ class State:
             self._timers.clear()
             self._attention.clear()
             self.unhooked.clear()
+            self.last_at = rec.last_at
+            self.hooks_in_use = rec.hooks
         for s in rec.runs:
             run = _run_from_snapshot(s)
             self.runs[run.run_id] = run
             self._seq = max(self._seq, run.seq)
+            self._order = max(self._order, run.order)
             if run.terminal:
                 if not run.hook_delivered:
                     self.unhooked.add(run.run_id)
-            elif run.leased:
+                continue
+            if run.abandons:
+                self._attention.add(run.run_id)  # the abandon limit is still to decide
+            if run.leased:
                 self.in_flight[run.run_id] = run
             elif run.cancel_reason is not None:
                 self._attention.add(run.run_id)
             elif run.status == WAITING:
-                heapq.heappush(self._timers, (run.due_at, run.run_id))
+                # A signal wait without a timeout has no timer: giving it one
+                # would wake it as "timed out" at once.
+                if run.due_at or not run.wait_key:
+                    heapq.heappush(self._timers, (run.due_at, run.run_id))
             else:
-                heapq.heappush(self._ready, (-run.priority, run.seq, run.run_id))
+                heapq.heappush(self._ready, (-run.priority, run.order, run.seq, run.run_id))
 
     # ------------------------------------------------------------- commands
 
@@ -423,7 +466,7 @@ class State:
         ready = self._ready
         runs = self.runs
         while ready and len(out) < limit:
-            _, seq, rid = heapq.heappop(ready)
+            _, _, seq, rid = heapq.heappop(ready)
             run = runs.get(rid)
             if (run is None or run.seq != seq or run.leased or run.terminal
                     or run.cancel_reason is not None):
@@ -445,20 +488,25 @@ class State:
     def requeue(self, runs: Iterable[Run]) -> None:
         """Put runs taken by ``due_runs`` but not leased back in line, order kept."""
         for run in runs:
-            heapq.heappush(self._ready, (-run.priority, run.seq, run.run_id))
+            heapq.heappush(self._ready, (-run.priority, run.order, run.seq, run.run_id))
 
     def lease(self, run: Run, worker: int, now: float) -> Leased:
         rec = Leased(run.run_id, run.step, run.attempt + 1, worker, now)
         self.apply(rec)
         return rec
 
-    def release(self, run_id: str, attempt: int, started: bool = False, now: float = 0.0
-                ) -> list[Record]:
-        """Hand back a lease without an outcome; ``started``: it may have run."""
+    def release(self, run_id: str, attempt: int, started: bool = False, now: float = 0.0,
+                shutdown: bool = False) -> list[Record]:
+        """Hand back a lease without an outcome; ``started``: it may have run.
+
+        ``shutdown`` (with ``started``): our own drain timeout cut the step;
+        it is recorded as interrupted and never counts toward ``max_abandons``.
+        """
         run = self.runs.get(run_id)
         if run is None or not run.leased or run.attempt != attempt:
             return []
-        return self._commit([Released(run_id, run.step, run.attempt, started, now)])
+        return self._commit([Released(run_id, run.step, run.attempt, started, now,
+                                      started and shutdown)])
 
     def complete(self, run_id: str, attempt: int, res: WorkerResult, now: float,
                  jitter: float = 0.5) -> list[Record]:
@@ -536,9 +584,14 @@ class State:
         recs = self._commit([CancelRequested(run_id, reason, now)])
         return recs + self.reconcile(now)
 
-    def recover(self, now: float, pid: int = 0, app: str = "") -> list[Record]:
-        """A supervisor starts: abandon open leases, then settle what that leaves."""
-        return self._commit([Recovered(now, pid, app)]) + self.reconcile(now)
+    def recover(self, now: float, pid: int = 0, app: str = "", hooks: bool = False
+                ) -> list[Record]:
+        """A supervisor starts: abandon open leases, then settle what that leaves.
+
+        ``hooks``: it has an ``on_terminal`` hook, so until another supervisor
+        says otherwise compaction keeps every run whose hook is still owed.
+        """
+        return self._commit([Recovered(now, pid, app, hooks)]) + self.reconcile(now)
 
     def reconcile(self, now: float) -> list[Record]:
         """Decide runs that need no worker: cancelled while idle, abandoned too often."""
@@ -572,23 +625,45 @@ class State:
             return []
         return self._commit([Redriven(run_id, now)])
 
-    def snapshot(self, now: float, retention: float, hooks: bool = True,
-                 part_size: int = 20_000) -> list[Snapshot]:
+    def snapshot(self, now: float, retention: float, hooks: bool | None = None,
+                 part_bytes: int = SNAPSHOT_PART) -> list[Snapshot]:
         """Live runs plus terminal ones younger than ``retention`` seconds, in parts.
 
         With ``hooks`` a terminal run whose hook is not yet delivered is kept
-        whatever its age, so the hook still fires after a restart.
+        whatever its age, so the hook still fires after a restart; ``None``
+        (an offline compaction, which cannot know) keeps them if the last
+        supervisor had a hook. Parts are cut near ``part_bytes`` encoded
+        bytes (a record body is bounded, a run count is not); a run bigger
+        than that gets a part of its own.
         """
+        if hooks is None:
+            hooks = self.hooks_in_use
         cutoff = now - retention
-        keep = [_run_to_snapshot(run) for run in self.runs.values()
-                if not (run.terminal and (run.hook_delivered or not hooks)
-                        and (run.finished_at or 0) < cutoff)]
-        parts = [Snapshot(now, keep[i:i + part_size], i // part_size)
-                 for i in range(0, len(keep), part_size)]
-        parts = parts or [Snapshot(now, [], 0)]
-        if self.app:
-            parts[0] = msgspec.structs.replace(parts[0], app=self.app)
+        parts: list[Snapshot] = []
+        part: list[RunSnapshot] = []
+        size = 0
+        for run in self.runs.values():
+            if (run.terminal and (run.hook_delivered or not hooks)
+                    and (run.finished_at or 0) < cutoff):
+                continue
+            snap = _run_to_snapshot(run)
+            n = len(encode(snap))
+            if part and size + n > part_bytes:
+                parts.append(Snapshot(now, part, len(parts), app=self.app, last_at=self.last_at,
+                                      hooks=hooks))
+                part, size = [], 0
+            part.append(snap)
+            size += n
+        if part or not parts:
+            parts.append(Snapshot(now, part, len(parts), app=self.app, last_at=self.last_at,
+                                      hooks=hooks))
         return parts
+
+    def expired(self, now: float, retention: float, hooks: bool) -> bool:
+        """Whether a compaction would drop any finished run (the retention timer asks)."""
+        cutoff = now - retention
+        return any(run.terminal and (run.hook_delivered or not hooks)
+                   and (run.finished_at or 0) < cutoff for run in self.runs.values())
 
     # -------------------------------------------------------------- queries
 
@@ -617,7 +692,7 @@ def _run_to_snapshot(r: Run) -> RunSnapshot:
         r.step, r.payload, r.attempt, r.failures, r.abandons, r.due_at, r.status,
         r.cancel_reason, r.result, r.error, r.finished_at, r.hook_delivered, r.dead, r.traceback,
         r.seq, r.leased, r.worker, r.leased_at, r.kind, r.wait_key, r.signals, r.woken,
-        r.used_keys, r.memos, r.history)
+        r.used_keys, r.memos, r.history, r.order)
 
 
 def _run_from_snapshot(s: RunSnapshot) -> Run:
@@ -632,6 +707,7 @@ def _run_from_snapshot(s: RunSnapshot) -> Run:
     run.wait_key, run.signals, run.woken = s.wait_key, dict(s.signals), s.woken
     run.used_keys, run.memos = list(s.used_keys), dict(s.memos)
     run.history = [list(h) for h in s.history]
+    run.order = s.order
     return run
 
 

@@ -35,7 +35,7 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any, Callable
 
-from . import failpoints, replay
+from . import dispatch, failpoints, replay
 from .api import RunOutcome, RunStatus, Signal
 from .errors import JournaledError, StorageFailure
 from .executors import make_executor
@@ -43,12 +43,13 @@ from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SignalMsg
 from .journal import Journal, StateLock
 from .live import STATUS_INTERVAL, LiveStatus, LiveStep, clear_status, write_status
 from .pool import Dispatch, InFlight, Pool, Worker
-from .records import CancelRequested, Record, Redriven, Terminated, encode
+from .records import CancelRequested, Record, Redriven, Snapshot, Terminated, decode, encode
 from .state import Policy, State, WorkerResult, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
 
 DAY = 86400.0
+RETENTION_CHECK = 300.0  # seconds between checks for finished runs past retention
 
 # Test-only: break the write-ahead rule on purpose (send leases before they are
 # synced) to prove that crash tests in power-loss mode catch it. Never a flag.
@@ -144,6 +145,13 @@ class Supervisor:
         self._memo_acks: list[tuple[Worker, int]] = []
         self._next_size_check = 0
         self.compactions = 0
+        self.compaction_failures = 0
+        self._snapshot_bytes = 0  # size of the last snapshot written: the next trigger is 2x
+        self._compact_after = 0.0  # monotonic: no automatic retry of a failed compaction before
+        self._retention_due = time.monotonic() + RETENTION_CHECK
+        self._kill_seq: dict[int, int] = {}  # slot -> the step whose own deadline killed it
+        self._respawn_at: dict[int, float] = {}  # slot -> monotonic respawn time (back-off)
+        self._respawn_delay = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -182,7 +190,8 @@ class Supervisor:
         now = time.time()
         live = sum(1 for r in state.runs.values() if not r.terminal)
         self.recovered_runs = live
-        recs = state.recover(now, os.getpid(), self.import_string)
+        recs = state.recover(now, os.getpid(), self.import_string,
+                             hooks=self.on_terminal is not None)
         self.outcomes.update(r.run_id for r in state.runs.values() if r.terminal)
         self._write(recs)
         self._after_commit(recs)
@@ -404,28 +413,72 @@ class Supervisor:
         self._commit(recs)
         if mono >= self._status_due:
             self._write_status(mono)
-        if self._compact_requested or self.journal.bytes_written >= self._next_size_check:
-            # Stat the segments only every few MB written, not every turn.
-            self._next_size_check = self.journal.bytes_written + (4 << 20)
-            if self._compact_requested or self.journal.size_bytes > self.compact_bytes:
-                self.compact(now)
+        if self._respawn_at:
+            self._respawn_due(mono)
+        if self._compaction_due(mono):
+            self.compact(now)
 
-    def compact(self, now: float | None = None) -> None:
-        """Snapshot the state into a new base segment; drop old segments and expired runs."""
+    def _compaction_due(self, mono: float) -> bool:
+        """Asked for; the journal outgrew its last snapshot; or finished runs expired."""
+        if self._compact_requested:
+            return True
+        if mono < self._compact_after:
+            return False  # the last one failed: do not rebuild the state every turn
+        if self.journal.bytes_written >= self._next_size_check:
+            # Stat the segments only every few MB written, not every turn. Relative
+            # to the last snapshot: a big live state must not compact in a loop.
+            self._next_size_check = self.journal.bytes_written + (4 << 20)
+            if self.journal.size_bytes > max(self.compact_bytes, 2 * self._snapshot_bytes):
+                return True
+        if mono >= self._retention_due:
+            self._retention_due = mono + RETENTION_CHECK
+            return self.state.expired(time.time(), self.retention, self.on_terminal is not None)
+        return False
+
+    def compact(self, now: float | None = None) -> bool:
+        """Snapshot the state into a new base segment; drop old segments and expired runs.
+
+        Returns whether it compacted. A failure to build or write the snapshot
+        (a run too large for a record, say) is logged and the old journal,
+        which is still valid, stays in use; only a ``StorageFailure`` stops us.
+        """
         now = time.time() if now is None else now
         self._compact_requested = False
-        parts = self.state.snapshot(now, self.retention, hooks=self.on_terminal is not None)
-        # The snapshot is built from the state after the last commit, so it
-        # holds exactly what is durable; the journal syncs it before the
-        # old segments go (see Journal.compact for each crash window).
-        self.journal.compact([encode(p) for p in parts])
-        # Folding our own snapshot is the cheap way to drop expired runs.
-        for p in parts:
-            self.state.apply(p)
-        self.outcomes.intersection_update(self.state.runs)
+        try:
+            parts = self.state.snapshot(now, self.retention, hooks=self.on_terminal is not None)
+            bodies = [encode(p) for p in parts]
+            # The snapshot is built from the state after the last commit, so it
+            # holds what is durable; the journal syncs it before the old
+            # segments go (see Journal.compact for each crash window).
+            self.journal.compact(bodies)
+        except StorageFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - the old journal is intact: keep serving
+            self.compaction_failures += 1
+            wait = min(900.0, 60.0 * 2 ** min(self.compaction_failures - 1, 4))
+            self._compact_after = time.monotonic() + wait
+            log.error("compaction failed; keeping the old journal, which is still valid, "
+                      "and retrying in %.0f s: %s: %s", wait, type(e).__name__, e)
+            return False
+        self._snapshot_bytes = sum(len(b) for b in bodies)
+        self._swap_in(parts)
         self.compactions += 1
+        self.compaction_failures = 0
         log.info("compacted the journal: %d runs kept, %.1f MB", len(self.state.runs),
                  self.journal.size_bytes / 1e6)
+        return True
+
+    def _swap_in(self, parts: list[Snapshot]) -> None:
+        """Fold the snapshot into a fresh State (dropping expired runs) and swap it in.
+
+        Built beside the live state and installed with one assignment, so a
+        reader on another thread sees the old state or the new, never half.
+        """
+        fresh = State(self.policy)
+        fresh.apply_all(parts)
+        fresh.records_applied = self.state.records_applied
+        self.state = fresh
+        self.outcomes.intersection_update(fresh.runs)
 
     def _write_status(self, mono: float) -> None:
         """Publish a live view for 'journaled watch' (not durable, not the source of truth)."""
@@ -468,8 +521,9 @@ class Supervisor:
                 recs += self.state.release(item.run_id, item.attempt, False, now)
                 continue
             if self._shutdown_cancelled and item.cancel_at and res.kind in ("cancel", "cancelled"):
-                # Our own shutdown set that token: the step is abandoned, not cancelled.
-                recs += self.state.release(item.run_id, item.attempt, True, now)
+                # Our own shutdown set that token: the step was interrupted, not cancelled,
+                # and a deploy is no crash: it counts toward nothing.
+                recs += self.state.release(item.run_id, item.attempt, True, now, shutdown=True)
                 continue
             recs += complete(item.run_id, item.attempt, res, now, rng())
         self.steps_done += len(done)
@@ -484,6 +538,32 @@ class Supervisor:
             self._memo_acks.append((w, put.seq))
         w.memo_puts.clear()
 
+    def _view(self, w: Worker) -> dispatch.WorkerView:
+        """What the pure dispatch decisions need of ``w`` (the head's step limit only)."""
+        pool = self.pool
+        assert pool is not None
+        items = tuple(dispatch.StepView(i.seq, i.run_id, i.attempt, i.cancel_at,
+                                        self._step_limit(i.run_id) if n == 0 else 0.0)
+                      for n, i in enumerate(w.outstanding))
+        alive = w.proc is not None
+        return dispatch.WorkerView(w.slot, items, pool.running_seq(w) if alive else 0,
+                                   w.head_started, w.avg_step, alive and not w.stopping,
+                                   pool.depth(w) if alive else 0)
+
+    def _kill(self, w: Worker, reason: str, seq: int) -> None:
+        """Kill ``w`` for step ``seq``'s sake: only that step may be charged for it."""
+        pool = self.pool
+        assert pool is not None
+        if w.proc is not None and not w.kill_reason:
+            self._kill_seq[w.slot] = seq
+        pool.kill(w, reason)
+
+    def _death_message(self, w: Worker, pid: int | None, code: int | None) -> str:
+        why = getattr(self.pool, "death_reason", None)
+        if why is not None:
+            return str(why(w, code))
+        return f"worker {w.slot} (pid {pid}) {dispatch.signal_name(code)}"
+
     def _worker_died(self, w: Worker, now: float) -> None:
         pool = self.pool
         assert pool is not None
@@ -492,51 +572,86 @@ class Supervisor:
                 self._results(w, pool.read(w, time.monotonic()), now)
         except (EOFError, OSError):
             pass
-        running = pool.running_seq(w)
+        view = self._view(w)
+        running = view.running_seq
         reason = w.kill_reason
+        kill_seq = self._kill_seq.pop(w.slot, 0)
         pid = w.pid
         code = pool.reap(w)
-        left = list(w.outstanding)
+        died = self._death_message(w, pid, code)
         w.outstanding.clear()
-        # Steps up to the running one may have run (a worker batches results, so a
-        # finished step's outcome can die with it); steps after it never started.
-        # With nothing running we cannot tell, so every step counts as delivered:
-        # over-counting attempts is safe, reusing an attempt number is not.
-        pos = next((i for i, it in enumerate(left) if it.seq == running), None)
-        for i, item in enumerate(left):
-            if pos is not None and i > pos:
-                self._recs += self.state.release(item.run_id, item.attempt, False, now)
-                continue
-            # A step cut off by our own shutdown or a lost Dask scheduler is released,
-            # like a supervisor crash: not the step's fault, no failure counted.
-            if item.seq == running and not (self._stopping and reason in ("shutdown", "drain")
-                                             ) and reason != "lost":
-                kind = "timeout" if reason == "timeout" else "worker_died"
-                msg = ("step timed out and its worker was killed" if kind == "timeout" else
-                       f"worker {w.slot} (pid {pid}) died with exit code {code} during the step")
-                run = self.state.runs.get(item.run_id)
-                if run is not None and not reason:
-                    log.warning("worker %d (pid %s) died (exit code %s) in run %s step %d "
-                                "attempt %d; respawning", w.slot, pid, code, item.run_id,
-                                run.step, item.attempt)
-                self._recs += self.state.complete(item.run_id, item.attempt,
-                                                  WorkerResult(kind, error=msg), now,
-                                                  self._rng.random())
-            else:
-                self._recs += self.state.release(item.run_id, item.attempt, True, now)
+        state = self.state
+        rng = self._rng.random
+        for item, verdict in dispatch.worker_lost(view.items, running, reason, kill_seq,
+                                                  self._stopping):
+            run = state.runs.get(item.run_id)
+            step = run.step if run is not None else -1
+            if verdict == dispatch.RELEASE:
+                self._recs += state.release(item.run_id, item.attempt, False, now)
+            elif verdict == dispatch.ABANDON:
+                self._recs += state.release(item.run_id, item.attempt, True, now)
+            elif verdict == dispatch.INTERRUPT:
+                self._recs += state.release(item.run_id, item.attempt, True, now,
+                                            shutdown=True)
+            elif verdict == dispatch.CANCELLED:
+                self._recs += state.complete(item.run_id, item.attempt, WorkerResult(
+                    "cancelled", error="cancelled; its worker was killed after the grace "
+                    "period"), now, rng())
+            elif verdict == dispatch.FAIL_TIMEOUT:
+                limit = self._step_limit(item.run_id)
+                log.warning("run %s step %d attempt %d timed out after %g s (step_timeout=%g);"
+                            " killing its worker", item.run_id, step, item.attempt, limit, limit)
+                self._recs += state.complete(item.run_id, item.attempt, WorkerResult(
+                    "timeout", error=f"step timed out after {limit:g} s (step_timeout="
+                    f"{limit:g}) and its worker was killed"), now, rng())
+            else:  # FAIL_DIED
+                log.warning("%s in run %s step %d attempt %d%s", died, item.run_id, step,
+                            item.attempt, "" if self._stopping else "; respawning")
+                self._recs += state.complete(item.run_id, item.attempt, WorkerResult(
+                    "worker_died", error=f"{died} during the step"), now, rng())
+        self._startup_death(w, running, reason, code, died)
+        self._wait_map = pool.wait_objects()
+
+    def _startup_death(self, w: Worker, running: int, reason: str, code: int | None,
+                       died: str) -> None:
+        """Respawn ``w``; stop only if fresh workers keep *exiting* before any step.
+
+        A runner that cannot import exits with an error code at start-up, every
+        time: that is a clear stop. A worker killed by a signal (the OOM killer,
+        an operator, a dying helper process) is no verdict on the runner: back
+        off the respawn instead, so the service never goes down for it.
+        """
+        pool = self.pool
+        assert pool is not None
         if w.ever_ran or running or reason:
-            # It got as far as running a step (or we killed it): not a start-up failure.
-            self._startup_deaths = 0
-        else:
+            self._startup_deaths = 0  # it got as far as a step (or we killed it)
+            self._respawn_delay = 0.0
+        elif code is not None and code > 0:
             self._startup_deaths += 1
             if self._startup_deaths >= 5:
                 raise JournaledError(
-                    f"worker processes keep dying at start-up (last exit code {code}); check "
-                    "that the runner's module imports cleanly in a fresh process (guard "
-                    "script code with 'if __name__ == \"__main__\":')")
+                    f"worker processes keep dying at start-up ({died}); check that the "
+                    "runner's module imports cleanly in a fresh process (guard script code "
+                    "with 'if __name__ == \"__main__\":')")
+        else:
+            self._respawn_delay = min(5.0, max(0.1, 2 * self._respawn_delay))
+            log.warning("%s at start-up; respawning in %.1f s", died, self._respawn_delay)
+            self._respawn_at[w.slot] = time.monotonic() + self._respawn_delay
+            return
         if not self._stopping:
             pool.respawn(w)
-        self._wait_map = pool.wait_objects()
+
+    def _respawn_due(self, mono: float) -> None:
+        """Respawn workers whose back-off after a start-up kill is over."""
+        pool = self.pool
+        assert pool is not None
+        for w in pool.workers:
+            at = self._respawn_at.get(w.slot)
+            if at is not None and mono >= at:
+                del self._respawn_at[w.slot]
+                if not self._stopping and w.proc is None:
+                    pool.respawn(w)
+                    self._wait_map = pool.wait_objects()
 
     def _deadlines(self, mono: float, now: float) -> None:
         pool = self.pool
@@ -550,13 +665,9 @@ class Supervisor:
         for w in pool.workers:
             if not w.outstanding or w.proc is None:
                 continue
-            head = w.outstanding[0]
-            if head.cancel_at and mono >= head.cancel_at:
-                pool.kill(w, "shutdown" if self._shutdown_cancelled else "cancelled")
-                continue
-            limit = self._step_limit(head.run_id)
-            if limit and mono - w.head_started >= limit:
-                pool.kill(w, "timeout")
+            due = dispatch.kill_due(self._view(w), mono, self._shutdown_cancelled)
+            if due is not None:
+                self._kill(w, *due)
 
     def _step_limit(self, run_id: str) -> float:
         """Seconds a step of this run may take (0 = no limit); a run's own option wins."""
@@ -567,44 +678,36 @@ class Supervisor:
     @staticmethod
     def _stuck_after(w: Worker) -> float:
         """How long a worker's head step may run before the steps behind it are taken back."""
-        return max(0.02, 4 * w.avg_step)
+        return dispatch.stuck_after(w.avg_step)
 
     def _next_timeout(self) -> float | None:
         if self._carry or self._commands:
             return 0.0
         now = time.time()
         mono = time.monotonic()
-        best: float | None = None
+        times: list[float] = []  # monotonic
         due = self.state.next_due()
         if due is not None:
-            best = max(0.0, due - now)
+            times.append(mono + max(0.0, due - now))
         pool = self.pool
         assert pool is not None
-        for w in pool.workers:
-            if not w.outstanding:
-                continue
-            head = w.outstanding[0]
-            if head.cancel_at:
-                t = head.cancel_at - mono
-                best = t if best is None else min(best, t)
-            limit = self._step_limit(head.run_id)
-            if limit:
-                t = w.head_started + limit - mono
-                best = t if best is None else min(best, t)
+        views = [self._view(w) for w in pool.workers]
+        for v in views:
+            t = dispatch.next_deadline(v, mono)
+            if t is not None:
+                times.append(t)
+        t = dispatch.next_steal(views)
+        if t is not None:
+            times.append(t)
         if self._stopping and not self._shutdown_cancelled:
-            t = self._drain_deadline - mono
-            best = t if best is None else min(best, t)
-        if any(not w.outstanding and w.proc is not None for w in pool.workers):
-            for w in pool.workers:
-                if len(w.outstanding) > 1:  # when a steal would become worth it
-                    t = w.head_started + self._stuck_after(w) - mono
-                    best = t if best is None else min(best, t)
+            times.append(self._drain_deadline)
         if self.state.in_flight:  # keep the live view's progress fresh
-            t = self._status_due - mono
-            best = t if best is None else min(best, t)
-        if best is not None:
-            best = max(0.0, best) + 0.0005
-        return best if best is None else min(best, 5.0)
+            times.append(self._status_due)
+        times.extend(self._respawn_at.values())
+        times.append(self._retention_due)
+        if not times:
+            return None
+        return min(max(0.0, min(times) - mono) + 0.0005, 5.0)
 
     def _steal(self, mono: float) -> bool:
         """An idle worker and nothing ready: take back steps queued behind a long one.
@@ -615,16 +718,12 @@ class Supervisor:
         assert pool is not None
         if not hasattr(pool, "revoke_queued"):
             return False
-        workers = [w for w in pool.workers if w.proc is not None and not w.stopping]
-        if not any(not w.outstanding for w in workers):
-            return False
         took = False
-        for w in workers:
-            # Stuck: its head has run well past what its steps usually take.
-            if len(w.outstanding) > 1 and mono - w.head_started > self._stuck_after(w):
-                for item in pool.revoke_queued(w):
-                    self._recs += self.state.release(item.run_id, item.attempt)
-                    took = True
+        by_slot = {w.slot: w for w in pool.workers}
+        for slot in dispatch.steal_candidates([self._view(w) for w in pool.workers], mono):
+            for item in pool.revoke_queued(by_slot[slot]):
+                self._recs += self.state.release(item.run_id, item.attempt)
+                took = True
         return took
 
     def _lease(self, now: float, mono: float) -> None:
@@ -635,16 +734,10 @@ class Supervisor:
             if not self._steal(mono):
                 return
         recs = self._recs
-        live = [w for w in pool.workers if w.proc is not None and not w.stopping]
-        # Fair share: a deep batch learned on tiny steps must not pile every
-        # ready run on one worker while another idles (celery #6500).
-        share = -(-state.ready_count() // max(1, len(live)))
-        # Least-loaded workers first, so a deep batch never starves an idle worker.
-        for w in sorted(live, key=lambda x: len(x.outstanding)):
-            want = min(pool.depth(w), max(1, share) + (1 if w.outstanding else 0)) \
-                - len(w.outstanding)
-            if want <= 0:
-                continue
+        by_slot = {w.slot: w for w in pool.workers}
+        plan = dispatch.lease_plan([self._view(w) for w in pool.workers], state.ready_count())
+        for slot, want in plan:
+            w = by_slot[slot]
             runs = state.due_runs(now, want)
             if not runs:
                 break

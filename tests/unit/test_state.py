@@ -624,13 +624,20 @@ def test_due_runs_orders_by_priority_then_first_in_first_out():
 
 
 @pytest.mark.timeout(10)
-def test_a_continued_run_goes_to_the_back_of_its_priority():
+def test_a_continued_run_goes_before_newer_runs_of_its_priority():
     j = Journal()
     j.submit("a")
     j.submit("b")
+    j.submit("hi", priority=1)
     j.lease("a")
     j.complete("a", CONT())
-    assert due_ids(j.st, T0) == ["b", "a"], "a run's next step queues behind earlier work"
+    assert due_ids(j.st, T0) == ["hi", "a", "b"], \
+        "depth-first: a started run's next step goes before step 0 of newer runs, " \
+        "and priority still comes first"
+    j.assert_replay_matches()
+    assert due_ids(j.replay(), T0) == ["hi", "a", "b"], "replay reproduces the same order"
+    parts = snapshot_parts(j.st, T0, 86400)
+    assert due_ids(restore(parts, None), T0) == ["hi", "a", "b"], "so does a snapshot"
 
 
 @pytest.mark.timeout(10)
@@ -764,10 +771,9 @@ def test_snapshot_restores_the_same_observable_state():
 @pytest.mark.timeout(10)
 def test_a_snapshot_in_several_parts_restores_every_run():
     j = _busy_journal()
-    parts = snapshot_parts(j.st, T0 + 1, retention=86400, part_size=2)
-    if len(parts) == 1:
-        pytest.skip("State.snapshot does not split into parts")
-    assert len(parts) == (len(j.st.runs) + 1) // 2, "part_size=2 puts two runs in each part"
+    parts = snapshot_parts(j.st, T0 + 1, retention=86400, part_bytes=1)
+    assert len(parts) == len(j.st.runs), "a run bigger than a part gets a part of its own"
+    assert [p.part for p in parts] == list(range(len(parts)))
     assert observe(restore(parts, j.policy)) == observe(j.st), \
         "all parts together must reproduce the live state"
 
@@ -932,3 +938,152 @@ def test_outcome_hides_result_and_finish_time_until_the_run_ends():
     out = outcome_of(j.st.runs["r1"])
     assert (out.status, out.result, out.finished_at, out.steps) == \
         (RunStatus.RUNNING, None, None, 1), "a live run shows progress but no result"
+
+
+# ------------------------------------------- issue 11: snapshots, policy, drain
+
+
+@pytest.mark.timeout(10)
+def test_snapshot_fold_keeps_signal_wait_without_timeout_asleep():
+    j = Journal()
+    j.submit("parked")
+    j.submit("timed")
+    j.lease("parked")
+    j.complete("parked", WorkerResult("continue", b"p", key="approve"), now=T0 + 1)
+    j.lease("timed")
+    j.complete("timed", WorkerResult("continue", b"t", delay=60, key="go"), now=T0 + 1)
+    for folded in (restore(snapshot_parts(j.st, T0 + 2, 86400), None), j.st):
+        if folded is j.st:  # the live supervisor folds its own snapshot
+            folded.apply_all(snapshot_parts(j.st, T0 + 2, 86400))
+        assert due_ids(folded, T0 + 3) == [], \
+            "a run parked on a signal with no timeout has no timer after a snapshot fold"
+        assert due_ids(folded, T0 + 1e6) == ["timed"], "a wait with a timeout keeps its timer"
+        folded.signal("parked", "approve", b"yes", T0 + 1e6)
+        runs = folded.due_runs(T0 + 1e6, 10)
+        woken = {r.run_id: State.woken_by(r) for r in runs}
+        assert woken == {"parked": ["approve", b"yes", False], "timed": ["go", b"", True]}, \
+            "a real signal wakes it, not timed out; the timed wait times out"
+
+
+@pytest.mark.timeout(10)
+def test_snapshot_parts_are_cut_by_bytes_so_33_runs_of_1mib_fit():
+    st = State()
+    for i in range(40):
+        st.submit(f"r{i}", b"x" * (1 << 20), T0)
+    parts = st.snapshot(T0, 86400)
+    sizes = [len(encode(p)) for p in parts]
+    assert len(parts) > 1 and max(sizes) < (20 << 20), f"parts of bounded bytes, got {sizes}"
+    assert sum(len(p.runs) for p in parts) == 40
+    assert len(restore(parts, None).runs) == 40
+
+
+@pytest.mark.timeout(10)
+def test_fold_does_not_depend_on_policy_and_abandon_limit_is_decided_by_reconcile():
+    j = Journal(Policy(max_abandons=0))
+    j.submit("r")
+    j.lease("r")
+    recs = j(j.st.recover(T0 + 5))
+    assert any(isinstance(r, Terminated) and r.kind == "abandoned" for r in recs), \
+        "one abandon over max_abandons=0 dead-letters the step"
+    # Folding the same records under any policy gives the same state.
+    a, b = State(Policy(max_abandons=0)), State(Policy(max_abandons=99))
+    a.apply_all(j.recs[:-1])
+    b.apply_all(j.recs[:-1])
+    assert observe(a) == observe(b), "the fold never reads the policy"
+
+
+@pytest.mark.timeout(10)
+def test_abandon_limit_decision_survives_a_snapshot():
+    j = Journal(Policy(max_abandons=1))
+    j.submit("r")
+    for k in range(2):
+        j.lease("r", now=T0 + k)
+        j(j.st.release("r", j.st.runs["r"].attempt, started=True, now=T0 + k))
+        if k == 0:
+            assert not j.st.runs["r"].terminal
+    # A fold of a journal whose last records were not reconciled (an offline compaction,
+    # a Client): the decision must still be made by the next reconcile.
+    raw = State()
+    for rec in j.recs:
+        if not isinstance(rec, Terminated):
+            raw.apply(rec)
+    st = restore(snapshot_parts(raw, T0 + 9, 86400), Policy(max_abandons=1))
+    ends = [r for r in st.reconcile(T0 + 10) if isinstance(r, Terminated)]
+    assert ends and ends[0].dead and ends[0].kind == "abandoned", \
+        "a run abandoned too often is dead-lettered after a snapshot too, not leased again"
+
+
+@pytest.mark.timeout(10)
+def test_drain_cut_is_interrupted_and_never_counts_toward_max_abandons():
+    j = Journal(Policy(max_abandons=1))
+    j.submit("r")
+    for k in range(12):
+        j.lease("r", now=T0 + k)
+        j(j.st.release("r", j.st.runs["r"].attempt, started=True, now=T0 + k + 0.5,
+                       shutdown=True))
+        j(j.st.reconcile(T0 + k + 0.5))
+    run = j.st.runs["r"]
+    assert not run.terminal and run.abandons == 0 and run.attempt == 12, \
+        "twelve drain cuts: twelve deliveries, no abandon"
+    assert {h[5] for h in run.history} == {"interrupted"}
+    assert "shutdown" in run.history[0][6], "the history entry says it was a shutdown"
+    j.assert_replay_matches()
+    old = Released("r", 0, 1, True, T0)
+    assert decode(encode(old)) == old and not decode(encode(old)).shutdown, \
+        "a Released without the new field still decodes, as an abandon"
+
+
+@pytest.mark.timeout(10)
+def test_abandoned_attempt_ends_at_the_last_record_before_the_crash_not_the_restart():
+    j = Journal()
+    j.submit("r")
+    j.submit("other")
+    j.lease("r", now=T0 + 1)
+    j.lease("other", now=T0 + 2)
+    j.complete("other", SUCCEED, now=T0 + 3)
+    j(j.st.recover(T0 + 3600))
+    h = j.st.runs["r"].history[0]
+    assert h[5] == "abandoned" and h[4] == T0 + 3, \
+        "the attempt ended when the old supervisor was last seen, not an hour later"
+    st = restore(snapshot_parts(j.replay(), T0 + 4000, 86400), None)
+    st.lease(st.due_runs(T0 + 4000, 10)[0], 0, T0 + 4000)
+    st.recover(T0 + 9000)
+    assert st.runs["r"].history[-1][4] == T0 + 4000, "a snapshot keeps the last time seen"
+
+
+@pytest.mark.timeout(10)
+def test_offline_snapshot_keeps_runs_whose_hook_is_owed_when_hooks_are_in_use():
+    j = Journal()
+    j.submit("r")
+    j(j.st.recover(T0, hooks=True))
+    j.lease("r")
+    j.complete("r", SUCCEED)
+    offline = j.replay()  # 'journaled compact' folds the journal, knowing no hook
+    kept = [r.run_id for p in offline.snapshot(T0 + 1e9, 1.0) for r in p.runs]
+    assert kept == ["r"], "the last supervisor had a hook: the owed hook must survive"
+    again = restore(offline.snapshot(T0 + 1e9, 1.0), None)
+    assert [r.run_id for p in again.snapshot(T0 + 1e9, 1.0) for r in p.runs] == ["r"], \
+        "and the snapshot remembers that hooks were in use"
+    j(j.st.recover(T0 + 10, hooks=False))
+    assert [r.run_id for p in j.replay().snapshot(T0 + 1e9, 1.0) for r in p.runs] == [], \
+        "a supervisor without a hook owes none: retention drops it"
+
+
+@pytest.mark.timeout(10)
+def test_started_runs_go_before_new_runs_depth_first_40_runs_3_steps_1_worker():
+    st = State()
+    order = []
+    for i in range(40):
+        st.submit(f"r{i:02}", b"", T0 + i)
+    for _ in range(200):
+        runs = st.due_runs(T0 + 100, 1)
+        if not runs:
+            break
+        run = runs[0]
+        st.lease(run, 0, T0 + 100)
+        order.append((run.run_id, run.step))
+        res = CONT() if run.step < 2 else SUCCEED
+        st.complete(run.run_id, run.attempt, res, T0 + 100)
+    assert order[:3] == [("r00", 0), ("r00", 1), ("r00", 2)], \
+        "the first run finishes before any other run starts"
+    assert order.index(("r00", 2)) < order.index(("r39", 0))

@@ -17,8 +17,14 @@ it as an independent reference model of the fold:
 (d) a run is in ``in_flight`` iff it is leased, and iff a worker holds it;
 (e) failures stay below ``max_attempts``; the step is dead-lettered on the
     ``max_attempts``-th failure and on the ``max_abandons + 1``-th abandon;
-(f) successive ``Leased`` attempts of one step go up by one (a ``Released``
-    hands its attempt back).
+(f) successive ``Leased`` attempts of one step go up by one (an unstarted
+    ``Released`` hands its attempt back);
+(g) what ``due_runs`` hands out (and the signal each run sees) a moment and
+    a long time later is the same for a state folded from a snapshot as for
+    the full history: a snapshot gives no run a timer it did not have;
+(h) a lost worker charges a failure only to the step it was running, and
+    only for a death of its own or that step's own timeout
+    (``dispatch.worker_lost``); a drain cut counts toward nothing.
 
 ``JOURNALED_HYPOTHESIS_EXAMPLES`` raises the number of examples.
 """
@@ -38,7 +44,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from journaled.errors import RunConflict, RunNotFound
+from journaled import dispatch
+from journaled.errors import RunConflict, RunNotFound, RunNotLive
 from journaled.records import (
     AttemptFailed,
     CancelRequested,
@@ -60,12 +67,14 @@ T0 = 1_000_000.0
 K = 3  # leases per turn, at most
 POLICY = Policy(max_attempts=3, max_abandons=2, backoff_base=5.0, backoff_cap=40.0)
 IDS = ("a", "b", "c", "d", "e")
+KEYS = ("k1", "k2", "k3")
+KILL_REASONS = ("", "", "timeout", "cancelled", "shutdown", "lost", "reload")
 FAILURE_KINDS = ("error", "worker_died", "timeout")
 FIELDS = ("status", "step", "payload", "attempt", "failures", "abandons", "result", "error",
           "dead", "kind", "cancel_reason", "leased", "worker", "due_at", "finished_at",
           "hook_delivered", "input", "priority", "max_attempts", "traceback",
           # Later additions, compared when the Run has them.
-          "wait_key", "signals", "woken", "used_keys", "memos", "history")
+          "wait_key", "signals", "woken", "used_keys", "memos", "history", "order")
 
 # Continuing outcomes come more often than ending ones, so runs live long enough to be
 # caught by crashes mid-step, mid-delay and mid-backoff.
@@ -84,6 +93,10 @@ OUTCOMES = st.sampled_from([
     WorkerResult("error", error="broken", permanent=True),
     WorkerResult("worker_died", error="segfault"),
     WorkerResult("timeout", error="too slow"),
+    # Signal waits: without a timeout, with one; a run may wait on a key once.
+    WorkerResult("continue", b"w1", key="k1"),
+    WorkerResult("continue", b"w2", key="k2"),
+    WorkerResult("continue", b"w3", delay=30.0, key="k3"),
 ])
 
 
@@ -97,6 +110,19 @@ def replay(recs: list) -> State:
     state = State(POLICY)
     state.apply_all(recs)
     return state
+
+
+def due_view(state: State, now: float) -> list:
+    """(g) What would be leased, in order, and what signal each run sees, now and later.
+
+    Takes the runs and puts them back, so ``state`` keeps its lease order.
+    """
+    out = []
+    for dt in (0.0, 1.0, 100.0, 1e6):
+        runs = state.due_runs(now + dt, 10_000)
+        out.append([(r.run_id, tuple(State.woken_by(r) or ())) for r in runs])
+        state.requeue(runs)
+    return out
 
 
 class SupervisorModel(RuleBasedStateMachine):
@@ -130,6 +156,8 @@ class SupervisorModel(RuleBasedStateMachine):
         """What ``due_runs`` hands out must be leasable now, highest priority first."""
         prios = [run.priority for run in runs]
         assert prios == sorted(prios, reverse=True), "due runs come highest priority first"
+        keys = [(-run.priority, run.order) for run in runs]
+        assert keys == sorted(keys), "within a priority the oldest run goes first (depth-first)"
         assert len({run.run_id for run in runs}) == len(runs), "a due run is handed out once"
         for run in runs:
             assert run.run_id not in self.held and not run.leased, \
@@ -159,6 +187,7 @@ class SupervisorModel(RuleBasedStateMachine):
         attempt = self.held.pop(rid)
         run = self.state.runs[rid]
         step, failures, cancel = run.step, run.failures, run.cancel_reason
+        used_keys, buffered = list(run.used_keys), dict(run.signals)
         limit = run.max_attempts or POLICY.max_attempts
         recs = self.state.complete(rid, attempt, res, self.now, jitter)
         assert len(recs) == 1, f"one result of run {rid} must give one record"
@@ -168,18 +197,29 @@ class SupervisorModel(RuleBasedStateMachine):
         if cancel is not None:
             assert isinstance(rec, Terminated) and rec.status == CANCELLED, \
                 "the outcome of a cancel-requested run is discarded: it ends cancelled"
+        elif res.kind == "continue" and res.key and res.key in used_keys:
+            assert isinstance(rec, Terminated) and rec.status == FAILED and rec.dead, \
+                "waiting on a signal key a second time dead-letters the step"
         elif res.kind == "continue":
             assert isinstance(rec, StepDone) and rec.payload == res.data, "continue: StepDone"
             assert (run.step, run.attempt, run.failures) == (step + 1, 0, 0), \
                 "continue moves to the next step with fresh attempts"
-            if res.delay > 0:
+            if res.key and res.key in buffered:
+                assert run.status != WAITING and run.woken == [res.key, buffered[res.key],
+                                                               False], \
+                    "a signal sent before the wait wakes the run at once"
+            elif res.key:
+                assert run.status == WAITING and run.due_at == (
+                    self.now + res.delay if res.delay > 0 else 0.0), \
+                    "a signal wait has a timer only when it has a timeout"
+            elif res.delay > 0:
                 assert rec.due_at == self.now + res.delay and run.status == WAITING, \
                     "a delayed step waits until now + delay"
         elif res.kind == "succeed":
             assert isinstance(rec, Terminated) and rec.status == SUCCEEDED, \
                 "succeed ends the run succeeded"
             assert rec.result == res.data, "succeed keeps the result"
-        elif res.kind in ("fail", "cancel"):
+        elif res.kind in ("fail", "cancel", "cancelled"):
             want = FAILED if res.kind == "fail" else CANCELLED
             assert isinstance(rec, Terminated) and rec.status == want and not rec.dead, \
                 f"a {res.kind} verdict ends the run {want}, not dead"
@@ -314,6 +354,81 @@ class SupervisorModel(RuleBasedStateMachine):
         self.commit(recs)
 
     @precondition(lambda self: self.up)
+    @rule(rid=st.sampled_from(IDS), key=st.sampled_from(KEYS), data=st.sampled_from([b"", b"s"]))
+    def signal(self, rid, key, data):
+        run = self.state.runs.get(rid)
+        if run is None:
+            with pytest.raises(RunNotFound):
+                self.state.signal(rid, key, data, self.now)
+            return
+        if run.terminal:
+            with pytest.raises(RunNotLive):
+                self.state.signal(rid, key, data, self.now)
+            return
+        parked = run.status == WAITING and run.wait_key == key and run.woken is None \
+            and not run.leased
+        self.commit(self.state.signal(rid, key, data, self.now))
+        if parked:
+            assert run.woken == [key, data, False] and run.status != WAITING, \
+                "a signal wakes the run parked on its key, not timed out"
+
+    @precondition(lambda self: self.up and self.held)
+    @rule(picks=st.lists(st.integers(0, 20), min_size=1, max_size=4),
+          running=st.integers(-1, 3), reason=st.sampled_from(KILL_REASONS),
+          cause=st.integers(-1, 3), stopping=st.booleans())
+    def worker_lost(self, picks, running, reason, cause, stopping):
+        """(h) A worker holding some leases dies: dispatch decides, the state records."""
+        rids: list[str] = []
+        for i in picks:
+            rid = self.held_at(i)
+            if rid not in rids:
+                rids.append(rid)
+        items = [dispatch.StepView(n + 1, rid, self.held[rid]) for n, rid in enumerate(rids)]
+        running_seq = running + 1 if 0 <= running < len(items) else 0
+        kill_seq = cause + 1 if 0 <= cause < len(items) and reason else 0
+        recs: list = []
+        if reason == "cancelled" and kill_seq:  # a kill for a cancel follows a cancel request
+            recs += self.state.cancel(items[kill_seq - 1].run_id, "user", self.now)
+        verdicts = dispatch.worker_lost(items, running_seq, reason, kill_seq, stopping)
+        assert [v[0] for v in verdicts] == items, "one verdict per step, in order"
+        for item, verdict in verdicts:
+            run = self.state.runs[item.run_id]
+            before = (run.failures, run.abandons, run.attempt)
+            ran = item.seq == running_seq
+            if verdict.startswith("fail:") or verdict == dispatch.CANCELLED:
+                assert ran and not stopping, \
+                    "(h) only the running step is charged, never while stopping"
+            if verdict == dispatch.FAIL_TIMEOUT or verdict == dispatch.CANCELLED:
+                assert kill_seq == item.seq, "(h) a kill charges only the step that caused it"
+            if verdict == dispatch.FAIL_DIED:
+                assert reason in ("", "reload"), "(h) our own kills are never a worker death"
+            if running_seq and item.seq > running_seq:
+                assert verdict == dispatch.RELEASE, "(h) steps after the running one never ran"
+            if reason == "shutdown" and verdict != dispatch.RELEASE:
+                assert verdict == dispatch.INTERRUPT, "(h) a shutdown kill interrupts"
+            if verdict.startswith("fail:") or verdict == dispatch.CANCELLED:
+                kind = verdict[5:] if verdict.startswith("fail:") else "cancelled"
+                recs += self.complete_checked(item.run_id, WorkerResult(kind, error="lost"),
+                                              0.5)
+                continue
+            attempt = self.held.pop(item.run_id)
+            got = self.state.release(item.run_id, attempt, verdict != dispatch.RELEASE,
+                                     self.now, shutdown=verdict == dispatch.INTERRUPT)
+            assert len(got) == 1 and isinstance(got[0], Released)
+            recs += got
+            after = (run.failures, run.abandons, run.attempt)
+            if verdict == dispatch.RELEASE:
+                assert after == (before[0], before[1], before[2] - 1), \
+                    "(h) an unstarted step gets its attempt back"
+            elif verdict == dispatch.ABANDON:
+                assert after == (before[0], before[1] + 1, before[2]), \
+                    "(h) an abandoned step spends its attempt and counts one abandon"
+            else:
+                assert after == before, "(h) an interrupted step spends its attempt, nothing else"
+                assert run.history[-1][5] == "interrupted", "its history says interrupted"
+        self.commit(recs)
+
+    @precondition(lambda self: self.up)
     @rule()
     def compact(self):
         parts = self.state.snapshot(self.now, retention=1e18)
@@ -323,6 +438,8 @@ class SupervisorModel(RuleBasedStateMachine):
         restored.apply_all(parts)
         before = observe(self.state)
         assert observe(restored) == before, "a snapshot must reproduce the live state"
+        assert due_view(restored, self.now) == due_view(replay(self.history), self.now), \
+            "(g) a state folded from a snapshot must hand out the same runs, woken alike"
         self.state.apply_all(parts)  # as the supervisor does, to drop expired runs
         assert observe(self.state) == before, "folding its own snapshot changes nothing live"
         self.journal = parts
@@ -387,8 +504,11 @@ class SupervisorModel(RuleBasedStateMachine):
         assert observe(replay(self.journal)) == live, \
             "(a) replaying the journal must give the live state"
         if self.journal != self.history:  # compacted: the history must agree too
-            assert observe(replay(self.history)) == live, \
+            full = replay(self.history)
+            assert observe(full) == live, \
                 "(a) replaying the uncompacted history must give the live state"
+            assert due_view(replay(self.journal), self.now) == due_view(full, self.now), \
+                "(g) a restart from a snapshot must hand out the same runs, woken alike"
         assert set(self.inbox) <= set(self.state.runs), "no accepted submission is ever lost"
 
     @invariant()
@@ -441,7 +561,11 @@ class SupervisorModel(RuleBasedStateMachine):
                 assert not m["leased"], f"(d) run {rid} leased twice at once"
                 m["spent"], m["leased"] = rec.attempt, True
             elif isinstance(rec, Released):
-                m["spent"], m["leased"] = rec.attempt - 1, False
+                m["leased"] = False
+                if not rec.started:
+                    m["spent"] = rec.attempt - 1
+                elif not rec.shutdown:
+                    m["abandons"] += 1
             elif isinstance(rec, StepDone):
                 m.update(step=rec.step + 1, spent=0, failures=0, abandons=0, leased=False)
             elif isinstance(rec, AttemptFailed):
@@ -495,6 +619,10 @@ class SupervisorModel(RuleBasedStateMachine):
         for _ in range(100):
             if all(run.terminal for run in self.state.runs.values()):
                 break
+            for rid, run in sorted(self.state.runs.items()):
+                if run.status == WAITING and run.wait_key and run.woken is None \
+                        and not run.due_at:
+                    self.commit(self.state.signal(rid, run.wait_key, b"end", self.now))
             leased = self.lease_due(10_000)
             recs: list = list(leased)
             for rec in leased:
