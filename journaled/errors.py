@@ -134,3 +134,13 @@ class SubmissionRejected(JournaledError):
         self.run_id = run_id
         self.reason = reason
         super().__init__(f"submission of run {run_id!r} was rejected: {reason}")
+
+
+class RunNotDead(JournaledError):
+    """Permanent: ``retry`` redrives dead-lettered steps only, and this run has none."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id!r} has no dead-lettered step (it is {status}); "
+                         "'journaled dead' lists those that do")
