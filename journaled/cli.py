@@ -449,11 +449,15 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
     click.echo(f"  submitted: {_when(out.submitted_at)}")
     if out.finished_at:
         click.echo(f"  finished:  {_when(out.finished_at)}")
+    run = client.state.runs.get(run_id)
+    if run is not None and run.wait_key and run.woken is None and out.status.value == "waiting":
+        until = f", times out {_when(run.due_at)}" if run.due_at else ", no timeout"
+        click.echo(f"  parked:    on signal {run.wait_key!r}{until}; send it with "
+                   f"'journaled signal {run_id} {run.wait_key} DATA'")
     if out.result is not None:
         click.echo(f"  result:    {_short(out.result, 200)}")
     if out.error:
         click.echo(f"  error:     {out.error}")
-    run = client.state.runs.get(run_id)
     if run is not None and run.traceback:
         click.echo("  traceback (from the runner):")
         for line in run.traceback.rstrip().splitlines():
