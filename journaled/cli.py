@@ -324,7 +324,7 @@ class _StatusLine:
         while not self._stop.wait(1.0):
             t1, steps1, syncs1 = time.monotonic(), sup.steps_done, sup.journal.syncs
             dt = max(1e-6, t1 - t0)
-            c = sup.state.status_counts() if len(sup.state.runs) < 20_000 else sup._counts
+            c = sup.status_counts() if len(sup.state.runs) < 20_000 else sup._counts
             line = (f"running {c.get('running', 0)}  waiting {c.get('waiting', 0)}  "
                     f"pending {c.get('pending', 0)}  succeeded {c.get('succeeded', 0)}  "
                     f"failed {c.get('failed', 0)}  cancelled {c.get('cancelled', 0)}  |  "
