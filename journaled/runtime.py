@@ -215,13 +215,12 @@ class Runtime:
 
         Raises ``RunNotDead`` for a run with no dead-lettered step (as ``Client``).
         """
-        self._check()
+        out = self.status(run_id)  # RunNotFound, SubmissionRejected, or pending in the inbox
         with self._sup.state_lock:
             run = self._sup.state.runs.get(run_id)
-            if run is None:
-                self._not_found(run_id)
-            if not run.dead:
-                raise RunNotDead(run_id, self._public_status(run_id))
+            if run is None or not run.dead:
+                raise RunNotDead(run_id, out.status.value)
+        self._check()
         self._await(self._sup.call("redrive", run_id))
 
     def signal(self, run_id: str, key: str, data: bytes = b"") -> None:
@@ -240,10 +239,6 @@ class Runtime:
         if why is not None:
             raise SubmissionRejected(run_id, why)
         raise RunNotFound(run_id)
-
-    def _public_status(self, run_id: str) -> str:
-        out = self._sup.status(run_id)
-        return out.status.value if out is not None else RunStatus.PENDING.value
 
     def history(self, run_id: str) -> list[Attempt]:
         """Every delivery of every step of the run; ``[]`` while it waits in the inbox."""

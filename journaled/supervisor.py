@@ -24,6 +24,7 @@ found to be a duplicate), which is always the safe side.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import hashlib
@@ -35,7 +36,7 @@ import time
 from collections import deque
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
-from typing import Any, Callable, TypeVar, cast
+from typing import Any, Callable, Iterator, TypeVar, cast
 
 from . import failpoints
 from .api import RunOutcome, RunStatus, Signal
@@ -81,7 +82,11 @@ def _holding_state_lock(fn: F) -> F:
     @functools.wraps(fn)
     def locked(self: Supervisor, *args: Any, **kwargs: Any) -> Any:
         with self.state_lock:
-            return fn(self, *args, **kwargs)
+            self._lock_depth += 1  # only ever changed by the thread holding the lock
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                self._lock_depth -= 1
 
     return cast(F, locked)
 
@@ -159,6 +164,7 @@ class Supervisor:
         # compaction) and by every query from another thread (Runtime). The
         # condition shares it, so a waiter checks and sleeps without a gap.
         self.state_lock = threading.RLock()
+        self._lock_depth = 0  # how deep the method holding it nests (_holding_state_lock)
         self.cond = threading.Condition(self.state_lock)
         self.recovered_runs = 0
         self.steps_done = 0
@@ -825,7 +831,8 @@ class Supervisor:
             failpoints.hit("supervisor.before_hook")
         try:
             assert self.on_terminal is not None
-            self.on_terminal(outcome)
+            with self._state_unlocked():  # a slow hook must not block Runtime queries
+                self.on_terminal(outcome)
         except Exception:  # noqa: BLE001 - a hook's bug must not stop the supervisor
             log.exception("on_terminal hook failed for run %s; not retrying it", run_id)
         if failpoints.ENABLED:
@@ -833,6 +840,22 @@ class Supervisor:
         self._carry += self.state.hook_delivered(run_id)
 
     # -------------------------------------------------------------- queries
+
+    @contextlib.contextmanager
+    def _state_unlocked(self) -> Iterator[None]:
+        """Let other threads' queries in while user code runs on the loop thread.
+
+        Only between state changes (a hook fires after its records are durable):
+        queries then see a whole turn, never half of one.
+        """
+        depth = self._lock_depth
+        for _ in range(depth):
+            self.state_lock.release()
+        try:
+            yield
+        finally:
+            for _ in range(depth):
+                self.state_lock.acquire()
 
     @_holding_state_lock
     def status_counts(self) -> dict[str, int]:
