@@ -13,8 +13,8 @@ the repository root), in two terminals::
 
     journaled run examples.approval:runner
     RID=$(journaled submit "deploy v2 to prod" -H timeout=600)
-    journaled status $RID                 # running, parked on 'approve'
-    journaled signal $RID approve yes
+    journaled status $RID        # run ...: waiting / parked: on signal 'approve', times out ...
+    journaled signal $RID approve yes     # signal 'approve' sent to run ...
     journaled wait $RID                   # ... succeeded approved: deploy v2 to prod
 """
 

@@ -1,12 +1,16 @@
 """journaled: a durable step-workflow runner for CPU-heavy Python on one machine."""
 
+from typing import TYPE_CHECKING
+
 from .api import (
     Attempt,
     Cancel,
+    Cancelled,
     CancelToken,
     Continue,
     ContinueAfter,
     ContinueOnSignal,
+    DeadLetter,
     Fail,
     Memo,
     RunOutcome,
@@ -17,12 +21,16 @@ from .api import (
     Succeed,
 )
 
+if TYPE_CHECKING:  # for type checkers only: at run time they load lazily (below)
+    from .client import Client
+    from .runtime import Runtime
+
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attempt", "Cancel", "CancelToken", "Client", "Continue", "ContinueAfter",
-    "ContinueOnSignal", "Fail", "Memo", "Runtime", "RunOutcome", "RunStatus", "Signal", "Step",
-    "StepError", "Succeed", "__version__",
+    "Attempt", "Cancel", "Cancelled", "CancelToken", "Client", "Continue", "ContinueAfter",
+    "ContinueOnSignal", "DeadLetter", "Fail", "Memo", "Runtime", "RunOutcome", "RunStatus",
+    "Signal", "Step", "StepError", "Succeed", "__version__",
 ]
 
 

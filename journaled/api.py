@@ -11,7 +11,7 @@ import enum
 import struct
 import time
 from datetime import timedelta
-from typing import Any, Callable, Union
+from typing import Any, Callable, TypeVar, Union
 
 import msgspec
 
@@ -154,49 +154,60 @@ class Memo:
         return key in self._values
 
 
+_E = TypeVar("_E", bound="StepError")
+
+
 class StepError(Exception):
     """An infrastructure failure of one step.
 
-    ``StepError.transient(msg)`` retries with exponential backoff and jitter
-    until ``max_attempts`` failures, then dead-letters the step and the run
-    ends ``failed``. ``StepError.permanent(msg)`` dead-letters at once. Any
-    other exception a runner raises counts as transient.
+    ``raise StepError.transient(msg)`` retries with exponential backoff and
+    jitter until ``max_attempts`` failures, then dead-letters the step and the
+    run ends ``failed``. ``raise StepError.permanent(msg)`` dead-letters at
+    once. Any other exception a runner raises counts as transient.
+
+    ``permanent`` and ``transient`` are plain classmethod constructors (as
+    Taquba's ``StepError::permanent``); the flag is ``is_permanent``. They
+    build the error with ``cls(message)`` and set the flag afterwards, so a
+    subclass with its own ``__init__(self, message)`` works with both. On an
+    instance, ``err.permanent`` is the same flag as ``err.is_permanent`` (an
+    instance attribute kept for code written against journaled 0.1); new code
+    reads ``is_permanent``.
     """
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
+    is_permanent: bool
+
+    def __init__(self, message: str = "", is_permanent: bool = False) -> None:
         super().__init__(message)
         self.message = message
-        self.permanent = permanent
+        self._flag(is_permanent)
+
+    def _flag(self, value: bool) -> None:
+        self.is_permanent = value
+        # 0.1 read ``err.permanent`` as the flag: an instance attribute shadows
+        # the classmethod for instances only (a classmethod is not a data descriptor).
+        self.__dict__["permanent"] = value
 
     @classmethod
-    def transient(cls, message: str) -> "StepError":
-        return cls(message, permanent=False)
+    def transient(cls: type[_E], message: str) -> _E:
+        """An error worth retrying (up to ``max_attempts`` failures)."""
+        err = cls(message)
+        err._flag(False)
+        return err
 
     @classmethod
-    def permanent_(cls, message: str) -> "StepError":
-        return cls(message, permanent=True)
-
-    def __reduce__(self) -> Any:
-        return (StepError, (self.message, self.permanent))
-
-
-# ``permanent`` is both a constructor (``StepError.permanent("x")``) and, on an
-# instance, the flag; a descriptor gives the class attribute the first meaning.
-class _PermanentDescriptor:
-    def __get__(self, obj: StepError | None, owner: type) -> Any:
-        if obj is None:
-            return owner.permanent_
-        return obj.__dict__.get("permanent", False)
-
-    def __set__(self, obj: StepError, value: bool) -> None:
-        obj.__dict__["permanent"] = value
+    def permanent(cls: type[_E], message: str) -> _E:
+        """An error no retry can fix: the step is dead-lettered at once."""
+        err = cls(message)
+        err._flag(True)
+        return err
 
 
-StepError.permanent = _PermanentDescriptor()  # type: ignore[assignment]
+class Cancelled(BaseException):
+    """Raised by ``CancelToken.raise_if_cancelled``; the run ends ``cancelled``.
 
-
-class Cancelled(Exception):
-    """Raised by ``CancelToken.raise_if_cancelled``; the run ends ``cancelled``."""
+    A ``BaseException``, like ``asyncio.CancelledError``, so a runner's
+    ``except Exception:`` cannot swallow it and carry on with a cancelled run.
+    """
 
 
 class RunStatus(str, enum.Enum):
@@ -234,6 +245,23 @@ class RunOutcome(msgspec.Struct, frozen=True):
     steps: int = 0
     submitted_at: float | None = None
     finished_at: float | None = None
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A run whose step was dead-lettered, as ``dead()`` reports it (a copy, never live state).
+
+    ``step`` is the step that gave up, ``attempt`` its last delivery, ``kind``
+    the last failure (``error``, ``timeout``, ``worker_died``, ``abandoned``,
+    ...). ``retry(run_id)`` redrives it.
+    """
+
+    run_id: str
+    step: int
+    attempt: int
+    kind: str
+    error: str | None
+    traceback: str
+    finished_at: float | None
 
 
 # Shared-memory slot layout of one worker, 128 bytes, little-endian:

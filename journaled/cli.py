@@ -9,6 +9,7 @@ a check failed); a traceback means a bug in journaled.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import gc
 import json
@@ -18,7 +19,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 import click
 import msgspec
@@ -26,14 +27,17 @@ import msgspec
 from . import __version__
 from .api import RunOutcome
 from .errors import (
+    InputTooLarge,
     InvalidRunId,
     JournalCorrupt,
     JournaledError,
     RunConflict,
+    RunNotDead,
     RunNotFound,
     RunNotLive,
     StateLocked,
     StorageFailure,
+    SubmissionRejected,
 )
 
 DEFAULT_STATE = ".journaled"
@@ -47,9 +51,24 @@ def fail(msg: str, code: int = 2) -> NoReturn:
 def _exit_code(e: JournaledError) -> int:
     if isinstance(e, (JournalCorrupt, StorageFailure)):
         return 1
-    if isinstance(e, (InvalidRunId, RunConflict, RunNotFound, RunNotLive, StateLocked)):
+    if isinstance(e, (InvalidRunId, RunConflict, RunNotFound, RunNotLive, StateLocked,
+                      InputTooLarge, SubmissionRejected, RunNotDead)):
         return 2
     return 1
+
+
+class BadInput(Exception):
+    """A value the user typed that the API refused (its TypeError/ValueError)."""
+
+
+@contextlib.contextmanager
+def user_input() -> Iterator[None]:
+    """Around an API call fed from the command line: its TypeError/ValueError is the
+    user's mistake (the API checks before it acknowledges anything), so one line, exit 2."""
+    try:
+        yield
+    except (TypeError, ValueError) as e:
+        raise BadInput(str(e)) from None
 
 
 def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -61,8 +80,14 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except JournaledError as e:
             fail(str(e), _exit_code(e))
+        except BadInput as e:
+            fail(str(e), 2)
         except TimeoutError as e:
             fail(str(e), 3)
+        except (PermissionError, NotADirectoryError, FileExistsError, FileNotFoundError) as e:
+            # A --state that cannot be a state directory (not ours to create, a file).
+            where = f": {e.filename}" if e.filename else ""
+            fail(f"{e.strerror or e}{where}; is that the right --state?", 2)
         except BrokenPipeError:
             sys.exit(0)
 
@@ -97,9 +122,18 @@ def outcome_json(o: RunOutcome) -> dict[str, Any]:
 
 
 def _short(b: bytes | None, n: int = 40) -> str:
-    from .tools import short_bytes
-
-    return short_bytes(b, n)
+    """A terminal-safe preview of result bytes: printable UTF-8 text as is (cut to
+    ``n``), anything else as ``<N bytes: hex…>``, never raw control bytes."""
+    if b is None:
+        return "-"
+    try:
+        text = " ".join(b.decode("utf-8").split())
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.isprintable():
+        return text if len(text) <= n else text[: n - 1] + "…"
+    hexed = b[: max(4, (n - 16) // 2)].hex()
+    return f"<{len(b)} bytes: {hexed}{'…' if len(hexed) < 2 * len(b) else ''}>"
 
 
 def _when(t: float | None) -> str:
@@ -290,7 +324,7 @@ class _StatusLine:
         while not self._stop.wait(1.0):
             t1, steps1, syncs1 = time.monotonic(), sup.steps_done, sup.journal.syncs
             dt = max(1e-6, t1 - t0)
-            c = sup.state.status_counts() if len(sup.state.runs) < 20_000 else sup._counts
+            c = sup.status_counts() if len(sup.state.runs) < 20_000 else sup._counts
             line = (f"running {c.get('running', 0)}  waiting {c.get('waiting', 0)}  "
                     f"pending {c.get('pending', 0)}  succeeded {c.get('succeeded', 0)}  "
                     f"failed {c.get('failed', 0)}  cancelled {c.get('cancelled', 0)}  |  "
@@ -341,28 +375,32 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
     given = sum(x is not None for x in (input, input_file, each_line))
     if given > 1:
         fail("give the input once: INPUT, --input-file or --each-line")
-    opts = dict(priority=priority, max_attempts=max_attempts or 0,
-                step_timeout=step_timeout or 0.0)
+    opts: dict[str, Any] = dict(priority=priority, max_attempts=max_attempts or 0,
+                                step_timeout=step_timeout or 0.0)
     hdrs = _parse_headers(headers)
     client = _client(state)
-    if each_line is not None:
-        if run_id:
-            fail("--run-id cannot be used with --each-line (each run gets its own id)")
-        lines = [ln.rstrip(b"\r\n") for ln in each_line.read().splitlines()]
-        ids = client.submit_many([ln for ln in lines if ln.strip()], hdrs, **opts)
-    else:
-        if input == "-":
-            data = sys.stdin.buffer.read()
-        elif input_file is not None:
-            data = input_file.read()
+    with user_input():
+        if each_line is not None:
+            if run_id:
+                fail("--run-id cannot be used with --each-line (each run gets its own id)")
+            lines = [ln.rstrip(b"\r\n") for ln in each_line.read().splitlines()]
+            ids = client.submit_many([ln for ln in lines if ln.strip()], hdrs, **opts)
         else:
-            data = (input or "").encode()
-        ids = [client.submit(data, hdrs, run_id, **opts)]
+            if input == "-":
+                data = sys.stdin.buffer.read()
+            elif input_file is not None:
+                data = input_file.read()
+            else:
+                data = (input or "").encode()
+            ids = [client.submit(data, hdrs, run_id, **opts)]
     if as_json:
         click.echo(json.dumps({"run_ids": ids}))
     else:
         for rid in ids:
             click.echo(rid)
+    if ids and client.never_served():
+        click.echo(f"journaled: queued in {state / 'inbox'}; no supervisor has run on this "
+                   "state directory yet: start one with 'journaled run app:runner'", err=True)
 
 
 # ------------------------------------------------------------------ queries
@@ -376,7 +414,8 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
 @handles_errors
 def cancel(run_id: str, reason: str, as_json: bool, state: Path) -> None:
     """Cancel RUN_ID: its running step sees its token set, then is killed after a grace."""
-    out = _client(state).cancel(run_id, reason)
+    with user_input():
+        out = _client(state).cancel(run_id, reason)
     lost = out.status.terminal
     if as_json:
         click.echo(json.dumps({"run_id": run_id, "requested": not lost,
@@ -410,11 +449,15 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
     click.echo(f"  submitted: {_when(out.submitted_at)}")
     if out.finished_at:
         click.echo(f"  finished:  {_when(out.finished_at)}")
+    run = client.state.runs.get(run_id)
+    if run is not None and run.wait_key and run.woken is None and out.status.value == "waiting":
+        until = f", times out {_when(run.due_at)}" if run.due_at else ", no timeout"
+        click.echo(f"  parked:    on signal {run.wait_key!r}{until}; send it with "
+                   f"'journaled signal {run_id} {run.wait_key} DATA'")
     if out.result is not None:
         click.echo(f"  result:    {_short(out.result, 200)}")
     if out.error:
         click.echo(f"  error:     {out.error}")
-    run = client.state.runs.get(run_id)
     if run is not None and run.traceback:
         click.echo("  traceback (from the runner):")
         for line in run.traceback.rstrip().splitlines():
@@ -437,7 +480,11 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
 @state_option
 @handles_errors
 def runs(status_: str | None, as_json: bool, state: Path) -> None:
-    """List runs, oldest first."""
+    """List runs, oldest first.
+
+    Results show as text when they are printable UTF-8, else as ``<N bytes: hex…>``;
+    with --json each run has ``result`` (the UTF-8 text, or null) and ``result_b64``.
+    """
     outs = _client(state).runs(status_)
     if as_json:
         click.echo(json.dumps([outcome_json(o) for o in outs]))
@@ -481,7 +528,8 @@ def result(run_id: str, state: Path) -> None:
 @handles_errors
 def wait(run_id: str, timeout: float | None, as_json: bool, state: Path) -> None:
     """Block until RUN_ID ends. Exit 0 succeeded, 1 failed, 2 cancelled, 3 timeout."""
-    out = _client(state).wait(run_id, timeout)
+    with user_input():
+        out = _client(state).wait(run_id, timeout)
     if as_json:
         click.echo(json.dumps(outcome_json(out)))
     else:
@@ -532,7 +580,8 @@ def retry(run_id: str, state: Path) -> None:
 def signal_cmd(run_id: str, key: str, data: str, data_file: Any, state: Path) -> None:
     """Send DATA to RUN_ID's ContinueOnSignal(key=KEY) wait (kept until it waits)."""
     raw = data_file.read() if data_file is not None else data.encode()
-    _client(state).signal(run_id, key, raw)
+    with user_input():
+        _client(state).signal(run_id, key, raw)
     click.echo(f"signal {key!r} sent to run {run_id}")
 
 

@@ -7,38 +7,81 @@ one, through the same ``State`` the supervisor uses, so what a client
 reports is exactly what is durable. A torn tail being written is skipped
 until it is whole; a segment removed by compaction makes the reader start
 over from the snapshot.
+
+Reading never creates anything: ``Client(path)`` on a mistyped path makes no
+directory, and ``status`` there says ``RunNotFound``. Only ``submit``,
+``cancel``, ``signal`` and ``retry`` create the inbox (each new directory's
+parent fsynced).
+
+What an acknowledged id means. ``submit`` returns once the message is
+durable in the inbox *and* has passed every check the supervisor applies
+(same decoder, same size limits), so it cannot be refused later for its
+types or sizes. The one refusal left is a race: another client took the
+same run id with other input first. The supervisor then records the
+rejection before deleting the inbox file, and that id reads as follows:
+
+* ``status``/``wait``/``history`` of an id that was never run raise
+  ``SubmissionRejected`` with the reason;
+* for a conflict the id names the *winner's* run (a run id is one run):
+  other processes see that run; the ``Client`` object that posted the
+  losing submission remembers what it posted and raises
+  ``SubmissionRejected`` instead of reporting someone else's result.
+
+``submit_many`` checks every item before posting any (types, sizes, ids,
+duplicates inside the batch, conflicts this client can see): it raises
+and posts nothing, or posts all. After that the supervisor takes each
+item on its own, so a racing conflict on one item loses no other item.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import re
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import msgspec
+
 from . import replay
-from .api import Attempt, RunOutcome, RunStatus
+from .api import Attempt, DeadLetter, RunOutcome, RunStatus
 from .errors import (
-    InvalidRunId,
     RunConflict,
+    RunNotDead,
     RunNotFound,
     RunNotLive,
     RunNotTerminal,
+    SubmissionRejected,
 )
-from .inbox import BatchMsg, CancelMsg, RedriveMsg, SignalMsg, SubmitMsg, inbox_dir, post
-from .journal import JournalTailer
+from .inbox import (
+    MAX_FILE,
+    BatchMsg,
+    CancelMsg,
+    Message,
+    RedriveMsg,
+    SignalMsg,
+    SubmitMsg,
+    check_bytes,
+    check_headers,
+    check_int,
+    check_run_id,
+    check_signal_key,
+    inbox_dir,
+    pending_submissions,
+    post,
+    rejection,
+    seconds,
+)
+from .journal import JournalTailer, list_segments
 from .notify import DirWatcher
 from .state import Run, State, attempts_of, outcome_of
 
-_RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+__all__ = ["Client", "check_headers", "check_run_id", "new_run_id"]
 
-
-def check_run_id(run_id: object) -> str:
-    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
-        raise InvalidRunId(run_id)
-    return run_id
+# A batch file stays well under what the supervisor reads in one go.
+_BATCH_BYTES = MAX_FILE // 2
 
 
 def new_run_id() -> str:
@@ -46,12 +89,20 @@ def new_run_id() -> str:
     return f"r-{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
 
 
-def check_headers(headers: dict[str, str] | None) -> dict[str, str]:
-    out = dict(headers or {})
-    for k, v in out.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise TypeError(f"headers must map str to str, got {k!r}: {v!r}")
-    return out
+def _digest(data: bytes, headers: dict[str, str]) -> bytes:
+    """What identifies a submission for idempotency: its input and headers."""
+    return hashlib.blake2b(msgspec.msgpack.encode([data, sorted(headers.items())]),
+                           digest_size=16).digest()
+
+
+def dead_letter(run: Run) -> DeadLetter:
+    """The public copy of a dead-lettered run (never the live ``Run``)."""
+    return DeadLetter(run.run_id, run.step, run.attempt, run.kind, run.error, run.traceback,
+                      run.finished_at)
+
+
+def pending_outcome(msg: SubmitMsg) -> RunOutcome:
+    return RunOutcome(msg.run_id, RunStatus.PENDING, None, None, 0, msg.at, None)
 
 
 class Client:
@@ -59,15 +110,17 @@ class Client:
 
     Args:
         state_dir: the supervisor's state directory (``str`` or path-like).
+            Nothing is created until something is submitted or requested.
     """
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._journal_dir = self.state_dir / "journal"
-        self._journal_dir.mkdir(mode=0o700, exist_ok=True)
         self._tailer = JournalTailer(self._journal_dir)
         self.state = State()
+        # What this client posted, by run id: tells its own refused submission
+        # apart from the run that won the id.
+        self._mine: dict[str, bytes] = {}
 
     # ------------------------------------------------------------- reading
 
@@ -81,51 +134,56 @@ class Client:
 
     def _pending(self) -> dict[str, SubmitMsg]:
         """Submissions still waiting in the inbox (no supervisor has taken them yet)."""
-        out: dict[str, SubmitMsg] = {}
-        d = inbox_dir(self.state_dir)
-        try:
-            names = sorted(n for n in os.listdir(d) if not n.startswith(".") and n != "rejected")
-        except FileNotFoundError:
-            return out
-        from .inbox import _dec  # one decoder for the message union
+        return pending_submissions(self.state_dir)
 
-        for name in names:
-            try:
-                msg = _dec.decode((d / name).read_bytes())
-            except Exception:  # noqa: BLE001 - taken or bad: the supervisor decides
-                continue
-            items = msg.items if isinstance(msg, BatchMsg) else [msg]
-            for m in items:
-                if isinstance(m, SubmitMsg):
-                    out.setdefault(m.run_id, m)
-        return out
+    def never_served(self) -> bool:
+        """True when no supervisor has ever run on this state directory (no journal yet)."""
+        return not list_segments(self._journal_dir)
 
-    def status(self, run_id: str) -> RunOutcome:
-        """Where the run is; ``RunNotFound`` if it is neither journaled nor in the inbox."""
+    def _live(self, run_id: str) -> Run | None:
         run = self.refresh().runs.get(run_id)
         if run is not None:
-            return outcome_of(run)
+            mine = self._mine.get(run_id)
+            if mine is not None and mine != _digest(run.input, run.headers):
+                raise SubmissionRejected(run_id, rejection(self.state_dir, run_id) or (
+                    "another submission took this run id with other input first"))
+        return run
+
+    def _find(self, run_id: str) -> Run | SubmitMsg:
+        """The journaled run, else its inbox submission; raise if it is neither."""
+        run = self._live(run_id)
+        if run is not None:
+            return run
         msg = self._pending().get(run_id)
-        if msg is None:
-            # It may have been journaled between our read and the inbox listing.
-            run = self.refresh().runs.get(run_id)
-            if run is not None:
-                return outcome_of(run)
-            raise RunNotFound(run_id)
-        return RunOutcome(run_id, RunStatus.PENDING, None, None, 0, msg.at, None)
+        if msg is not None:
+            return msg
+        why = rejection(self.state_dir, run_id)
+        # It may have been journaled between our read and the inbox listing
+        # (the supervisor deletes an inbox file only after its record is durable).
+        run = self._live(run_id)
+        if run is not None:
+            return run
+        if why is not None:
+            raise SubmissionRejected(run_id, why)
+        raise RunNotFound(run_id)
+
+    def status(self, run_id: str) -> RunOutcome:
+        """Where the run is.
+
+        Raises ``RunNotFound`` if it is neither journaled nor in the inbox, and
+        ``SubmissionRejected`` if the supervisor refused its submission.
+        """
+        found = self._find(run_id)
+        return outcome_of(found) if isinstance(found, Run) else pending_outcome(found)
 
     def runs(self, status: str | RunStatus | None = None) -> list[RunOutcome]:
-        """Every known run (inbox ones as ``pending``), oldest first."""
+        """Every known run (inbox ones as ``pending``), oldest first (by submit time, id)."""
         state = self.refresh()
         out = [outcome_of(r) for r in state.runs.values()]
         for rid, msg in self._pending().items():
             if rid not in state.runs:
-                out.append(RunOutcome(rid, RunStatus.PENDING, None, None, 0, msg.at, None))
-        if status is not None:
-            want = RunStatus(status)
-            out = [o for o in out if o.status == want]
-        out.sort(key=lambda o: (o.submitted_at or 0.0, o.run_id))
-        return out
+                out.append(pending_outcome(msg))
+        return sort_runs(out, status)
 
     def result(self, run_id: str) -> bytes:
         """The result bytes of a succeeded run; ``RunNotTerminal`` while it is live."""
@@ -134,46 +192,67 @@ class Client:
             raise RunNotTerminal(run_id, out.status.value)
         return out.result or b""
 
-    def wait(self, run_id: str, timeout: float | None = None) -> RunOutcome:
+    def wait(self, run_id: str, timeout: float | timedelta | None = None) -> RunOutcome:
         """Block until the run is terminal; builtin ``TimeoutError`` if it is not in time.
 
-        Sleeps on file-change notification of the journal, not a poll loop.
+        Sleeps on file-change notification of the journal and the inbox, not
+        a poll loop. Raises what ``status`` raises.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with DirWatcher(self._journal_dir) as watcher:
+        limit = None if timeout is None or timeout == float("inf") else \
+            seconds("timeout", timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        watched: tuple[Path, ...] = ()
+        watcher: DirWatcher | None = None
+        try:
             while True:
+                # Watch what exists (a read creates nothing); rebuilt once the
+                # supervisor creates the journal.
+                dirs = tuple(d for d in (self._journal_dir, inbox_dir(self.state_dir))
+                             if d.is_dir())
+                if dirs != watched:
+                    if watcher is not None:
+                        watcher.close()
+                    watcher, watched = DirWatcher(*dirs) if dirs else None, dirs
                 out = self.status(run_id)
                 if out.status.terminal:
                     return out
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"run {run_id!r} is still {out.status.value} after "
-                                       f"{timeout} s")
+                                       f"{limit:g} s")
                 # Wake at least every second: a compaction may swap directories.
-                watcher.wait(1.0 if left is None else min(left, 1.0))
+                pause = 1.0 if left is None else min(left, 1.0)
+                if watcher is None:
+                    time.sleep(min(pause, 0.2))
+                else:
+                    watcher.wait(pause)
+        finally:
+            if watcher is not None:
+                watcher.close()
 
     def history(self, run_id: str) -> list[Attempt]:
-        """Every delivery of every step of the run, oldest first."""
-        run = self.refresh().runs.get(run_id)
-        if run is None:
-            if run_id in self._pending():
-                return []
-            raise RunNotFound(run_id)
-        return attempts_of(run)
+        """Every delivery of every step of the run, oldest first; ``[]`` while in the inbox."""
+        found = self._find(run_id)
+        return attempts_of(found) if isinstance(found, Run) else []
 
-    def dead(self) -> list[Run]:
-        """Runs whose step was dead-lettered (terminal ``failed`` with ``dead``)."""
-        return [r for r in self.refresh().runs.values() if r.dead]
+    def dead(self) -> list[DeadLetter]:
+        """Runs whose step was dead-lettered (terminal ``failed`` with ``dead``), oldest first."""
+        runs = [r for r in self.refresh().runs.values() if r.dead]
+        runs.sort(key=lambda r: (r.submitted_at, r.run_id))
+        return [dead_letter(r) for r in runs]
 
     # ------------------------------------------------------------- writing
 
     def submit(self, input: bytes = b"", headers: dict[str, str] | None = None,
                run_id: str | None = None, *, priority: int = 0, max_attempts: int = 0,
-               step_timeout: float = 0.0) -> str:
+               step_timeout: float | timedelta | None = 0.0) -> str:
         """Queue a run; returns its id once the request is durable in the inbox.
 
-        Re-submitting an id with the same input and headers is a no-op;
-        with other input it raises ``RunConflict``.
+        Re-submitting an id with the same input and headers is a no-op; with
+        other input it raises ``RunConflict``. Bad types raise ``TypeError`` or
+        ``ValueError``, values over the limits ``InputTooLarge``, in each case
+        before anything is queued. ``step_timeout`` is seconds or a
+        ``timedelta`` (0 or None: the supervisor's limit).
         """
         return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
@@ -181,30 +260,40 @@ class Client:
 
     def submit_many(self, inputs: Iterable[bytes], headers: dict[str, str] | None = None,
                     run_ids: Sequence[str] | None = None, *, priority: int = 0,
-                    max_attempts: int = 0, step_timeout: float = 0.0) -> list[str]:
-        """Queue many runs with one inbox file and one fsync."""
-        items = _submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout)
-        state = self.refresh()
-        waiting = self._pending() if run_ids is not None else {}
-        fresh = []
+                    max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0
+                    ) -> list[str]:
+        """Queue many runs with one inbox file and one fsync (a few for huge batches).
+
+        All or nothing up to the inbox: every item is checked (and every
+        conflict this client can see raises ``RunConflict``) before any is
+        posted. The supervisor then takes each item on its own; see the
+        module docstring for a conflict that races another client.
+        """
+        items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout)
+        fresh = items
+        if run_ids is not None:
+            state = self.refresh()
+            waiting = self._pending()
+            fresh = []
+            for m in items:
+                old = state.runs.get(m.run_id) or waiting.get(m.run_id)
+                if old is not None:
+                    if old.input != m.input or old.headers != m.headers:
+                        raise RunConflict(m.run_id)
+                    continue
+                fresh.append(m)
+        for msg in _batches(fresh):
+            post(self.state_dir, msg)
         for m in items:
-            old = state.runs.get(m.run_id) or waiting.get(m.run_id)
-            if old is not None:
-                if old.input != m.input or old.headers != m.headers:
-                    raise RunConflict(m.run_id)
-                continue
-            fresh.append(m)
-        if len(fresh) == 1:
-            post(self.state_dir, fresh[0])
-        elif fresh:
-            post(self.state_dir, BatchMsg(fresh))
-        return [m.run_id for m in items]
+            self._mine[m.run_id] = _digest(m.input, m.headers)
+        return ids
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> RunOutcome:
         """Ask for the run to be cancelled; returns its status as seen now.
 
         A terminal status in the answer means the cancel lost the race.
         """
+        check_run_id(run_id)
         out = self.status(run_id)
         if not out.status.terminal:
             post(self.state_dir, CancelMsg(run_id, reason, time.time()))
@@ -213,40 +302,87 @@ class Client:
     def signal(self, run_id: str, key: str, data: bytes = b"") -> None:
         """Send ``data`` to the run's ``ContinueOnSignal(key=...)``; buffered until it waits.
 
-        Raises ``RunNotFound`` for an unknown run and ``RunNotLive`` for a finished one.
+        Raises ``ValueError`` for an empty key, ``InputTooLarge`` for data over
+        the limit, ``RunNotFound`` for an unknown run and ``RunNotLive`` for a
+        finished one.
         """
-        if not isinstance(key, str) or not key:
-            raise ValueError("signal key must be a non-empty str")
+        check_run_id(run_id)
+        check_signal_key(key)
+        raw = check_bytes("the signal data", data)
         out = self.status(run_id)
         if out.status.terminal:
             raise RunNotLive(run_id, out.status.value)
-        post(self.state_dir, SignalMsg(run_id, key, bytes(data), time.time()))
+        post(self.state_dir, SignalMsg(run_id, key, raw, time.time()))
 
     def retry(self, run_id: str) -> None:
-        """Redrive a dead-lettered run's step as a new attempt series."""
-        run = self.refresh().runs.get(run_id)
-        if run is None:
-            raise RunNotFound(run_id)
-        if not run.dead:
-            from .errors import JournaledError
+        """Redrive a dead-lettered run's step as a new attempt series.
 
-            raise JournaledError(f"run {run_id!r} has no dead-lettered step "
-                                 f"(it is {run.status}); 'journaled dead' lists those that do")
+        Raises ``RunNotDead`` for a run with no dead-lettered step.
+        """
+        found = self._find(run_id)
+        if not isinstance(found, Run) or not found.dead:
+            status = found.status if isinstance(found, Run) else RunStatus.PENDING.value
+            raise RunNotDead(run_id, str(status))
         post(self.state_dir, RedriveMsg(run_id, time.time()))
 
 
-def _submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | None,
-                 run_ids: Sequence[str] | None, priority: int, max_attempts: int,
-                 step_timeout: float) -> list[SubmitMsg]:
+def sort_runs(out: list[RunOutcome], status: str | RunStatus | None) -> list[RunOutcome]:
+    """Filter by ``status`` and order oldest first: the order of ``runs()`` everywhere."""
+    if status is not None:
+        want = RunStatus(status)
+        out = [o for o in out if o.status == want]
+    out.sort(key=lambda o: (o.submitted_at or 0.0, o.run_id))
+    return out
+
+
+def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | None,
+                run_ids: Sequence[str] | None, priority: int, max_attempts: int,
+                step_timeout: float | timedelta | None) -> tuple[list[SubmitMsg], list[str]]:
+    """Checked submissions (one per distinct run id) and the id of every input, in order.
+
+    A run id given twice with the same input and headers is one run; with
+    other input it is ``RunConflict``, raised before anything is queued.
+    """
+    if isinstance(inputs, (bytes, bytearray, memoryview, str)):
+        raise TypeError("inputs must be a list of bytes (for one input use submit())")
+    if isinstance(run_ids, str):
+        raise TypeError("run_ids must be a list of str (for one id use submit())")
     hdrs = check_headers(headers)
+    prio = check_int("priority", priority)
+    attempts = check_int("max_attempts", max_attempts, 0, (1 << 31) - 1)
+    timeout = seconds("step_timeout", step_timeout)
     now = time.time()
-    out = []
     ins = list(inputs)
     if run_ids is not None and len(run_ids) != len(ins):
         raise ValueError(f"got {len(ins)} inputs but {len(run_ids)} run ids")
+    out: list[SubmitMsg] = []
+    ids: list[str] = []
+    seen: dict[str, SubmitMsg] = {}
     for i, data in enumerate(ins):
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"input must be bytes, got {type(data).__name__}")
+        raw = check_bytes("the input" if len(ins) == 1 else f"input {i}", data)
         rid = check_run_id(run_ids[i]) if run_ids is not None else new_run_id()
-        out.append(SubmitMsg(rid, bytes(data), now, hdrs, priority, max_attempts, step_timeout))
-    return out
+        ids.append(rid)
+        old = seen.get(rid)
+        if old is not None:
+            if old.input != raw:
+                raise RunConflict(rid)
+            continue
+        m = SubmitMsg(rid, raw, now, hdrs, prio, attempts, timeout)
+        seen[rid] = m
+        out.append(m)
+    return out, ids
+
+
+def _batches(items: list[SubmitMsg]) -> Iterable[Message]:
+    """Inbox messages for ``items``: one file, or several when they are big."""
+    group: list[SubmitMsg] = []
+    size = 0
+    for m in items:
+        n = len(m.input) + 256 + sum(len(k) + len(v) for k, v in m.headers.items())
+        if group and size + n > _BATCH_BYTES:
+            yield group[0] if len(group) == 1 else BatchMsg(group)
+            group, size = [], 0
+        group.append(m)
+        size += n
+    if group:
+        yield group[0] if len(group) == 1 else BatchMsg(group)

@@ -151,3 +151,13 @@ class RecordTooLarge(JournaledError, ValueError):
             f"a journal record of {size:,} bytes does not fit one frame (1 to {limit:,} bytes); "
             "nothing was written"
         )
+
+
+class RunNotDead(JournaledError):
+    """Permanent: ``retry`` redrives dead-lettered steps only, and this run has none."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id!r} has no dead-lettered step (it is {status}); "
+                         "'journaled dead' lists those that do")

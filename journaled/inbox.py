@@ -7,23 +7,39 @@ ignores dot-names and treats every other file as a message; it deletes a
 file only after the message's record is durable in the journal, so a crash
 anywhere leaves the message either still in the inbox or in the journal
 (both, at worst: replaying a submission is idempotent by run id). A file
-that does not decode moves to ``inbox/rejected/`` with a ``.why`` beside it.
+that does not decode, or is too big to be one, moves to ``inbox/rejected/``
+with a ``.why`` beside it; it never crashes the supervisor.
+
+Writers validate a message before it is acknowledged with the same
+decoder and checks the supervisor applies (``encode_checked``), so an
+acknowledged submission cannot be dropped for its types or sizes. The
+supervisor still accepts or rejects each submission of a batch on its own
+(a race between clients can make one item conflict), and records each
+rejected run id in ``inbox/rejected/runs/<run_id>.json`` *before* it
+deletes the inbox file, so ``status``/``wait`` can say ``SubmissionRejected``
+with the reason instead of ``RunNotFound``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import re
 import threading
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Union
 
 import msgspec
 
 from . import failpoints
-from .journal import fsync_dir
+from .durable import fsync_dir, make_dirs
+from .errors import InputTooLarge, InvalidRunId
+from .limits import MAX_BODY, MAX_HEADERS, MAX_TEXT, check_size
 
 log = logging.getLogger("journaled.inbox")
 
@@ -72,9 +88,169 @@ Message = Union[SubmitMsg, CancelMsg, RedriveMsg, CompactMsg, SignalMsg, BatchMs
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(Message)
 
+# One inbox file is read whole by the supervisor: bigger than a record body
+# it cannot be anything we wrote (writers split batches below this).
+MAX_FILE = MAX_BODY
+_I64 = 1 << 63
+_RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
 
 def inbox_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "inbox"
+
+
+def rejected_runs_dir(state_dir: Path) -> Path:
+    return inbox_dir(state_dir) / "rejected" / "runs"
+
+
+# ----------------------------------------------------------------- validation
+
+
+def check_run_id(run_id: object) -> str:
+    """``run_id`` if it is 1-128 chars of ``[A-Za-z0-9._:-]``, else ``InvalidRunId``."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise InvalidRunId(run_id)
+    return run_id
+
+
+def check_headers(headers: object) -> dict[str, str]:
+    """A copy of ``headers`` if it maps str to str within ``MAX_HEADERS`` bytes."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        raise TypeError(f"headers must be a dict of str to str, got {type(headers).__name__}")
+    size = 0
+    for k, v in headers.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"headers must map str to str, got {k!r}: {v!r}")
+        size += len(k.encode(errors="surrogatepass")) + len(v.encode(errors="surrogatepass"))
+    if size > MAX_HEADERS:
+        raise InputTooLarge("the headers", size, MAX_HEADERS)
+    return dict(headers)
+
+
+def check_int(what: str, value: object, low: int = -_I64, high: int = _I64 - 1) -> int:
+    """An int (not a bool) in ``[low, high]``; ``TypeError``/``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
+    return value
+
+
+def seconds(what: str, value: object) -> float:
+    """Seconds as a finite float >= 0 from a number or a ``timedelta`` (None: 0, no limit)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be seconds (a number) or a timedelta, "
+                        f"got {type(value).__name__} {value!r}")
+    out = float(value)
+    if not math.isfinite(out) or out < 0:
+        raise ValueError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    return out
+
+
+def check_bytes(what: str, value: object) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
+    check_size(what, value)
+    return bytes(value)
+
+
+def check_signal_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"signal key must be a non-empty str, got {key!r}")
+    check_size("the signal key", key, MAX_TEXT)
+    return key
+
+
+def check_message(msg: Message) -> None:
+    """The checks the supervisor applies beyond decoding; raise on the first problem.
+
+    Raises ``InvalidRunId``, ``InputTooLarge``, ``TypeError`` or ``ValueError``.
+    """
+    if isinstance(msg, BatchMsg):
+        for m in msg.items:
+            check_message(m)
+        return
+    if isinstance(msg, CompactMsg):
+        return
+    check_run_id(msg.run_id)
+    if isinstance(msg, SubmitMsg):
+        check_bytes("the input", msg.input)
+        check_headers(msg.headers)
+        check_int("priority", msg.priority)
+        check_int("max_attempts", msg.max_attempts, 0, (1 << 31) - 1)
+        seconds("step_timeout", msg.step_timeout)
+    elif isinstance(msg, CancelMsg):
+        if not isinstance(msg.reason, str):
+            raise TypeError(f"the cancel reason must be a str, got {type(msg.reason).__name__}")
+        check_size("the cancel reason", msg.reason, MAX_TEXT)
+    elif isinstance(msg, SignalMsg):
+        check_signal_key(msg.key)
+        check_bytes("the signal data", msg.data)
+
+
+def encode_checked(msg: Message) -> bytes:
+    """``msg`` as inbox bytes, once it passed every check the supervisor will apply.
+
+    Round-trips through the supervisor's own decoder, so nothing a client
+    was told is queued can be refused later for its types or sizes.
+    """
+    check_message(msg)
+    try:
+        data = _enc.encode(msg)
+    except (OverflowError, TypeError, ValueError) as e:
+        raise ValueError(f"cannot queue this message: {e}") from None
+    if len(data) > MAX_FILE:
+        raise InputTooLarge("the inbox message", len(data), MAX_FILE)
+    try:
+        back = _dec.decode(data)
+    except msgspec.DecodeError as e:
+        raise TypeError(f"cannot queue this message: {e}") from None
+    if back != msg:
+        raise TypeError(f"cannot queue this message: it does not survive decoding ({msg!r})")
+    return data
+
+
+# ------------------------------------------------------------------- reading
+
+
+def pending_submissions(state_dir: Path) -> dict[str, SubmitMsg]:
+    """Submissions still waiting in the inbox (no supervisor has taken them yet)."""
+    out: dict[str, SubmitMsg] = {}
+    d = inbox_dir(state_dir)
+    try:
+        names = sorted(n for n in os.listdir(d) if not n.startswith(".") and n != "rejected")
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for name in names:
+        try:
+            msg = _dec.decode((d / name).read_bytes())
+        except Exception:  # noqa: BLE001 - taken or bad: the supervisor decides
+            continue
+        items = msg.items if isinstance(msg, BatchMsg) else [msg]
+        for m in items:
+            if isinstance(m, SubmitMsg):
+                out.setdefault(m.run_id, m)
+    return out
+
+
+def rejection(state_dir: Path, run_id: str) -> str | None:
+    """Why the supervisor refused a submission of ``run_id``, or None if it never did."""
+    if not _RUN_ID.fullmatch(run_id):
+        return None
+    try:
+        data = (rejected_runs_dir(state_dir) / f"{run_id}.json").read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        return str(json.loads(data)["reason"])
+    except (ValueError, KeyError, TypeError):
+        return "rejected by the supervisor (its reason file is unreadable)"
 
 
 def write_durable(directory: Path, name: str, data: bytes, mode: int = 0o600) -> Path:
@@ -97,12 +273,16 @@ def write_durable(directory: Path, name: str, data: bytes, mode: int = 0o600) ->
 
 
 def post(state_dir: Path, msg: Message) -> Path:
-    """Write one message durably into the inbox; returns its path."""
+    """Check, then write one message durably into the inbox; returns its path.
+
+    Raises (before anything is written) what ``encode_checked`` raises.
+    """
+    data = encode_checked(msg)
     d = inbox_dir(state_dir)
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(d)  # state dir and inbox/, each new one's parent fsynced
     # Time-ordered names keep FIFO order for scans of a backlog.
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.msg"
-    return write_durable(d, name, _enc.encode(msg))
+    return write_durable(d, name, data)
 
 
 class Inbox:
@@ -110,8 +290,9 @@ class Inbox:
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = inbox_dir(state_dir)
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(self.dir)
         self.rejected = self.dir / "rejected"
+        self.rejected_runs = self.rejected / "runs"
         self._seen: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,6 +311,11 @@ class Inbox:
             if not path.is_file():
                 continue
             try:
+                size = path.stat().st_size
+                if size > MAX_FILE:  # never read a poison file into memory
+                    self.reject(path, f"inbox file is {size:,} bytes, over the {MAX_FILE:,}-"
+                                      "byte limit; journaled clients never write one")
+                    continue
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue
@@ -150,10 +336,27 @@ class Inbox:
         except FileNotFoundError:
             return False
 
+    def reject_run(self, run_id: str, why: str, source: str = "") -> None:
+        """Record durably that a submission of ``run_id`` was refused, and why.
+
+        Call it before the inbox file is acknowledged: once the file is gone,
+        this entry is how a client learns its acknowledged id was refused.
+        """
+        log.warning("rejected submission of run %s%s: %s", run_id,
+                    f" (inbox file {source})" if source else "", why)
+        if not _RUN_ID.fullmatch(run_id):
+            return  # not a file name we can use; the .why of the file says it
+        try:
+            make_dirs(self.rejected_runs)
+            entry = {"run_id": run_id, "reason": why, "at": time.time(), "file": source}
+            write_durable(self.rejected_runs, f"{run_id}.json", json.dumps(entry).encode())
+        except OSError as e:
+            log.warning("could not record the rejection of run %s: %s", run_id, e)
+
     def reject(self, path: Path, why: str) -> None:
         """Move a bad message aside with a ``.why``; never fatal."""
-        self.rejected.mkdir(mode=0o700, exist_ok=True)
         try:
+            make_dirs(self.rejected)
             write_durable(self.rejected, path.name + ".why", (why + "\n").encode())
             os.rename(path, self.rejected / path.name)
             fsync_dir(self.dir)
@@ -174,6 +377,12 @@ class Inbox:
             except FileNotFoundError:
                 pass
             self._seen.discard(p.name)
+        # One directory sync for the whole batch: an unlink is durable only then
+        # (a resurrected file would be replayed: harmless, but noisy for signals).
+        try:
+            fsync_dir(self.dir)
+        except OSError as e:
+            log.warning("could not sync the inbox directory after deleting messages: %s", e)
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` from a thread whenever a file lands in the inbox."""

@@ -4,6 +4,18 @@ It is the same supervisor ``journaled run`` starts, with ``Client``'s
 methods answered from memory instead of from files: ``submit`` returns
 once the ``Submitted`` record is synced, ``wait`` wakes on the commit that
 made the outcome durable.
+
+Every query runs on the caller's thread while holding the supervisor's
+``state_lock``, which the loop holds while it changes state (a turn, a
+compaction), and returns public copies (``RunOutcome``, ``Attempt``,
+``DeadLetter``), never the supervisor's own ``Run`` objects. ``Runtime`` and
+``Client`` agree on every shared method: same checks and errors, runs
+oldest first, inbox runs ``pending`` with an empty history, ``retry`` of a
+run with no dead letter raises ``RunNotDead``.
+
+Runners and the forkserver: workers start from a fresh interpreter that
+imports the runner's module, so a script that builds a ``Runtime`` must
+guard it with ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -13,19 +25,28 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NoReturn, Sequence
 
-from .api import Attempt, RunOutcome, RunStatus
-from .client import Client, _submit_msgs, check_run_id
-from .errors import JournaledError, RunNotFound, RunNotTerminal
-from .state import Policy, Run, attempts_of
-from .supervisor import DAY, Supervisor
-
-
-def _seconds(x: float | timedelta | None) -> float:
-    if x is None:
-        return 0.0
-    return x.total_seconds() if isinstance(x, timedelta) else float(x)
+from .api import Attempt, DeadLetter, RunOutcome, RunStatus
+from .client import Client, dead_letter, pending_outcome, sort_runs, submit_msgs
+from .errors import (
+    JournaledError,
+    RunNotDead,
+    RunNotFound,
+    RunNotTerminal,
+    SubmissionRejected,
+)
+from .inbox import (
+    check_bytes,
+    check_run_id,
+    check_signal_key,
+    pending_submissions,
+    rejection,
+    seconds,
+)
+from .limits import MAX_TEXT, check_size
+from .state import Policy, attempts_of
+from .supervisor import DAY, Future, Supervisor
 
 
 class Runtime:
@@ -45,6 +66,10 @@ class Runtime:
             outcome was journaled is never run again after a crash. The window
             that remains: a step that finished in its worker but whose outcome
             was not yet synced runs again (at-least-once).
+        call_timeout: seconds ``submit``/``cancel``/``signal``/``retry`` wait for
+            the supervisor to make their records durable before raising
+            ``TimeoutError`` (None: as long as the supervisor runs; a stopped
+            supervisor always raises at once).
 
     Use it as a context manager; leaving the block drains and stops.
     """
@@ -55,12 +80,13 @@ class Runtime:
                  max_abandons: int = 10, cancel_grace: float = 2.0, drain_timeout: float = 30.0,
                  backoff_base: float = 0.5, backoff_cap: float = 60.0,
                  retention: float = 7 * DAY, unsafe_no_fsync: bool = False,
-                 replay_outputs: bool = True, executor: str = "local") -> None:
+                 replay_outputs: bool = True, executor: str = "local",
+                 call_timeout: float | None = None) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
-                        step_timeout=_seconds(step_timeout), backoff_base=backoff_base,
-                        backoff_cap=backoff_cap)
+                        step_timeout=seconds("step_timeout", step_timeout),
+                        backoff_base=backoff_base, backoff_cap=backoff_cap)
         mod = getattr(runner, "__module__", None) or type(runner).__module__
         preload = [mod] if mod and mod != "__main__" else None
         self.state_dir = Path(state_dir)
@@ -72,6 +98,7 @@ class Runtime:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._client: Client | None = None
+        self._call_timeout = call_timeout
 
     # ------------------------------------------------------------ lifecycle
 
@@ -116,64 +143,137 @@ class Runtime:
 
     # ------------------------------------------------------------- commands
 
+    def _await(self, fut: Future) -> Any:
+        """The command's answer once durable; never blocks past the supervisor's end.
+
+        Waits in slices so a supervisor thread that died, or stopped before it
+        took the command, raises ``JournaledError`` instead of hanging the
+        caller; ``call_timeout`` (if set) bounds a live but stuck supervisor.
+        """
+        deadline = None if self._call_timeout is None else \
+            time.monotonic() + self._call_timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"the supervisor did not answer within {self._call_timeout} "
+                                   "s (call_timeout); the command may still take effect")
+            try:
+                return fut.result(0.25 if left is None else min(left, 0.25))
+            except TimeoutError:
+                pass
+            thread = self._thread
+            if self._error is not None or thread is None or not thread.is_alive() \
+                    or self._sup.stopped.is_set():
+                try:
+                    return fut.result(0)  # answered just as it stopped
+                except TimeoutError:
+                    pass
+                self._check()
+                raise JournaledError("the supervisor stopped before this was durable; "
+                                     "it may or may not take effect after a restart")
+
     def submit(self, input: bytes = b"", headers: dict[str, str] | None = None,
                run_id: str | None = None, *, priority: int = 0, max_attempts: int = 0,
-               step_timeout: float = 0.0) -> str:
-        """Start a run; returns its id once the submission is durable."""
+               step_timeout: float | timedelta | None = 0.0) -> str:
+        """Start a run; returns its id once the submission is durable.
+
+        Same checks and errors as ``Client.submit``.
+        """
         return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
                                 step_timeout=step_timeout)[0]
 
     def submit_many(self, inputs: Iterable[bytes], headers: dict[str, str] | None = None,
                     run_ids: Sequence[str] | None = None, *, priority: int = 0,
-                    max_attempts: int = 0, step_timeout: float = 0.0) -> list[str]:
-        """Start many runs with one journal sync."""
+                    max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0
+                    ) -> list[str]:
+        """Start many runs with one journal sync; all or nothing.
+
+        Every item (and every duplicate id inside the batch) is checked before
+        any is applied: on ``RunConflict`` or a bad item no run of the batch
+        was started.
+        """
         self._check()
-        msgs = _submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout)
+        msgs, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout)
         items = [(m.run_id, m.input, m.headers, m.priority, m.max_attempts, m.step_timeout)
                  for m in msgs]
-        self._sup.call("submit_many", items).result()
-        return [m.run_id for m in msgs]
+        self._await(self._sup.call("submit_many", items))
+        return ids
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> RunOutcome:
         """Request cancel; returns the status right after the request is durable."""
         self._check()
         check_run_id(run_id)
-        self._sup.call("cancel", run_id, reason).result()
+        if not isinstance(reason, str):
+            raise TypeError(f"the cancel reason must be a str, got {type(reason).__name__}")
+        check_size("the cancel reason", reason, MAX_TEXT)
+        self._await(self._sup.call("cancel", run_id, reason))
         return self.status(run_id)
 
     def retry(self, run_id: str) -> None:
-        """Redrive a dead-lettered run's step as a new series of attempts."""
+        """Redrive a dead-lettered run's step as a new series of attempts.
+
+        Raises ``RunNotDead`` for a run with no dead-lettered step (as ``Client``).
+        """
+        out = self.status(run_id)  # RunNotFound, SubmissionRejected, or pending in the inbox
+        with self._sup.state_lock:
+            run = self._sup.state.runs.get(run_id)
+            if run is None or not run.dead:
+                raise RunNotDead(run_id, out.status.value)
         self._check()
-        self._sup.call("redrive", run_id).result()
+        self._await(self._sup.call("redrive", run_id))
 
     def signal(self, run_id: str, key: str, data: bytes = b"") -> None:
         """Wake the run parked on ``key`` (or buffer it); returns once durable."""
         self._check()
-        if not isinstance(key, str) or not key:
-            raise ValueError("signal key must be a non-empty str")
-        self._sup.call("signal", run_id, key, bytes(data)).result()
-
-    def history(self, run_id: str) -> list[Attempt]:
-        """Every delivery of every step of the run (durable or in flight)."""
-        run = self._sup.state.runs.get(run_id)
-        if run is None:
-            raise RunNotFound(run_id)
-        return attempts_of(run)
+        check_run_id(run_id)
+        check_signal_key(key)
+        raw = check_bytes("the signal data", data)
+        self._await(self._sup.call("signal", run_id, key, raw))
 
     # -------------------------------------------------------------- queries
 
-    def status(self, run_id: str) -> RunOutcome:
-        out = self._sup.status(run_id)
-        if out is None:
-            raise RunNotFound(run_id)
-        return out
+    def _not_found(self, run_id: str) -> NoReturn:
+        """Like ``Client``: a rejected submission says so, anything else is not found."""
+        why = rejection(self.state_dir, run_id)
+        if why is not None:
+            raise SubmissionRejected(run_id, why)
+        raise RunNotFound(run_id)
 
-    def wait(self, run_id: str, timeout: float | None = None) -> RunOutcome:
+    def history(self, run_id: str) -> list[Attempt]:
+        """Every delivery of every step of the run; ``[]`` while it waits in the inbox."""
+        with self._sup.state_lock:
+            run = self._sup.state.runs.get(run_id)
+            if run is not None:
+                return attempts_of(run)
+        if run_id in pending_submissions(self.state_dir):
+            return []
+        with self._sup.state_lock:  # taken from the inbox since we looked
+            run = self._sup.state.runs.get(run_id)
+            if run is not None:
+                return attempts_of(run)
+        self._not_found(run_id)
+
+    def status(self, run_id: str) -> RunOutcome:
+        """Where the run is; a run still in the inbox (another process posted it) is pending."""
+        out = self._sup.status(run_id)
+        if out is not None:
+            return out
+        msg = pending_submissions(self.state_dir).get(run_id)
+        if msg is not None:
+            return pending_outcome(msg)
+        out = self._sup.status(run_id)  # taken from the inbox since we looked
+        if out is not None:
+            return out
+        self._not_found(run_id)
+
+    def wait(self, run_id: str, timeout: float | timedelta | None = None) -> RunOutcome:
         """Block until the run's outcome is durable; builtin ``TimeoutError`` otherwise."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        limit = None if timeout is None or timeout == float("inf") else \
+            seconds("timeout", timeout)
+        deadline = None if limit is None else time.monotonic() + limit
         sup = self._sup
-        with sup.cond:
+        with sup.cond:  # the state lock: no commit between the look and the sleep
             while True:
                 out = self.status(run_id)
                 if out.status.terminal:
@@ -184,8 +284,10 @@ class Runtime:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"run {run_id!r} is still {out.status.value} after "
-                                       f"{timeout} s")
-                sup.cond.wait(left)
+                                       f"{limit:g} s")
+                # Wake now and then: a run still in the inbox is taken without a commit
+                # notification of its own, and a supervisor thread may die silently.
+                sup.cond.wait(1.0 if left is None else min(left, 1.0))
 
     def result(self, run_id: str) -> bytes:
         out = self.status(run_id)
@@ -194,17 +296,22 @@ class Runtime:
         return out.result or b""
 
     def runs(self, status: str | RunStatus | None = None) -> list[RunOutcome]:
-        ids = list(self._sup.state.runs)
-        out = [o for o in (self._sup.status(r) for r in ids) if o is not None]
-        if status is not None:
-            want = RunStatus(status)
-            out = [o for o in out if o.status == want]
-        return out
+        """Every known run (inbox ones as ``pending``), oldest first, like ``Client.runs``."""
+        sup = self._sup
+        with sup.state_lock:
+            out = [o for o in (sup.status(r) for r in sup.state.runs) if o is not None]
+            known = set(sup.state.runs)
+        out += [pending_outcome(m) for rid, m in pending_submissions(self.state_dir).items()
+                if rid not in known]
+        return sort_runs(out, status)
 
-    def dead(self) -> list[Run]:
-        """Runs whose step was dead-lettered."""
-        return [r for r in list(self._sup.state.runs.values())
-                if r.dead and r.run_id in self._sup.outcomes]
+    def dead(self) -> list[DeadLetter]:
+        """Runs whose step was dead-lettered (durably), oldest first; copies, not live state."""
+        sup = self._sup
+        with sup.state_lock:
+            runs = [r for r in sup.state.runs.values() if r.dead and r.run_id in sup.outcomes]
+            runs.sort(key=lambda r: (r.submitted_at, r.run_id))
+            return [dead_letter(r) for r in runs]
 
     def client(self) -> Client:
         """A file-based client on the same state directory."""

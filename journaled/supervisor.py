@@ -24,6 +24,8 @@ found to be a duplicate), which is always the safe side.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -33,17 +35,26 @@ import time
 from collections import deque
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, TypeVar, cast
 
 from . import dispatch, failpoints, replay
 from .api import RunOutcome, RunStatus, Signal
-from .errors import JournaledError, StorageFailure
+from .errors import JournaledError, RunConflict, StorageFailure
 from .executors import make_executor
-from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SignalMsg, SubmitMsg
+from .inbox import (
+    BatchMsg,
+    CancelMsg,
+    CompactMsg,
+    Inbox,
+    RedriveMsg,
+    SignalMsg,
+    SubmitMsg,
+    check_message,
+)
 from .journal import Journal, StateLock
 from .live import STATUS_INTERVAL, LiveStatus, LiveStep, clear_status, write_status
 from .pool import Dispatch, InFlight, Pool, Worker
-from .records import CancelRequested, Record, Redriven, Snapshot, Terminated, decode, encode
+from .records import CancelRequested, Record, Redriven, Snapshot, Terminated, encode
 from .state import Policy, State, WorkerResult, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
@@ -60,6 +71,24 @@ def block_name(state_dir: Path) -> str:
     """Shared-memory name of a state directory's cancel block (one supervisor each)."""
     digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:16]
     return f"journaled-{digest}"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _holding_state_lock(fn: F) -> F:
+    """Run a method with ``self.state_lock`` held (re-entrant: the loop may nest them)."""
+
+    @functools.wraps(fn)
+    def locked(self: Supervisor, *args: Any, **kwargs: Any) -> Any:
+        with self.state_lock:
+            self._lock_depth += 1  # only ever changed by the thread holding the lock
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                self._lock_depth -= 1
+
+    return cast(F, locked)
 
 
 class Future:
@@ -131,7 +160,12 @@ class Supervisor:
         self.stopped = threading.Event()
         # Runs whose terminal record is durable: only these are reported as ended.
         self.outcomes: set[str] = set()
-        self.cond = threading.Condition()
+        # Held by the loop while it changes state (a turn after its wait, a
+        # compaction) and by every query from another thread (Runtime). The
+        # condition shares it, so a waiter checks and sleeps without a gap.
+        self.state_lock = threading.RLock()
+        self._lock_depth = 0  # how deep the method holding it nests (_holding_state_lock)
+        self.cond = threading.Condition(self.state_lock)
         self.recovered_runs = 0
         self.steps_done = 0
         self._rng = random.Random()
@@ -304,6 +338,15 @@ class Supervisor:
             kind, args, fut = self._commands.popleft()
             try:
                 if kind == "submit_many":
+                    # All or nothing: every item is checked against the state (and
+                    # the batch's own duplicates) before any is applied.
+                    batch: dict[str, tuple[bytes, dict[str, str]]] = {}
+                    for rid, data, hdrs, *_ in args[0]:
+                        old = state.runs.get(rid)
+                        seen = (old.input, old.headers) if old is not None else batch.get(rid)
+                        if seen is not None and seen != (data, dict(hdrs or {})):
+                            raise RunConflict(rid)
+                        batch[rid] = (data, dict(hdrs or {}))
                     for rid, data, hdrs, prio, attempts, timeout in args[0]:
                         self._recs += state.submit(rid, data, now, hdrs, prio, attempts, timeout)
                     self._futures.append((fut, [item[0] for item in args[0]]))
@@ -331,12 +374,19 @@ class Supervisor:
         state = self.state
         for path, msg in self.inbox.scan():
             try:
-                if isinstance(msg, SubmitMsg):
-                    self._recs += self._submit_msg(msg, now)
-                elif isinstance(msg, BatchMsg):
-                    for m in msg.items:
-                        self._recs += self._submit_msg(m, now)
-                elif isinstance(msg, CancelMsg):
+                if isinstance(msg, (SubmitMsg, BatchMsg)):
+                    # Each submission is accepted or rejected on its own: one
+                    # conflict in a batch never drops the others. A rejection is
+                    # recorded before the file is acknowledged (after the commit).
+                    for m in msg.items if isinstance(msg, BatchMsg) else [msg]:
+                        try:
+                            self._recs += self._submit_msg(m, now)
+                        except (JournaledError, TypeError, ValueError) as e:
+                            self.inbox.reject_run(m.run_id, str(e), path.name)
+                    self._acks.append(path)
+                    continue
+                check_message(msg)
+                if isinstance(msg, CancelMsg):
                     self._recs += state.cancel(msg.run_id, msg.reason, now)
                     self._signal_cancel(msg.run_id)
                 elif isinstance(msg, RedriveMsg):
@@ -345,12 +395,14 @@ class Supervisor:
                     self._compact_requested = True
                 elif isinstance(msg, SignalMsg):
                     self._recs += state.signal(msg.run_id, msg.key, msg.data, now)
-            except JournaledError as e:
+            except (JournaledError, TypeError, ValueError) as e:
                 self.inbox.reject(path, str(e))
                 continue
             self._acks.append(path)
 
     def _submit_msg(self, m: SubmitMsg, now: float) -> list[Record]:
+        # The clients' checks again: a file from elsewhere must not crash us later.
+        check_message(m)
         # The client's clock: submitted_at must not change when a pending run is taken up.
         return self.state.submit(m.run_id, m.input, m.at, m.headers, m.priority, m.max_attempts,
                                  m.step_timeout)
@@ -366,6 +418,13 @@ class Supervisor:
         objs = list(self._wait_map)
         objs.append(self._wake_r)
         ready = mp_wait(objs, timeout)
+        self._after_wait(ready)
+
+    @_holding_state_lock
+    def _after_wait(self, ready: list[Any]) -> None:
+        """The part of a turn that changes state: readers on other threads wait for it."""
+        pool = self.pool
+        assert pool is not None
         now = time.time()
         mono = time.monotonic()
         recs = self._recs
@@ -435,6 +494,7 @@ class Supervisor:
             return self.state.expired(time.time(), self.retention, self.on_terminal is not None)
         return False
 
+    @_holding_state_lock
     def compact(self, now: float | None = None) -> bool:
         """Snapshot the state into a new base segment; drop old segments and expired runs.
 
@@ -851,7 +911,8 @@ class Supervisor:
             failpoints.hit("supervisor.before_hook")
         try:
             assert self.on_terminal is not None
-            self.on_terminal(outcome)
+            with self._state_unlocked():  # a slow hook must not block Runtime queries
+                self.on_terminal(outcome)
         except Exception:  # noqa: BLE001 - a hook's bug must not stop the supervisor
             log.exception("on_terminal hook failed for run %s; not retrying it", run_id)
         if failpoints.ENABLED:
@@ -860,6 +921,28 @@ class Supervisor:
 
     # -------------------------------------------------------------- queries
 
+    @contextlib.contextmanager
+    def _state_unlocked(self) -> Iterator[None]:
+        """Let other threads' queries in while user code runs on the loop thread.
+
+        Only between state changes (a hook fires after its records are durable):
+        queries then see a whole turn, never half of one.
+        """
+        depth = self._lock_depth
+        for _ in range(depth):
+            self.state_lock.release()
+        try:
+            yield
+        finally:
+            for _ in range(depth):
+                self.state_lock.acquire()
+
+    @_holding_state_lock
+    def status_counts(self) -> dict[str, int]:
+        """Runs by status, safe from any thread."""
+        return self.state.status_counts()
+
+    @_holding_state_lock
     def status(self, run_id: str) -> RunOutcome | None:
         """Durable view: a terminal status is reported only once it is synced."""
         run = self.state.runs.get(run_id)
