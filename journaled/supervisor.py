@@ -40,6 +40,7 @@ from . import failpoints
 from .api import RunOutcome, RunStatus, Signal
 from .errors import JournalCorrupt, JournaledError, StorageFailure
 from .executors import make_executor
+from .hooks import HookRunner
 from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SignalMsg, SubmitMsg
 from .journal import Journal, StateLock
 from .live import STATUS_INTERVAL, LiveStatus, LiveStep, clear_status, write_status
@@ -145,6 +146,7 @@ class Supervisor:
         self._memo_acks: list[tuple[Worker, int]] = []
         self._next_size_check = 0
         self.compactions = 0
+        self._hooks: HookRunner | None = None  # started with the first hook to fire
 
     # ------------------------------------------------------------ lifecycle
 
@@ -202,7 +204,9 @@ class Supervisor:
         self._write(recs)
         self._after_commit(recs)
         if self.on_terminal is not None:
-            for rid in sorted(self.state.unhooked):
+            # Owed hooks from before the crash; recovery's own dead letters are queued already.
+            queued = self._hooks.owed() if self._hooks is not None else set()
+            for rid in sorted(self.state.unhooked - queued):
                 self._fire_hook(rid)
 
     def _watch_code(self) -> None:
@@ -260,12 +264,15 @@ class Supervisor:
 
     def _idle(self) -> bool:
         return (self.state.idle() and not self._commands and not self._carry
-                and self.inbox is not None and not self.inbox.scan_pending())
+                and self.inbox is not None and not self.inbox.scan_pending()
+                and (self._hooks is None or not self._hooks.busy()))
 
     def _all_workers_gone(self) -> bool:
         return self.pool is None or all(w.proc is None for w in self.pool.workers)
 
     def close(self) -> None:
+        if self._hooks is not None:
+            self._hooks.close()  # hooks not yet delivered are owed to the next start
         clear_status(self.state_dir)
         self._reload_stop.set()
         if self.inbox is not None:
@@ -727,6 +734,7 @@ class Supervisor:
                 failpoints.hit("supervisor.after_dispatch")
 
     def _after_commit(self, recs: list[Record]) -> None:
+        self._hooks_delivered()
         pool = self.pool
         terminated: list[str] = []
         for rec in recs:
@@ -764,19 +772,23 @@ class Supervisor:
                     return
 
     def _fire_hook(self, run_id: str) -> None:
+        """Hand a durable outcome to the hook thread (never call user code on the loop)."""
         run = self.state.runs[run_id]
         outcome = outcome_of(run)
         self.outcomes.add(run_id)
         if failpoints.ENABLED:
             failpoints.hit("supervisor.before_hook")
-        try:
-            assert self.on_terminal is not None
-            self.on_terminal(outcome)
-        except Exception:  # noqa: BLE001 - a hook's bug must not stop the supervisor
-            log.exception("on_terminal hook failed for run %s; not retrying it", run_id)
-        if failpoints.ENABLED:
-            failpoints.hit("supervisor.after_hook")
-        self._carry += self.state.hook_delivered(run_id)
+        assert self.on_terminal is not None
+        if self._hooks is None:
+            self._hooks = HookRunner(self.on_terminal, self.wake)
+        self._hooks.submit(run_id, outcome)
+
+    def _hooks_delivered(self) -> None:
+        """Hooks that returned: HookDelivered goes out with the next commit (at least once)."""
+        if self._hooks is not None:
+            state = self.state
+            for rid in self._hooks.delivered():
+                self._carry += state.hook_delivered(rid)
 
     # -------------------------------------------------------------- queries
 
