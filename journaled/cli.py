@@ -183,9 +183,13 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     Exit codes: 0 stopped cleanly; 1 damaged journal or storage failure;
     2 bad APP, bad options, or the state directory is locked by another supervisor.
     """
+    from . import failpoints
     from .pool import load_import_string
     from .state import Policy
     from .supervisor import Supervisor
+
+    if failpoints.ENV_ERROR is not None:
+        fail(failpoints.ENV_ERROR)
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonLog() if log_format == "json"
