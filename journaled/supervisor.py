@@ -43,7 +43,14 @@ from .executors import make_executor
 from .hooks import HookRunner
 from .inbox import BatchMsg, CancelMsg, CompactMsg, Inbox, RedriveMsg, SignalMsg, SubmitMsg
 from .journal import Journal, StateLock
-from .live import STATUS_INTERVAL, LiveStatus, LiveStep, clear_status, write_status
+from .live import (
+    IDLE_STATUS_INTERVAL,
+    STATUS_INTERVAL,
+    LiveStatus,
+    LiveStep,
+    clear_status,
+    write_status,
+)
 from .pool import Dispatch, InFlight, Pool, Worker
 from .records import CancelRequested, Record, Redriven, Terminated, decode, encode
 from .state import Policy, State, WorkerResult, outcome_of
@@ -484,8 +491,14 @@ class Supervisor:
                  self.journal.size_bytes / 1e6)
 
     def _write_status(self, mono: float) -> None:
-        """Publish a live view for 'journaled watch' (not durable, not the source of truth)."""
-        self._status_due = mono + STATUS_INTERVAL
+        """Publish a live view for 'journaled watch' (not durable, not the source of truth).
+
+        Called on the loop thread only, busy or idle, so the age of the last
+        publish measures the loop itself: 'watch' calls a supervisor whose
+        status stopped changing while it holds the lock hung.
+        """
+        self._status_due = mono + (STATUS_INTERVAL if self.state.in_flight
+                                   else IDLE_STATUS_INTERVAL)
         pool = self.pool
         assert pool is not None
         now = time.time()
@@ -514,6 +527,7 @@ class Supervisor:
                           self.steps_done, j.syncs, j.records_written, j.size_bytes,
                           self._counts, flights, self._stopping)
         write_status(self.state_dir, live)
+        self.live = live  # for the CLI's status line: a finished view, never mutated
 
     def _results(self, w: Worker, done: list[tuple[InFlight, WorkerResult]], now: float) -> None:
         complete = self.state.complete
@@ -655,9 +669,9 @@ class Supervisor:
                 if len(w.outstanding) > 1:  # when a steal would become worth it
                     t = w.head_started + self._stuck_after(w) - mono
                     best = t if best is None else min(best, t)
-        if self.state.in_flight:  # keep the live view's progress fresh
-            t = self._status_due - mono
-            best = t if best is None else min(best, t)
+        # The live view, busy or idle: its age is how 'watch' tells a hung loop.
+        t = self._status_due - mono
+        best = t if best is None else min(best, t)
         if best is not None:
             best = max(0.0, best) + 0.0005
         return best if best is None else min(best, 5.0)
