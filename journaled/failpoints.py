@@ -25,6 +25,13 @@ drawn from a ``random.Random`` seeded by ``JOURNALED_FAILPOINT_SEED`` (default
 - ``skip``: ``hit`` returns ``"skip"``; the caller skips the guarded operation
   (at ``journal.fdatasync`` this proves crash tests notice a missing fsync).
 - ``delay:MS``: sleep MS milliseconds, then go on.
+
+A malformed ``JOURNALED_FAILPOINTS`` is not an error at import (that would
+be a traceback in every process that imports journaled). It is kept in
+``ENV_ERROR``; the supervisor refuses to start with it (``journaled run``:
+one line, exit 2), and any other first use (``hit``) raises
+``FailpointSpecError`` with the same one-line message. It is never ignored:
+a crash test whose failpoints silently did nothing would pass for nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +44,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["ENABLED", "POINTS", "ACTIONS", "configure", "reset", "hit"]
+from .errors import JournaledError
+
+__all__ = ["ENABLED", "ENV_ERROR", "POINTS", "ACTIONS", "FailpointSpecError", "configure",
+           "reset", "hit", "check_env"]
 
 POINTS: dict[str, str] = {
     "journal.before_write": "commit, before the one write of the batch",
@@ -61,6 +71,11 @@ POINTS: dict[str, str] = {
 ACTIONS = ("crash", "exit", "error", "enospc", "short-write", "skip", "delay:MS")
 
 ENABLED: bool = False
+ENV_ERROR: str | None = None  # why $JOURNALED_FAILPOINTS could not be parsed
+
+
+class FailpointSpecError(JournaledError, ValueError):
+    """Permanent: ``JOURNALED_FAILPOINTS`` is malformed; fix or unset it."""
 
 
 @dataclass
@@ -128,7 +143,7 @@ def configure(spec: str) -> None:
     Raises:
         ValueError: an entry is malformed or names an unknown point; nothing changes then.
     """
-    global ENABLED
+    global ENABLED, ENV_ERROR
     rules: dict[str, _Rule] = {}
     for entry in spec.split(","):
         if not entry.strip():
@@ -143,6 +158,7 @@ def configure(spec: str) -> None:
         _counts.clear()
         _rng.seed(int(os.environ.get("JOURNALED_FAILPOINT_SEED", "0") or 0))
         ENABLED = bool(rules)
+        ENV_ERROR = None  # an explicit configure() replaces whatever the environment said
 
 
 def reset() -> None:
@@ -159,6 +175,8 @@ def hit(name: str) -> str | None:
     Raises:
         OSError: for the ``error`` and ``enospc`` actions, like the guarded call.
     """
+    if ENV_ERROR is not None and not _rules:
+        raise FailpointSpecError(ENV_ERROR)
     with _lock:
         rule = _rules.get(name)
         if rule is None:
@@ -184,4 +202,20 @@ def hit(name: str) -> str | None:
     return action  # short-write, skip
 
 
-configure(os.environ.get("JOURNALED_FAILPOINTS", ""))
+def check_env() -> None:
+    """Raise ``FailpointSpecError`` if ``$JOURNALED_FAILPOINTS`` was malformed at import."""
+    if ENV_ERROR is not None:
+        raise FailpointSpecError(ENV_ERROR)
+
+
+def _from_env() -> None:
+    global ENABLED, ENV_ERROR
+    spec = os.environ.get("JOURNALED_FAILPOINTS", "")
+    try:
+        configure(spec)
+    except ValueError as e:
+        ENV_ERROR = f"JOURNALED_FAILPOINTS={spec!r}: {e}"
+        ENABLED = True  # so the first guarded call site reaches hit(), which raises
+
+
+_from_env()

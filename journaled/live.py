@@ -5,6 +5,12 @@ right now, its progress, and the supervisor's counters. It is replaced
 atomically (temp file + rename) a few times a second and never fsynced:
 losing it loses nothing, and readers treat a stale one (older than a few
 seconds, or whose pid is gone) as "no supervisor running".
+
+``health()`` tells the three cases apart for ``watch``: no process holds
+the state lock (no supervisor running); the lock holder publishes (running);
+the lock holder is alive but its status stopped changing (hung, or stopped
+with SIGSTOP). The status is written on the loop thread, busy or idle, so its
+age measures the loop itself.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from pathlib import Path
 import msgspec
 
 STATUS_INTERVAL = 0.25  # seconds between rewrites while steps are in flight
+IDLE_STATUS_INTERVAL = 1.0  # ...and while idle: the file's age says the loop still turns
+# A lock holder whose status is older than this is reported "not responding (hung?)".
+HUNG_AFTER = 5.0
 STATUS_FILE = "supervisor.json"
 
 
@@ -76,6 +85,89 @@ def read_status(state_dir: Path, max_age: float = 5.0) -> LiveStatus | None:
     if time.time() - live.updated_at > max_age and live.in_flight:
         return None
     return live
+
+
+def _lock_holder_from_proc(state_dir: Path) -> int | None:
+    """The pid holding ``STATE/lock`` (flock), or None.
+
+    The pid comes from the lock file; it counts only if ``/proc/locks`` shows
+    that pid holding a lock on that very file (a reused pid holds none), or,
+    where ``/proc/locks`` cannot be read, if the process exists.
+    """
+    path = Path(state_dir) / "lock"
+    try:
+        text = path.read_text("ascii", "replace").strip()
+        ino = path.stat().st_ino
+    except OSError:
+        return None
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:
+        with open("/proc/locks") as f:
+            table = f.read()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return pid
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:123456 0 EOF"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4] == str(pid) \
+                and fields[5].rpartition(":")[2] == str(ino):
+            return pid
+    return None
+
+
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid of the supervisor holding the state lock, or None if none does."""
+    from .journal import StateLock
+
+    holder = getattr(StateLock, "holder", None)  # the journal's own, where it has one
+    if holder is not None:
+        return holder(state_dir)  # type: ignore[no-any-return]
+    return _lock_holder_from_proc(state_dir)
+
+
+class Health(msgspec.Struct):
+    """Whether a supervisor serves a state directory: ``state`` is one of
+    ``running``, ``hung``, ``starting``, ``none``; ``message`` says it in words."""
+
+    state: str
+    pid: int | None = None
+    status_age: float | None = None  # seconds since its last status publish
+    message: str = ""
+
+
+def health(state_dir: Path, now: float | None = None,
+           hung_after: float = HUNG_AFTER) -> Health:
+    """Running, hung (lock held, status stale), starting (lock held, no status yet), or none."""
+    now = time.time() if now is None else now
+    pid = lock_holder(Path(state_dir))
+    if pid is None:
+        return Health("none", message="no supervisor running")
+    try:
+        live: LiveStatus | None = _dec.decode((Path(state_dir) / STATUS_FILE).read_bytes())
+    except (OSError, msgspec.DecodeError):
+        live = None
+    if live is None or live.pid != pid:
+        try:
+            since = now - (Path(state_dir) / "lock").stat().st_mtime
+        except OSError:
+            since = 0.0
+        return Health("starting", pid, None,
+                      f"supervisor pid {pid} starting for {since:.0f} s (replaying; no status "
+                      "published yet)")
+    age = max(0.0, now - live.updated_at)
+    if age > hung_after:
+        return Health("hung", pid, round(age, 3),
+                      f"supervisor pid {pid} not responding: last status {age:.0f} s ago "
+                      "(hung?)")
+    return Health("running", pid, round(age, 3), f"supervisor pid {pid} running")
 
 
 def clear_status(state_dir: Path) -> None:

@@ -24,7 +24,6 @@ found to be a duplicate), which is always the safe side.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -35,12 +34,13 @@ import time
 from collections import deque
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar, cast
+from typing import Any, Callable, TypeVar, cast
 
 from . import dispatch, failpoints, replay
 from .api import RunOutcome, RunStatus, Signal
 from .errors import JournaledError, RunConflict, StorageFailure
 from .executors import make_executor
+from .hooks import HookRunner
 from .inbox import (
     BatchMsg,
     CancelMsg,
@@ -52,7 +52,14 @@ from .inbox import (
     check_message,
 )
 from .journal import Journal, StateLock
-from .live import STATUS_INTERVAL, LiveStatus, LiveStep, clear_status, write_status
+from .live import (
+    IDLE_STATUS_INTERVAL,
+    STATUS_INTERVAL,
+    LiveStatus,
+    LiveStep,
+    clear_status,
+    write_status,
+)
 from .pool import Dispatch, InFlight, Pool, Worker
 from .records import CancelRequested, Record, Redriven, Snapshot, Terminated, encode
 from .state import Policy, State, WorkerResult, outcome_of
@@ -65,6 +72,41 @@ RETENTION_CHECK = 300.0  # seconds between checks for finished runs past retenti
 # Test-only: break the write-ahead rule on purpose (send leases before they are
 # synced) to prove that crash tests in power-loss mode catch it. Never a flag.
 _UNSAFE_DISPATCH_FIRST = os.environ.get("JOURNALED_UNSAFE_DISPATCH_BEFORE_SYNC") == "1"
+
+
+# Test-only environment switches and the guarantee each one takes away.
+TEST_KNOBS = {
+    "JOURNALED_FAILPOINTS": "injected crashes, I/O errors, delays and skipped fsyncs",
+    "JOURNALED_UNSAFE_DISPATCH_BEFORE_SYNC": "steps are sent before their leases are durable "
+                                             "(breaks the write-ahead rule)",
+    "JOURNALED_SIMULATE_POWER_LOSS": "journal writes are held in memory until each sync, "
+                                     "and a crash loses them",
+}
+
+
+def unsafe_knobs_set(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The test-only switches set in ``env`` (default: this process), name -> value."""
+    env = dict(os.environ) if env is None else env
+    out = {}
+    for name in TEST_KNOBS:
+        value = env.get(name, "")
+        if value and (name == "JOURNALED_FAILPOINTS" or value == "1"):
+            out[name] = value
+    return out
+
+
+def warn_test_knobs() -> None:
+    """One loud line when a switch that weakens a guarantee is on; refuse a bad failpoint spec.
+
+    Raises:
+        failpoints.FailpointSpecError: ``JOURNALED_FAILPOINTS`` is malformed.
+    """
+    failpoints.check_env()
+    knobs = unsafe_knobs_set()
+    if knobs:
+        log.warning("WARNING: TEST-ONLY SWITCHES ARE SET, durability is NOT guaranteed: %s; "
+                    "unset them outside tests",
+                    "; ".join(f"{k}={v} ({TEST_KNOBS[k]})" for k, v in knobs.items()))
 
 
 def block_name(state_dir: Path) -> str:
@@ -186,11 +228,13 @@ class Supervisor:
         self._kill_seq: dict[int, int] = {}  # slot -> the step whose own deadline killed it
         self._respawn_at: dict[int, float] = {}  # slot -> monotonic respawn time (back-off)
         self._respawn_delay = 0.0
+        self._hooks: HookRunner | None = None  # started with the first hook to fire
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Lock, replay, recover, start workers; raises before any worker starts on trouble."""
+        warn_test_knobs()
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.lock.acquire()
         try:
@@ -230,7 +274,9 @@ class Supervisor:
         self._write(recs)
         self._after_commit(recs)
         if self.on_terminal is not None:
-            for rid in sorted(self.state.unhooked):
+            # Owed hooks from before the crash; recovery's own dead letters are queued already.
+            queued = self._hooks.owed() if self._hooks is not None else set()
+            for rid in sorted(self.state.unhooked - queued):
                 self._fire_hook(rid)
 
     def _watch_code(self) -> None:
@@ -290,12 +336,15 @@ class Supervisor:
 
     def _idle(self) -> bool:
         return (self.state.idle() and not self._commands and not self._carry
-                and self.inbox is not None and not self.inbox.scan_pending())
+                and self.inbox is not None and not self.inbox.scan_pending()
+                and (self._hooks is None or not self._hooks.busy()))
 
     def _all_workers_gone(self) -> bool:
         return self.pool is None or all(w.proc is None for w in self.pool.workers)
 
     def close(self) -> None:
+        if self._hooks is not None:
+            self._hooks.close()  # hooks not yet delivered are owed to the next start
         clear_status(self.state_dir)
         self._reload_stop.set()
         if self.inbox is not None:
@@ -541,8 +590,14 @@ class Supervisor:
         self.outcomes.intersection_update(fresh.runs)
 
     def _write_status(self, mono: float) -> None:
-        """Publish a live view for 'journaled watch' (not durable, not the source of truth)."""
-        self._status_due = mono + STATUS_INTERVAL
+        """Publish a live view for 'journaled watch' (not durable, not the source of truth).
+
+        Called on the loop thread only, busy or idle, so the age of the last
+        publish measures the loop itself: 'watch' calls a supervisor whose
+        status stopped changing while it holds the lock hung.
+        """
+        self._status_due = mono + (STATUS_INTERVAL if self.state.in_flight
+                                   else IDLE_STATUS_INTERVAL)
         pool = self.pool
         assert pool is not None
         now = time.time()
@@ -571,6 +626,7 @@ class Supervisor:
                           self.steps_done, j.syncs, j.records_written, j.size_bytes,
                           self._counts, flights, self._stopping)
         write_status(self.state_dir, live)
+        self.live = live  # for the CLI's status line: a finished view, never mutated
 
     def _results(self, w: Worker, done: list[tuple[InFlight, WorkerResult]], now: float) -> None:
         complete = self.state.complete
@@ -761,8 +817,8 @@ class Supervisor:
             times.append(t)
         if self._stopping and not self._shutdown_cancelled:
             times.append(self._drain_deadline)
-        if self.state.in_flight:  # keep the live view's progress fresh
-            times.append(self._status_due)
+        # The live view, busy or idle: its age is how 'watch' tells a hung loop.
+        times.append(self._status_due)
         times.extend(self._respawn_at.values())
         times.append(self._retention_due)
         if not times:
@@ -867,6 +923,7 @@ class Supervisor:
                 failpoints.hit("supervisor.after_dispatch")
 
     def _after_commit(self, recs: list[Record]) -> None:
+        self._hooks_delivered()
         pool = self.pool
         terminated: list[str] = []
         for rec in recs:
@@ -904,38 +961,25 @@ class Supervisor:
                     return
 
     def _fire_hook(self, run_id: str) -> None:
+        """Hand a durable outcome to the hook thread (never call user code on the loop)."""
         run = self.state.runs[run_id]
         outcome = outcome_of(run)
         self.outcomes.add(run_id)
         if failpoints.ENABLED:
             failpoints.hit("supervisor.before_hook")
-        try:
-            assert self.on_terminal is not None
-            with self._state_unlocked():  # a slow hook must not block Runtime queries
-                self.on_terminal(outcome)
-        except Exception:  # noqa: BLE001 - a hook's bug must not stop the supervisor
-            log.exception("on_terminal hook failed for run %s; not retrying it", run_id)
-        if failpoints.ENABLED:
-            failpoints.hit("supervisor.after_hook")
-        self._carry += self.state.hook_delivered(run_id)
+        assert self.on_terminal is not None
+        if self._hooks is None:
+            self._hooks = HookRunner(self.on_terminal, self.wake)
+        self._hooks.submit(run_id, outcome)
+
+    def _hooks_delivered(self) -> None:
+        """Hooks that returned: HookDelivered goes out with the next commit (at least once)."""
+        if self._hooks is not None:
+            state = self.state
+            for rid in self._hooks.delivered():
+                self._carry += state.hook_delivered(rid)
 
     # -------------------------------------------------------------- queries
-
-    @contextlib.contextmanager
-    def _state_unlocked(self) -> Iterator[None]:
-        """Let other threads' queries in while user code runs on the loop thread.
-
-        Only between state changes (a hook fires after its records are durable):
-        queries then see a whole turn, never half of one.
-        """
-        depth = self._lock_depth
-        for _ in range(depth):
-            self.state_lock.release()
-        try:
-            yield
-        finally:
-            for _ in range(depth):
-                self.state_lock.acquire()
 
     @_holding_state_lock
     def status_counts(self) -> dict[str, int]:

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import click
 import msgspec
 
-from .live import LiveStatus, read_status
+from .live import Health, LiveStatus, health, read_status
 from .tools import short_bytes
 
 STATUSES = ("pending", "running", "waiting", "succeeded", "failed", "cancelled")
@@ -101,6 +101,9 @@ class Snapshot(msgspec.Struct):
     syncs_per_s: float | None = None
     recent: list[WatchRun] = []
     dead: list[WatchDead] = []
+    # running | hung | starting | none, with the supervisor's pid and its status's age:
+    # a hung supervisor (lock held, status stale) is not a dead one.
+    health: Health | None = None
 
 
 # ------------------------------------------------------------------ collect
@@ -176,6 +179,9 @@ class Collector:
         now = time.time()
         counts, recent, dead_rows = self._fold(now)
         live = read_status(self.state_dir)
+        hl = health(self.state_dir, now)
+        if hl.state != "running":
+            live = None  # a stale file, or another pid's: nothing in it is current
         sup = None
         flights: list[WatchStep] = []
         steps_rate = syncs_rate = None
@@ -196,7 +202,7 @@ class Collector:
             self._samples.clear()
             self._pid = None
         return Snapshot(str(self.state_dir), now, sup, counts, flights, steps_rate,
-                        syncs_rate, recent, dead_rows)
+                        syncs_rate, recent, dead_rows, hl)
 
 
 def collect(state_dir: str | os.PathLike[str]) -> Snapshot:
@@ -268,7 +274,8 @@ def render(snap: Snapshot, width: int = 100) -> str:
     out.append(f"journaled watch  {snap.state_dir}  {stamp}")
     sup = snap.supervisor
     if sup is None:
-        out.append("no supervisor running (counts are from the journal)")
+        note = snap.health.message if snap.health is not None else "no supervisor running"
+        out.append(f"{note} (counts are from the journal)")
     else:
         stop = "  STOPPING (draining)" if sup.stopping else ""
         out.append(f"supervisor pid {sup.pid}  {sup.app}  {sup.workers} "
@@ -318,6 +325,10 @@ def summary_line(snap: Snapshot) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(snap.taken_at))
     counts = " ".join(f"{s}={snap.counts.get(s, 0)}" for s in STATUSES)
     if snap.supervisor is None:
+        h = snap.health
+        if h is not None and h.pid is not None:
+            age = "" if h.status_age is None else f" status_age={h.status_age:.0f}s"
+            return f"{stamp} {counts} supervisor={h.state} pid={h.pid}{age}"
         return f"{stamp} {counts} supervisor=none"
     return (f"{stamp} {counts} in_flight={len(snap.in_flight)} "
             f"steps/s={_rate(snap.steps_per_s)} syncs/s={_rate(snap.syncs_per_s)}")
