@@ -98,7 +98,10 @@ class JournalTailer:
         mark = read_mark(self.journal_dir)
         if mark is None:
             return None
-        holder = StateLock.holder(self.state_dir)
+        try:
+            holder = StateLock.holder(self.state_dir)
+        except OSError:  # the lock file is not ours to read: sync and read the disk
+            return None
         if holder is None or holder != mark.pid:
             return None
         return mark
