@@ -134,8 +134,12 @@ class JournalTailer:
             # was complete before the successor was created.
             with open(self.journal_dir / name, "rb") as f:
                 f.seek(self._off)
+                may_be_torn = is_last
                 if mark is not None and seg == mark.segment:
-                    data = f.read(max(mark.offset - self._off, 0))
+                    want = max(mark.offset - self._off, 0)
+                    data = f.read(want)
+                    # Every byte before the mark was synced: a bad frame there is damage.
+                    may_be_torn = len(data) < want
                 else:
                     data = f.read()
                 start = 0
@@ -143,7 +147,7 @@ class JournalTailer:
                     if check_header(data, name, is_last) is None:
                         return  # being created; next poll
                     start = HEADER_SIZE
-                reader = FrameReader(data, name, start, is_last, base=self._off)
+                reader = FrameReader(data, name, start, may_be_torn, base=self._off)
                 got = [(name, off, body) for off, body in reader]
                 if got and mark is None and is_last:
                     # No trusted mark: make what we read durable before anyone
