@@ -8,7 +8,7 @@ segment files named ``NNNNNNNN.log``: eight decimal digits, starting at
 ``00000001.log`` and counting up by one, with no gaps from the replay start
 to the newest segment. Other names in the directory are ignored by replay:
 ``.*.tmp`` are temp files of an unfinished create (deleted on the next
-open), ``.synced`` is the synced mark (below) and ``*.log.broken*`` are
+open), ``synced.mark`` is the synced mark (below) and ``*.log.broken*`` are
 backups left by ``repair``.
 
 Every segment starts with a 16-byte header, little-endian::
@@ -52,7 +52,7 @@ not decode. Replay stops with ``JournalCorrupt(segment, offset, reason)``;
 ``verify`` reports it and ``repair`` cuts it off, keeping a backup.
 
 The synced mark (``mark.py``): after each fdatasync the writer pwrites
-"durable up to (segment, offset)" into ``.synced`` (32 bytes with a crc).
+"durable up to (segment, offset)" into ``synced.mark`` (32 bytes with a crc).
 Readers in other processes (``JournalTailer``, so ``Client``, the CLI and
 ``watch``) never hand out a frame past it while its writer holds the lock;
 with no live writer they read whole frames and fdatasync them before

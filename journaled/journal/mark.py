@@ -2,7 +2,7 @@
 
 Readers in other processes stop at it, so nothing they report can be taken
 back by a power cut (SQLite's WAL publishes its ``mxFrame`` the same way,
-only after the sync). The mark lives in ``STATE/journal/.synced``, which
+only after the sync). The mark lives in ``STATE/journal/synced.mark``, which
 segment listing ignores: one 32-byte record, rewritten in place with one
 ``pwrite`` per commit, little-endian::
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 __all__ = ["MARK_NAME", "SyncedMark", "read_mark", "MarkWriter"]
 
-MARK_NAME = ".synced"
+MARK_NAME = "synced.mark"  # not a dot-file: those are temp files, deleted on open
 MARK_MAGIC = b"JSYN"
 MARK_SIZE = 32
 _MARK = struct.Struct("<4sIIIQ")

@@ -98,7 +98,10 @@ class JournalTailer:
         mark = read_mark(self.journal_dir)
         if mark is None:
             return None
-        holder = StateLock.holder(self.state_dir)
+        try:
+            holder = StateLock.holder(self.state_dir)
+        except OSError:  # the lock file is not ours to read: sync and read the disk
+            return None
         if holder is None or holder != mark.pid:
             return None
         return mark
@@ -131,8 +134,12 @@ class JournalTailer:
             # was complete before the successor was created.
             with open(self.journal_dir / name, "rb") as f:
                 f.seek(self._off)
+                may_be_torn = is_last
                 if mark is not None and seg == mark.segment:
-                    data = f.read(max(mark.offset - self._off, 0))
+                    want = max(mark.offset - self._off, 0)
+                    data = f.read(want)
+                    # Every byte before the mark was synced: a bad frame there is damage.
+                    may_be_torn = len(data) < want
                 else:
                     data = f.read()
                 start = 0
@@ -140,7 +147,7 @@ class JournalTailer:
                     if check_header(data, name, is_last) is None:
                         return  # being created; next poll
                     start = HEADER_SIZE
-                reader = FrameReader(data, name, start, is_last, base=self._off)
+                reader = FrameReader(data, name, start, may_be_torn, base=self._off)
                 got = [(name, off, body) for off, body in reader]
                 if got and mark is None and is_last:
                     # No trusted mark: make what we read durable before anyone

@@ -225,3 +225,16 @@ def test_golden_segments_still_decode_through_the_one_reader(tmp_path):
         frames = _frames(jdir / "00000001.log")
         assert [(seg, off, rec) for seg, off, rec in got] == [
             ("00000001.log", off, decode(body)) for off, body in frames]
+
+
+@pytest.mark.timeout(30)
+def test_flipped_length_bit_of_the_last_whole_record_is_damage_not_a_torn_tail(tmp_path):
+    jdir = tmp_path / "state" / "journal"
+    synced, batch, seg = _synced_then_batch(jdir)
+    off, body = _frames(seg)[-1]
+    data = bytearray(seg.read_bytes())
+    data[off + 1] ^= 0x10  # the length now runs past end of file; the record is whole
+    seg.write_bytes(bytes(data))
+    report = verify(jdir)
+    assert report.torn is None and report.damage is not None
+    assert report.damage.offset == off and "runs past end of file" in report.damage.what
