@@ -184,3 +184,21 @@ def test_oversized_inbox_file_is_rejected_not_a_crash_loop(state_dir: Path) -> N
         assert not bad.exists()
         assert (rejected / bad.name).exists() and (rejected / (bad.name + ".why")).exists()
     assert "over the" in (rejected / (poison.name + ".why")).read_text()
+
+
+@pytest.mark.timeout(60)
+def test_runtime_submit_many_with_a_conflict_applies_nothing(
+        runtime: Callable[..., Runtime]) -> None:
+    rt = runtime()
+    rt.wait(rt.submit(b"taken", run_id="taken"), 30)
+    with pytest.raises(RunConflict):
+        rt.submit_many([b"1", b"other", b"3"], run_ids=["n1", "taken", "n3"])
+    with pytest.raises(RunConflict):  # a conflict inside the batch itself
+        rt.submit_many([b"1", b"2"], run_ids=["n1", "n1"])
+    for rid in ("n1", "n3"):
+        with pytest.raises(RunNotFound):
+            rt.status(rid)
+    # Same id and input twice is one run, and an existing identical run is a no-op.
+    assert rt.submit_many([b"1", b"1", b"taken"], run_ids=["n1", "n1", "taken"]) == \
+        ["n1", "n1", "taken"]
+    assert rt.wait("n1", 30).result == b"1"
