@@ -202,3 +202,16 @@ def test_runtime_submit_many_with_a_conflict_applies_nothing(
     assert rt.submit_many([b"1", b"1", b"taken"], run_ids=["n1", "n1", "taken"]) == \
         ["n1", "n1", "taken"]
     assert rt.wait("n1", 30).result == b"1"
+
+
+@pytest.mark.timeout(30)
+def test_rejections_are_kept_for_the_retention_then_pruned(state_dir: Path) -> None:
+    ib = inbox.Inbox(state_dir)
+    ib.reject_run("old", "conflict", "f.msg")
+    ib.reject_run("new", "conflict", "g.msg")
+    entry = ib.rejected_runs / "old.json"
+    past = time.time() - ib.rejected_retention - 10
+    os.utime(entry, (past, past))
+    assert ib.prune_rejected(time.time() - ib.rejected_retention) == 1
+    assert inbox.rejection(state_dir, "old") is None
+    assert inbox.rejection(state_dir, "new") == "conflict"
