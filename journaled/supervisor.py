@@ -845,8 +845,8 @@ class Supervisor:
     def _state_unlocked(self) -> Iterator[None]:
         """Let other threads' queries in while user code runs on the loop thread.
 
-        Only between state changes (a hook fires after its records are durable):
-        queries then see a whole turn, never half of one.
+        Only where no state change is under way (a hook fires after the commit
+        of its records): queries then see the state as of that commit.
         """
         depth = self._lock_depth
         for _ in range(depth):
