@@ -215,3 +215,14 @@ def test_rejections_are_kept_for_the_retention_then_pruned(state_dir: Path) -> N
     assert ib.prune_rejected(time.time() - ib.rejected_retention) == 1
     assert inbox.rejection(state_dir, "old") is None
     assert inbox.rejection(state_dir, "new") == "conflict"
+
+
+@pytest.mark.timeout(60)
+def test_submit_many_of_big_inputs_splits_files_under_the_inbox_limit(state_dir: Path) -> None:
+    client = Client(state_dir)
+    ids = client.submit_many([bytes([i]) * MAX_VALUE for i in range(5)])
+    files = _inbox_files(state_dir)
+    assert len(files) > 1, "40 MiB of inputs must not be one inbox file"
+    for name in files:
+        assert (state_dir / "inbox" / name).stat().st_size <= inbox.MAX_FILE
+    assert sorted(inbox.pending_submissions(state_dir)) == sorted(ids)
