@@ -174,7 +174,9 @@ class StepError(Exception):
     reads ``is_permanent``.
     """
 
-    is_permanent: bool
+    # Class-level defaults for a subclass whose ``__init__`` skips ours.
+    is_permanent: bool = False
+    message: str = ""
 
     def __init__(self, message: str = "", is_permanent: bool = False) -> None:
         super().__init__(message)

@@ -85,13 +85,26 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except TimeoutError as e:
             fail(str(e), 3)
         except (PermissionError, NotADirectoryError, FileExistsError, FileNotFoundError) as e:
-            # A --state that cannot be a state directory (not ours to create, a file).
-            where = f": {e.filename}" if e.filename else ""
-            fail(f"{e.strerror or e}{where}; is that the right --state?", 2)
+            # A --state that cannot be a state directory (not ours to create, a file);
+            # any other path is not the user's mistake, so it stays a traceback.
+            if not _about_state(e, kwargs.get("state")):
+                raise
+            fail(f"{e.strerror or e}: {e.filename}; is that the right --state?", 2)
         except BrokenPipeError:
             sys.exit(0)
 
     return wrapper
+
+
+def _about_state(e: OSError, state: Path | None) -> bool:
+    """Whether ``e`` is about the state directory, one of its parents or a file in it."""
+    if state is None or not e.filename:
+        return False
+    try:
+        where, home = Path(os.fsdecode(e.filename)).absolute(), Path(state).absolute()
+    except (TypeError, ValueError):
+        return False
+    return where == home or home in where.parents or where in home.parents
 
 
 def state_option(fn: Callable[..., Any]) -> Callable[..., Any]:

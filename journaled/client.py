@@ -82,6 +82,8 @@ __all__ = ["Client", "check_headers", "check_run_id", "new_run_id"]
 
 # A batch file stays well under what the supervisor reads in one go.
 _BATCH_BYTES = MAX_FILE // 2
+# Own submissions remembered until seen journaled (to tell a lost race apart).
+_MINE_MAX = 100_000
 
 
 def new_run_id() -> str:
@@ -144,9 +146,11 @@ class Client:
         run = self.refresh().runs.get(run_id)
         if run is not None:
             mine = self._mine.get(run_id)
-            if mine is not None and mine != _digest(run.input, run.headers):
-                raise SubmissionRejected(run_id, rejection(self.state_dir, run_id) or (
-                    "another submission took this run id with other input first"))
+            if mine is not None:
+                if mine != _digest(run.input, run.headers):
+                    raise SubmissionRejected(run_id, rejection(self.state_dir, run_id) or (
+                        "another submission took this run id with other input first"))
+                del self._mine[run_id]  # journaled as we posted it: nothing left to tell
         return run
 
     def _find(self, run_id: str) -> Run | SubmitMsg:
@@ -286,6 +290,8 @@ class Client:
             post(self.state_dir, msg)
         for m in items:
             self._mine[m.run_id] = _digest(m.input, m.headers)
+        while len(self._mine) > _MINE_MAX:  # a long-lived client forgets its oldest
+            del self._mine[next(iter(self._mine))]
         return ids
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> RunOutcome:

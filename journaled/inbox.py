@@ -286,7 +286,14 @@ def post(state_dir: Path, msg: Message) -> Path:
 
 
 class Inbox:
-    """The supervisor's side: scan, reject, acknowledge, and wake on new files."""
+    """The supervisor's side: scan, reject, acknowledge, and wake on new files.
+
+    Rejected files and rejection entries are kept for ``rejected_retention``
+    seconds (like finished runs, 7 days by default), then deleted by ``scan``.
+    """
+
+    rejected_retention = 7 * 86400.0
+    _PRUNE_EVERY = 3600.0
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = inbox_dir(state_dir)
@@ -294,12 +301,16 @@ class Inbox:
         self.rejected = self.dir / "rejected"
         self.rejected_runs = self.rejected / "runs"
         self._seen: set[str] = set()
+        self._pruned_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def scan(self) -> list[tuple[Path, Message]]:
         """New message files, oldest first; malformed ones are moved to ``rejected/``."""
         out: list[tuple[Path, Message]] = []
+        if time.monotonic() - self._pruned_at >= self._PRUNE_EVERY:
+            self._pruned_at = time.monotonic()
+            self.prune_rejected(time.time() - self.rejected_retention)
         try:
             names = sorted(os.listdir(self.dir))
         except FileNotFoundError:
@@ -335,6 +346,24 @@ class Inbox:
                        for n in os.listdir(self.dir))
         except FileNotFoundError:
             return False
+
+    def prune_rejected(self, before: float) -> int:
+        """Delete rejected files and rejection entries last changed before ``before``."""
+        gone = 0
+        for d in (self.rejected, self.rejected_runs):
+            try:
+                names = os.listdir(d)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                p = d / name
+                try:
+                    if p.is_file() and p.stat().st_mtime < before:
+                        p.unlink()
+                        gone += 1
+                except OSError:
+                    continue
+        return gone
 
     def reject_run(self, run_id: str, why: str, source: str = "") -> None:
         """Record durably that a submission of ``run_id`` was refused, and why.

@@ -201,14 +201,22 @@ class Runtime:
         return ids
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> RunOutcome:
-        """Request cancel; returns the status right after the request is durable."""
+        """Request cancel; returns the status the request found, once it is durable.
+
+        A terminal status in the answer means the cancel lost the race (as ``Client``).
+        """
         self._check()
         check_run_id(run_id)
         if not isinstance(reason, str):
             raise TypeError(f"the cancel reason must be a str, got {type(reason).__name__}")
         check_size("the cancel reason", reason, MAX_TEXT)
-        self._await(self._sup.call("cancel", run_id, reason))
-        return self.status(run_id)
+        was = RunStatus(self._await(self._sup.call("cancel", run_id, reason)))
+        out = self.status(run_id)
+        if out.status.terminal and not was.terminal:
+            # It ended after the request was recorded: the cancel did not lose the
+            # race, so answer as Client does, with the status the request found.
+            out = RunOutcome(run_id, was, None, None, out.steps, out.submitted_at)
+        return out
 
     def retry(self, run_id: str) -> None:
         """Redrive a dead-lettered run's step as a new series of attempts.

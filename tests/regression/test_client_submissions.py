@@ -184,3 +184,45 @@ def test_oversized_inbox_file_is_rejected_not_a_crash_loop(state_dir: Path) -> N
         assert not bad.exists()
         assert (rejected / bad.name).exists() and (rejected / (bad.name + ".why")).exists()
     assert "over the" in (rejected / (poison.name + ".why")).read_text()
+
+
+@pytest.mark.timeout(60)
+def test_runtime_submit_many_with_a_conflict_applies_nothing(
+        runtime: Callable[..., Runtime]) -> None:
+    rt = runtime()
+    rt.wait(rt.submit(b"taken", run_id="taken"), 30)
+    with pytest.raises(RunConflict):
+        rt.submit_many([b"1", b"other", b"3"], run_ids=["n1", "taken", "n3"])
+    with pytest.raises(RunConflict):  # a conflict inside the batch itself
+        rt.submit_many([b"1", b"2"], run_ids=["n1", "n1"])
+    for rid in ("n1", "n3"):
+        with pytest.raises(RunNotFound):
+            rt.status(rid)
+    # Same id and input twice is one run, and an existing identical run is a no-op.
+    assert rt.submit_many([b"1", b"1", b"taken"], run_ids=["n1", "n1", "taken"]) == \
+        ["n1", "n1", "taken"]
+    assert rt.wait("n1", 30).result == b"1"
+
+
+@pytest.mark.timeout(30)
+def test_rejections_are_kept_for_the_retention_then_pruned(state_dir: Path) -> None:
+    ib = inbox.Inbox(state_dir)
+    ib.reject_run("old", "conflict", "f.msg")
+    ib.reject_run("new", "conflict", "g.msg")
+    entry = ib.rejected_runs / "old.json"
+    past = time.time() - ib.rejected_retention - 10
+    os.utime(entry, (past, past))
+    assert ib.prune_rejected(time.time() - ib.rejected_retention) == 1
+    assert inbox.rejection(state_dir, "old") is None
+    assert inbox.rejection(state_dir, "new") == "conflict"
+
+
+@pytest.mark.timeout(60)
+def test_submit_many_of_big_inputs_splits_files_under_the_inbox_limit(state_dir: Path) -> None:
+    client = Client(state_dir)
+    ids = client.submit_many([bytes([i]) * MAX_VALUE for i in range(5)])
+    files = _inbox_files(state_dir)
+    assert len(files) > 1, "40 MiB of inputs must not be one inbox file"
+    for name in files:
+        assert (state_dir / "inbox" / name).stat().st_size <= inbox.MAX_FILE
+    assert sorted(inbox.pending_submissions(state_dir)) == sorted(ids)
