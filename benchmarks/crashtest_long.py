@@ -8,7 +8,18 @@ a thousand kills land at many distinct points. It takes a while (a
 supervisor start costs over a second here: roughly 2-3 s per kill).
 
 Run: ``python benchmarks/crashtest_long.py [--kills N] [--seed S] [--app APP]
-[-- extra crashtest options]``. JSON (crashtest's own report, plus the
+[--kill-helpers] [--payload-bytes B] [-- extra crashtest options]``. The
+issue-11 tortures::
+
+    python benchmarks/crashtest_long.py --kills 1000 --seed 1
+    python benchmarks/crashtest_long.py --kills 1000 --seed 1 --kill-helpers
+    python benchmarks/crashtest_long.py --kills 1000 --seed 1 --kill-helpers --payload-bytes 65536
+
+``--kill-helpers`` also kills the forkserver and the resource tracker;
+``--payload-bytes`` carries that many bytes in every payload between steps.
+The table adds what "done" asks of a torture: re-executions per kill,
+supervisor self-exits (0 expected) and whether supervisor stderr stayed
+clean (no Traceback, leaked, KeyError). JSON (crashtest's own report, plus the
 machine) goes to stdout, a table to stderr (see ``_table.py``), and
 crashtest's progress and summary also to stderr. Exit status is crashtest's.
 """
@@ -26,6 +37,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def options(kill_helpers: bool, payload_bytes: int) -> list[str]:
+    """The crashtest options for the torture's extras."""
+    out = ["--kill-helpers"] if kill_helpers else []
+    if payload_bytes:
+        out += ["--payload-bytes", str(payload_bytes)]
+    return out
 
 
 def run(app: str, kills: int, seed: int, extra: list[str]) -> tuple[int, dict[str, Any]]:
@@ -65,6 +84,12 @@ def row(report: dict[str, Any]) -> dict[str, Any]:
         "executed_steps": report.get("executed_steps"),
         "re_executed": report.get("re_executed_steps"),
         "max_attempt": report.get("max_attempt_seen"), "elapsed_s": report.get("elapsed"),
+        "forkserver": k.get("forkserver"), "tracker": k.get("resource_tracker"),
+        "reexec_per_kill": report.get("re_executions_per_kill"),
+        "self_exits": report.get("self_exits"),
+        "stderr": None if "dirty_stderr" not in report else
+        ("clean" if not report["dirty_stderr"] else f"dirty x{report['dirty_stderr']}"),
+        "payload_bytes": report.get("payload_bytes"),
     }
 
 
@@ -73,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", default="examples.primes:runner")
     parser.add_argument("--kills", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kill-helpers", action="store_true",
+                        help="also kill the forkserver and the resource tracker")
+    parser.add_argument("--payload-bytes", type=int, default=0,
+                        help="bytes carried in every payload between steps (e.g. 65536)")
     parser.add_argument("extra", nargs="*", help="more crashtest options (after --)")
     args = parser.parse_args(argv)
 
@@ -81,17 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         from benchmarks._table import format_table, machine
 
-    code, report = run(args.app, args.kills, args.seed, args.extra)
+    extra = options(args.kill_helpers, args.payload_bytes) + list(args.extra)
+    code, report = run(args.app, args.kills, args.seed, extra)
     try:
         from journaled.crashtest import format_report
 
         print(format_report(report), file=sys.stderr)
     except Exception:  # noqa: BLE001 - a partial report still gets the table below
         pass
-    columns = ["verdict", "kills", "supervisor", "workers", "failpoint", "points_hit",
-               "restarts", "rounds", "runs", "executed_steps", "re_executed", "max_attempt",
+    columns = ["verdict", "kills", "supervisor", "workers", "failpoint", "forkserver",
+               "tracker", "points_hit", "restarts", "rounds", "runs", "executed_steps",
+               "re_executed", "reexec_per_kill", "self_exits", "stderr", "max_attempt",
                "elapsed_s"]
-    title = f"crashtest {args.app} --kills {args.kills} --seed {args.seed}"
+    title = " ".join([f"crashtest {args.app} --kills {args.kills} --seed {args.seed}", *extra])
     print(format_table([row(report)], columns, title), file=sys.stderr, flush=True)
     print(json.dumps({"title": title, "machine": machine(), "report": report}), flush=True)
     return code

@@ -143,4 +143,6 @@ class HookRunner:
                 self._done.append(rid)
                 self._owed.discard(rid)
                 self._in_call = False
-            self.wake()
+                closed = self._closed
+            if not closed:  # after close the wake pipe may be gone (or its fd reused)
+                self.wake()

@@ -8,7 +8,10 @@ with or without a supervisor:
 - ``STATE/supervisor.json`` (``journaled.live``), rewritten by a running
   supervisor a few times a second: its pid, app, workers, the steps in
   flight with their progress, and counters from which steps/s and syncs/s
-  are computed as deltas between refreshes.
+  are computed as deltas between refreshes;
+- the state lock (``live.health``): a supervisor holding it whose status has
+  not changed for a few seconds is reported "not responding: last status
+  42 s ago (hung?)", not "no supervisor running" (``--json``: ``health``).
 
 ``collect`` turns those into a ``Snapshot``; ``render(snapshot, width)`` is
 a pure function from a snapshot to the text of one frame, so it is tested
@@ -142,7 +145,7 @@ class Collector:
             self._samples.popleft()
         t1, steps1, syncs1 = self._samples[-1]
         if now - t1 > 1.0:
-            return 0.0, 0.0  # the supervisor rewrites its status only while busy
+            return 0.0, 0.0  # no fresh sample: nothing to measure a rate over
         t0, steps0, syncs0 = self._samples[0]
         if t1 - t0 < 1.0:
             # Too short a look for a rate: the average since the supervisor started.
