@@ -227,7 +227,7 @@ def test_a_poison_pill_is_dead_lettered_after_max_attempts_and_the_pool_keeps_se
     assert rid in dead, "a poison pill must be dead-lettered, never retried forever"
     assert (dead[rid].attempt, dead[rid].kind) == (3, "worker_died"), \
         "the poison pill must be delivered exactly max_attempts times"
-    assert "exit code 3" in dead[rid].error, "the dead letter must say how the worker died"
+    assert "exited with code 3" in dead[rid].error, "the dead letter must say how the worker died"
 
 
 # --------------------------------------------------------------------------- cancel
