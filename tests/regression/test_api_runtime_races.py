@@ -73,20 +73,21 @@ def test_runtime_dead_returns_copies_not_live_runs(runtime: Callable[..., Runtim
 @pytest.mark.timeout(60)
 def test_runtime_command_to_a_stuck_supervisor_times_out_instead_of_hanging(
         runtime: Callable[..., Runtime]) -> None:
-    release = threading.Event()
+    from journaled import failpoints
 
-    def slow_hook(out: object) -> None:
-        release.wait(20)  # holds the loop thread, as S1-1's deadlock or a slow hook would
-
-    rt = runtime(on_terminal=slow_hook, call_timeout=0.5)
+    rt = runtime(call_timeout=0.5)
     first = rt.submit(b"first")
-    wait_for(lambda: rt.status(first).status.value == "succeeded" or None, 20,
-             "the first run to end (its hook now blocks the loop)")
-    t0 = time.monotonic()
-    with pytest.raises(TimeoutError):
-        rt.submit(b"stuck")
-    assert time.monotonic() - t0 < 10
-    release.set()
+    rt.wait(first, timeout=20)
+    # Every sync now stalls for 5 s, as a dying disk (or S1-1's deadlock) would:
+    # the loop thread cannot answer, so the caller must get its timeout.
+    failpoints.configure("journal.before_sync=delay:5000")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            rt.submit(b"stuck")
+        assert time.monotonic() - t0 < 4
+    finally:
+        failpoints.reset()
 
 
 @pytest.mark.timeout(60)
