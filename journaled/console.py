@@ -86,7 +86,10 @@ class Drain:
         self._said = 0
         self._closing = False
         self._ev = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Started here, not in the handler: starting a thread takes locks the
+        # interrupted main thread may hold.
+        self._thread = threading.Thread(target=self._say, daemon=True, name="journaled-drain")
+        self._thread.start()
 
     def notice(self, signum: int) -> None:
         """In the signal handler: note the signal and the steps running now."""
@@ -101,12 +104,6 @@ class Drain:
                 run = runs.get(head.run_id)
                 if run is not None:
                     self.heads[head.run_id] = (run.step, run.failures)
-        if self._thread is None:
-            import threading
-
-            self._thread = threading.Thread(target=self._say, daemon=True,
-                                            name="journaled-drain")
-            self._thread.start()
         self._ev.set()
 
     def _say(self) -> None:
@@ -135,12 +132,11 @@ class Drain:
 
     def finish(self) -> None:
         """After the loop ended: one summary line, if a signal started the stop."""
+        self._closing = True
+        self._ev.set()
+        self._thread.join(timeout=1)
         if not self.signals:
             return
-        if self._thread is not None:
-            self._closing = True
-            self._ev.set()
-            self._thread.join(timeout=1)
         runs = self.sup.state.runs
         done = 0
         for rid, (step, failures) in self.heads.items():
