@@ -884,6 +884,11 @@ class Supervisor:
                     pool.send(w, items, mono)
                 except OSError:
                     pass  # the worker is dying; its sentinel will say so next turn
+            if failpoints.ENABLED or _UNSAFE_DISPATCH_FIRST:
+                # Test runs only: "after dispatch" means the steps left this process.
+                for w, _items in self._dispatch:
+                    if w.sender is not None:
+                        w.sender.flush(1.0)
             self._dispatch = []
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.after_dispatch")

@@ -87,12 +87,27 @@ class Sender:
         self.conn = conn
         self.q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.broken = False
+        self._queued = 0  # messages put; ``flush`` waits until ``_sent`` catches up
+        self._sent = 0
+        self._done = threading.Condition()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
     def put(self, data: bytes) -> None:
         if not self.broken:
+            self._queued += 1
             self.q.put(data)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every message put so far has left for the pipe (or the peer died).
+
+        Only failpoint runs call it, so that a kill aimed "after dispatch" lands
+        after the bytes really left this process, as it did before sends moved
+        to this thread; the loop itself never waits on a worker.
+        """
+        target = self._queued
+        with self._done:
+            return self._done.wait_for(lambda: self._sent >= target or self.broken, timeout)
 
     def _run(self) -> None:
         while True:
@@ -103,7 +118,12 @@ class Sender:
                 self.conn.send_bytes(data)
             except (OSError, ValueError):
                 self.broken = True  # the worker is gone; its exit is seen by the loop
+                with self._done:
+                    self._done.notify_all()
                 return
+            with self._done:
+                self._sent += 1
+                self._done.notify_all()
 
     def close(self) -> None:
         """Stop the thread; a send stuck on a dead peer is cut by shutting the socket."""
