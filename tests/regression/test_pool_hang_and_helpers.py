@@ -116,17 +116,25 @@ def _quick_runs_succeed(state: Path, n: int, timeout: float = 30) -> None:
 @pytest.mark.parametrize("helper", ["forkserver", "resource_tracker"])
 def test_kill_9_of_a_pool_helper_then_a_worker_death_is_survived(tmp_path, helper):
     """Item 9: a killed forkserver made the next respawn raise and the supervisor exit."""
-    state, err = tmp_path / "state", tmp_path / "stderr"
+    state, err, mark = tmp_path / "state", tmp_path / "stderr", tmp_path / "running"
     sup = _start(state, err)
     try:
         _quick_runs_succeed(state, 3)
         hp = wait_for(lambda: _helper(sup.pid, helper), timeout=10, what=f"the {helper}")
         before = wait_for(lambda: len(_workers(sup.pid)) == 2 and _workers(sup.pid),
                           timeout=10, what="two workers")
+        long = Client(state).submit(b"", headers={"app": "sleep", "seconds": "1.5",
+                                                   "mark": str(mark)})
+        wait_for(mark.exists, timeout=20, what="the long step to start")
         os.kill(hp, signal.SIGKILL)
         wait_for(lambda: not pid_alive(hp), timeout=10, what=f"the {helper} to die")
         time.sleep(0.3)
         assert sup.poll() is None, err.read_text()
+        # The forkserver reports exit codes: its death must not pass for the
+        # death of every worker (the running step would be charged worker_died).
+        assert Client(state).wait(long, timeout=20).status.value == "succeeded"
+        assert [a.outcome for a in Client(state).history(long)] == ["completed"]
+        before = [p for p in before if pid_alive(p)]
         os.kill(before[0], signal.SIGKILL)
         # The replacement worker starts (through a new forkserver if need be) and serves.
         _quick_runs_succeed(state, 10)
