@@ -188,6 +188,7 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
     done: list[tuple[InFlight, WorkerResult]] = []
     busy = 0.0
     n_results = 0
+    head = w.outstanding[0] if w.outstanding else None
     while True:
         try:
             raw = w.conn.recv_bytes()
@@ -227,7 +228,10 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
             break
     if done:
         w.ever_ran = True
-        w.head_started = now
+        if not w.outstanding or w.outstanding[0] is not head:
+            # A new head starts now; steps revoked from behind it leave its clock
+            # (and so its step timeout) alone.
+            w.head_started = now
     if n_results:
         # Time inside steps, not wall time: waiting on our own fsync must
         # not make tiny steps look long and shrink their batches.
@@ -561,11 +565,11 @@ class Pool(WorkerChannels):
     def _unlink(self) -> None:
         buf, self.buf = getattr(self, "buf", None), None
         if buf is not None:
-            buf.release()
             try:
+                buf.release()
                 self._mm.close()
             except BufferError:
-                pass  # a CancelToken still points into it; the mapping dies with us
+                pass  # something still points into it; the mapping dies with us
             try:
                 os.unlink(self.block_path)
             except FileNotFoundError:
