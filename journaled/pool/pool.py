@@ -199,10 +199,9 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
             # keep what it sent; its sentinel reports the exit next turn.
             break
         batch = from_worker_dec.decode(raw)
-        t = type(batch)
-        if t is MemoPutMsg:
+        if isinstance(batch, MemoPutMsg):
             w.memo_puts.append(batch)
-        elif t is Revoked:
+        elif isinstance(batch, Revoked):
             w.revoking.clear()
             for seq in batch.seqs:
                 item = next((i for i in w.outstanding if i.seq == seq), None)
@@ -444,7 +443,7 @@ class Pool(WorkerChannels):
         try:
             # A pidfd sees the exit of a grandchild even when the forkserver that
             # reports exit codes is dead (its status pipe would say "dead" at once).
-            w.pidfd = os.pidfd_open(proc.pid)
+            w.pidfd = os.pidfd_open(proc.pid) if proc.pid is not None else -1
         except (AttributeError, OSError):
             w.pidfd = -1
 
