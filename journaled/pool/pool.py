@@ -50,6 +50,7 @@ from .wire import (
     DispatchBatch,
     MemoAck,
     MemoPutMsg,
+    Ready,
     Revoke,
     Revoked,
     Stop,
@@ -189,18 +190,22 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
     busy = 0.0
     n_results = 0
     head = w.outstanding[0] if w.outstanding else None
+    got = False  # any message at all this call
     while True:
         try:
             raw = w.conn.recv_bytes()
         except EOFError:
-            if not done and not w.memo_puts:
+            if not done and not w.memo_puts and not got:
                 raise
             # It exited right after its last batch (as a stopped worker does):
             # keep what it sent; its sentinel reports the exit next turn.
             break
+        got = True
         batch = from_worker_dec.decode(raw)
         if isinstance(batch, MemoPutMsg):
             w.memo_puts.append(batch)
+        elif isinstance(batch, Ready):
+            w.ever_ran = True  # past start-up: its runner imported
         elif isinstance(batch, Revoked):
             w.revoking.clear()
             for seq in batch.seqs:
