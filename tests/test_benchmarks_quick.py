@@ -28,6 +28,8 @@ EXPECTED: dict[str, tuple[set[str], tuple[str, str] | None]] = {
                            "after_return_p99_ms", "call_p99_ms", "not_cancelled"}, None),
     "submit_latency.py": ({"path", "n", "target", "p50_ms", "p99_ms", "max_ms", "call_p50_ms",
                            "call_p99_ms"}, None),
+    "payload_sweep.py": ({"payload_bytes", "steps", "journaled_steps_per_s", "journaled_mb_per_s",
+                          "pool_steps_per_s", "pool_mb_per_s", "ratio"}, None),
     "soak.py": ({"kind", "runs", "seconds", "rss_mb", "worker_rss_mb", "journal_mb",
                  "runs_in_memory", "compactions"}, ("kind", "sample")),
 }

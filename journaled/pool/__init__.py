@@ -26,6 +26,7 @@ from .wire import (
     FromWorker,
     MemoAck,
     MemoPutMsg,
+    Ready,
     ResultBatch,
     Revoke,
     Revoked,
@@ -44,7 +45,7 @@ _from_worker_dec = from_worker_dec
 
 __all__ = [
     "BATCH_BYTES", "DEPTH_BYTES", "CancelQueued", "Dispatch", "DispatchBatch", "Feeder",
-    "FromWorker", "InFlight", "MemoAck", "MemoPutMsg", "Pool", "ResultBatch", "Revoke",
+    "FromWorker", "InFlight", "MemoAck", "MemoPutMsg", "Pool", "Ready", "ResultBatch", "Revoke",
     "Revoked", "Sender", "Stop", "ToWorker", "Worker", "WorkerChannels", "fault_tail",
     "from_worker_dec", "load_import_string", "read_results", "resolve_runner", "run_one",
     "to_result", "to_worker_dec", "to_worker_enc", "worker_main",

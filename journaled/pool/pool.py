@@ -50,6 +50,7 @@ from .wire import (
     DispatchBatch,
     MemoAck,
     MemoPutMsg,
+    Ready,
     Revoke,
     Revoked,
     Stop,
@@ -208,20 +209,24 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
     done: list[tuple[InFlight, WorkerResult]] = []
     busy = 0.0
     n_results = 0
+    head = w.outstanding[0] if w.outstanding else None
+    got = False  # any message at all this call
     while True:
         try:
             raw = w.conn.recv_bytes()
         except EOFError:
-            if not done and not w.memo_puts:
+            if not done and not w.memo_puts and not got:
                 raise
             # It exited right after its last batch (as a stopped worker does):
             # keep what it sent; its sentinel reports the exit next turn.
             break
+        got = True
         batch = from_worker_dec.decode(raw)
-        t = type(batch)
-        if t is MemoPutMsg:
+        if isinstance(batch, MemoPutMsg):
             w.memo_puts.append(batch)
-        elif t is Revoked:
+        elif isinstance(batch, Ready):
+            w.ever_ran = True  # past start-up: its runner imported
+        elif isinstance(batch, Revoked):
             w.revoking.clear()
             for seq in batch.seqs:
                 item = next((i for i in w.outstanding if i.seq == seq), None)
@@ -247,7 +252,10 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
             break
     if done:
         w.ever_ran = True
-        w.head_started = now
+        if not w.outstanding or w.outstanding[0] is not head:
+            # A new head starts now; steps revoked from behind it leave its clock
+            # (and so its step timeout) alone.
+            w.head_started = now
     if n_results:
         # Time inside steps, not wall time: waiting on our own fsync must
         # not make tiny steps look long and shrink their batches.
@@ -460,7 +468,7 @@ class Pool(WorkerChannels):
         try:
             # A pidfd sees the exit of a grandchild even when the forkserver that
             # reports exit codes is dead (its status pipe would say "dead" at once).
-            w.pidfd = os.pidfd_open(proc.pid)
+            w.pidfd = os.pidfd_open(proc.pid) if proc.pid is not None else -1
         except (AttributeError, OSError):
             w.pidfd = -1
 
@@ -581,11 +589,11 @@ class Pool(WorkerChannels):
     def _unlink(self) -> None:
         buf, self.buf = getattr(self, "buf", None), None
         if buf is not None:
-            buf.release()
             try:
+                buf.release()
                 self._mm.close()
             except BufferError:
-                pass  # a CancelToken still points into it; the mapping dies with us
+                pass  # something still points into it; the mapping dies with us
             try:
                 os.unlink(self.block_path)
             except FileNotFoundError:

@@ -1,18 +1,35 @@
-"""Imported by the forkserver (as a preload module) to make it ignore SIGINT and SIGTERM.
+"""Imported by the forkserver (as a preload module) so a SIGTERM cannot take it down.
 
 A service manager signals the whole process group; the forkserver must
-survive that so the supervisor can drain its workers, and every worker it
-forks inherits the ignored dispositions (they survive exec too). The
-forkserver runs ``python -c 'from multiprocessing.forkserver import main; ...'``
-and imports its preload modules on its main thread, the only thread where
+survive that while the supervisor drains its workers. The forkserver runs
+``python -c 'from multiprocessing.forkserver import main; ...'`` and imports
+its preload modules on its main thread, the only thread where
 ``signal.signal`` works. Imported anywhere else this module does nothing.
+
+Not ``SIG_IGN``: that would be inherited by every process the forkserver
+forks, including other code's (``multiprocessing.Pool.terminate()`` relies
+on SIGTERM), so the handler ignores the signal only in the forkserver
+itself and, in a forked child, dies of it as by default. Our own workers
+set ``SIG_IGN`` first thing (``worker.quiet_signals``). SIGINT needs
+nothing: the forkserver ignores it by itself and restores it in children.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+from types import FrameType
+
+_PID = os.getpid()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() == _PID:
+        return  # the forkserver: the supervisor decides when it goes
+    signal.signal(signum, signal.SIG_DFL)  # a forked child: behave as by default
+    os.kill(os.getpid(), signum)
 
 
 def _in_forkserver() -> bool:
@@ -21,5 +38,4 @@ def _in_forkserver() -> bool:
 
 
 if _in_forkserver():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)

@@ -3,7 +3,7 @@
 ::
 
     supervisor -> worker   DispatchBatch  CancelQueued  Revoke  MemoAck  Stop
-    worker -> supervisor   ResultBatch    MemoPutMsg    Revoked
+    worker -> supervisor   ResultBatch    MemoPutMsg    Revoked  Ready
 
 Batches are capped in bytes as well as in count (``BATCH_BYTES``): a pipe
 never carries one giant message, and a single big item travels alone.
@@ -84,7 +84,11 @@ class Revoked(msgspec.Struct, frozen=True, array_like=True, tag="k"):
     seqs: list[int]
 
 
-FromWorker = Union[ResultBatch, MemoPutMsg, Revoked]
+class Ready(msgspec.Struct, frozen=True, array_like=True, tag="y"):
+    """The worker imported its runner and waits for steps: it got past start-up."""
+
+
+FromWorker = Union[ResultBatch, MemoPutMsg, Revoked, Ready]
 
 to_worker_enc = msgspec.msgpack.Encoder()
 to_worker_dec = msgspec.msgpack.Decoder(ToWorker)

@@ -57,6 +57,7 @@ from .wire import (
     DispatchBatch,
     MemoAck,
     MemoPutMsg,
+    Ready,
     ResultBatch,
     Revoke,
     Revoked,
@@ -363,6 +364,8 @@ class WorkerLoop:
     # --------------------------------------------------------- main thread
 
     def run(self) -> None:
+        with self.cv:
+            self._control(Ready())  # runner imported: later deaths are not start-up failures
         threading.Thread(target=self.read_forever, daemon=True, name="journaled-reader").start()
         sender = threading.Thread(target=self.send_forever, daemon=True,
                                   name="journaled-sender")

@@ -146,3 +146,20 @@ def test_runtime_used_from_a_non_main_thread_still_spares_workers_from_sigterm(t
         assert [a.outcome for a in rt.history(rid)] == ["completed"]
     finally:
         rt.close(drain=False)
+
+
+def _echo(x: int) -> int:
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_other_forkserver_children_still_die_of_sigterm_after_a_runtime_started(runtime):
+    """The forkserver's SIGTERM immunity must not leak into other code's processes:
+    ``multiprocessing.Pool.terminate()`` (SIGTERM to its workers) hung when it did."""
+    import multiprocessing
+
+    rt = runtime(pool_apps.runner, workers=1)
+    rt.wait(rt.submit(b"x"), timeout=20)
+    with multiprocessing.get_context("forkserver").Pool(1) as mp:
+        assert mp.map(_echo, [1, 2]) == [1, 2]
+    # Leaving the block terminated the pool's worker; reaching here is the test.

@@ -116,17 +116,25 @@ def _quick_runs_succeed(state: Path, n: int, timeout: float = 30) -> None:
 @pytest.mark.parametrize("helper", ["forkserver", "resource_tracker"])
 def test_kill_9_of_a_pool_helper_then_a_worker_death_is_survived(tmp_path, helper):
     """Item 9: a killed forkserver made the next respawn raise and the supervisor exit."""
-    state, err = tmp_path / "state", tmp_path / "stderr"
+    state, err, mark = tmp_path / "state", tmp_path / "stderr", tmp_path / "running"
     sup = _start(state, err)
     try:
         _quick_runs_succeed(state, 3)
         hp = wait_for(lambda: _helper(sup.pid, helper), timeout=10, what=f"the {helper}")
         before = wait_for(lambda: len(_workers(sup.pid)) == 2 and _workers(sup.pid),
                           timeout=10, what="two workers")
+        long = Client(state).submit(b"", headers={"app": "sleep", "seconds": "1.5",
+                                                   "mark": str(mark)})
+        wait_for(mark.exists, timeout=20, what="the long step to start")
         os.kill(hp, signal.SIGKILL)
         wait_for(lambda: not pid_alive(hp), timeout=10, what=f"the {helper} to die")
         time.sleep(0.3)
         assert sup.poll() is None, err.read_text()
+        # The forkserver reports exit codes: its death must not pass for the
+        # death of every worker (the running step would be charged worker_died).
+        assert Client(state).wait(long, timeout=20).status.value == "succeeded"
+        assert [a.outcome for a in Client(state).history(long)] == ["completed"]
+        before = [p for p in before if pid_alive(p)]
         os.kill(before[0], signal.SIGKILL)
         # The replacement worker starts (through a new forkserver if need be) and serves.
         _quick_runs_succeed(state, 10)
@@ -197,3 +205,63 @@ def test_restart_after_kill_9_of_the_supervisor_prints_no_traceback_or_leak(tmp_
     bad = [ln for ln in err.read_text().splitlines()
            if any(w in ln for w in ("Traceback", "KeyError", "leaked"))]
     assert not bad, err.read_text()
+
+
+def _session_helpers(sup: int) -> list[tuple[str, int]]:
+    """(kind, pid) of the supervisor's live helpers: forkserver, resource tracker, workers
+    (a worker whose forkserver died is reparented, so look by session, not by parent)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                st = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        pid, ppid, sid = int(entry), int(st[1]), int(st[3])
+        if sid != sup or pid == sup or st[0] == "Z":
+            continue
+        cl = _cmdline(pid)
+        if "resource_tracker" in cl:
+            found.append(("tracker", pid))
+        elif "forkserver" in cl:
+            found.append(("forkserver" if ppid == sup else "worker", pid))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_torture_random_kill_9_of_forkserver_tracker_and_workers_with_64k_payloads(tmp_path):
+    """Item 9 torture: 200 kills of helpers never make the supervisor exit or lose a run."""
+    import random
+
+    state, err = tmp_path / "state", tmp_path / "stderr"
+    rng = random.Random(1)
+    c = Client(state)
+    ids = [c.submit(b"", headers={"app": "payload", "size": "65536", "steps": "40"})
+           for _ in range(60)]
+    sup = _start(state, err, "--max-attempts", "1000")
+    kills: dict[str, int] = {}
+    try:
+        time.sleep(1.0)
+        for _ in range(200):
+            cands = _session_helpers(sup.pid)
+            if cands:
+                what, pid = rng.choice(cands)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills[what] = kills.get(what, 0) + 1
+                except ProcessLookupError:
+                    pass
+            time.sleep(rng.uniform(0.05, 0.4))
+            assert sup.poll() is None, err.read_text()
+        for rid in ids:
+            assert Client(state).wait(rid, timeout=120).status.value == "succeeded"
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=60) == 0, err.read_text()
+    finally:
+        _stop(sup)
+    assert set(kills) == {"tracker", "forkserver", "worker"}, kills
+    text = err.read_text()
+    assert "Traceback" not in text and "leak" not in text, text
