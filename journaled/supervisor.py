@@ -743,7 +743,8 @@ class Supervisor:
         pool = self.pool
         assert pool is not None
         state = self.state
-        if not state.has_ready() and (state.next_due() or now + 1) > now:
+        due = state.next_due()
+        if not state.has_ready() and (due is None or due > now):
             if not self._steal(mono):
                 return
         recs = self._recs
