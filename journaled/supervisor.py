@@ -149,7 +149,8 @@ class Supervisor:
         self.compaction_failures = 0
         self._snapshot_bytes = 0  # size of the last snapshot written: the next trigger is 2x
         self._compact_after = 0.0  # monotonic: no automatic retry of a failed compaction before
-        self._retention_due = time.monotonic() + RETENTION_CHECK
+        self.retention_check = RETENTION_CHECK  # seconds between retention checks
+        self._retention_checked = time.monotonic()
         self._kill_seq: dict[int, int] = {}  # slot -> the step whose own deadline killed it
         self._respawn_at: dict[int, float] = {}  # slot -> monotonic respawn time (back-off)
         self._respawn_delay = 0.0
@@ -443,8 +444,8 @@ class Supervisor:
             self._next_size_check = self.journal.bytes_written + (4 << 20)
             if self.journal.size_bytes > max(self.compact_bytes, 2 * self._snapshot_bytes):
                 return True
-        if mono >= self._retention_due:
-            self._retention_due = mono + RETENTION_CHECK
+        if mono >= self._retention_checked + self.retention_check:
+            self._retention_checked = mono
             return self.state.expired(time.time(), self.retention, self.on_terminal is not None)
         return False
 
@@ -717,7 +718,7 @@ class Supervisor:
         if self.state.in_flight:  # keep the live view's progress fresh
             times.append(self._status_due)
         times.extend(self._respawn_at.values())
-        times.append(self._retention_due)
+        times.append(self._retention_checked + self.retention_check)
         if not times:
             return None
         return min(max(0.0, min(times) - mono) + 0.0005, 5.0)
