@@ -206,8 +206,7 @@ class Supervisor:
         now = time.time()
         live = sum(1 for r in state.runs.values() if not r.terminal)
         self.recovered_runs = live
-        recs = state.recover(now, os.getpid(), self.import_string,
-                             hooks=self.on_terminal is not None)
+        recs = state.recover(now, os.getpid(), self.import_string)
         self.outcomes.update(r.run_id for r in state.runs.values() if r.terminal)
         self._write(recs)
         self._after_commit(recs)
