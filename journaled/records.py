@@ -127,7 +127,6 @@ class Recovered(Record, tag="rec"):
     at: float
     pid: int = 0
     app: str = ""  # the runner's import string, for 'journaled step'
-    hooks: bool = False  # this supervisor has an on_terminal hook (compaction keeps what it owes)
 
 
 class SignalSent(Record, tag="sig"):

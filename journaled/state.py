@@ -16,7 +16,6 @@ from typing import Callable, Iterable
 
 import msgspec
 
-from .api import Attempt, RunOutcome, RunStatus
 from .errors import RunConflict, RunNotFound, RunNotLive
 from .limits import SNAPSHOT_PART
 from .records import (
@@ -37,11 +36,22 @@ from .records import (
     Terminated,
     encode,
 )
+from .run import (  # noqa: F401 - re-exported: callers import these from here
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    WAITING,
+    Run,
+    attempts_of,
+    outcome_of,
+    run_from_snapshot,
+    run_to_snapshot,
+)
 
-PENDING, RUNNING, WAITING = "pending", "running", "waiting"
 _FAILED_AS = {"timeout": "timed_out", "worker_died": "worker_died", "error": "retried"}
-SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
 class Policy(msgspec.Struct, frozen=True):
@@ -82,65 +92,6 @@ def backoff(failures: int, policy: Policy, jitter: float) -> float:
     return base * (0.5 + 0.5 * jitter)
 
 
-class Run:
-    """Everything known about one run; mutated only by ``State.apply``."""
-
-    __slots__ = (
-        "run_id", "input", "headers", "submitted_at", "priority", "max_attempts",
-        "step_timeout", "step", "payload", "attempt", "failures", "abandons", "due_at",
-        "status", "leased", "worker", "leased_at", "cancel_reason", "result", "error",
-        "finished_at", "hook_delivered", "dead", "traceback", "kind", "seq",
-        "wait_key", "signals", "woken", "used_keys", "memos", "history", "order",
-    )
-
-    def __init__(self, rec: Submitted, seq: int) -> None:
-        self.run_id = rec.run_id
-        self.input = rec.input
-        self.headers = rec.headers
-        self.submitted_at = rec.at
-        self.priority = rec.priority
-        self.max_attempts = rec.max_attempts
-        self.step_timeout = rec.step_timeout
-        self.step = 0
-        self.payload = rec.input
-        self.attempt = 0
-        self.failures = 0
-        self.abandons = 0
-        self.due_at = 0.0
-        self.status = PENDING
-        self.leased = False
-        self.worker = -1
-        self.leased_at = 0.0
-        self.cancel_reason: str | None = None
-        self.result: bytes | None = None
-        self.error: str | None = None
-        self.finished_at: float | None = None
-        self.hook_delivered = False
-        self.dead = False
-        self.traceback = ""
-        self.kind = ""
-        self.seq = seq
-        self.wait_key = ""  # parked on this signal key (or woken from it)
-        self.signals: dict[str, bytes] = {}  # buffered: sent before the run waited
-        self.woken: list | None = None  # [key, data, timed_out] for the next step
-        self.used_keys: list[str] = []
-        self.memos: dict[str, bytes] = {}  # of the current step
-        # One entry per delivery: [step, attempt, worker, started, finished, outcome,
-        # error, traceback]; lists, not Structs, because the fold fills them in later.
-        self.history: list[list] = []
-        self.order = 0  # submission order: the ready queue serves older runs first
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    @property
-    def steps(self) -> int:
-        """Steps run to completion (a step that ended the run by its verdict counts)."""
-        finished_by_verdict = self.status == SUCCEEDED or self.kind in ("fail", "cancel")
-        return self.step + 1 if finished_by_verdict else self.step
-
-
 class State:
     """All runs, the ready queue and the timers: the fold of the journal."""
 
@@ -161,7 +112,9 @@ class State:
         self._seq = 0
         self._order = 0
         self.last_at = 0.0  # latest time of a supervisor record folded so far
-        self.hooks_in_use = False  # the last supervisor (or snapshot) had an on_terminal hook
+        # A hook ran on this journal (a HookDelivered, or a snapshot that says so):
+        # an offline compaction, which has no hook to ask, keeps what is still owed.
+        self.hooks_in_use = False
         self.records_applied = 0
         self._apply: dict[type, Callable[[Record], None]] = {
             Submitted: self._submitted, Leased: self._leased, Released: self._released,
@@ -363,7 +316,6 @@ class State:
             self._attention.add(run.run_id)  # reconcile: cancelled, or abandoned too often?
             if run.cancel_reason is None:
                 self._make_ready(run)
-        self.hooks_in_use = rec.hooks
         self._saw(rec.at)
 
     def _redriven(self, rec: Redriven) -> None:
@@ -411,7 +363,7 @@ class State:
             self.last_at = rec.last_at
             self.hooks_in_use = rec.hooks
         for s in rec.runs:
-            run = _run_from_snapshot(s)
+            run = run_from_snapshot(s)
             self.runs[run.run_id] = run
             self._seq = max(self._seq, run.seq)
             self._order = max(self._order, run.order)
@@ -584,14 +536,9 @@ class State:
         recs = self._commit([CancelRequested(run_id, reason, now)])
         return recs + self.reconcile(now)
 
-    def recover(self, now: float, pid: int = 0, app: str = "", hooks: bool = False
-                ) -> list[Record]:
-        """A supervisor starts: abandon open leases, then settle what that leaves.
-
-        ``hooks``: it has an ``on_terminal`` hook, so until another supervisor
-        says otherwise compaction keeps every run whose hook is still owed.
-        """
-        return self._commit([Recovered(now, pid, app, hooks)]) + self.reconcile(now)
+    def recover(self, now: float, pid: int = 0, app: str = "") -> list[Record]:
+        """A supervisor starts: abandon open leases, then settle what that leaves."""
+        return self._commit([Recovered(now, pid, app)]) + self.reconcile(now)
 
     def reconcile(self, now: float) -> list[Record]:
         """Decide runs that need no worker: cancelled while idle, abandoned too often."""
@@ -631,8 +578,8 @@ class State:
 
         With ``hooks`` a terminal run whose hook is not yet delivered is kept
         whatever its age, so the hook still fires after a restart; ``None``
-        (an offline compaction, which cannot know) keeps them if the last
-        supervisor had a hook. Parts are cut near ``part_bytes`` encoded
+        (an offline compaction, which cannot know) keeps them if any hook
+        was ever delivered on this journal. Parts are cut near ``part_bytes`` encoded
         bytes (a record body is bounded, a run count is not); a run bigger
         than that gets a part of its own.
         """
@@ -646,7 +593,7 @@ class State:
             if (run.terminal and (run.hook_delivered or not hooks)
                     and (run.finished_at or 0) < cutoff):
                 continue
-            snap = _run_to_snapshot(run)
+            snap = run_to_snapshot(run)
             n = len(encode(snap))
             if part and size + n > part_bytes:
                 parts.append(Snapshot(now, part, len(parts), app=self.app, last_at=self.last_at,
@@ -684,41 +631,3 @@ class State:
             return False
         return all(r.terminal or (r.wait_key and r.woken is None and r.status == WAITING
                                   and not r.due_at) for r in self.runs.values())
-
-
-def _run_to_snapshot(r: Run) -> RunSnapshot:
-    return RunSnapshot(
-        r.run_id, r.input, r.submitted_at, r.headers, r.priority, r.max_attempts, r.step_timeout,
-        r.step, r.payload, r.attempt, r.failures, r.abandons, r.due_at, r.status,
-        r.cancel_reason, r.result, r.error, r.finished_at, r.hook_delivered, r.dead, r.traceback,
-        r.seq, r.leased, r.worker, r.leased_at, r.kind, r.wait_key, r.signals, r.woken,
-        r.used_keys, r.memos, r.history, r.order)
-
-
-def _run_from_snapshot(s: RunSnapshot) -> Run:
-    run = Run(Submitted(s.run_id, s.input, s.submitted_at, s.headers, s.priority,
-                        s.max_attempts, s.step_timeout), s.seq)
-    run.step, run.payload, run.attempt = s.step, s.payload, s.attempt
-    run.failures, run.abandons, run.due_at, run.status = s.failures, s.abandons, s.due_at, s.status
-    run.cancel_reason, run.result, run.error = s.cancel_reason, s.result, s.error
-    run.finished_at, run.hook_delivered, run.dead = s.finished_at, s.hook_delivered, s.dead
-    run.traceback, run.leased, run.worker = s.traceback, s.leased, s.worker
-    run.leased_at, run.kind = s.leased_at, s.kind
-    run.wait_key, run.signals, run.woken = s.wait_key, dict(s.signals), s.woken
-    run.used_keys, run.memos = list(s.used_keys), dict(s.memos)
-    run.history = [list(h) for h in s.history]
-    run.order = s.order
-    return run
-
-
-def outcome_of(run: Run) -> RunOutcome:
-    """The public view of a run; ``result``/``finished_at`` only once terminal."""
-    done = run.terminal
-    return RunOutcome(run.run_id, RunStatus(run.status), run.result if done else None,
-                      run.error, run.steps, run.submitted_at, run.finished_at if done else None)
-
-
-def attempts_of(run: Run) -> list[Attempt]:
-    """The run's attempt history in its public form."""
-    return [Attempt(h[0], h[1], h[2], h[3], h[4], h[5], h[6] or "", h[7] or "")
-            for h in run.history]

@@ -190,7 +190,8 @@ class Supervisor:
         self.compaction_failures = 0
         self._snapshot_bytes = 0  # size of the last snapshot written: the next trigger is 2x
         self._compact_after = 0.0  # monotonic: no automatic retry of a failed compaction before
-        self._retention_due = time.monotonic() + RETENTION_CHECK
+        self.retention_check = RETENTION_CHECK  # seconds between retention checks
+        self._retention_checked = time.monotonic()
         self._kill_seq: dict[int, int] = {}  # slot -> the step whose own deadline killed it
         self._respawn_at: dict[int, float] = {}  # slot -> monotonic respawn time (back-off)
         self._respawn_delay = 0.0
@@ -234,8 +235,7 @@ class Supervisor:
         now = time.time()
         live = sum(1 for r in state.runs.values() if not r.terminal)
         self.recovered_runs = live
-        recs = state.recover(now, os.getpid(), self.import_string,
-                             hooks=self.on_terminal is not None)
+        recs = state.recover(now, os.getpid(), self.import_string)
         self.outcomes.update(r.run_id for r in state.runs.values() if r.terminal)
         self._write(recs)
         self._after_commit(recs)
@@ -504,8 +504,8 @@ class Supervisor:
             self._next_size_check = self.journal.bytes_written + (4 << 20)
             if self.journal.size_bytes > max(self.compact_bytes, 2 * self._snapshot_bytes):
                 return True
-        if mono >= self._retention_due:
-            self._retention_due = mono + RETENTION_CHECK
+        if mono >= self._retention_checked + self.retention_check:
+            self._retention_checked = mono
             return self.state.expired(time.time(), self.retention, self.on_terminal is not None)
         return False
 
@@ -786,7 +786,7 @@ class Supervisor:
         # The live view, busy or idle: its age is how 'watch' tells a hung loop.
         times.append(self._status_due)
         times.extend(self._respawn_at.values())
-        times.append(self._retention_due)
+        times.append(self._retention_checked + self.retention_check)
         if not times:
             return None
         return min(max(0.0, min(times) - mono) + 0.0005, 5.0)
@@ -812,7 +812,8 @@ class Supervisor:
         pool = self.pool
         assert pool is not None
         state = self.state
-        if not state.has_ready() and (state.next_due() or now + 1) > now:
+        due = state.next_due()
+        if not state.has_ready() and (due is None or due > now):
             if not self._steal(mono):
                 return
         recs = self._recs

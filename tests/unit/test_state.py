@@ -1054,19 +1054,19 @@ def test_abandoned_attempt_ends_at_the_last_record_before_the_crash_not_the_rest
 @pytest.mark.timeout(10)
 def test_offline_snapshot_keeps_runs_whose_hook_is_owed_when_hooks_are_in_use():
     j = Journal()
-    j.submit("r")
-    j(j.st.recover(T0, hooks=True))
-    j.lease("r")
-    j.complete("r", SUCCEED)
+    for rid in ("hooked", "owed"):
+        j.submit(rid)
+        j.lease(rid)
+        j.complete(rid, SUCCEED)
+    j(j.st.hook_delivered("hooked"))
     offline = j.replay()  # 'journaled compact' folds the journal, knowing no hook
     kept = [r.run_id for p in offline.snapshot(T0 + 1e9, 1.0) for r in p.runs]
-    assert kept == ["r"], "the last supervisor had a hook: the owed hook must survive"
+    assert kept == ["owed"], "a hook ran on this journal: the owed hook must survive"
     again = restore(offline.snapshot(T0 + 1e9, 1.0), None)
-    assert [r.run_id for p in again.snapshot(T0 + 1e9, 1.0) for r in p.runs] == ["r"], \
+    assert [r.run_id for p in again.snapshot(T0 + 1e9, 1.0) for r in p.runs] == ["owed"], \
         "and the snapshot remembers that hooks were in use"
-    j(j.st.recover(T0 + 10, hooks=False))
-    assert [r.run_id for p in j.replay().snapshot(T0 + 1e9, 1.0) for r in p.runs] == [], \
-        "a supervisor without a hook owes none: retention drops it"
+    assert [r.run_id for p in j.replay().snapshot(T0 + 1e9, 1.0, hooks=False)
+            for r in p.runs] == [], "a supervisor without a hook owes none: retention drops it"
 
 
 @pytest.mark.timeout(10)

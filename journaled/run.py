@@ -1,0 +1,112 @@
+"""One run as the state machine holds it, and its snapshot and public forms.
+
+``State`` (``state.py``) is the only writer of a ``Run``: the fold mutates it
+in place. A snapshot copies it to a ``RunSnapshot`` record and back;
+``outcome_of``/``attempts_of`` give the public views.
+"""
+
+from __future__ import annotations
+
+from .api import Attempt, RunOutcome, RunStatus
+from .records import RunSnapshot, Submitted
+
+PENDING, RUNNING, WAITING = "pending", "running", "waiting"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+class Run:
+    """Everything known about one run; mutated only by ``State.apply``."""
+
+    __slots__ = (
+        "run_id", "input", "headers", "submitted_at", "priority", "max_attempts",
+        "step_timeout", "step", "payload", "attempt", "failures", "abandons", "due_at",
+        "status", "leased", "worker", "leased_at", "cancel_reason", "result", "error",
+        "finished_at", "hook_delivered", "dead", "traceback", "kind", "seq",
+        "wait_key", "signals", "woken", "used_keys", "memos", "history", "order",
+    )
+
+    def __init__(self, rec: Submitted, seq: int) -> None:
+        self.run_id = rec.run_id
+        self.input = rec.input
+        self.headers = rec.headers
+        self.submitted_at = rec.at
+        self.priority = rec.priority
+        self.max_attempts = rec.max_attempts
+        self.step_timeout = rec.step_timeout
+        self.step = 0
+        self.payload = rec.input
+        self.attempt = 0
+        self.failures = 0
+        self.abandons = 0
+        self.due_at = 0.0
+        self.status = PENDING
+        self.leased = False
+        self.worker = -1
+        self.leased_at = 0.0
+        self.cancel_reason: str | None = None
+        self.result: bytes | None = None
+        self.error: str | None = None
+        self.finished_at: float | None = None
+        self.hook_delivered = False
+        self.dead = False
+        self.traceback = ""
+        self.kind = ""
+        self.seq = seq
+        self.wait_key = ""  # parked on this signal key (or woken from it)
+        self.signals: dict[str, bytes] = {}  # buffered: sent before the run waited
+        self.woken: list | None = None  # [key, data, timed_out] for the next step
+        self.used_keys: list[str] = []
+        self.memos: dict[str, bytes] = {}  # of the current step
+        # One entry per delivery: [step, attempt, worker, started, finished, outcome,
+        # error, traceback]; lists, not Structs, because the fold fills them in later.
+        self.history: list[list] = []
+        self.order = 0  # submission order: the ready queue serves older runs first
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def steps(self) -> int:
+        """Steps run to completion (a step that ended the run by its verdict counts)."""
+        finished_by_verdict = self.status == SUCCEEDED or self.kind in ("fail", "cancel")
+        return self.step + 1 if finished_by_verdict else self.step
+
+
+def run_to_snapshot(r: Run) -> RunSnapshot:
+    return RunSnapshot(
+        r.run_id, r.input, r.submitted_at, r.headers, r.priority, r.max_attempts, r.step_timeout,
+        r.step, r.payload, r.attempt, r.failures, r.abandons, r.due_at, r.status,
+        r.cancel_reason, r.result, r.error, r.finished_at, r.hook_delivered, r.dead, r.traceback,
+        r.seq, r.leased, r.worker, r.leased_at, r.kind, r.wait_key, r.signals, r.woken,
+        r.used_keys, r.memos, r.history, r.order)
+
+
+def run_from_snapshot(s: RunSnapshot) -> Run:
+    run = Run(Submitted(s.run_id, s.input, s.submitted_at, s.headers, s.priority,
+                        s.max_attempts, s.step_timeout), s.seq)
+    run.step, run.payload, run.attempt = s.step, s.payload, s.attempt
+    run.failures, run.abandons, run.due_at, run.status = s.failures, s.abandons, s.due_at, s.status
+    run.cancel_reason, run.result, run.error = s.cancel_reason, s.result, s.error
+    run.finished_at, run.hook_delivered, run.dead = s.finished_at, s.hook_delivered, s.dead
+    run.traceback, run.leased, run.worker = s.traceback, s.leased, s.worker
+    run.leased_at, run.kind = s.leased_at, s.kind
+    run.wait_key, run.signals, run.woken = s.wait_key, dict(s.signals), s.woken
+    run.used_keys, run.memos = list(s.used_keys), dict(s.memos)
+    run.history = [list(h) for h in s.history]
+    run.order = s.order
+    return run
+
+
+def outcome_of(run: Run) -> RunOutcome:
+    """The public view of a run; ``result``/``finished_at`` only once terminal."""
+    done = run.terminal
+    return RunOutcome(run.run_id, RunStatus(run.status), run.result if done else None,
+                      run.error, run.steps, run.submitted_at, run.finished_at if done else None)
+
+
+def attempts_of(run: Run) -> list[Attempt]:
+    """The run's attempt history in its public form."""
+    return [Attempt(h[0], h[1], h[2], h[3], h[4], h[5], h[6] or "", h[7] or "")
+            for h in run.history]
