@@ -21,6 +21,7 @@ import base64
 import contextlib
 import functools
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -111,11 +112,86 @@ def _about_state(e: OSError, state: Path | None) -> bool:
     return where == home or home in where.parents or where in home.parents
 
 
-def state_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--state", "state", envvar="JOURNALED_STATE", default=DEFAULT_STATE,
-        show_default=True, type=click.Path(file_okay=False, path_type=Path),
-        help="State directory (journal, inbox, lock). Env: JOURNALED_STATE.")(fn)
+def state_problem(path: Path, must_exist: bool) -> str | None:
+    """What is wrong with ``path`` as a ``--state`` (one line), or None.
+
+    A command that only reads (``must_exist``) must never create a state
+    directory, so a missing one is a typo to report, not an empty state to show.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not must_exist:
+            return None  # the first submit or run creates it
+        return (f"no state directory {str(path)!r} (check --state or JOURNALED_STATE; "
+                "'journaled submit' or 'journaled run' creates one)")
+    except OSError as e:
+        return f"--state {str(path)!r}: {e.strerror or e}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"--state {str(path)!r} is a file, not a state directory"
+    return None
+
+
+class StateError(click.BadParameter):
+    """A ``--state`` that cannot be used; ``JournaledGroup`` prints it as one line."""
+
+
+class StateDir(click.ParamType):
+    """``--state``: a directory or nothing yet, never a regular file."""
+
+    name = "directory"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Path:
+        path = Path(value)
+        problem = state_problem(path, must_exist=False)
+        if problem is not None:
+            raise StateError(problem, ctx=ctx, param=param)
+        return path
+
+
+class JournaledGroup(click.Group):
+    """The root group: a bad ``--state`` is one line and exit 2, not click's usage text."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StateError as e:
+            fail(e.message)
+        except click.BadParameter as e:
+            # Commands defined elsewhere (watch, crashtest) take a click.Path --state.
+            if e.param is None or "--state" not in e.param.opts:
+                raise
+            fail(f"--state: {e.message}")
+
+
+def state_option(fn: Callable[..., Any] | None = None, *,
+                 must_exist: bool = False) -> Any:
+    """``--state DIR``; ``@state_option(must_exist=True)`` on a command that only reads
+    (or acts on a run that must already be there), so it never creates the directory:
+    a missing one is a one-line error (naming the run, if the command takes one)."""
+
+    def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        if must_exist:
+            f = _needs_state(f)
+        return click.option(
+            "--state", "state", envvar="JOURNALED_STATE", default=DEFAULT_STATE,
+            show_default=True, type=StateDir(), metavar="DIR",
+            help="State directory (journal, inbox, lock). Env: JOURNALED_STATE.")(f)
+
+    return add if fn is None else add(fn)
+
+
+def _needs_state(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        problem = state_problem(kwargs["state"], must_exist=True)
+        if problem is not None:
+            run_id = kwargs.get("run_id")
+            fail(problem if run_id is None else f"no run {run_id!r}: {problem}")
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -180,7 +256,8 @@ def _main() -> None:
 # Built by calls, not decorators, so its type is declared: the command modules
 # import ``main`` while this package is still being imported.
 main: click.Group = click.group(
-    "main", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    "main", cls=JournaledGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )(click.version_option(__version__, prog_name="journaled")(_main))
 
 

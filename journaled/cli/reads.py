@@ -1,7 +1,8 @@
 """The commands that only look: ``status``, ``runs``, ``result``, ``wait``, ``dead``.
 
 They read the journal up to its synced mark and the inbox through a ``Client``,
-take no lock and write nothing.
+take no lock and write nothing: a missing state directory is an error, never
+created.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from . import (
 @main.command()
 @click.argument("run_id")
 @json_option
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def status(run_id: str, as_json: bool, state: Path) -> None:
     """Show where RUN_ID is: status, steps, result or error."""
@@ -78,7 +79,7 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
     ["pending", "running", "waiting", "succeeded", "failed", "cancelled"]),
     help="Only runs with this status.")
 @json_option
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def runs(status_: str | None, as_json: bool, state: Path) -> None:
     """List runs, oldest first.
@@ -103,7 +104,7 @@ def runs(status_: str | None, as_json: bool, state: Path) -> None:
 
 @main.command()
 @click.argument("run_id")
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def result(run_id: str, state: Path) -> None:
     """Write RUN_ID's result bytes to stdout (exit 1 if it failed or is not done)."""
@@ -125,7 +126,7 @@ def result(run_id: str, state: Path) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Give up after this many seconds (exit 3).")
 @json_option
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def wait(run_id: str, timeout: float | None, as_json: bool, state: Path) -> None:
     """Block until RUN_ID ends. Exit 0 succeeded, 1 failed, 2 cancelled, 3 timeout."""
@@ -141,7 +142,7 @@ def wait(run_id: str, timeout: float | None, as_json: bool, state: Path) -> None
 
 @main.command()
 @json_option
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def dead(as_json: bool, state: Path) -> None:
     """List dead-lettered steps: retries exhausted, permanent errors, poison pills."""

@@ -19,7 +19,7 @@ from . import fail, handles_errors, json_option, main, state_option
 @click.argument("step_number", type=click.IntRange(min=0))
 @click.option("--app", help="module:function to run (default: the one the supervisor recorded).")
 @click.option("--pdb", "use_pdb", is_flag=True, help="Drop into the debugger on an exception.")
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def step_cmd(run_id: str, step_number: int, app: str | None, use_pdb: bool, state: Path) -> None:
     """Re-run one recorded step here, with its recorded payload, headers and attempt.
@@ -36,7 +36,7 @@ def step_cmd(run_id: str, step_number: int, app: str | None, use_pdb: bool, stat
 
 @main.command()
 @json_option
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def verify(as_json: bool, state: Path) -> None:
     """Check the journal: headers, frames, CRCs, and the state machine's invariants.
@@ -78,7 +78,7 @@ def verify(as_json: bool, state: Path) -> None:
 
 @main.command()
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def repair(yes: bool, state: Path) -> None:
     """Cut a torn or damaged journal back to its last whole record (a backup is kept).
@@ -115,7 +115,7 @@ def repair(yes: bool, state: Path) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing records as they are written.")
 @click.option("--run", "run_id", help="Only records of this run.")
 @json_option
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def log(follow: bool, run_id: str | None, as_json: bool, state: Path) -> None:
     """Print the journal's records, one per line (JSON lines with --json)."""
@@ -147,7 +147,7 @@ def log(follow: bool, run_id: str | None, as_json: bool, state: Path) -> None:
 @main.command()
 @click.option("--retention", type=click.FloatRange(min=0), default=7 * 86400.0,
               show_default=True, help="Seconds to keep finished runs.")
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def compact(retention: float, state: Path) -> None:
     """Snapshot live state into a new segment and drop old segments and expired runs.

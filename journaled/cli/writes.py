@@ -1,7 +1,8 @@
 """The commands that ask for something: ``submit``, ``cancel``, ``retry``, ``signal``.
 
 Each posts one durable inbox message (the supervisor acts on it, running or
-not yet started); only ``submit`` may create a state directory.
+not yet started). Only ``submit`` may create a state directory: the others act
+on a run that is already there, so a missing directory is a typo.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
 @click.argument("run_id")
 @click.option("--reason", default="cancelled by user", show_default=True)
 @json_option
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def cancel(run_id: str, reason: str, as_json: bool, state: Path) -> None:
     """Cancel RUN_ID: its running step sees its token set, then is killed after a grace."""
@@ -107,7 +108,7 @@ def cancel(run_id: str, reason: str, as_json: bool, state: Path) -> None:
 
 @main.command()
 @click.argument("run_id")
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def retry(run_id: str, state: Path) -> None:
     """Redrive RUN_ID's dead-lettered step as a new series of attempts."""
@@ -120,7 +121,7 @@ def retry(run_id: str, state: Path) -> None:
 @click.argument("key")
 @click.argument("data", required=False, default="")
 @click.option("--data-file", type=click.File("rb"), help="Read the data bytes from a file.")
-@state_option
+@state_option(must_exist=True)
 @handles_errors
 def signal_cmd(run_id: str, key: str, data: str, data_file: Any, state: Path) -> None:
     """Send DATA to RUN_ID's ContinueOnSignal(key=KEY) wait (kept until it waits)."""
