@@ -132,7 +132,8 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     gc.freeze()
     counts = sup.state.status_counts()
     click.echo(
-        f"journaled {__version__}: supervising {app} with {workers} workers on {state} "
+        f"journaled {__version__}: supervising {app} with {workers} "
+        f"worker{'s' if workers != 1 else ''} on {state} "
         f"(journal {sup.journal.size_bytes / 1e6:.1f} MB, {len(sup.state.runs)} runs known, "
         f"{sup.recovered_runs} resumed, {counts['pending']} pending)", err=True)
     ticker = None
