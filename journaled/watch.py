@@ -433,8 +433,13 @@ def watch(interval: float, once: bool, as_json: bool, state: Path) -> None:
     'journaled run'. Quit with q or Ctrl-C. With stdout not a terminal it prints
     one summary line per refresh instead of redrawing the screen.
     """
+    from .cli import state_problem
     from .errors import JournaledError
 
+    problem = state_problem(state, must_exist=True)
+    if problem is not None:
+        # Said, not fatal: a watch is often started before 'journaled run' creates it.
+        click.echo(f"journaled: warning: {problem}", err=True)
     try:
         collector = Collector(state)
         if as_json:

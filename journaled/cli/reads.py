@@ -1,0 +1,162 @@
+"""The commands that only look: ``status``, ``runs``, ``result``, ``wait``, ``dead``.
+
+They read the journal up to its synced mark and the inbox through a ``Client``,
+take no lock and write nothing: a missing state directory is an error, never
+created.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import msgspec
+
+from . import (
+    _client,
+    _short,
+    _when,
+    fail,
+    handles_errors,
+    json_option,
+    main,
+    outcome_json,
+    state_option,
+    user_input,
+)
+
+
+@main.command()
+@click.argument("run_id")
+@json_option
+@state_option(must_exist=True)
+@handles_errors
+def status(run_id: str, as_json: bool, state: Path) -> None:
+    """Show where RUN_ID is: status, steps, result or error."""
+    client = _client(state)
+    out = client.status(run_id)
+    if as_json:
+        data = outcome_json(out)
+        run = client.state.runs.get(run_id)
+        if run is not None:
+            data.update(step=run.step, attempt=run.attempt, failures=run.failures,
+                        dead=run.dead, traceback=run.traceback or None,
+                        history=[msgspec.structs.asdict(a) for a in client.history(run_id)])
+        click.echo(json.dumps(data))
+        return
+    click.echo(f"run {out.run_id}: {out.status.value}")
+    click.echo(f"  steps:     {out.steps}")
+    click.echo(f"  submitted: {_when(out.submitted_at)}")
+    if out.finished_at:
+        click.echo(f"  finished:  {_when(out.finished_at)}")
+    run = client.state.runs.get(run_id)
+    if run is not None and run.wait_key and run.woken is None and out.status.value == "waiting":
+        until = f", times out {_when(run.due_at)}" if run.due_at else ", no timeout"
+        click.echo(f"  parked:    on signal {run.wait_key!r}{until}; send it with "
+                   f"'journaled signal {run_id} {run.wait_key} DATA'")
+    if out.result is not None:
+        click.echo(f"  result:    {_short(out.result, 200)}")
+    if out.error:
+        click.echo(f"  error:     {out.error}")
+    if run is not None and run.traceback:
+        click.echo("  traceback (from the runner):")
+        for line in run.traceback.rstrip().splitlines():
+            click.echo(f"    {line}")
+    hist = client.history(run_id)
+    if hist:
+        click.echo("  attempts:")
+        for a in hist:
+            took = f"{(a.finished_at - a.started_at) * 1000:.0f} ms" if a.finished_at else "…"
+            err = f"  {a.error}" if a.error else ""
+            click.echo(f"    step {a.step} attempt {a.attempt} on worker {a.worker}: "
+                       f"{a.outcome} ({took}){err}")
+
+
+@main.command()
+@click.option("--status", "status_", type=click.Choice(
+    ["pending", "running", "waiting", "succeeded", "failed", "cancelled"]),
+    help="Only runs with this status.")
+@json_option
+@state_option(must_exist=True)
+@handles_errors
+def runs(status_: str | None, as_json: bool, state: Path) -> None:
+    """List runs, oldest first.
+
+    Results show as text when they are printable UTF-8, else as ``<N bytes: hex…>``;
+    with --json each run has ``result`` (the UTF-8 text, or null) and ``result_b64``.
+    """
+    outs = _client(state).runs(status_)
+    if as_json:
+        click.echo(json.dumps([outcome_json(o) for o in outs]))
+        return
+    if not outs:
+        click.echo("no runs" + (f" with status {status_}" if status_ else ""))
+        return
+    w = max(len(o.run_id) for o in outs)
+    click.echo(f"{'RUN':<{w}}  {'STATUS':<9}  {'STEPS':>5}  {'SUBMITTED':<19}  RESULT / ERROR")
+    for o in outs:
+        tail = _short(o.result) if o.result is not None else (o.error or "")
+        click.echo(f"{o.run_id:<{w}}  {o.status.value:<9}  {o.steps:>5}  "
+                   f"{_when(o.submitted_at):<19}  {tail}")
+
+
+@main.command()
+@click.argument("run_id")
+@state_option(must_exist=True)
+@handles_errors
+def result(run_id: str, state: Path) -> None:
+    """Write RUN_ID's result bytes to stdout (exit 1 if it failed or is not done)."""
+    out = _client(state).status(run_id)
+    if out.status.value == "succeeded":
+        sys.stdout.buffer.write(out.result or b"")
+        if sys.stdout.isatty():
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+        return
+    if out.status.terminal:
+        fail(f"run {run_id} {out.status.value}: {out.error}", 1)
+    fail(f"run {run_id} is {out.status.value}, no result yet; "
+         f"'journaled wait {run_id}' blocks until it ends", 1)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Give up after this many seconds (exit 3).")
+@json_option
+@state_option(must_exist=True)
+@handles_errors
+def wait(run_id: str, timeout: float | None, as_json: bool, state: Path) -> None:
+    """Block until RUN_ID ends. Exit 0 succeeded, 1 failed, 2 cancelled, 3 timeout."""
+    with user_input():
+        out = _client(state).wait(run_id, timeout)
+    if as_json:
+        click.echo(json.dumps(outcome_json(out)))
+    else:
+        extra = _short(out.result, 200) if out.result is not None else (out.error or "")
+        click.echo(f"{out.run_id} {out.status.value} {extra}".rstrip())
+    sys.exit({"succeeded": 0, "failed": 1, "cancelled": 2}[out.status.value])
+
+
+@main.command()
+@json_option
+@state_option(must_exist=True)
+@handles_errors
+def dead(as_json: bool, state: Path) -> None:
+    """List dead-lettered steps: retries exhausted, permanent errors, poison pills."""
+    runs_ = _client(state).dead()
+    if as_json:
+        click.echo(json.dumps([{"run_id": r.run_id, "step": r.step, "attempts": r.attempt,
+                                "kind": r.kind, "error": r.error, "traceback": r.traceback,
+                                "finished_at": r.finished_at} for r in runs_]))
+        return
+    if not runs_:
+        click.echo("no dead-lettered steps")
+        return
+    for r in runs_:
+        click.echo(f"{r.run_id} step {r.step} ({r.attempt} attempts, {r.kind}): {r.error}")
+        if r.traceback:
+            for line in r.traceback.rstrip().splitlines():
+                click.echo(f"    {line}")

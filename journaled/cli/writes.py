@@ -1,0 +1,131 @@
+"""The commands that ask for something: ``submit``, ``cancel``, ``retry``, ``signal``.
+
+Each posts one durable inbox message (the supervisor acts on it, running or
+not yet started). Only ``submit`` may create a state directory: the others act
+on a run that is already there, so a missing directory is a typo.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import _client, fail, handles_errors, json_option, main, state_option, user_input
+
+
+def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            fail(f"bad header {p!r}: use -H key=value")
+        out[k] = v
+    return out
+
+
+@main.command()
+@click.argument("input", required=False)
+@click.option("--run-id", help="Your own id (1-128 of A-Z a-z 0-9 . _ : -); idempotent.")
+@click.option("-H", "--header", "headers", multiple=True, metavar="KEY=VALUE",
+              help="Metadata every step sees in step.headers (repeatable).")
+@click.option("--input-file", type=click.File("rb"), help="Read the input bytes from a file.")
+@click.option("--each-line", type=click.File("rb"),
+              help="Submit one run per non-empty line of this file ('-': stdin), one fsync.")
+@click.option("--priority", type=int, default=0, help="Higher runs first.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=None,
+              help="Override the supervisor's --max-attempts for this run.")
+@click.option("--step-timeout", type=click.FloatRange(min=0), default=None,
+              help="Override the supervisor's --step-timeout for this run.")
+@json_option
+@state_option
+@handles_errors
+def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], input_file: Any,
+           each_line: Any, priority: int, max_attempts: int | None,
+           step_timeout: float | None, as_json: bool, state: Path) -> None:
+    """Submit a run with INPUT (text; '-' reads stdin); prints its run id.
+
+    The submission is durable when this returns, whether or not a supervisor
+    is running; one that is not yet running picks it up when it starts.
+    """
+    given = sum(x is not None for x in (input, input_file, each_line))
+    if given > 1:
+        fail("give the input once: INPUT, --input-file or --each-line")
+    opts: dict[str, Any] = dict(priority=priority, max_attempts=max_attempts or 0,
+                                step_timeout=step_timeout or 0.0)
+    hdrs = _parse_headers(headers)
+    client = _client(state)
+    with user_input():
+        if each_line is not None:
+            if run_id:
+                fail("--run-id cannot be used with --each-line (each run gets its own id)")
+            lines = [ln.rstrip(b"\r\n") for ln in each_line.read().splitlines()]
+            ids = client.submit_many([ln for ln in lines if ln.strip()], hdrs, **opts)
+        else:
+            if input == "-":
+                data = sys.stdin.buffer.read()
+            elif input_file is not None:
+                data = input_file.read()
+            else:
+                data = (input or "").encode()
+            ids = [client.submit(data, hdrs, run_id, **opts)]
+    if as_json:
+        click.echo(json.dumps({"run_ids": ids}))
+    else:
+        for rid in ids:
+            click.echo(rid)
+    if ids and client.never_served():
+        click.echo(f"journaled: queued in {state / 'inbox'}; no supervisor has run on this "
+                   "state directory yet: start one with 'journaled run app:runner'", err=True)
+
+
+# ------------------------------------------------------------------ queries
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default="cancelled by user", show_default=True)
+@json_option
+@state_option(must_exist=True)
+@handles_errors
+def cancel(run_id: str, reason: str, as_json: bool, state: Path) -> None:
+    """Cancel RUN_ID: its running step sees its token set, then is killed after a grace."""
+    with user_input():
+        out = _client(state).cancel(run_id, reason)
+    lost = out.status.terminal
+    if as_json:
+        click.echo(json.dumps({"run_id": run_id, "requested": not lost,
+                               "status": out.status.value}))
+    elif lost:
+        click.echo(f"run {run_id} already {out.status.value}; the cancel came too late")
+    else:
+        click.echo(f"cancel requested for run {run_id} (was {out.status.value})")
+
+
+
+@main.command()
+@click.argument("run_id")
+@state_option(must_exist=True)
+@handles_errors
+def retry(run_id: str, state: Path) -> None:
+    """Redrive RUN_ID's dead-lettered step as a new series of attempts."""
+    _client(state).retry(run_id)
+    click.echo(f"redrive of run {run_id} queued; the supervisor picks it up")
+
+
+@main.command("signal")
+@click.argument("run_id")
+@click.argument("key")
+@click.argument("data", required=False, default="")
+@click.option("--data-file", type=click.File("rb"), help="Read the data bytes from a file.")
+@state_option(must_exist=True)
+@handles_errors
+def signal_cmd(run_id: str, key: str, data: str, data_file: Any, state: Path) -> None:
+    """Send DATA to RUN_ID's ContinueOnSignal(key=KEY) wait (kept until it waits)."""
+    raw = data_file.read() if data_file is not None else data.encode()
+    with user_input():
+        _client(state).signal(run_id, key, raw)
+    click.echo(f"signal {key!r} sent to run {run_id}")
