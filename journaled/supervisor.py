@@ -705,6 +705,8 @@ class Supervisor:
         """
         pool = self.pool
         assert pool is not None
+        if self._stopping:
+            return  # a worker told to stop exits; no verdict on the runner, no respawn
         if w.ever_ran or running or reason:
             self._startup_deaths = 0  # it got as far as a step (or we killed it)
             self._respawn_delay = 0.0

@@ -24,6 +24,9 @@ def _append(path: str, line: str) -> None:
 def approval(step: Step) -> Any:
     """Park on ``approve`` (timeout from headers), then report what woke us."""
     if step.step_number == 0:
+        gate = step.headers.get("gate")
+        while gate and not os.path.exists(gate):  # the test holds step 0 until it is ready
+            time.sleep(0.01)
         timeout = float(step.headers.get("timeout", "0")) or None
         return ContinueOnSignal(step.payload, key="approve", timeout=timeout)
     s = step.signal

@@ -60,11 +60,13 @@ def test_signal_wakes_a_parked_run_with_its_data(runtime) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_signal_sent_before_the_wait_is_buffered_and_delivered(runtime) -> None:
+def test_signal_sent_before_the_wait_is_buffered_and_delivered(runtime, tmp_path) -> None:
     rt = runtime(seed_plus.runner)
-    rid = rt.submit(b"o", headers={"app": "approval"}, run_id="early")
+    gate = tmp_path / "gate"  # step 0 parks only after both signals are durable
+    rid = rt.submit(b"o", headers={"app": "approval", "gate": str(gate)}, run_id="early")
     rt.signal(rid, "approve", b"first")
     rt.signal(rid, "approve", b"second")
+    gate.touch()
     assert rt.wait(rid, timeout=30).result == b"approved:second", \
         "a buffered signal is kept durably, the last one per key wins"
 
