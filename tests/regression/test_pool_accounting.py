@@ -118,8 +118,9 @@ def test_memo_put_over_the_value_limit_raises_in_the_step(runtime):
     rt = runtime(pool_apps.runner)
     rid = rt.submit(b"", headers={"app": "bigmemo", "size": str(MAX_VALUE + 1)})
     out = rt.wait(rid, timeout=30)
-    assert out.status.value == "failed" and "InputTooLarge" in (out.error or "") or \
-        "limit" in (out.error or ""), out
+    assert out.status.value == "failed", out
+    assert f"{MAX_VALUE + 1:,} bytes" in (out.error or "") and f"{MAX_VALUE:,}" in out.error, out
+    assert len(rt.history(rid)) == 1, "a memo over the limit is a permanent error"
 
 
 @pytest.mark.timeout(60)
