@@ -198,7 +198,7 @@ class Planner:
             self._aim_next[group] += 1
             if point in self._caller_points:
                 continue
-            if point in _WORKER_POINTS and not self._worker_faults_ok(archive):
+            if point in _WORKER_POINTS and not self._worker_faults_ok(archive, work_seconds):
                 continue
             # Fire at a random one of the commits left to do, not always the first.
             left = max(2, self.stats.reference_steps - steps_done(archive))
@@ -217,12 +217,18 @@ class Planner:
             return f"{point}={action}"
         return None
 
-    def _worker_faults_ok(self, archive: Archive) -> bool:
+    def _worker_faults_ok(self, archive: Archive, work_seconds: float) -> bool:
         """Whether two more failures of any live step keep it below --max-attempts.
 
         A worker failpoint can fail the same step on both workers before a
-        fresh worker (whose hit count starts over) runs it.
+        fresh worker (whose hit count starts over) runs it. With only a few
+        steps left in the restart's window, N is small and every fresh worker
+        gets to its N-th step too: the same step would fail on worker after
+        worker (seen in a 1,000-kill torture), which says nothing about the
+        supervisor. Such restarts aim elsewhere.
         """
+        if work_seconds / self.step_seconds < 6:
+            return False
         failures = failures_per_step(archive.records)
         for key, n in failures.items():
             if n + self.ref_failures.get(key, 0) + 2 >= self.cfg.max_attempts:

@@ -32,6 +32,20 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     os.kill(os.getpid(), signum)
 
 
+def _quiet_exit(kind: type[BaseException], value: BaseException, tb: object) -> None:
+    """The forkserver's last words: none when its supervisor went away mid-request.
+
+    A supervisor killed while it asks for a worker leaves the forkserver
+    reading a half-sent request; CPython's loop then ends in ``EOFError``
+    (or a reset connection) with a traceback on the shared stderr, which an
+    operator would take for a bug. That case exits quietly; anything else
+    is printed as usual.
+    """
+    if os.getpid() == _PID and issubclass(kind, (EOFError, ConnectionError)):
+        return
+    sys.__excepthook__(kind, value, tb)  # type: ignore[arg-type]
+
+
 def _in_forkserver() -> bool:
     return (sys.argv[:1] == ["-c"] and "multiprocessing.forkserver" in sys.modules
             and threading.current_thread() is threading.main_thread())
@@ -39,3 +53,4 @@ def _in_forkserver() -> bool:
 
 if _in_forkserver():
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.excepthook = _quiet_exit

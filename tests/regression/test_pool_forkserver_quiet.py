@@ -1,0 +1,44 @@
+"""A supervisor killed while it asks the forkserver for a worker leaves the
+forkserver reading a half-sent request. CPython's forkserver then died with an
+``EOFError`` traceback on the shared stderr, which the 1,000-kill torture
+flagged as a dirty restart. The forkserver must exit quietly in that case.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.e2e.helpers import ROOT, cli_env
+
+_SCRIPT = textwrap.dedent("""
+    import socket, sys, tempfile, time
+    from multiprocessing import forkserver
+    from journaled.runtime import Runtime
+    from tests.apps import basic
+
+    rt = Runtime(tempfile.mkdtemp() + "/s", basic.runner, workers=1)
+    rt.start()
+    # What a killed supervisor leaves: a connection to the forkserver, closed
+    # before the request (the fds and the child's arguments) was sent.
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(forkserver._forkserver._forkserver_address)
+    s.close()
+    time.sleep(0.5)
+    # The forkserver still serves: a new worker comes up after a kill.
+    rid = rt.submit(b"after")
+    print(rt.wait(rid, timeout=30).status.value)
+    rt.close(drain=False)
+""")
+
+
+@pytest.mark.timeout(90)
+def test_forkserver_left_mid_request_by_a_killed_supervisor_prints_no_traceback() -> None:
+    p = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=cli_env(),
+                       capture_output=True, text=True, timeout=80)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split() == ["succeeded"], p.stdout
+    assert "Traceback" not in p.stderr and "EOFError" not in p.stderr, p.stderr[-3000:]
