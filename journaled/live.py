@@ -87,50 +87,11 @@ def read_status(state_dir: Path, max_age: float = 5.0) -> LiveStatus | None:
     return live
 
 
-def _lock_holder_from_proc(state_dir: Path) -> int | None:
-    """The pid holding ``STATE/lock`` (flock), or None.
-
-    The pid comes from the lock file; it counts only if ``/proc/locks`` shows
-    that pid holding a lock on that very file (a reused pid holds none), or,
-    where ``/proc/locks`` cannot be read, if the process exists.
-    """
-    path = Path(state_dir) / "lock"
-    try:
-        text = path.read_text("ascii", "replace").strip()
-        ino = path.stat().st_ino
-    except OSError:
-        return None
-    if not text.isdigit():
-        return None
-    pid = int(text)
-    try:
-        with open("/proc/locks") as f:
-            table = f.read()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return pid
-    for line in table.splitlines():
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:123456 0 EOF"
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4] == str(pid) \
-                and fields[5].rpartition(":")[2] == str(ino):
-            return pid
-    return None
-
-
 def lock_holder(state_dir: Path) -> int | None:
     """The pid of the supervisor holding the state lock, or None if none does."""
     from .journal import StateLock
 
-    holder = getattr(StateLock, "holder", None)  # the journal's own, where it has one
-    if holder is not None:
-        return holder(state_dir)  # type: ignore[no-any-return]
-    return _lock_holder_from_proc(state_dir)
+    return StateLock.holder(state_dir)
 
 
 class Health(msgspec.Struct):
