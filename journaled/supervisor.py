@@ -37,6 +37,7 @@ from typing import Any, Callable, TypeVar, cast
 
 from . import dispatch, failpoints, replay
 from .api import RunOutcome, RunStatus, Signal
+from .compaction import Compaction
 from .errors import JournaledError, StorageFailure
 from .executors import make_executor
 from .hooks import HookRunner
@@ -53,13 +54,12 @@ from .live import (
     write_status,
 )
 from .pool import Dispatch, InFlight, Pool, Worker
-from .records import CancelRequested, Record, Redriven, Snapshot, Terminated, encode
+from .records import CancelRequested, Record, Redriven, Terminated, encode
 from .state import Policy, State, WorkerResult, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
 
 DAY = 86400.0
-RETENTION_CHECK = 300.0  # seconds between checks for finished runs past retention
 
 # Test-only: break the write-ahead rule on purpose (send leases before they are
 # synced) to prove that crash tests in power-loss mode catch it. Never a flag.
@@ -90,7 +90,7 @@ def _holding_state_lock(fn: F) -> F:
     return cast(F, locked)
 
 
-class Supervisor(Intake):
+class Supervisor(Intake, Compaction):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
     def __init__(self, state_dir: str | os.PathLike[str], runner: Any, *, workers: int = 2,
@@ -124,6 +124,7 @@ class Supervisor(Intake):
         self.pool: Pool | None = None
         self.inbox: Inbox | None = None
         self._init_intake()  # the command queue
+        self._init_compaction()  # its triggers and counters
         self._wake_r, self._wake_w = -1, -1
         self._recs: list[Record] = []
         self._carry: list[Record] = []  # records made after a commit, for the next one
@@ -148,19 +149,11 @@ class Supervisor(Intake):
         self._rng = random.Random()
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
         self._startup_deaths = 0
-        self._compact_requested = False
         self._status_due = 0.0
         self._counts_due = 0.0
         self._counts: dict[str, int] = {}
         self._started_wall = time.time()
         self._memo_acks: list[tuple[Worker, int]] = []
-        self._next_size_check = 0
-        self.compactions = 0
-        self.compaction_failures = 0
-        self._snapshot_bytes = 0  # size of the last snapshot written: the next trigger is 2x
-        self._compact_after = 0.0  # monotonic: no automatic retry of a failed compaction before
-        self.retention_check = RETENTION_CHECK  # seconds between retention checks
-        self._retention_checked = time.monotonic()
         self._kill_seq: dict[int, int] = {}  # slot -> the step whose own deadline killed it
         self._respawn_at: dict[int, float] = {}  # slot -> monotonic respawn time (back-off)
         self._respawn_delay = 0.0
@@ -373,69 +366,6 @@ class Supervisor(Intake):
             self._respawn_due(mono)
         if self._compaction_due(mono):
             self.compact(now)
-
-    def _compaction_due(self, mono: float) -> bool:
-        """Asked for; the journal outgrew its last snapshot; or finished runs expired."""
-        if self._compact_requested:
-            return True
-        if mono < self._compact_after:
-            return False  # the last one failed: do not rebuild the state every turn
-        if self.journal.bytes_written >= self._next_size_check:
-            # Stat the segments only every few MB written, not every turn. Relative
-            # to the last snapshot: a big live state must not compact in a loop.
-            self._next_size_check = self.journal.bytes_written + (4 << 20)
-            if self.journal.size_bytes > max(self.compact_bytes, 2 * self._snapshot_bytes):
-                return True
-        if mono >= self._retention_checked + self.retention_check:
-            self._retention_checked = mono
-            return self.state.expired(time.time(), self.retention, self.on_terminal is not None)
-        return False
-
-    @_holding_state_lock
-    def compact(self, now: float | None = None) -> bool:
-        """Snapshot the state into a new base segment; drop old segments and expired runs.
-
-        Returns whether it compacted. A failure to build or write the snapshot
-        (a run too large for a record, say) is logged and the old journal,
-        which is still valid, stays in use; only a ``StorageFailure`` stops us.
-        """
-        now = time.time() if now is None else now
-        self._compact_requested = False
-        try:
-            parts = self.state.snapshot(now, self.retention, hooks=self.on_terminal is not None)
-            bodies = [encode(p) for p in parts]
-            # The snapshot is built from the state after the last commit, so it
-            # holds what is durable; the journal syncs it before the old
-            # segments go (see Journal.compact for each crash window).
-            self.journal.compact(bodies)
-        except StorageFailure:
-            raise
-        except Exception as e:  # noqa: BLE001 - the old journal is intact: keep serving
-            self.compaction_failures += 1
-            wait = min(900.0, 60.0 * 2 ** min(self.compaction_failures - 1, 4))
-            self._compact_after = time.monotonic() + wait
-            log.error("compaction failed; keeping the old journal, which is still valid, "
-                      "and retrying in %.0f s: %s: %s", wait, type(e).__name__, e)
-            return False
-        self._snapshot_bytes = sum(len(b) for b in bodies)
-        self._swap_in(parts)
-        self.compactions += 1
-        self.compaction_failures = 0
-        log.info("compacted the journal: %d runs kept, %.1f MB", len(self.state.runs),
-                 self.journal.size_bytes / 1e6)
-        return True
-
-    def _swap_in(self, parts: list[Snapshot]) -> None:
-        """Fold the snapshot into a fresh State (dropping expired runs) and swap it in.
-
-        Built beside the live state and installed with one assignment, so a
-        reader on another thread sees the old state or the new, never half.
-        """
-        fresh = State(self.policy)
-        fresh.apply_all(parts)
-        fresh.records_applied = self.state.records_applied
-        self.state = fresh
-        self.outcomes.intersection_update(fresh.runs)
 
     def _write_status(self, mono: float) -> None:
         """Publish a live view for 'journaled watch' (not durable, not the source of truth).
@@ -835,7 +765,12 @@ class Supervisor(Intake):
             for rid in self._hooks.delivered():
                 self._carry += state.hook_delivered(rid)
 
-    # -------------------------------------------------------------- queries
+    # ---------------------------------------- entry points for other threads
+
+    @_holding_state_lock
+    def compact(self, now: float | None = None) -> bool:
+        """Compact now, with the state lock held; returns whether it did (``_compact``)."""
+        return self._compact(now)
 
     @_holding_state_lock
     def status_counts(self) -> dict[str, int]:
