@@ -45,14 +45,7 @@ from .intake import Future, Intake
 from .journal import Journal, StateLock
 from .knobs import warn_test_knobs
 from .leasing import Leasing
-from .live import (
-    IDLE_STATUS_INTERVAL,
-    STATUS_INTERVAL,
-    LiveStatus,
-    LiveStep,
-    clear_status,
-    write_status,
-)
+from .live import LivePublisher, clear_status
 from .pool import Dispatch, Pool, Worker
 from .records import CancelRequested, Record, Redriven, Terminated, encode
 from .state import Policy, State, outcome_of
@@ -90,7 +83,7 @@ def _holding_state_lock(fn: F) -> F:
     return cast(F, locked)
 
 
-class Supervisor(Intake, Leasing, Compaction):
+class Supervisor(Intake, Leasing, Compaction, LivePublisher):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
     def __init__(self, state_dir: str | os.PathLike[str], runner: Any, *, workers: int = 2,
@@ -126,6 +119,7 @@ class Supervisor(Intake, Leasing, Compaction):
         self._init_intake()  # the command queue
         self._init_compaction()  # its triggers and counters
         self._init_leasing()  # worker deaths, kills, respawn back-off
+        self._init_live()  # when the live view is next published
         self._wake_r, self._wake_w = -1, -1
         self._recs: list[Record] = []
         self._carry: list[Record] = []  # records made after a commit, for the next one
@@ -147,10 +141,6 @@ class Supervisor(Intake, Leasing, Compaction):
         self.cond = threading.Condition(self.state_lock)
         self.recovered_runs = 0
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
-        self._status_due = 0.0
-        self._counts_due = 0.0
-        self._counts: dict[str, int] = {}
-        self._started_wall = time.time()
         self._memo_acks: list[tuple[Worker, int]] = []
         self._hooks: HookRunner | None = None  # started with the first hook to fire
 
@@ -361,45 +351,6 @@ class Supervisor(Intake, Leasing, Compaction):
             self._respawn_due(mono)
         if self._compaction_due(mono):
             self.compact(now)
-
-    def _write_status(self, mono: float) -> None:
-        """Publish a live view for 'journaled watch' (not durable, not the source of truth).
-
-        Called on the loop thread only, busy or idle, so the age of the last
-        publish measures the loop itself: 'watch' calls a supervisor whose
-        status stopped changing while it holds the lock hung.
-        """
-        self._status_due = mono + (STATUS_INTERVAL if self.state.in_flight
-                                   else IDLE_STATUS_INTERVAL)
-        pool = self.pool
-        assert pool is not None
-        now = time.time()
-        flights = []
-        for w in pool.workers:
-            running = pool.running_seq(w)
-            pseq, done, total, msg = pool.progress(w)
-            for i, item in enumerate(w.outstanding):
-                run = self.state.runs.get(item.run_id)
-                if run is None:
-                    continue
-                started = item.seq == running or (i == 0 and running == 0)
-                flights.append(LiveStep(
-                    item.run_id, run.step, item.attempt, w.slot, w.pid or 0,
-                    now - (mono - w.head_started) if i == 0 else None,
-                    "running" if started else "queued",
-                    done if pseq == item.seq else None,
-                    total if pseq == item.seq else None,
-                    msg if pseq == item.seq else ""))
-        j = self.journal
-        if len(self.state.runs) < 20_000 or mono >= self._counts_due:
-            # Counting is O(runs): on a big state do it every few seconds only.
-            self._counts = self.state.status_counts()
-            self._counts_due = mono + 5.0
-        live = LiveStatus(os.getpid(), self.import_string, self.workers, self._started_wall, now,
-                          self.steps_done, j.syncs, j.records_written, j.size_bytes,
-                          self._counts, flights, self._stopping)
-        write_status(self.state_dir, live)
-        self.live = live  # for the CLI's status line: a finished view, never mutated
 
     def _next_timeout(self) -> float | None:
         if self._carry or self._commands:
