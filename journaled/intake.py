@@ -6,11 +6,13 @@ the state, and the records go into that turn's one write. Nothing is
 answered before then: a ``Future`` resolves and an inbox file is deleted
 (acknowledged) only after the commit, so a crash in between reads the
 file again and finds a duplicate, or leaves the caller without an answer,
-never with a false one.
+never with a false one. With ``--reload`` the app's own source is watched
+too: a change only flags a worker restart for the next turn.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from pathlib import Path
@@ -29,6 +31,8 @@ from .inbox import (
 )
 from .records import Record
 from .state import State
+
+log = logging.getLogger("journaled.supervisor")
 
 
 class Future:
@@ -54,7 +58,7 @@ class Future:
 
 
 class Intake:
-    """The supervisor's intake (a mixin): the command queue and the inbox reader."""
+    """The supervisor's intake (a mixin): the command queue, the inbox reader, the reload watch."""
 
     # What this part needs of the supervisor it is mixed into.
     state: State
@@ -66,9 +70,12 @@ class Intake:
     _compact_requested: bool
     wake: Callable[[], None]
     _signal_cancel: Callable[[str], None]
+    reload_dir: Path | None
 
     def _init_intake(self) -> None:
         self._commands: deque[tuple[str, tuple[Any, ...], Future]] = deque()
+        self._reload = threading.Event()  # --reload: the code changed, restart the workers
+        self._reload_stop = threading.Event()
 
     def call(self, kind: str, *args: Any) -> Future:
         """Queue a command from another thread; the Future resolves once it is durable."""
@@ -154,3 +161,17 @@ class Intake:
         # The client's clock: submitted_at must not change when a pending run is taken up.
         return self.state.submit(m.run_id, m.input, m.at, m.headers, m.priority, m.max_attempts,
                                  m.step_timeout)
+
+    def _watch_code(self) -> None:
+        """--reload: flag a worker restart when a .py file under the app's directory changes."""
+        import watchfiles
+
+        assert self.reload_dir is not None
+        for changes in watchfiles.watch(self.reload_dir, watch_filter=watchfiles.PythonFilter(),
+                                        stop_event=self._reload_stop, raise_interrupt=False,
+                                        debounce=300):
+            names = sorted({Path(p).name for _, p in changes})
+            log.warning("code changed (%s); restarting workers after their current steps",
+                        ", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
+            self._reload.set()
+            self.wake()

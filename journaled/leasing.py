@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from typing import Any
 
@@ -46,6 +47,7 @@ class Leasing:
     _stopping: bool
     _shutdown_cancelled: bool
     _drain_deadline: float
+    _reload: threading.Event
 
     def _init_leasing(self) -> None:
         self.steps_done = 0
@@ -54,6 +56,7 @@ class Leasing:
         self._kill_seq: dict[int, int] = {}  # slot -> the step whose own deadline killed it
         self._respawn_at: dict[int, float] = {}  # slot -> monotonic respawn time (back-off)
         self._respawn_delay = 0.0
+        self.reloads = 0
 
     # -------------------------------------------------------- who gets work
 
@@ -284,6 +287,17 @@ class Leasing:
                 if not self._stopping and w.proc is None:
                     pool.respawn(w)
                     self._wait_map = pool.wait_objects()
+
+    def _restart_workers(self) -> None:
+        """Stop every worker after its running step; each is replaced when it exits."""
+        self._reload.clear()
+        self.reloads += 1
+        pool = self.pool
+        assert pool is not None
+        for w in pool.workers:
+            if w.proc is not None:
+                w.kill_reason = "reload"
+                pool.stop(w)
 
     def _worker_timers(self, mono: float) -> list[float]:
         """When the worker side next needs the loop (monotonic): deadlines, steals, respawns."""

@@ -108,9 +108,6 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher):
         self.import_string = import_string
         self.executor = executor
         self.reload_dir = Path(reload_dir) if reload_dir is not None else None
-        self._reload = threading.Event()
-        self._reload_stop = threading.Event()
-        self.reloads = 0
         self.state = State(self.policy)
         self.journal = Journal(self.state_dir / "journal", unsafe_no_fsync=unsafe_no_fsync)
         self.lock = StateLock(self.state_dir)
@@ -191,31 +188,6 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher):
             queued = self._hooks.owed() if self._hooks is not None else set()
             for rid in sorted(self.state.unhooked - queued):
                 self._fire_hook(rid)
-
-    def _watch_code(self) -> None:
-        """--reload: flag a worker restart when a .py file under the app's directory changes."""
-        import watchfiles
-
-        assert self.reload_dir is not None
-        for changes in watchfiles.watch(self.reload_dir, watch_filter=watchfiles.PythonFilter(),
-                                        stop_event=self._reload_stop, raise_interrupt=False,
-                                        debounce=300):
-            names = sorted({Path(p).name for _, p in changes})
-            log.warning("code changed (%s); restarting workers after their current steps",
-                        ", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
-            self._reload.set()
-            self.wake()
-
-    def _restart_workers(self) -> None:
-        """Stop every worker after its running step; each is replaced when it exits."""
-        self._reload.clear()
-        self.reloads += 1
-        pool = self.pool
-        assert pool is not None
-        for w in pool.workers:
-            if w.proc is not None:
-                w.kill_reason = "reload"
-                pool.stop(w)
 
     def wake(self) -> None:
         """Wake the loop from another thread (or a signal handler)."""
