@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, Callable
 
+from .api import RunOutcome
 from .errors import StorageFailure
 from .journal import Journal
 from .records import Snapshot, encode
@@ -32,7 +34,7 @@ class Compaction:
     journal: Journal
     retention: float
     compact_bytes: int
-    on_terminal: object
+    on_terminal: Callable[[RunOutcome], Any] | None
     outcomes: set[str]
 
     def _init_compaction(self) -> None:
