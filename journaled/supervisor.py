@@ -39,7 +39,7 @@ from .api import RunOutcome, RunStatus
 from .compaction import Compaction
 from .errors import JournaledError, StorageFailure
 from .executors import make_executor
-from .hooks import HookRunner
+from .hooks import HookFiring
 from .inbox import Inbox
 from .intake import Future, Intake
 from .journal import Journal, StateLock
@@ -83,7 +83,7 @@ def _holding_state_lock(fn: F) -> F:
     return cast(F, locked)
 
 
-class Supervisor(Intake, Leasing, Compaction, LivePublisher):
+class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
     def __init__(self, state_dir: str | os.PathLike[str], runner: Any, *, workers: int = 2,
@@ -117,6 +117,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher):
         self._init_compaction()  # its triggers and counters
         self._init_leasing()  # worker deaths, kills, respawn back-off
         self._init_live()  # when the live view is next published
+        self._init_hooks()  # the hook thread, started with the first hook to fire
         self._wake_r, self._wake_w = -1, -1
         self._recs: list[Record] = []
         self._carry: list[Record] = []  # records made after a commit, for the next one
@@ -139,7 +140,6 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher):
         self.recovered_runs = 0
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
         self._memo_acks: list[tuple[Worker, int]] = []
-        self._hooks: HookRunner | None = None  # started with the first hook to fire
 
     # ------------------------------------------------------------ lifecycle
 
@@ -183,11 +183,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher):
         self.outcomes.update(r.run_id for r in state.runs.values() if r.terminal)
         self._write(recs)
         self._after_commit(recs)
-        if self.on_terminal is not None:
-            # Owed hooks from before the crash; recovery's own dead letters are queued already.
-            queued = self._hooks.owed() if self._hooks is not None else set()
-            for rid in sorted(self.state.unhooked - queued):
-                self._fire_hook(rid)
+        self._fire_owed_hooks()
 
     def wake(self) -> None:
         """Wake the loop from another thread (or a signal handler)."""
@@ -424,25 +420,6 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher):
         if self.on_terminal is not None:
             for rid in terminated:
                 self._fire_hook(rid)
-
-    def _fire_hook(self, run_id: str) -> None:
-        """Hand a durable outcome to the hook thread (never call user code on the loop)."""
-        run = self.state.runs[run_id]
-        outcome = outcome_of(run)
-        self.outcomes.add(run_id)
-        if failpoints.ENABLED:
-            failpoints.hit("supervisor.before_hook")
-        assert self.on_terminal is not None
-        if self._hooks is None:
-            self._hooks = HookRunner(self.on_terminal, self.wake)
-        self._hooks.submit(run_id, outcome)
-
-    def _hooks_delivered(self) -> None:
-        """Hooks that returned: HookDelivered goes out with the next commit (at least once)."""
-        if self._hooks is not None:
-            state = self.state
-            for rid in self._hooks.delivered():
-                self._carry += state.hook_delivered(rid)
 
     # ---------------------------------------- entry points for other threads
 
