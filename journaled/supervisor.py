@@ -20,6 +20,12 @@ justify it are durable. A ``kill -9`` between the sync and the act leaves
 records whose acts were never done; replay redoes them (a lease becomes
 an abandoned attempt, a hook fires again, an inbox file is read again and
 found to be a duplicate), which is always the safe side.
+
+This module keeps the lifecycle, the turn and the write-then-act commit.
+The rest of the loop is mixed in by job: ``intake`` (commands, inbox
+files, the reload watch), ``leasing`` (the worker side; every decision is
+``dispatch``'s), ``compaction`` (snapshots and retention), ``live`` (the
+status for ``watch``) and ``hooks`` (the hand-off to the hook thread).
 """
 
 from __future__ import annotations
@@ -113,17 +119,19 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         self.lock = StateLock(self.state_dir)
         self.pool: Pool | None = None
         self.inbox: Inbox | None = None
-        self._init_intake()  # the command queue
-        self._init_compaction()  # its triggers and counters
-        self._init_leasing()  # worker deaths, kills, respawn back-off
+        self._init_intake()  # the command queue, the reload flags
+        self._init_compaction()  # when to compact next, and its counters
+        self._init_leasing()  # kills, respawn back-off, steps done
         self._init_live()  # when the live view is next published
         self._init_hooks()  # the hook thread, started with the first hook to fire
         self._wake_r, self._wake_w = -1, -1
         self._recs: list[Record] = []
         self._carry: list[Record] = []  # records made after a commit, for the next one
+        # The turn's acts, done only once its records are durable (_commit).
         self._acks: list[Path] = []
         self._futures: list[tuple[Future, Any]] = []
         self._dispatch: list[tuple[Worker, list[Dispatch]]] = []
+        self._memo_acks: list[tuple[Worker, int]] = []
         self._stopping = False
         self._stop_now = False
         self._drain_deadline = 0.0
@@ -139,7 +147,6 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         self.cond = threading.Condition(self.state_lock)
         self.recovered_runs = 0
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
-        self._memo_acks: list[tuple[Worker, int]] = []
 
     # ------------------------------------------------------------ lifecycle
 
