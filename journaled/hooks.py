@@ -14,7 +14,8 @@ ids of the runs whose hook returned::
 Crash windows: a hook that returned but whose ``HookDelivered`` is not yet
 durable fires again after a restart (at least once, as documented). On
 shutdown, hooks not yet delivered are left for the next start, which
-finds them owed in the journal and fires them again.
+finds them owed in the journal and fires them again. ``HookFiring`` is the
+loop's side, mixed into the supervisor.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from collections import deque
 from typing import Any, Callable
 
 from . import failpoints
+from .records import Record
+from .state import State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
 
@@ -146,3 +149,44 @@ class HookRunner:
                 closed = self._closed
             if not closed:  # after close the wake pipe may be gone (or its fd reused)
                 self.wake()
+
+
+class HookFiring:
+    """The loop's side of the hooks (a mixin): durable outcomes out, delivered runs back."""
+
+    # What this part needs of the supervisor it is mixed into.
+    state: State
+    on_terminal: Callable[[Any], Any] | None
+    outcomes: set[str]
+    _carry: list[Record]
+    wake: Callable[[], None]
+
+    def _init_hooks(self) -> None:
+        self._hooks: HookRunner | None = None  # started with the first hook to fire
+
+    def _fire_hook(self, run_id: str) -> None:
+        """Hand a durable outcome to the hook thread (never call user code on the loop)."""
+        run = self.state.runs[run_id]
+        outcome = outcome_of(run)
+        self.outcomes.add(run_id)
+        if failpoints.ENABLED:
+            failpoints.hit("supervisor.before_hook")
+        assert self.on_terminal is not None
+        if self._hooks is None:
+            self._hooks = HookRunner(self.on_terminal, self.wake)
+        self._hooks.submit(run_id, outcome)
+
+    def _hooks_delivered(self) -> None:
+        """Hooks that returned: HookDelivered goes out with the next commit (at least once)."""
+        if self._hooks is not None:
+            state = self.state
+            for rid in self._hooks.delivered():
+                self._carry += state.hook_delivered(rid)
+
+    def _fire_owed_hooks(self) -> None:
+        """At start: fire the hooks owed from before the crash (or the last stop)."""
+        if self.on_terminal is not None:
+            # Owed hooks from before the crash; recovery's own dead letters are queued already.
+            queued = self._hooks.owed() if self._hooks is not None else set()
+            for rid in sorted(self.state.unhooked - queued):
+                self._fire_hook(rid)

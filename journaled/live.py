@@ -10,7 +10,8 @@ seconds, or whose pid is gone) as "no supervisor running".
 the state lock (no supervisor running); the lock holder publishes (running);
 the lock holder is alive but its status stopped changing (hung, or stopped
 with SIGSTOP). The status is written on the loop thread, busy or idle, so its
-age measures the loop itself.
+age measures the loop itself: ``LivePublisher`` is that writer's side, mixed
+into the supervisor; everything else here is for readers.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:  # the supervisor's types, for the publisher only: readers stay light
+    from .journal import Journal
+    from .pool import Pool
+    from .state import State
 
 STATUS_INTERVAL = 0.25  # seconds between rewrites while steps are in flight
 IDLE_STATUS_INTERVAL = 1.0  # ...and while idle: the file's age says the loop still turns
@@ -136,3 +143,62 @@ def clear_status(state_dir: Path) -> None:
         (Path(state_dir) / STATUS_FILE).unlink()
     except OSError:
         pass
+
+
+class LivePublisher:
+    """The supervisor's side of the live view (a mixin): build it and publish it."""
+
+    # What this part needs of the supervisor it is mixed into.
+    state: State
+    pool: Pool | None
+    journal: Journal
+    state_dir: Path
+    import_string: str
+    workers: int
+    steps_done: int
+    _stopping: bool
+
+    def _init_live(self) -> None:
+        self._status_due = 0.0
+        self._counts_due = 0.0
+        self._counts: dict[str, int] = {}
+        self._started_wall = time.time()
+
+    def _write_status(self, mono: float) -> None:
+        """Publish a live view for 'journaled watch' (not durable, not the source of truth).
+
+        Called on the loop thread only, busy or idle, so the age of the last
+        publish measures the loop itself: 'watch' calls a supervisor whose
+        status stopped changing while it holds the lock hung.
+        """
+        self._status_due = mono + (STATUS_INTERVAL if self.state.in_flight
+                                   else IDLE_STATUS_INTERVAL)
+        pool = self.pool
+        assert pool is not None
+        now = time.time()
+        flights = []
+        for w in pool.workers:
+            running = pool.running_seq(w)
+            pseq, done, total, msg = pool.progress(w)
+            for i, item in enumerate(w.outstanding):
+                run = self.state.runs.get(item.run_id)
+                if run is None:
+                    continue
+                started = item.seq == running or (i == 0 and running == 0)
+                flights.append(LiveStep(
+                    item.run_id, run.step, item.attempt, w.slot, w.pid or 0,
+                    now - (mono - w.head_started) if i == 0 else None,
+                    "running" if started else "queued",
+                    done if pseq == item.seq else None,
+                    total if pseq == item.seq else None,
+                    msg if pseq == item.seq else ""))
+        j = self.journal
+        if len(self.state.runs) < 20_000 or mono >= self._counts_due:
+            # Counting is O(runs): on a big state do it every few seconds only.
+            self._counts = self.state.status_counts()
+            self._counts_due = mono + 5.0
+        live = LiveStatus(os.getpid(), self.import_string, self.workers, self._started_wall, now,
+                          self.steps_done, j.syncs, j.records_written, j.size_bytes,
+                          self._counts, flights, self._stopping)
+        write_status(self.state_dir, live)
+        self.live = live  # for the CLI's status line: a finished view, never mutated

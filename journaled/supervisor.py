@@ -20,6 +20,12 @@ justify it are durable. A ``kill -9`` between the sync and the act leaves
 records whose acts were never done; replay redoes them (a lease becomes
 an abandoned attempt, a hook fires again, an inbox file is read again and
 found to be a duplicate), which is always the safe side.
+
+This module keeps the lifecycle, the turn and the write-then-act commit.
+The rest of the loop is mixed in by job: ``intake`` (commands, inbox
+files, the reload watch), ``leasing`` (the worker side; every decision is
+``dispatch``'s), ``compaction`` (snapshots and retention), ``live`` (the
+status for ``watch``) and ``hooks`` (the hand-off to the hook thread).
 """
 
 from __future__ import annotations
@@ -28,47 +34,31 @@ import functools
 import hashlib
 import logging
 import os
-import random
 import threading
 import time
-from collections import deque
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any, Callable, TypeVar, cast
 
-from . import dispatch, failpoints, replay
-from .api import RunOutcome, RunStatus, Signal
-from .errors import JournaledError, RunConflict, StorageFailure
+from . import failpoints, replay
+from .api import RunOutcome, RunStatus
+from .compaction import Compaction
+from .errors import JournaledError, StorageFailure
 from .executors import make_executor
-from .hooks import HookRunner
-from .inbox import (
-    BatchMsg,
-    CancelMsg,
-    CompactMsg,
-    Inbox,
-    RedriveMsg,
-    SignalMsg,
-    SubmitMsg,
-    check_message,
-)
+from .hooks import HookFiring
+from .inbox import Inbox
+from .intake import Future, Intake
 from .journal import Journal, StateLock
 from .knobs import warn_test_knobs
-from .live import (
-    IDLE_STATUS_INTERVAL,
-    STATUS_INTERVAL,
-    LiveStatus,
-    LiveStep,
-    clear_status,
-    write_status,
-)
-from .pool import Dispatch, InFlight, Pool, Worker
-from .records import CancelRequested, Record, Redriven, Snapshot, Terminated, encode
-from .state import Policy, State, WorkerResult, outcome_of
+from .leasing import Leasing
+from .live import LivePublisher, clear_status
+from .pool import Dispatch, Pool, Worker
+from .records import CancelRequested, Record, Redriven, Terminated, encode
+from .state import Policy, State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
 
 DAY = 86400.0
-RETENTION_CHECK = 300.0  # seconds between checks for finished runs past retention
 
 # Test-only: break the write-ahead rule on purpose (send leases before they are
 # synced) to prove that crash tests in power-loss mode catch it. Never a flag.
@@ -99,29 +89,7 @@ def _holding_state_lock(fn: F) -> F:
     return cast(F, locked)
 
 
-class Future:
-    """A result handed from the supervisor thread to a caller once it is durable."""
-
-    __slots__ = ("_ev", "value", "error")
-
-    def __init__(self) -> None:
-        self._ev = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def set(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-        self._ev.set()
-
-    def result(self, timeout: float | None = None) -> Any:
-        if not self._ev.wait(timeout):
-            raise TimeoutError("the supervisor did not answer in time")
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-class Supervisor:
+class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
     def __init__(self, state_dir: str | os.PathLike[str], runner: Any, *, workers: int = 2,
@@ -146,21 +114,24 @@ class Supervisor:
         self.import_string = import_string
         self.executor = executor
         self.reload_dir = Path(reload_dir) if reload_dir is not None else None
-        self._reload = threading.Event()
-        self._reload_stop = threading.Event()
-        self.reloads = 0
         self.state = State(self.policy)
         self.journal = Journal(self.state_dir / "journal", unsafe_no_fsync=unsafe_no_fsync)
         self.lock = StateLock(self.state_dir)
         self.pool: Pool | None = None
         self.inbox: Inbox | None = None
-        self._commands: deque[tuple[str, tuple[Any, ...], Future]] = deque()
+        self._init_intake()  # the command queue, the reload flags
+        self._init_compaction()  # when to compact next, and its counters
+        self._init_leasing()  # kills, respawn back-off, steps done
+        self._init_live()  # when the live view is next published
+        self._init_hooks()  # the hook thread, started with the first hook to fire
         self._wake_r, self._wake_w = -1, -1
         self._recs: list[Record] = []
         self._carry: list[Record] = []  # records made after a commit, for the next one
+        # The turn's acts, done only once its records are durable (_commit).
         self._acks: list[Path] = []
         self._futures: list[tuple[Future, Any]] = []
         self._dispatch: list[tuple[Worker, list[Dispatch]]] = []
+        self._memo_acks: list[tuple[Worker, int]] = []
         self._stopping = False
         self._stop_now = False
         self._drain_deadline = 0.0
@@ -175,27 +146,7 @@ class Supervisor:
         self._lock_depth = 0  # how deep the method holding it nests (_holding_state_lock)
         self.cond = threading.Condition(self.state_lock)
         self.recovered_runs = 0
-        self.steps_done = 0
-        self._rng = random.Random()
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
-        self._startup_deaths = 0
-        self._compact_requested = False
-        self._status_due = 0.0
-        self._counts_due = 0.0
-        self._counts: dict[str, int] = {}
-        self._started_wall = time.time()
-        self._memo_acks: list[tuple[Worker, int]] = []
-        self._next_size_check = 0
-        self.compactions = 0
-        self.compaction_failures = 0
-        self._snapshot_bytes = 0  # size of the last snapshot written: the next trigger is 2x
-        self._compact_after = 0.0  # monotonic: no automatic retry of a failed compaction before
-        self.retention_check = RETENTION_CHECK  # seconds between retention checks
-        self._retention_checked = time.monotonic()
-        self._kill_seq: dict[int, int] = {}  # slot -> the step whose own deadline killed it
-        self._respawn_at: dict[int, float] = {}  # slot -> monotonic respawn time (back-off)
-        self._respawn_delay = 0.0
-        self._hooks: HookRunner | None = None  # started with the first hook to fire
 
     # ------------------------------------------------------------ lifecycle
 
@@ -239,36 +190,7 @@ class Supervisor:
         self.outcomes.update(r.run_id for r in state.runs.values() if r.terminal)
         self._write(recs)
         self._after_commit(recs)
-        if self.on_terminal is not None:
-            # Owed hooks from before the crash; recovery's own dead letters are queued already.
-            queued = self._hooks.owed() if self._hooks is not None else set()
-            for rid in sorted(self.state.unhooked - queued):
-                self._fire_hook(rid)
-
-    def _watch_code(self) -> None:
-        """--reload: flag a worker restart when a .py file under the app's directory changes."""
-        import watchfiles
-
-        assert self.reload_dir is not None
-        for changes in watchfiles.watch(self.reload_dir, watch_filter=watchfiles.PythonFilter(),
-                                        stop_event=self._reload_stop, raise_interrupt=False,
-                                        debounce=300):
-            names = sorted({Path(p).name for _, p in changes})
-            log.warning("code changed (%s); restarting workers after their current steps",
-                        ", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
-            self._reload.set()
-            self.wake()
-
-    def _restart_workers(self) -> None:
-        """Stop every worker after its running step; each is replaced when it exits."""
-        self._reload.clear()
-        self.reloads += 1
-        pool = self.pool
-        assert pool is not None
-        for w in pool.workers:
-            if w.proc is not None:
-                w.kill_reason = "reload"
-                pool.stop(w)
+        self._fire_owed_hooks()
 
     def wake(self) -> None:
         """Wake the loop from another thread (or a signal handler)."""
@@ -334,93 +256,6 @@ class Supervisor:
         self.stopped.set()
         with self.cond:
             self.cond.notify_all()
-
-    # ------------------------------------------------------------ commands
-
-    def call(self, kind: str, *args: Any) -> Future:
-        """Queue a command from another thread; the Future resolves once it is durable."""
-        fut = Future()
-        if self.stopped.is_set():
-            fut.set(error=JournaledError("the supervisor is not running"))
-            return fut
-        self._commands.append((kind, args, fut))
-        self.wake()
-        return fut
-
-    def _run_commands(self, now: float) -> None:
-        state = self.state
-        while self._commands:
-            kind, args, fut = self._commands.popleft()
-            try:
-                if kind == "submit_many":
-                    # All or nothing: every item is checked against the state (and
-                    # the batch's own duplicates) before any is applied.
-                    batch: dict[str, tuple[bytes, dict[str, str]]] = {}
-                    for rid, data, hdrs, *_ in args[0]:
-                        old = state.runs.get(rid)
-                        seen = (old.input, old.headers) if old is not None else batch.get(rid)
-                        if seen is not None and seen != (data, dict(hdrs or {})):
-                            raise RunConflict(rid)
-                        batch[rid] = (data, dict(hdrs or {}))
-                    for rid, data, hdrs, prio, attempts, timeout in args[0]:
-                        self._recs += state.submit(rid, data, now, hdrs, prio, attempts, timeout)
-                    self._futures.append((fut, [item[0] for item in args[0]]))
-                elif kind == "cancel":
-                    run_id, reason = args
-                    self._recs += state.cancel(run_id, reason, now)
-                    self._signal_cancel(run_id)
-                    self._futures.append((fut, state.runs[run_id].status))
-                elif kind == "signal":
-                    self._recs += state.signal(*args, now=now)
-                    self._futures.append((fut, None))
-                elif kind == "compact":
-                    self._compact_requested = True
-                    self._futures.append((fut, None))
-                elif kind == "redrive":
-                    self._recs += state.redrive(args[0], now)
-                    self._futures.append((fut, None))
-                else:
-                    raise ValueError(f"unknown command {kind!r}")
-            except JournaledError as e:
-                fut.set(error=e)
-
-    def _read_inbox(self, now: float) -> None:
-        assert self.inbox is not None
-        state = self.state
-        for path, msg in self.inbox.scan():
-            try:
-                if isinstance(msg, (SubmitMsg, BatchMsg)):
-                    # Each submission is accepted or rejected on its own: one
-                    # conflict in a batch never drops the others. A rejection is
-                    # recorded before the file is acknowledged (after the commit).
-                    for m in msg.items if isinstance(msg, BatchMsg) else [msg]:
-                        try:
-                            self._recs += self._submit_msg(m, now)
-                        except (JournaledError, TypeError, ValueError) as e:
-                            self.inbox.reject_run(m.run_id, str(e), path.name)
-                    self._acks.append(path)
-                    continue
-                check_message(msg)
-                if isinstance(msg, CancelMsg):
-                    self._recs += state.cancel(msg.run_id, msg.reason, now)
-                    self._signal_cancel(msg.run_id)
-                elif isinstance(msg, RedriveMsg):
-                    self._recs += state.redrive(msg.run_id, now)
-                elif isinstance(msg, CompactMsg):
-                    self._compact_requested = True
-                elif isinstance(msg, SignalMsg):
-                    self._recs += state.signal(msg.run_id, msg.key, msg.data, now)
-            except (JournaledError, TypeError, ValueError) as e:
-                self.inbox.reject(path, str(e))
-                continue
-            self._acks.append(path)
-
-    def _submit_msg(self, m: SubmitMsg, now: float) -> list[Record]:
-        # The clients' checks again: a file from elsewhere must not crash us later.
-        check_message(m)
-        # The client's clock: submitted_at must not change when a pending run is taken up.
-        return self.state.submit(m.run_id, m.input, m.at, m.headers, m.priority, m.max_attempts,
-                                 m.step_timeout)
 
     # ----------------------------------------------------------------- turn
 
@@ -492,278 +327,6 @@ class Supervisor:
         if self._compaction_due(mono):
             self.compact(now)
 
-    def _compaction_due(self, mono: float) -> bool:
-        """Asked for; the journal outgrew its last snapshot; or finished runs expired."""
-        if self._compact_requested:
-            return True
-        if mono < self._compact_after:
-            return False  # the last one failed: do not rebuild the state every turn
-        if self.journal.bytes_written >= self._next_size_check:
-            # Stat the segments only every few MB written, not every turn. Relative
-            # to the last snapshot: a big live state must not compact in a loop.
-            self._next_size_check = self.journal.bytes_written + (4 << 20)
-            if self.journal.size_bytes > max(self.compact_bytes, 2 * self._snapshot_bytes):
-                return True
-        if mono >= self._retention_checked + self.retention_check:
-            self._retention_checked = mono
-            return self.state.expired(time.time(), self.retention, self.on_terminal is not None)
-        return False
-
-    @_holding_state_lock
-    def compact(self, now: float | None = None) -> bool:
-        """Snapshot the state into a new base segment; drop old segments and expired runs.
-
-        Returns whether it compacted. A failure to build or write the snapshot
-        (a run too large for a record, say) is logged and the old journal,
-        which is still valid, stays in use; only a ``StorageFailure`` stops us.
-        """
-        now = time.time() if now is None else now
-        self._compact_requested = False
-        try:
-            parts = self.state.snapshot(now, self.retention, hooks=self.on_terminal is not None)
-            bodies = [encode(p) for p in parts]
-            # The snapshot is built from the state after the last commit, so it
-            # holds what is durable; the journal syncs it before the old
-            # segments go (see Journal.compact for each crash window).
-            self.journal.compact(bodies)
-        except StorageFailure:
-            raise
-        except Exception as e:  # noqa: BLE001 - the old journal is intact: keep serving
-            self.compaction_failures += 1
-            wait = min(900.0, 60.0 * 2 ** min(self.compaction_failures - 1, 4))
-            self._compact_after = time.monotonic() + wait
-            log.error("compaction failed; keeping the old journal, which is still valid, "
-                      "and retrying in %.0f s: %s: %s", wait, type(e).__name__, e)
-            return False
-        self._snapshot_bytes = sum(len(b) for b in bodies)
-        self._swap_in(parts)
-        self.compactions += 1
-        self.compaction_failures = 0
-        log.info("compacted the journal: %d runs kept, %.1f MB", len(self.state.runs),
-                 self.journal.size_bytes / 1e6)
-        return True
-
-    def _swap_in(self, parts: list[Snapshot]) -> None:
-        """Fold the snapshot into a fresh State (dropping expired runs) and swap it in.
-
-        Built beside the live state and installed with one assignment, so a
-        reader on another thread sees the old state or the new, never half.
-        """
-        fresh = State(self.policy)
-        fresh.apply_all(parts)
-        fresh.records_applied = self.state.records_applied
-        self.state = fresh
-        self.outcomes.intersection_update(fresh.runs)
-
-    def _write_status(self, mono: float) -> None:
-        """Publish a live view for 'journaled watch' (not durable, not the source of truth).
-
-        Called on the loop thread only, busy or idle, so the age of the last
-        publish measures the loop itself: 'watch' calls a supervisor whose
-        status stopped changing while it holds the lock hung.
-        """
-        self._status_due = mono + (STATUS_INTERVAL if self.state.in_flight
-                                   else IDLE_STATUS_INTERVAL)
-        pool = self.pool
-        assert pool is not None
-        now = time.time()
-        flights = []
-        for w in pool.workers:
-            running = pool.running_seq(w)
-            pseq, done, total, msg = pool.progress(w)
-            for i, item in enumerate(w.outstanding):
-                run = self.state.runs.get(item.run_id)
-                if run is None:
-                    continue
-                started = item.seq == running or (i == 0 and running == 0)
-                flights.append(LiveStep(
-                    item.run_id, run.step, item.attempt, w.slot, w.pid or 0,
-                    now - (mono - w.head_started) if i == 0 else None,
-                    "running" if started else "queued",
-                    done if pseq == item.seq else None,
-                    total if pseq == item.seq else None,
-                    msg if pseq == item.seq else ""))
-        j = self.journal
-        if len(self.state.runs) < 20_000 or mono >= self._counts_due:
-            # Counting is O(runs): on a big state do it every few seconds only.
-            self._counts = self.state.status_counts()
-            self._counts_due = mono + 5.0
-        live = LiveStatus(os.getpid(), self.import_string, self.workers, self._started_wall, now,
-                          self.steps_done, j.syncs, j.records_written, j.size_bytes,
-                          self._counts, flights, self._stopping)
-        write_status(self.state_dir, live)
-        self.live = live  # for the CLI's status line: a finished view, never mutated
-
-    def _results(self, w: Worker, done: list[tuple[InFlight, WorkerResult]], now: float) -> None:
-        complete = self.state.complete
-        recs = self._recs
-        rng = self._rng.random
-        for item, res in done:
-            if res.kind == "revoked":  # skipped unstarted (the worker was told to stop)
-                recs += self.state.release(item.run_id, item.attempt, False, now)
-                continue
-            if self._shutdown_cancelled and item.cancel_at and res.kind in ("cancel", "cancelled"):
-                # Our own shutdown set that token: the step was interrupted, not cancelled,
-                # and a deploy is no crash: it counts toward nothing.
-                recs += self.state.release(item.run_id, item.attempt, True, now, shutdown=True)
-                continue
-            recs += complete(item.run_id, item.attempt, res, now, rng())
-        self.steps_done += len(done)
-
-    def _worker_messages(self, w: Worker) -> None:
-        """Memo puts: journaled this turn, acknowledged to the worker after the commit."""
-        state = self.state
-        for put in w.memo_puts:
-            item = next((i for i in w.outstanding if i.seq == put.seq), None)
-            if item is not None:
-                self._recs += state.memo_put(item.run_id, item.attempt, put.key, put.value)
-            self._memo_acks.append((w, put.seq))
-        w.memo_puts.clear()
-
-    def _view(self, w: Worker) -> dispatch.WorkerView:
-        """What the pure dispatch decisions need of ``w`` (the head's step limit only)."""
-        pool = self.pool
-        assert pool is not None
-        items = tuple(dispatch.StepView(i.seq, i.run_id, i.attempt, i.cancel_at,
-                                        self._step_limit(i.run_id) if n == 0 else 0.0)
-                      for n, i in enumerate(w.outstanding))
-        alive = w.proc is not None
-        return dispatch.WorkerView(w.slot, items, pool.running_seq(w) if alive else 0,
-                                   w.head_started, w.avg_step, alive and not w.stopping,
-                                   pool.depth(w) if alive else 0)
-
-    def _kill(self, w: Worker, reason: str, seq: int) -> None:
-        """Kill ``w`` for step ``seq``'s sake: only that step may be charged for it."""
-        pool = self.pool
-        assert pool is not None
-        if w.proc is not None and not w.kill_reason:
-            self._kill_seq[w.slot] = seq
-        pool.kill(w, reason)
-
-    def _death_message(self, w: Worker, pid: int | None, code: int | None) -> str:
-        why = getattr(self.pool, "death_reason", None)
-        if why is not None:
-            return str(why(w, code))
-        return f"worker {w.slot} (pid {pid}) {dispatch.signal_name(code)}"
-
-    def _worker_died(self, w: Worker, now: float) -> None:
-        pool = self.pool
-        assert pool is not None
-        try:
-            while w.conn is not None and w.conn.poll(0):
-                self._results(w, pool.read(w, time.monotonic()), now)
-        except (EOFError, OSError):
-            pass
-        view = self._view(w)
-        running = view.running_seq
-        reason = w.kill_reason
-        kill_seq = self._kill_seq.pop(w.slot, 0)
-        pid = w.pid
-        code = pool.reap(w)
-        died = self._death_message(w, pid, code)
-        w.outstanding.clear()
-        state = self.state
-        rng = self._rng.random
-        for item, verdict in dispatch.worker_lost(view.items, running, reason, kill_seq,
-                                                  self._stopping):
-            run = state.runs.get(item.run_id)
-            step = run.step if run is not None else -1
-            if verdict == dispatch.RELEASE:
-                self._recs += state.release(item.run_id, item.attempt, False, now)
-            elif verdict == dispatch.ABANDON:
-                self._recs += state.release(item.run_id, item.attempt, True, now)
-            elif verdict == dispatch.INTERRUPT:
-                self._recs += state.release(item.run_id, item.attempt, True, now,
-                                            shutdown=True)
-            elif verdict == dispatch.CANCELLED:
-                self._recs += state.complete(item.run_id, item.attempt, WorkerResult(
-                    "cancelled", error="cancelled; its worker was killed after the grace "
-                    "period"), now, rng())
-            elif verdict == dispatch.FAIL_TIMEOUT:
-                limit = self._step_limit(item.run_id)
-                log.warning("run %s step %d attempt %d timed out after %g s (step_timeout=%g);"
-                            " killing its worker", item.run_id, step, item.attempt, limit, limit)
-                self._recs += state.complete(item.run_id, item.attempt, WorkerResult(
-                    "timeout", error=f"step timed out after {limit:g} s (step_timeout="
-                    f"{limit:g}) and its worker was killed"), now, rng())
-            else:  # FAIL_DIED
-                log.warning("%s in run %s step %d attempt %d%s", died, item.run_id, step,
-                            item.attempt, "" if self._stopping else "; respawning")
-                self._recs += state.complete(item.run_id, item.attempt, WorkerResult(
-                    "worker_died", error=f"{died} during the step"), now, rng())
-        self._startup_death(w, running, reason, code, died)
-        self._wait_map = pool.wait_objects()
-
-    def _startup_death(self, w: Worker, running: int, reason: str, code: int | None,
-                       died: str) -> None:
-        """Respawn ``w``; stop only if fresh workers keep *exiting* before any step.
-
-        A runner that cannot import exits with an error code at start-up, every
-        time: that is a clear stop. A worker killed by a signal (the OOM killer,
-        an operator, a dying helper process) is no verdict on the runner: back
-        off the respawn instead, so the service never goes down for it.
-        """
-        pool = self.pool
-        assert pool is not None
-        if self._stopping:
-            return  # a worker told to stop exits; no verdict on the runner, no respawn
-        if w.ever_ran or running or reason:
-            self._startup_deaths = 0  # it got as far as a step (or we killed it)
-            self._respawn_delay = 0.0
-        elif code is not None and code > 0:
-            self._startup_deaths += 1
-            if self._startup_deaths >= 5:
-                raise JournaledError(
-                    f"worker processes keep dying at start-up ({died}); check that the "
-                    "runner's module imports cleanly in a fresh process (guard script code "
-                    "with 'if __name__ == \"__main__\":')")
-        else:
-            self._respawn_delay = min(5.0, max(0.1, 2 * self._respawn_delay))
-            log.warning("%s at start-up; respawning in %.1f s", died, self._respawn_delay)
-            self._respawn_at[w.slot] = time.monotonic() + self._respawn_delay
-            return
-        if not self._stopping:
-            pool.respawn(w)
-
-    def _respawn_due(self, mono: float) -> None:
-        """Respawn workers whose back-off after a start-up kill is over."""
-        pool = self.pool
-        assert pool is not None
-        for w in pool.workers:
-            at = self._respawn_at.get(w.slot)
-            if at is not None and mono >= at:
-                del self._respawn_at[w.slot]
-                if not self._stopping and w.proc is None:
-                    pool.respawn(w)
-                    self._wait_map = pool.wait_objects()
-
-    def _deadlines(self, mono: float, now: float) -> None:
-        pool = self.pool
-        assert pool is not None
-        if self._stopping and not self._shutdown_cancelled and mono >= self._drain_deadline:
-            # Drain time is up: ask running steps to stop, kill them after the grace.
-            self._shutdown_cancelled = True
-            for w in pool.workers:
-                if w.outstanding:
-                    pool.cancel(w, w.outstanding[0], self.cancel_grace, mono)
-        for w in pool.workers:
-            if not w.outstanding or w.proc is None:
-                continue
-            due = dispatch.kill_due(self._view(w), mono, self._shutdown_cancelled)
-            if due is not None:
-                self._kill(w, *due)
-
-    def _step_limit(self, run_id: str) -> float:
-        """Seconds a step of this run may take (0 = no limit); a run's own option wins."""
-        run = self.state.runs.get(run_id)
-        return run.step_timeout if run is not None and run.step_timeout else \
-            self.policy.step_timeout
-
-    @staticmethod
-    def _stuck_after(w: Worker) -> float:
-        """How long a worker's head step may run before the steps behind it are taken back."""
-        return dispatch.stuck_after(w.avg_step)
-
     def _next_timeout(self) -> float | None:
         if self._carry or self._commands:
             return 0.0
@@ -773,69 +336,13 @@ class Supervisor:
         due = self.state.next_due()
         if due is not None:
             times.append(mono + max(0.0, due - now))
-        pool = self.pool
-        assert pool is not None
-        views = [self._view(w) for w in pool.workers]
-        for v in views:
-            t = dispatch.next_deadline(v, mono)
-            if t is not None:
-                times.append(t)
-        t = dispatch.next_steal(views)
-        if t is not None:
-            times.append(t)
-        if self._stopping and not self._shutdown_cancelled:
-            times.append(self._drain_deadline)
+        times += self._worker_timers(mono)
         # The live view, busy or idle: its age is how 'watch' tells a hung loop.
         times.append(self._status_due)
-        times.extend(self._respawn_at.values())
         times.append(self._retention_checked + self.retention_check)
         if not times:
             return None
         return min(max(0.0, min(times) - mono) + 0.0005, 5.0)
-
-    def _steal(self, mono: float) -> bool:
-        """An idle worker and nothing ready: take back steps queued behind a long one.
-
-        Returns whether anything was taken back (it is ready again at once).
-        """
-        pool = self.pool
-        assert pool is not None
-        if not hasattr(pool, "revoke_queued"):
-            return False
-        took = False
-        by_slot = {w.slot: w for w in pool.workers}
-        for slot in dispatch.steal_candidates([self._view(w) for w in pool.workers], mono):
-            for item in pool.revoke_queued(by_slot[slot]):
-                self._recs += self.state.release(item.run_id, item.attempt)
-                took = True
-        return took
-
-    def _lease(self, now: float, mono: float) -> None:
-        pool = self.pool
-        assert pool is not None
-        state = self.state
-        due = state.next_due()
-        if not state.has_ready() and (due is None or due > now):
-            if not self._steal(mono):
-                return
-        recs = self._recs
-        by_slot = {w.slot: w for w in pool.workers}
-        plan = dispatch.lease_plan([self._view(w) for w in pool.workers], state.ready_count())
-        for slot, want in plan:
-            w = by_slot[slot]
-            runs = state.due_runs(now, want)
-            if not runs:
-                break
-            items = []
-            for run in runs:
-                rec = state.lease(run, w.slot, now)
-                recs.append(rec)
-                woken = state.woken_by(run)
-                items.append(Dispatch(pool.next_seq(), run.run_id, run.step, rec.attempt,
-                                      run.payload, run.headers,
-                                      Signal(*woken) if woken is not None else None,
-                                      run.memos or None))
-            self._dispatch.append((w, items))
 
     # --------------------------------------------------------- write, then act
 
@@ -921,39 +428,12 @@ class Supervisor:
             for rid in terminated:
                 self._fire_hook(rid)
 
-    def _signal_cancel(self, run_id: str) -> None:
-        pool = self.pool
-        assert pool is not None
-        mono = time.monotonic()
-        # Set before the CancelRequested record is synced: the token is advisory,
-        # and whatever the step answers is journaled after that record anyway.
-        for w in pool.workers:
-            for item in w.outstanding:
-                if item.run_id == run_id:
-                    if not item.cancel_at:
-                        pool.cancel(w, item, self.cancel_grace, mono)
-                    return
+    # ---------------------------------------- entry points for other threads
 
-    def _fire_hook(self, run_id: str) -> None:
-        """Hand a durable outcome to the hook thread (never call user code on the loop)."""
-        run = self.state.runs[run_id]
-        outcome = outcome_of(run)
-        self.outcomes.add(run_id)
-        if failpoints.ENABLED:
-            failpoints.hit("supervisor.before_hook")
-        assert self.on_terminal is not None
-        if self._hooks is None:
-            self._hooks = HookRunner(self.on_terminal, self.wake)
-        self._hooks.submit(run_id, outcome)
-
-    def _hooks_delivered(self) -> None:
-        """Hooks that returned: HookDelivered goes out with the next commit (at least once)."""
-        if self._hooks is not None:
-            state = self.state
-            for rid in self._hooks.delivered():
-                self._carry += state.hook_delivered(rid)
-
-    # -------------------------------------------------------------- queries
+    @_holding_state_lock
+    def compact(self, now: float | None = None) -> bool:
+        """Compact now, with the state lock held; returns whether it did (``_compact``)."""
+        return self._compact(now)
 
     @_holding_state_lock
     def status_counts(self) -> dict[str, int]:

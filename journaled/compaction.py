@@ -1,0 +1,110 @@
+"""Compaction and retention: when the journal is rewritten as one snapshot, and how.
+
+A compaction snapshots the state after the last commit (so it holds only
+what is durable) into a new base segment, drops the old segments, and
+leaves out finished runs past retention. It is due when asked for, when
+the journal has outgrown twice its last snapshot, or when a retention
+check finds expired runs. A failed one keeps the old journal, which is
+still valid, and backs off; only a ``StorageFailure`` stops the supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from .api import RunOutcome
+from .errors import StorageFailure
+from .journal import Journal
+from .records import Snapshot, encode
+from .state import Policy, State
+
+log = logging.getLogger("journaled.supervisor")
+
+RETENTION_CHECK = 300.0  # seconds between checks for finished runs past retention
+
+
+class Compaction:
+    """The supervisor's compaction (a mixin); ``Supervisor.compact`` takes the state lock."""
+
+    # What this part needs of the supervisor it is mixed into.
+    state: State
+    policy: Policy
+    journal: Journal
+    retention: float
+    compact_bytes: int
+    on_terminal: Callable[[RunOutcome], Any] | None
+    outcomes: set[str]
+
+    def _init_compaction(self) -> None:
+        self._compact_requested = False
+        self._next_size_check = 0
+        self.compactions = 0
+        self.compaction_failures = 0
+        self._snapshot_bytes = 0  # size of the last snapshot written: the next trigger is 2x
+        self._compact_after = 0.0  # monotonic: no automatic retry of a failed compaction before
+        self.retention_check = RETENTION_CHECK  # seconds between retention checks
+        self._retention_checked = time.monotonic()
+
+    def _compaction_due(self, mono: float) -> bool:
+        """Asked for; the journal outgrew its last snapshot; or finished runs expired."""
+        if self._compact_requested:
+            return True
+        if mono < self._compact_after:
+            return False  # the last one failed: do not rebuild the state every turn
+        if self.journal.bytes_written >= self._next_size_check:
+            # Stat the segments only every few MB written, not every turn. Relative
+            # to the last snapshot: a big live state must not compact in a loop.
+            self._next_size_check = self.journal.bytes_written + (4 << 20)
+            if self.journal.size_bytes > max(self.compact_bytes, 2 * self._snapshot_bytes):
+                return True
+        if mono >= self._retention_checked + self.retention_check:
+            self._retention_checked = mono
+            return self.state.expired(time.time(), self.retention, self.on_terminal is not None)
+        return False
+
+    def _compact(self, now: float | None = None) -> bool:
+        """Snapshot the state into a new base segment; drop old segments and expired runs.
+
+        Returns whether it compacted. A failure to build or write the snapshot
+        (a run too large for a record, say) is logged and the old journal,
+        which is still valid, stays in use; only a ``StorageFailure`` stops us.
+        """
+        now = time.time() if now is None else now
+        self._compact_requested = False
+        try:
+            parts = self.state.snapshot(now, self.retention, hooks=self.on_terminal is not None)
+            bodies = [encode(p) for p in parts]
+            # The snapshot is built from the state after the last commit, so it
+            # holds what is durable; the journal syncs it before the old
+            # segments go (see Journal.compact for each crash window).
+            self.journal.compact(bodies)
+        except StorageFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - the old journal is intact: keep serving
+            self.compaction_failures += 1
+            wait = min(900.0, 60.0 * 2 ** min(self.compaction_failures - 1, 4))
+            self._compact_after = time.monotonic() + wait
+            log.error("compaction failed; keeping the old journal, which is still valid, "
+                      "and retrying in %.0f s: %s: %s", wait, type(e).__name__, e)
+            return False
+        self._snapshot_bytes = sum(len(b) for b in bodies)
+        self._swap_in(parts)
+        self.compactions += 1
+        self.compaction_failures = 0
+        log.info("compacted the journal: %d runs kept, %.1f MB", len(self.state.runs),
+                 self.journal.size_bytes / 1e6)
+        return True
+
+    def _swap_in(self, parts: list[Snapshot]) -> None:
+        """Fold the snapshot into a fresh State (dropping expired runs) and swap it in.
+
+        Built beside the live state and installed with one assignment, so a
+        reader on another thread sees the old state or the new, never half.
+        """
+        fresh = State(self.policy)
+        fresh.apply_all(parts)
+        fresh.records_applied = self.state.records_applied
+        self.state = fresh
+        self.outcomes.intersection_update(fresh.runs)

@@ -1,0 +1,177 @@
+"""Intake: what reaches the supervisor's loop from outside it, as records for the turn.
+
+Two doors, one rule. ``Runtime`` threads queue commands (``call``) and get
+a ``Future``; clients drop files into ``inbox/``. Each turn folds both into
+the state, and the records go into that turn's one write. Nothing is
+answered before then: a ``Future`` resolves and an inbox file is deleted
+(acknowledged) only after the commit, so a crash in between reads the
+file again and finds a duplicate, or leaves the caller without an answer,
+never with a false one. With ``--reload`` the app's own source is watched
+too: a change only flags a worker restart for the next turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import JournaledError, RunConflict
+from .inbox import (
+    BatchMsg,
+    CancelMsg,
+    CompactMsg,
+    Inbox,
+    RedriveMsg,
+    SignalMsg,
+    SubmitMsg,
+    check_message,
+)
+from .records import Record
+from .state import State
+
+log = logging.getLogger("journaled.supervisor")
+
+
+class Future:
+    """A result handed from the supervisor thread to a caller once it is durable."""
+
+    __slots__ = ("_ev", "value", "error")
+
+    def __init__(self) -> None:
+        self._ev = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+        self._ev.set()
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self._ev.wait(timeout):
+            raise TimeoutError("the supervisor did not answer in time")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Intake:
+    """The supervisor's intake (a mixin): the command queue, the inbox reader, the reload watch."""
+
+    # What this part needs of the supervisor it is mixed into.
+    state: State
+    inbox: Inbox | None
+    stopped: threading.Event
+    _recs: list[Record]
+    _acks: list[Path]
+    _futures: list[tuple[Future, Any]]
+    _compact_requested: bool
+    wake: Callable[[], None]
+    _signal_cancel: Callable[[str], None]
+    reload_dir: Path | None
+
+    def _init_intake(self) -> None:
+        self._commands: deque[tuple[str, tuple[Any, ...], Future]] = deque()
+        self._reload = threading.Event()  # --reload: the code changed, restart the workers
+        self._reload_stop = threading.Event()
+
+    def call(self, kind: str, *args: Any) -> Future:
+        """Queue a command from another thread; the Future resolves once it is durable."""
+        fut = Future()
+        if self.stopped.is_set():
+            fut.set(error=JournaledError("the supervisor is not running"))
+            return fut
+        self._commands.append((kind, args, fut))
+        self.wake()
+        return fut
+
+    def _run_commands(self, now: float) -> None:
+        state = self.state
+        while self._commands:
+            kind, args, fut = self._commands.popleft()
+            try:
+                if kind == "submit_many":
+                    # All or nothing: every item is checked against the state (and
+                    # the batch's own duplicates) before any is applied.
+                    batch: dict[str, tuple[bytes, dict[str, str]]] = {}
+                    for rid, data, hdrs, *_ in args[0]:
+                        old = state.runs.get(rid)
+                        seen = (old.input, old.headers) if old is not None else batch.get(rid)
+                        if seen is not None and seen != (data, dict(hdrs or {})):
+                            raise RunConflict(rid)
+                        batch[rid] = (data, dict(hdrs or {}))
+                    for rid, data, hdrs, prio, attempts, timeout in args[0]:
+                        self._recs += state.submit(rid, data, now, hdrs, prio, attempts, timeout)
+                    self._futures.append((fut, [item[0] for item in args[0]]))
+                elif kind == "cancel":
+                    run_id, reason = args
+                    self._recs += state.cancel(run_id, reason, now)
+                    self._signal_cancel(run_id)
+                    self._futures.append((fut, state.runs[run_id].status))
+                elif kind == "signal":
+                    self._recs += state.signal(*args, now=now)
+                    self._futures.append((fut, None))
+                elif kind == "compact":
+                    self._compact_requested = True
+                    self._futures.append((fut, None))
+                elif kind == "redrive":
+                    self._recs += state.redrive(args[0], now)
+                    self._futures.append((fut, None))
+                else:
+                    raise ValueError(f"unknown command {kind!r}")
+            except JournaledError as e:
+                fut.set(error=e)
+
+    def _read_inbox(self, now: float) -> None:
+        assert self.inbox is not None
+        state = self.state
+        for path, msg in self.inbox.scan():
+            try:
+                if isinstance(msg, (SubmitMsg, BatchMsg)):
+                    # Each submission is accepted or rejected on its own: one
+                    # conflict in a batch never drops the others. A rejection is
+                    # recorded before the file is acknowledged (after the commit).
+                    for m in msg.items if isinstance(msg, BatchMsg) else [msg]:
+                        try:
+                            self._recs += self._submit_msg(m, now)
+                        except (JournaledError, TypeError, ValueError) as e:
+                            self.inbox.reject_run(m.run_id, str(e), path.name)
+                    self._acks.append(path)
+                    continue
+                check_message(msg)
+                if isinstance(msg, CancelMsg):
+                    self._recs += state.cancel(msg.run_id, msg.reason, now)
+                    self._signal_cancel(msg.run_id)
+                elif isinstance(msg, RedriveMsg):
+                    self._recs += state.redrive(msg.run_id, now)
+                elif isinstance(msg, CompactMsg):
+                    self._compact_requested = True
+                elif isinstance(msg, SignalMsg):
+                    self._recs += state.signal(msg.run_id, msg.key, msg.data, now)
+            except (JournaledError, TypeError, ValueError) as e:
+                self.inbox.reject(path, str(e))
+                continue
+            self._acks.append(path)
+
+    def _submit_msg(self, m: SubmitMsg, now: float) -> list[Record]:
+        # The clients' checks again: a file from elsewhere must not crash us later.
+        check_message(m)
+        # The client's clock: submitted_at must not change when a pending run is taken up.
+        return self.state.submit(m.run_id, m.input, m.at, m.headers, m.priority, m.max_attempts,
+                                 m.step_timeout)
+
+    def _watch_code(self) -> None:
+        """--reload: flag a worker restart when a .py file under the app's directory changes."""
+        import watchfiles
+
+        assert self.reload_dir is not None
+        for changes in watchfiles.watch(self.reload_dir, watch_filter=watchfiles.PythonFilter(),
+                                        stop_event=self._reload_stop, raise_interrupt=False,
+                                        debounce=300):
+            names = sorted({Path(p).name for _, p in changes})
+            log.warning("code changed (%s); restarting workers after their current steps",
+                        ", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
+            self._reload.set()
+            self.wake()
