@@ -43,22 +43,20 @@ class Archive:
     """
 
     def __init__(self, state: Path) -> None:
-        from ..journal import JournalTailer
+        from ..replay import Tail
 
         self.state = state
         self.records: list[Any] = []
         self.resets = 0
-        self._tailer = JournalTailer(state / "journal")
+        self._tail = Tail(state / "journal")
 
     def update(self) -> None:
-        from ..records import decode
-
         try:
-            reset, bodies = self._tailer.poll()
+            reset, entries = self._tail.poll()
         except Exception:  # noqa: BLE001 - damage shows up in check (g)
             return
         self.resets += reset
-        self.records += [decode(b) for b in bodies]
+        self.records += [rec for _seg, _off, rec in entries]
 
     def of_run(self, run_id: str) -> list[Any]:
         return [r for r in self.records if getattr(r, "run_id", None) == run_id]
@@ -66,13 +64,9 @@ class Archive:
 
 def final_outcomes(state: Path) -> dict[str, Outcome | None]:
     """Each run's outcome as the journal says now (None: not terminal)."""
-    from ..journal import Journal
-    from ..records import decode
-    from ..state import State
+    from ..replay import fold
 
-    st = State()
-    for _seg, _off, body in Journal(state / "journal").replay():
-        st.apply(decode(body))
+    st = fold(state / "journal")
     out: dict[str, Outcome | None] = {}
     for rid, run in st.runs.items():
         out[rid] = Outcome(run.status, run.result, run.error) if run.terminal else None
