@@ -35,8 +35,13 @@ from . import (
 @handles_errors
 def status(run_id: str, as_json: bool, state: Path) -> None:
     """Show where RUN_ID is: status, steps, result or error."""
+    from ..live import health
+
     client = _client(state)
     out = client.status(run_id)
+    # Whether anything is moving the run: a supervisor running, hung (holds the
+    # lock, stopped publishing its status) or none at all.
+    sup = health(state)
     if as_json:
         data = outcome_json(out)
         run = client.state.runs.get(run_id)
@@ -44,9 +49,12 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
             data.update(step=run.step, attempt=run.attempt, failures=run.failures,
                         dead=run.dead, traceback=run.traceback or None,
                         history=[msgspec.structs.asdict(a) for a in client.history(run_id)])
+        data["supervisor"] = msgspec.structs.asdict(sup)
         click.echo(json.dumps(data))
         return
     click.echo(f"run {out.run_id}: {out.status.value}")
+    if not out.status.terminal:
+        click.echo(f"  supervisor: {sup.message}")
     click.echo(f"  steps:     {out.steps}")
     click.echo(f"  submitted: {_when(out.submitted_at)}")
     if out.finished_at:

@@ -28,6 +28,12 @@ def _watch(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60)
 
 
+def _status(state: Path, rid: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "journaled.cli", "status", rid, "--state",
+                           str(state), *args], cwd=ROOT, env=cli_env(), capture_output=True,
+                          text=True, timeout=60)
+
+
 def _health(state: Path) -> dict[str, Any]:
     res = _watch(state, "--json")
     assert res.returncode == 0, res.stderr
@@ -52,6 +58,16 @@ def test_sigstopped_supervisor_is_reported_hung_and_killed_one_not_running(
         text = _watch(state, "--once").stdout
         assert f"supervisor pid {sup.pid} not responding: last status" in text, text
         assert "(hung?)" in text and "no supervisor running" not in text, text
+        # 'journaled status' of a run nobody is moving says why: the supervisor hangs.
+        rid = "queued-while-hung"
+        sub = subprocess.run([sys.executable, "-m", "journaled.cli", "submit", "7", "--run-id",
+                              rid, "--state", str(state)], cwd=ROOT, env=cli_env(),
+                             capture_output=True, text=True, timeout=60)
+        assert sub.returncode == 0, sub.stderr
+        human = _status(state, rid).stdout
+        assert f"supervisor: supervisor pid {sup.pid} not responding" in human, human
+        st = json.loads(_status(state, rid, "--json").stdout)
+        assert st["supervisor"]["state"] == "hung" and st["supervisor"]["pid"] == sup.pid, st
         os.kill(sup.pid, signal.SIGCONT)
         wait_for(lambda: _health(state)["state"] == "running", 30, "running again after SIGCONT")
         os.kill(sup.pid, signal.SIGKILL)
@@ -60,6 +76,8 @@ def test_sigstopped_supervisor_is_reported_hung_and_killed_one_not_running(
                        "not running after kill -9")
         assert got["pid"] is None
         assert "no supervisor running" in _watch(state, "--once").stdout
+        st = json.loads(_status(state, rid, "--json").stdout)
+        assert st["supervisor"]["state"] == "none", st
     finally:
         try:
             os.killpg(sup.pid, signal.SIGKILL)
