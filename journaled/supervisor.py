@@ -265,6 +265,9 @@ class Supervisor:
         self.reloads += 1
         pool = self.pool
         assert pool is not None
+        self._respawn_delay = 0.0
+        for slot in self._respawn_at:  # backed off after a broken import: try the new code now
+            self._respawn_at[slot] = 0.0
         for w in pool.workers:
             if w.proc is not None:
                 w.kill_reason = "reload"
@@ -710,6 +713,13 @@ class Supervisor:
         if w.ever_ran or running or reason:
             self._startup_deaths = 0  # it got as far as a step (or we killed it)
             self._respawn_delay = 0.0
+        elif code is not None and code > 0 and self.reload_dir is not None:
+            # --reload: the code is mid-edit; keep retrying (backed off) until it imports.
+            self._respawn_delay = min(5.0, max(0.5, 2 * self._respawn_delay))
+            log.warning("%s at start-up (does the code import?); retrying in %.1f s",
+                        died, self._respawn_delay)
+            self._respawn_at[w.slot] = time.monotonic() + self._respawn_delay
+            return
         elif code is not None and code > 0:
             self._startup_deaths += 1
             if self._startup_deaths >= 5:
