@@ -20,6 +20,7 @@ import logging
 import random
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from . import dispatch
@@ -48,6 +49,7 @@ class Leasing:
     _shutdown_cancelled: bool
     _drain_deadline: float
     _reload: threading.Event
+    reload_dir: Path | None
 
     def _init_leasing(self) -> None:
         self.steps_done = 0
@@ -261,6 +263,13 @@ class Leasing:
         if w.ever_ran or running or reason:
             self._startup_deaths = 0  # it got as far as a step (or we killed it)
             self._respawn_delay = 0.0
+        elif code is not None and code > 0 and self.reload_dir is not None:
+            # --reload: the code is mid-edit; keep retrying (backed off) until it imports.
+            self._respawn_delay = min(5.0, max(0.5, 2 * self._respawn_delay))
+            log.warning("%s at start-up (does the code import?); retrying in %.1f s",
+                        died, self._respawn_delay)
+            self._respawn_at[w.slot] = time.monotonic() + self._respawn_delay
+            return
         elif code is not None and code > 0:
             self._startup_deaths += 1
             if self._startup_deaths >= 5:
@@ -294,6 +303,9 @@ class Leasing:
         self.reloads += 1
         pool = self.pool
         assert pool is not None
+        self._respawn_delay = 0.0
+        for slot in self._respawn_at:  # backed off after a broken import: try the new code now
+            self._respawn_at[slot] = 0.0
         for w in pool.workers:
             if w.proc is not None:
                 w.kill_reason = "reload"

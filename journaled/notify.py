@@ -35,6 +35,10 @@ class DirWatcher:
             return True
         ms = 3_600_000 if timeout is None else max(1, int(timeout * 1000))
         got = self._notify.watch(5, 1, ms, stop)
+        if got == "signal":
+            # RustNotify ran the SIGINT handler itself and swallowed its
+            # KeyboardInterrupt; re-raise it, or Ctrl-C never stops a waiter.
+            raise KeyboardInterrupt
         return isinstance(got, set)
 
     def close(self) -> None:

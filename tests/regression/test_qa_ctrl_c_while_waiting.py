@@ -1,0 +1,80 @@
+"""Ctrl-C stops ``journaled wait`` and ``journaled log -f`` (and ``Client.wait``).
+
+QA: the file-change wait (watchfiles' ``RustNotify.watch``) checks for
+signals itself and, on SIGINT, returns the string ``"signal"`` instead of
+raising; ``DirWatcher.wait`` read that as "no change" and the caller went
+back to waiting. So ``journaled wait RUN_ID`` on a run that never ends, and
+``journaled log -f``, ignored Ctrl-C for ever (only ``kill -9`` stopped them).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from journaled.client import Client
+from tests.e2e.helpers import ROOT, cli_env
+
+
+def _interrupt(args: list[str]) -> tuple[int | None, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "journaled.cli", *args], cwd=ROOT,
+                            env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(3.0)  # well inside the wait (imports done, watcher armed)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _out, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+        return None, err
+    return proc.returncode, err
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_stops_cli_wait_on_a_run_still_in_the_inbox(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    rid = Client(state).submit(b"1", run_id="never-runs")
+    code, err = _interrupt(["wait", rid, "--state", str(state)])
+    assert code is not None, "journaled wait ignored SIGINT"
+    assert code != 0 and "Traceback" not in err, err
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_stops_cli_log_follow(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    Client(state).submit(b"1", run_id="r")
+    done = subprocess.run([sys.executable, "-m", "journaled.cli", "run", "tests.apps.basic:runner",
+                           "--state", str(state), "-w", "1", "--until-idle"], cwd=ROOT,
+                          env=cli_env(), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    code, err = _interrupt(["log", "-f", "--state", str(state)])
+    assert code is not None, "journaled log -f ignored SIGINT"
+    assert "Traceback" not in err, err
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_raises_keyboard_interrupt_from_client_wait(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    Client(state).submit(b"1", run_id="never-runs")
+    code = ("import sys\nfrom journaled.client import Client\n"
+            f"try:\n    Client({str(state)!r}).wait('never-runs')\n"
+            "except KeyboardInterrupt:\n    sys.exit(42)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=cli_env(),
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("Client.wait ignored SIGINT")
+    assert proc.returncode == 42, proc.stderr.read() if proc.stderr else ""
