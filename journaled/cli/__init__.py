@@ -97,6 +97,10 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(f"{e.strerror or e}: {e.filename}; is that the right --state?", 2)
         except BrokenPipeError:
             sys.exit(0)
+        except KeyboardInterrupt:
+            # Ctrl-C while waiting: 130 like a shell, never 1 ("the run failed").
+            click.echo("interrupted; the run goes on", err=True)
+            sys.exit(130)
 
     return wrapper
 
