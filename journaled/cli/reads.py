@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import msgspec
 
+from ..errors import SubmissionRejected
 from . import (
     _client,
     _short,
@@ -38,7 +39,12 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
     from ..live import health
 
     client = _client(state)
-    out = client.status(run_id)
+    try:
+        out = client.status(run_id)
+    except SubmissionRejected as e:
+        if as_json:  # scripts get JSON for this answer too, with the same exit code
+            click.echo(json.dumps({"run_id": run_id, "status": "rejected", "error": e.reason}))
+        raise
     # Whether anything is moving the run: a supervisor running, hung (holds the
     # lock, stopped publishing its status) or none at all.
     sup = health(state)

@@ -25,7 +25,7 @@ from journaled.errors import InputTooLarge, RunConflict, RunNotFound, Submission
 from journaled.inbox import BatchMsg, SubmitMsg, write_durable
 from journaled.limits import MAX_HEADERS, MAX_VALUE
 from journaled.runtime import Runtime
-from tests.e2e.helpers import cli_env
+from tests.e2e.helpers import ROOT, cli_env
 
 BAD_SUBMITS: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"priority": 1.5}, TypeError),
@@ -139,6 +139,16 @@ def test_rejected_submission_reports_submission_rejected_not_run_not_found(
         assert "over the" in e.value.reason, e.value.reason
     with pytest.raises(RunNotFound):
         client.status("never-submitted")
+    # The CLI: one line for people, JSON for scripts, exit 2 either way.
+    cli = [sys.executable, "-m", "journaled.cli", "status", "huge", "--state", str(state_dir)]
+    text = subprocess.run(cli, cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert text.returncode == 2 and "rejected" in text.stderr and "Traceback" not in text.stderr
+    js = subprocess.run([*cli, "--json"], cwd=ROOT, env=cli_env(), capture_output=True,
+                        text=True, timeout=60)
+    assert js.returncode == 2, js.stderr
+    doc = json.loads(js.stdout)
+    assert doc["status"] == "rejected" and "over the" in doc["error"], doc
 
 
 @pytest.mark.timeout(60)
