@@ -118,7 +118,7 @@ class InputTooLarge(JournaledError):
         self.size = size
         self.limit = limit
         super().__init__(
-            f"{what} is {size:,} bytes, over the {limit:,}-byte limit; "
+            f"{what}: {size:,} bytes, over the {limit:,}-byte limit; "
             "store big data in a file and pass its path"
         )
 
