@@ -33,15 +33,17 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _quiet_exit(kind: type[BaseException], value: BaseException, tb: object) -> None:
-    """The forkserver's last words: none when its supervisor went away mid-request.
+    """Last words of the forkserver and its fresh children: none when the supervisor left.
 
     A supervisor killed while it asks for a worker leaves the forkserver
-    reading a half-sent request; CPython's loop then ends in ``EOFError``
-    (or a reset connection) with a traceback on the shared stderr, which an
-    operator would take for a bug. That case exits quietly; anything else
-    is printed as usual.
+    reading a half-sent request, or the just-forked child reading the
+    half-sent process data; CPython then ends in ``EOFError`` (or a reset
+    connection) with a traceback on the shared stderr, which an operator
+    would take for a bug. Those exit quietly (the exit status still says
+    they failed); anything else is printed as usual. A running worker never
+    gets here: ``multiprocessing`` reports its exceptions itself.
     """
-    if os.getpid() == _PID and issubclass(kind, (EOFError, ConnectionError)):
+    if issubclass(kind, (EOFError, ConnectionError)):
         return
     sys.__excepthook__(kind, value, tb)  # type: ignore[arg-type]
 
