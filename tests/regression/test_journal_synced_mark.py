@@ -128,14 +128,22 @@ def test_tailer_stops_at_the_mark_while_the_lock_holder_syncs(tmp_path):
         while b"second" not in seg.read_bytes() and time.monotonic() < deadline:
             time.sleep(0.001)
         assert b"second" in seg.read_bytes(), "the write precedes the sync"
-        while not done.is_set():
-            got = tailer.poll()
-            if done.is_set():
-                break  # the sync may have returned during this poll
-            assert got == (False, []), "the tailer read past the synced mark"
+        written_at = time.monotonic()  # the record is in the file; its sync waits 800 ms
+        seen: list[bytes] = []
+        seen_at = None
+        while not seen and time.monotonic() < written_at + 10:
+            reset, got = tailer.poll()
+            assert not reset
+            if got:
+                seen, seen_at = got, time.monotonic()
             time.sleep(0.01)
         t.join()
-        assert tailer.poll() == (False, [b"second"])
+        seen += tailer.poll()[1]
+        assert seen == [b"second"], seen
+        # Visible only once the mark moved, after the delayed sync: never while the
+        # record sat in the page cache unsynced.
+        assert seen_at is not None and seen_at - written_at >= 0.7, \
+            f"the tailer read past the synced mark {seen_at - written_at:.3f} s after the write"
         mark = read_mark(state / "journal")
         assert mark is not None and mark.pid == os.getpid()
         assert (mark.segment, mark.offset) == (1, seg.stat().st_size)
