@@ -50,7 +50,8 @@ def test_payloads_between_steps_never_deadlock_the_worker_pipes(runtime, size, r
 # ------------------------------------------------------------ CLI supervisors
 
 
-def _children(pid: int) -> list[int]:
+def _live_procs() -> list[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command name) of every live process."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -60,9 +61,13 @@ def _children(pid: int) -> list[int]:
                 stat = f.read().rpartition(")")[2].split()
         except OSError:
             continue
-        if stat[0] != "Z" and int(stat[1]) == pid:
-            found.append(int(entry))
+        if stat[0] != "Z":
+            found.append((int(entry), stat))
     return found
+
+
+def _children(pid: int) -> list[int]:
+    return [p for p, stat in _live_procs() if int(stat[1]) == pid]
 
 
 def _cmdline(pid: int) -> str:
@@ -211,16 +216,9 @@ def _session_helpers(sup: int) -> list[tuple[str, int]]:
     """(kind, pid) of the supervisor's live helpers: forkserver, resource tracker, workers
     (a worker whose forkserver died is reparented, so look by session, not by parent)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                st = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        pid, ppid, sid = int(entry), int(st[1]), int(st[3])
-        if sid != sup or pid == sup or st[0] == "Z":
+    for pid, st in _live_procs():
+        ppid, sid = int(st[1]), int(st[3])
+        if sid != sup or pid == sup:
             continue
         cl = _cmdline(pid)
         if "resource_tracker" in cl:
