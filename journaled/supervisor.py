@@ -31,7 +31,6 @@ status for ``watch``) and ``hooks`` (the hand-off to the hook thread).
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import threading
@@ -63,12 +62,6 @@ DAY = 86400.0
 # Test-only: break the write-ahead rule on purpose (send leases before they are
 # synced) to prove that crash tests in power-loss mode catch it. Never a flag.
 _UNSAFE_DISPATCH_FIRST = os.environ.get("JOURNALED_UNSAFE_DISPATCH_BEFORE_SYNC") == "1"
-
-
-def block_name(state_dir: Path) -> str:
-    """Shared-memory name of a state directory's cancel block (one supervisor each)."""
-    digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:16]
-    return f"journaled-{digest}"
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -162,8 +155,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             os.set_blocking(self._wake_w, False)
             self.inbox = Inbox(self.state_dir)
             self.pool = make_executor(self.executor, self.import_string or self.runner,
-                                      self.workers, self.preload, block_name(self.state_dir),
-                                      state_dir=self.state_dir)
+                                      self.workers, self.preload, state_dir=self.state_dir)
             if hasattr(self.pool, "on_ready"):
                 self.pool.on_ready = self.wake  # a remote executor came back: lease again
             self.pool.start()

@@ -14,12 +14,12 @@ from typing import Any
 
 
 def make_executor(spec: str, runner: Any, workers: int, preload: list[str] | None,
-                  name: str | None = None, state_dir: Any = None) -> Any:
+                  state_dir: Any = None) -> Any:
     """``local`` or ``dask://HOST:PORT``; ``ValueError`` names what is accepted."""
     from ..pool import Pool
 
     if spec in ("", "local"):
-        return Pool(runner, workers, preload=preload, name=name, state_dir=state_dir)
+        return Pool(runner, workers, preload=preload, state_dir=state_dir)
     if spec.startswith("dask://"):
         from .dask import DaskExecutor
 

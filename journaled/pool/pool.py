@@ -365,9 +365,8 @@ class Pool(WorkerChannels):
     _scratch: str | None = None
 
     def __init__(self, runner: Any, workers: int, preload: list[str] | None = None,
-                 max_depth: int = 256, batch_target: float = 0.01, name: str | None = None,
+                 max_depth: int = 256, batch_target: float = 0.01,
                  state_dir: str | os.PathLike[str] | None = None) -> None:
-        del name  # the old shared-memory name; the block is a file now
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.runner = runner
