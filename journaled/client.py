@@ -47,6 +47,7 @@ import msgspec
 
 from . import replay
 from .api import Attempt, DeadLetter, RunOutcome, RunStatus
+from .archive import ArchivedRun, CachedReader, content_sha256
 from .errors import (
     RunConflict,
     RunNotDead,
@@ -123,6 +124,8 @@ class Client:
         # What this client posted, by run id: tells its own refused submission
         # apart from the run that won the id.
         self._mine: dict[str, bytes] = {}
+        # Finished runs: one indexed read of STATE/archive.sqlite3 (read-only).
+        self._archive = CachedReader(self.state_dir)
 
     # ------------------------------------------------------------- reading
 
@@ -153,8 +156,24 @@ class Client:
                 del self._mine[run_id]  # journaled as we posted it: nothing left to tell
         return run
 
+    def _archived(self, run_id: str) -> Run | None:
+        """The run rebuilt from its archive row, if it finished and was archived.
+
+        Asked after the journal: a run leaves the journal only once its row is
+        committed, so a run the folded journal lacks is in the archive, if anywhere.
+        """
+        row: ArchivedRun | None = self._archive.call("get", run_id)
+        if row is None:
+            return None
+        run = row.run()
+        mine = self._mine.pop(run_id, None)
+        if mine is not None and mine != _digest(run.input, run.headers):
+            raise SubmissionRejected(run_id, rejection(self.state_dir, run_id) or (
+                "another submission took this run id with other input first"))
+        return run
+
     def _find(self, run_id: str) -> Run | SubmitMsg:
-        """The journaled run, else its inbox submission; raise if it is neither."""
+        """The journaled run, else its inbox submission, else the archived run; or raise."""
         run = self._live(run_id)
         if run is not None:
             return run
@@ -164,7 +183,7 @@ class Client:
         why = rejection(self.state_dir, run_id)
         # It may have been journaled between our read and the inbox listing
         # (the supervisor deletes an inbox file only after its record is durable).
-        run = self._live(run_id)
+        run = self._live(run_id) or self._archived(run_id)
         if run is not None:
             return run
         if why is not None:
@@ -180,14 +199,24 @@ class Client:
         found = self._find(run_id)
         return outcome_of(found) if isinstance(found, Run) else pending_outcome(found)
 
-    def runs(self, status: str | RunStatus | None = None) -> list[RunOutcome]:
-        """Every known run (inbox ones as ``pending``), oldest first (by submit time, id)."""
+    def runs(self, status: str | RunStatus | None = None, since: float | None = None,
+             limit: int | None = 100) -> list[RunOutcome]:
+        """Runs newest first: live ones (inbox ones as ``pending``) and archived ones.
+
+        Ordered by ``finished_at`` (a live run by ``submitted_at``), newest
+        first; ``since`` (epoch seconds) keeps runs finished (live: submitted)
+        at or after it; ``limit`` caps the list (``None``: all). The archive
+        answers with one indexed query, whatever its size.
+        """
         state = self.refresh()
         out = [outcome_of(r) for r in state.runs.values()]
         for rid, msg in self._pending().items():
             if rid not in state.runs:
                 out.append(pending_outcome(msg))
-        return sort_runs(out, status)
+        want = RunStatus(status) if status is not None else None
+        rows = [] if want is not None and not want.terminal else \
+            self._archive.call("runs", want and want.value, since, limit) or []
+        return merge_runs(out, [r.outcome() for r in rows], status, since, limit)
 
     def result(self, run_id: str) -> bytes:
         """The result bytes of a succeeded run; ``RunNotTerminal`` while it is live."""
@@ -239,11 +268,14 @@ class Client:
         found = self._find(run_id)
         return attempts_of(found) if isinstance(found, Run) else []
 
-    def dead(self) -> list[DeadLetter]:
-        """Runs whose step was dead-lettered (terminal ``failed`` with ``dead``), oldest first."""
-        runs = [r for r in self.refresh().runs.values() if r.dead]
-        runs.sort(key=lambda r: (r.submitted_at, r.run_id))
-        return [dead_letter(r) for r in runs]
+    def dead(self, limit: int | None = 100) -> list[DeadLetter]:
+        """Runs whose step was dead-lettered (``failed`` with ``dead``), newest first.
+
+        Live and archived ones, by ``finished_at``; ``limit`` caps the list (``None``: all).
+        """
+        live = [dead_letter(r) for r in self.refresh().runs.values() if r.dead]
+        rows = self._archive.call("runs", "failed", None, limit, True) or []
+        return merge_dead(live, [r.dead_letter() for r in rows], limit)
 
     # ------------------------------------------------------------- writing
 
@@ -286,6 +318,17 @@ class Client:
                         raise RunConflict(m.run_id)
                     continue
                 fresh.append(m)
+            # Across history: ids the journal no longer has, in one archive query.
+            known = self._archive.call("identities", [m.run_id for m in fresh]) or {}
+            if known:
+                kept = []
+                for m in fresh:
+                    seen = known.get(m.run_id)
+                    if seen is None:
+                        kept.append(m)
+                    elif seen != (content_sha256(m.input), m.headers):
+                        raise RunConflict(m.run_id)
+                fresh = kept
         for msg in _batches(fresh):
             post(self.state_dir, msg)
         for m in items:
@@ -332,13 +375,35 @@ class Client:
         post(self.state_dir, RedriveMsg(run_id, time.time()))
 
 
-def sort_runs(out: list[RunOutcome], status: str | RunStatus | None) -> list[RunOutcome]:
-    """Filter by ``status`` and order oldest first: the order of ``runs()`` everywhere."""
+def _newest(o: RunOutcome) -> tuple[float, str]:
+    return (o.finished_at or o.submitted_at or 0.0, o.run_id)
+
+
+def merge_runs(live: list[RunOutcome], archived: list[RunOutcome],
+               status: str | RunStatus | None, since: float | None,
+               limit: int | None) -> list[RunOutcome]:
+    """Live and archived outcomes, filtered, newest first: the order of ``runs()`` everywhere.
+
+    A run in both (archived, its ``Archived`` record not yet read) counts once, live.
+    """
     if status is not None:
         want = RunStatus(status)
-        out = [o for o in out if o.status == want]
-    out.sort(key=lambda o: (o.submitted_at or 0.0, o.run_id))
-    return out
+        live = [o for o in live if o.status == want]
+    if since is not None:
+        live = [o for o in live if _newest(o)[0] >= since]
+    ids = {o.run_id for o in live}
+    out = live + [o for o in archived if o.run_id not in ids]
+    out.sort(key=_newest, reverse=True)
+    return out if limit is None else out[:max(0, int(limit))]
+
+
+def merge_dead(live: list[DeadLetter], archived: list[DeadLetter],
+               limit: int | None) -> list[DeadLetter]:
+    """Live and archived dead letters, newest first by ``finished_at``, each run once."""
+    ids = {d.run_id for d in live}
+    out = live + [d for d in archived if d.run_id not in ids]
+    out.sort(key=lambda d: (d.finished_at or 0.0, d.run_id), reverse=True)
+    return out if limit is None else out[:max(0, int(limit))]
 
 
 def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | None,

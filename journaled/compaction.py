@@ -1,11 +1,14 @@
 """Compaction and retention: when the journal is rewritten as one snapshot, and how.
 
 A compaction snapshots the state after the last commit (so it holds only
-what is durable) into a new base segment, drops the old segments, and
-leaves out finished runs past retention. It is due when asked for, when
-the journal has outgrown twice its last snapshot, or when a retention
-check finds expired runs. A failed one keeps the old journal, which is
-still valid, and backs off; only a ``StorageFailure`` stops the supervisor.
+what is durable) into a new base segment and drops the old segments. The
+state holds live runs and finished ones not yet archived (``archiving``),
+so its cost is O(live runs). It is due when asked for, or when the journal
+has outgrown ``max(compact_bytes, 2 x its last snapshot)`` (no storm when
+the live state is big). The retention timer here deletes archive rows past
+retention (on the archiver thread), with or without a compaction. A
+failed compaction keeps the old journal, which is still valid, and backs
+off; only a ``StorageFailure`` stops the supervisor.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Compaction:
     compact_bytes: int
     on_terminal: Callable[[RunOutcome], Any] | None
     outcomes: set[str]
+    _expire_archive: Callable[[float], None]
 
     def _init_compaction(self) -> None:
         self._compact_requested = False
@@ -56,12 +60,15 @@ class Compaction:
         if self.journal.bytes_written >= self._next_size_check:
             # Stat the segments only every few MB written, not every turn. Relative
             # to the last snapshot: a big live state must not compact in a loop.
-            self._next_size_check = self.journal.bytes_written + (4 << 20)
+            self._next_size_check = self.journal.bytes_written + min(4 << 20,
+                                                                     self.compact_bytes // 4)
             if self.journal.size_bytes > max(self.compact_bytes, 2 * self._snapshot_bytes):
                 return True
         if mono >= self._retention_checked + self.retention_check:
+            # Retention is the archive's now (finished runs leave the journal
+            # through it): its rows past retention go on the archiver thread.
             self._retention_checked = mono
-            return self.state.expired(time.time(), self.retention, self.on_terminal is not None)
+            self._expire_archive(time.time())
         return False
 
     def _compact(self, now: float | None = None) -> bool:

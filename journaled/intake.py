@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from .archiving import check_archived
 from .errors import JournaledError, RunConflict
 from .inbox import (
     BatchMsg,
@@ -70,6 +71,8 @@ class Intake:
     _compact_requested: bool
     wake: Callable[[], None]
     _signal_cancel: Callable[[str], None]
+    _restore_archived: Callable[[str], list[Record]]
+    _archived_identities: Callable[[list[str]], dict[str, tuple[str, dict[str, str]]]]
     reload_dir: Path | None
 
     def _init_intake(self) -> None:
@@ -89,21 +92,32 @@ class Intake:
 
     def _run_commands(self, now: float) -> None:
         state = self.state
-        while self._commands:
+        # The commands queued so far (more may arrive meanwhile: next turn), and
+        # in ONE archive query, the submitted ids the live state does not know.
+        cmds = list(self._commands)
+        known = self._archived_identities([
+            item[0] for kind, args, _ in cmds if kind == "submit_many" for item in args[0]
+            if item[0] not in state.runs])
+        for _ in range(len(cmds)):
             kind, args, fut = self._commands.popleft()
             try:
                 if kind == "submit_many":
-                    # All or nothing: every item is checked against the state (and
-                    # the batch's own duplicates) before any is applied.
+                    # All or nothing: every item is checked against the state, the
+                    # archive (history) and the batch's own duplicates before any is applied.
                     batch: dict[str, tuple[bytes, dict[str, str]]] = {}
+                    archived: set[str] = set()
                     for rid, data, hdrs, *_ in args[0]:
                         old = state.runs.get(rid)
                         seen = (old.input, old.headers) if old is not None else batch.get(rid)
                         if seen is not None and seen != (data, dict(hdrs or {})):
                             raise RunConflict(rid)
+                        if old is None and check_archived(known, rid, data, hdrs):
+                            archived.add(rid)  # finished long ago with this input: no-op
                         batch[rid] = (data, dict(hdrs or {}))
                     for rid, data, hdrs, prio, attempts, timeout in args[0]:
-                        self._recs += state.submit(rid, data, now, hdrs, prio, attempts, timeout)
+                        if rid not in archived:
+                            self._recs += state.submit(rid, data, now, hdrs, prio, attempts,
+                                                       timeout)
                     self._futures.append((fut, [item[0] for item in args[0]]))
                 elif kind == "cancel":
                     run_id, reason = args
@@ -117,6 +131,7 @@ class Intake:
                     self._compact_requested = True
                     self._futures.append((fut, None))
                 elif kind == "redrive":
+                    self._recs += self._restore_archived(args[0])
                     self._recs += state.redrive(args[0], now)
                     self._futures.append((fut, None))
                 else:
@@ -127,7 +142,13 @@ class Intake:
     def _read_inbox(self, now: float) -> None:
         assert self.inbox is not None
         state = self.state
-        for path, msg in self.inbox.scan():
+        found = self.inbox.scan()
+        # One archive query for the turn: submitted ids the live state does not know.
+        known = self._archived_identities([
+            m.run_id for _, msg in found if isinstance(msg, (SubmitMsg, BatchMsg))
+            for m in (msg.items if isinstance(msg, BatchMsg) else [msg])
+            if isinstance(m, SubmitMsg) and m.run_id not in state.runs])
+        for path, msg in found:
             try:
                 if isinstance(msg, (SubmitMsg, BatchMsg)):
                     # Each submission is accepted or rejected on its own: one
@@ -135,7 +156,7 @@ class Intake:
                     # recorded before the file is acknowledged (after the commit).
                     for m in msg.items if isinstance(msg, BatchMsg) else [msg]:
                         try:
-                            self._recs += self._submit_msg(m, now)
+                            self._recs += self._submit_msg(m, now, known)
                         except (JournaledError, TypeError, ValueError) as e:
                             self.inbox.reject_run(m.run_id, str(e), path.name)
                     self._acks.append(path)
@@ -145,6 +166,7 @@ class Intake:
                     self._recs += state.cancel(msg.run_id, msg.reason, now)
                     self._signal_cancel(msg.run_id)
                 elif isinstance(msg, RedriveMsg):
+                    self._recs += self._restore_archived(msg.run_id)
                     self._recs += state.redrive(msg.run_id, now)
                 elif isinstance(msg, CompactMsg):
                     self._compact_requested = True
@@ -155,9 +177,13 @@ class Intake:
                 continue
             self._acks.append(path)
 
-    def _submit_msg(self, m: SubmitMsg, now: float) -> list[Record]:
+    def _submit_msg(self, m: SubmitMsg, now: float,
+                    known: dict[str, tuple[str, dict[str, str]]]) -> list[Record]:
         # The clients' checks again: a file from elsewhere must not crash us later.
         check_message(m)
+        if m.run_id not in self.state.runs and check_archived(known, m.run_id, m.input,
+                                                              m.headers):
+            return []  # archived with this input: a duplicate, like a live one
         # The client's clock: submitted_at must not change when a pending run is taken up.
         return self.state.submit(m.run_id, m.input, m.at, m.headers, m.priority, m.max_attempts,
                                  m.step_timeout)

@@ -154,6 +154,17 @@ class Redriven(Record, tag="rdv"):
     at: float
 
 
+class Archived(Record, tag="arc"):
+    """These finished runs are durable in ``archive.sqlite3``. Replay: drop them from the state.
+
+    Written only after the archive commit returned, so a run is always in
+    the journal, the archive, or both (then replay archives it again: an upsert).
+    """
+
+    run_ids: list[str]
+    at: float
+
+
 class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
     """One live or retained run inside a ``Snapshot``."""
 
@@ -192,6 +203,15 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
     order: int = 0  # submission order: ready runs of one priority go oldest run first
 
 
+class Restored(Record, tag="rst"):
+    """An archived dead-lettered run brought back to be redriven (a ``Redriven`` follows).
+
+    Replay: the run is in the state again, as it was archived.
+    """
+
+    run: RunSnapshot
+
+
 class Snapshot(Record, tag="snp"):
     """Every run worth keeping at compaction time, in parts of bounded size.
 
@@ -207,7 +227,8 @@ class Snapshot(Record, tag="snp"):
 
 
 AnyRecord = Union[Submitted, Leased, Released, StepDone, AttemptFailed, CancelRequested,
-                  Terminated, HookDelivered, Recovered, Redriven, SignalSent, MemoPut, Snapshot]
+                  Terminated, HookDelivered, Recovered, Redriven, SignalSent, MemoPut, Snapshot,
+                  Archived, Restored]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyRecord)

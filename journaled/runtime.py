@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 from .api import Attempt, DeadLetter, RunOutcome, RunStatus
-from .client import Client, dead_letter, pending_outcome, sort_runs, submit_msgs
+from .client import Client, dead_letter, merge_dead, merge_runs, pending_outcome, submit_msgs
 from .errors import (
     JournaledError,
     RunNotDead,
     RunNotFound,
+    RunNotLive,
     RunNotTerminal,
     SubmissionRejected,
 )
@@ -45,7 +46,7 @@ from .inbox import (
     seconds,
 )
 from .limits import MAX_TEXT, check_size
-from .state import Policy, attempts_of
+from .state import Policy, Run, attempts_of, outcome_of
 from .supervisor import DAY, Future, Supervisor
 
 
@@ -210,7 +211,13 @@ class Runtime:
         if not isinstance(reason, str):
             raise TypeError(f"the cancel reason must be a str, got {type(reason).__name__}")
         check_size("the cancel reason", reason, MAX_TEXT)
-        was = RunStatus(self._await(self._sup.call("cancel", run_id, reason)))
+        try:
+            was = RunStatus(self._await(self._sup.call("cancel", run_id, reason)))
+        except RunNotFound:
+            run = self._archived(run_id)  # finished and archived: the cancel lost the race
+            if run is None:
+                raise
+            return outcome_of(run)
         out = self.status(run_id)
         if out.status.terminal and not was.terminal:
             # It ended after the request was recorded: the cancel did not lose the
@@ -226,8 +233,10 @@ class Runtime:
         out = self.status(run_id)  # RunNotFound, SubmissionRejected, or pending in the inbox
         with self._sup.state_lock:
             run = self._sup.state.runs.get(run_id)
-            if run is None or not run.dead:
-                raise RunNotDead(run_id, out.status.value)
+        if run is None:
+            run = self._archived(run_id)  # an archived dead letter is brought back to redrive
+        if run is None or not run.dead:
+            raise RunNotDead(run_id, out.status.value)
         self._check()
         self._await(self._sup.call("redrive", run_id))
 
@@ -237,9 +246,20 @@ class Runtime:
         check_run_id(run_id)
         check_signal_key(key)
         raw = check_bytes("the signal data", data)
-        self._await(self._sup.call("signal", run_id, key, raw))
+        try:
+            self._await(self._sup.call("signal", run_id, key, raw))
+        except RunNotFound:
+            run = self._archived(run_id)
+            if run is None:
+                raise
+            raise RunNotLive(run_id, run.status) from None
 
     # -------------------------------------------------------------- queries
+
+    def _archived(self, run_id: str) -> Run | None:
+        """The run rebuilt from its archive row (asked after the live state: see Client)."""
+        row = self._sup.archive_reader.call("get", run_id)
+        return None if row is None else row.run()
 
     def _not_found(self, run_id: str) -> NoReturn:
         """Like ``Client``: a rejected submission says so, anything else is not found."""
@@ -260,6 +280,9 @@ class Runtime:
             run = self._sup.state.runs.get(run_id)
             if run is not None:
                 return attempts_of(run)
+        run = self._archived(run_id)
+        if run is not None:
+            return attempts_of(run)
         self._not_found(run_id)
 
     def status(self, run_id: str) -> RunOutcome:
@@ -273,6 +296,9 @@ class Runtime:
         out = self._sup.status(run_id)  # taken from the inbox since we looked
         if out is not None:
             return out
+        run = self._archived(run_id)
+        if run is not None:
+            return outcome_of(run)
         self._not_found(run_id)
 
     def wait(self, run_id: str, timeout: float | timedelta | None = None) -> RunOutcome:
@@ -303,23 +329,28 @@ class Runtime:
             raise RunNotTerminal(run_id, out.status.value)
         return out.result or b""
 
-    def runs(self, status: str | RunStatus | None = None) -> list[RunOutcome]:
-        """Every known run (inbox ones as ``pending``), oldest first, like ``Client.runs``."""
+    def runs(self, status: str | RunStatus | None = None, since: float | None = None,
+             limit: int | None = 100) -> list[RunOutcome]:
+        """Runs newest first, live (inbox ones ``pending``) and archived, like ``Client.runs``."""
         sup = self._sup
         with sup.state_lock:
             out = [o for o in (sup.status(r) for r in sup.state.runs) if o is not None]
             known = set(sup.state.runs)
         out += [pending_outcome(m) for rid, m in pending_submissions(self.state_dir).items()
                 if rid not in known]
-        return sort_runs(out, status)
+        want = RunStatus(status) if status is not None else None
+        rows = [] if want is not None and not want.terminal else \
+            sup.archive_reader.call("runs", want and want.value, since, limit) or []
+        return merge_runs(out, [r.outcome() for r in rows], status, since, limit)
 
-    def dead(self) -> list[DeadLetter]:
-        """Runs whose step was dead-lettered (durably), oldest first; copies, not live state."""
+    def dead(self, limit: int | None = 100) -> list[DeadLetter]:
+        """Dead-lettered runs (durably), live and archived, newest first; copies only."""
         sup = self._sup
         with sup.state_lock:
-            runs = [r for r in sup.state.runs.values() if r.dead and r.run_id in sup.outcomes]
-            runs.sort(key=lambda r: (r.submitted_at, r.run_id))
-            return [dead_letter(r) for r in runs]
+            live = [dead_letter(r) for r in sup.state.runs.values()
+                    if r.dead and r.run_id in sup.outcomes]
+        rows = sup.archive_reader.call("runs", "failed", None, limit, True) or []
+        return merge_dead(live, [r.dead_letter() for r in rows], limit)
 
     def client(self) -> Client:
         """A file-based client on the same state directory."""

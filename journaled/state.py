@@ -19,6 +19,7 @@ import msgspec
 from .errors import RunConflict, RunNotFound, RunNotLive
 from .limits import SNAPSHOT_PART
 from .records import (
+    Archived,
     AttemptFailed,
     CancelRequested,
     HookDelivered,
@@ -28,6 +29,7 @@ from .records import (
     Recovered,
     Redriven,
     Released,
+    Restored,
     RunSnapshot,
     SignalSent,
     Snapshot,
@@ -122,7 +124,7 @@ class State:
             CancelRequested: self._cancel_requested, Terminated: self._terminated,
             HookDelivered: self._hook_delivered, Recovered: self._recovered,
             Redriven: self._redriven, SignalSent: self._signal_sent, MemoPut: self._memo_put,
-            Snapshot: self._snapshot,
+            Snapshot: self._snapshot, Archived: self._archived, Restored: self._restored,
         }
 
     # ----------------------------------------------------------------- fold
@@ -350,6 +352,21 @@ class State:
         if run is not None and run.step == rec.step and not run.terminal:
             run.memos[rec.key] = rec.value
 
+    def _archived(self, rec: Archived) -> None:
+        # Ready-queue and timer entries are lazy: a missing run is skipped there.
+        runs = self.runs
+        for rid in rec.run_ids:
+            if runs.pop(rid, None) is not None:
+                self.unhooked.discard(rid)
+                self.in_flight.pop(rid, None)
+                self._attention.discard(rid)
+
+    def _restored(self, rec: Restored) -> None:
+        if rec.run.run_id not in self.runs:
+            run = run_from_snapshot(rec.run)
+            run.hook_delivered = True  # its hook ran before it was archived
+            self.runs[run.run_id] = run
+
     def _snapshot(self, rec: Snapshot) -> None:
         if rec.app:
             self.app = rec.app
@@ -564,6 +581,12 @@ class State:
             return []
         return self._commit([HookDelivered(run_id)])
 
+    def restore(self, snap: RunSnapshot) -> list[Record]:
+        """Bring an archived run back (to redrive it); nothing if the state has it."""
+        if snap.run_id in self.runs:
+            return []
+        return self._commit([Restored(snap)])
+
     def redrive(self, run_id: str, now: float) -> list[Record]:
         run = self.runs.get(run_id)
         if run is None:
@@ -572,27 +595,24 @@ class State:
             return []
         return self._commit([Redriven(run_id, now)])
 
-    def snapshot(self, now: float, retention: float, hooks: bool | None = None,
+    def snapshot(self, now: float, retention: float = 0.0, hooks: bool | None = None,
                  part_bytes: int = SNAPSHOT_PART) -> list[Snapshot]:
-        """Live runs plus terminal ones younger than ``retention`` seconds, in parts.
+        """Every run the state holds, in parts: live ones and finished ones not yet archived.
 
-        With ``hooks`` a terminal run whose hook is not yet delivered is kept
-        whatever its age, so the hook still fires after a restart; ``None``
-        (an offline compaction, which cannot know) keeps them if any hook
-        was ever delivered on this journal. Parts are cut near ``part_bytes`` encoded
-        bytes (a record body is bounded, a run count is not); a run bigger
-        than that gets a part of its own.
+        Finished runs leave the state only through ``Archived`` (once the
+        archive holds them), never through a snapshot: dropping one here
+        could lose it. So a snapshot is O(live runs) once the archiver keeps
+        up, and ``retention`` (kept for callers) applies to the archive.
+        ``hooks`` is recorded (``None``: whether a hook ever ran here).
+        Parts are cut near ``part_bytes`` encoded bytes (a record body is
+        bounded, a run count is not); a run bigger than that gets a part of its own.
         """
         if hooks is None:
             hooks = self.hooks_in_use
-        cutoff = now - retention
         parts: list[Snapshot] = []
         part: list[RunSnapshot] = []
         size = 0
         for run in self.runs.values():
-            if (run.terminal and (run.hook_delivered or not hooks)
-                    and (run.finished_at or 0) < cutoff):
-                continue
             snap = run_to_snapshot(run)
             n = len(encode(snap))
             if part and size + n > part_bytes:
@@ -603,14 +623,24 @@ class State:
             size += n
         if part or not parts:
             parts.append(Snapshot(now, part, len(parts), app=self.app, last_at=self.last_at,
-                                      hooks=hooks))
+                                  hooks=hooks))
         return parts
 
-    def expired(self, now: float, retention: float, hooks: bool) -> bool:
-        """Whether a compaction would drop any finished run (the retention timer asks)."""
-        cutoff = now - retention
-        return any(run.terminal and (run.hook_delivered or not hooks)
-                   and (run.finished_at or 0) < cutoff for run in self.runs.values())
+    def archivable(self, hooks: bool) -> list[Run]:
+        """Finished runs ready for the archive: hook delivered, or no hook configured."""
+        return [r for r in self.runs.values()
+                if r.terminal and (r.hook_delivered or not hooks)]
+
+    def archived(self, done: list[tuple[str, float]], now: float) -> list[Record]:
+        """Drop runs the archive now holds: ``(run id, finished_at)`` as archived.
+
+        A run redriven since (live again, or finished anew) is kept: its
+        archive row is stale and the run is archived again when it ends.
+        """
+        runs = self.runs
+        ids = [rid for rid, at in done if (r := runs.get(rid)) is not None and r.terminal
+               and r.finished_at == at]
+        return self._commit([Archived(ids, now)]) if ids else []
 
     # -------------------------------------------------------------- queries
 

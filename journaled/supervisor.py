@@ -41,6 +41,7 @@ from typing import Any, Callable, TypeVar, cast
 
 from . import failpoints, replay
 from .api import RunOutcome, RunStatus
+from .archiving import Archiving
 from .compaction import Compaction
 from .errors import JournaledError, StorageFailure
 from .executors import make_executor
@@ -82,14 +83,14 @@ def _holding_state_lock(fn: F) -> F:
     return cast(F, locked)
 
 
-class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
+class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archiving):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
     def __init__(self, state_dir: str | os.PathLike[str], runner: Any, *, workers: int = 2,
                  policy: Policy | None = None, on_terminal: Callable[[RunOutcome], Any] | None
                  = None, cancel_grace: float = 2.0, drain_timeout: float = 30.0,
                  preload: list[str] | None = None, retention: float = 7 * DAY,
-                 compact_bytes: int = 256 << 20, unsafe_no_fsync: bool = False,
+                 compact_bytes: int = 16 << 20, unsafe_no_fsync: bool = False,
                  import_string: str = "", reload_dir: str | os.PathLike[str] | None = None,
                  executor: str = "local") -> None:
         if workers < 1 and executor in ("", "local"):
@@ -117,6 +118,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         self._init_leasing()  # kills, respawn back-off, steps done
         self._init_live()  # when the live view is next published
         self._init_hooks()  # the hook thread, started with the first hook to fire
+        self._init_archiving()  # the archive thread, started after replay
         self._wake_r, self._wake_w = -1, -1
         self._recs: list[Record] = []
         self._carry: list[Record] = []  # records made after a commit, for the next one
@@ -153,6 +155,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
+            self._start_archiver()  # finished runs the replay left (or a 0.2 state's)
             self.inbox = Inbox(self.state_dir)
             self.pool = make_executor(self.executor, self.import_string or self.runner,
                                       self.workers, self.preload, state_dir=self.state_dir)
@@ -217,7 +220,8 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
     def _idle(self) -> bool:
         return (self.state.idle() and not self._commands and not self._carry
                 and self.inbox is not None and not self.inbox.scan_pending()
-                and (self._hooks is None or not self._hooks.busy()))
+                and (self._hooks is None or not self._hooks.busy())
+                and not self._archive_busy())
 
     def _all_workers_gone(self) -> bool:
         return self.pool is None or all(w.proc is None for w in self.pool.workers)
@@ -225,6 +229,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
     def close(self) -> None:
         if self._hooks is not None:
             self._hooks.close()  # hooks not yet delivered are owed to the next start
+        self._close_archiver()  # runs not yet archived stay finished in the journal
         clear_status(self.state_dir)
         self._reload_stop.set()
         if self.inbox is not None:
@@ -273,6 +278,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         if self._carry:
             recs += self._carry
             self._carry = []
+        recs += self._archived_records(now)  # the archive committed them: drop from the journal
         woke = False
         dead: list[Worker] = []
         for obj in ready:
@@ -397,6 +403,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
 
     def _after_commit(self, recs: list[Record]) -> None:
         self._hooks_delivered()
+        self._archive_after_commit(recs)  # durably finished (and hooked): to the archiver
         pool = self.pool
         terminated: list[str] = []
         for rec in recs:

@@ -68,7 +68,7 @@ def watch(state: Path, log: Path, poll: float = POLL) -> None:
     last_error = ""
     while True:
         try:
-            outcomes = client.runs()
+            outcomes = client.runs(limit=None)
         except Exception as e:  # noqa: BLE001 - logged for the report; keep looking
             text = f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
             if text != last_error:

@@ -807,28 +807,34 @@ def _finished_runs() -> State:
 
 
 @pytest.mark.timeout(10)
-def test_retention_drops_only_old_terminal_runs_whose_hook_was_delivered():
+def test_snapshot_keeps_every_finished_run_until_archived_whatever_its_age():
     st = _finished_runs()
-    parts = snapshot_parts(st, T0 + 1000, retention=500)
+    parts = snapshot_parts(st, T0 + 1e9, retention=500)
     kept = sorted(r.run_id for p in parts for r in p.runs)
-    assert kept == ["live", "old_unhooked", "young"], \
-        "terminal runs older than retention go; live, young and unhooked runs stay"
+    assert kept == ["live", "old", "old_unhooked", "young"], \
+        "retention is the archive's: a snapshot never drops a run the archive may not hold"
     fresh = restore(parts, None)
-    assert "old" not in fresh.runs and fresh.unhooked == {"old_unhooked"}, \
-        "a retained run whose hook is owed must still owe it after the snapshot"
-    assert fresh.submit("old", b"again", T0 + 2000) != [], \
-        "an id dropped by retention may be submitted afresh"
+    assert fresh.unhooked == {"old_unhooked"}, \
+        "a run whose hook is owed must still owe it after the snapshot"
 
 
 @pytest.mark.timeout(10)
-def test_retention_without_hooks_drops_old_unhooked_runs_too():
+def test_archived_drops_the_runs_from_every_index_and_snapshots():
     st = _finished_runs()
-    try:
-        parts = snapshot_parts(st, T0 + 1000, retention=500, hooks=False)
-    except TypeError:
-        pytest.skip("State.snapshot has no hooks option")
-    kept = sorted(r.run_id for p in parts for r in p.runs)
-    assert kept == ["live", "young"], "with no hook to owe, every old terminal run goes"
+    at = {rid: st.runs[rid].finished_at for rid in ("old", "old_unhooked")}
+    recs = st.archived([("old", at["old"]), ("old_unhooked", at["old_unhooked"]),
+                        ("live", 0.0), ("young", -1.0)], T0 + 2000)
+    assert [r.run_ids for r in recs] == [["old", "old_unhooked"]], \
+        "only terminal runs archived with their current finished_at are dropped"
+    assert sorted(st.runs) == ["live", "young"] and st.unhooked == set()
+    kept = sorted(r.run_id for p in snapshot_parts(st, T0 + 3000, 1.0) for r in p.runs)
+    assert kept == ["live", "young"], "an archived run is in no later snapshot"
+    replayed = restore(snapshot_parts(_finished_runs(), T0, 1.0) + recs, None)
+    assert sorted(replayed.runs) == ["live", "young"], "replay drops archived runs the same way"
+    assert st.submit("old", b"again", T0 + 2000) != [], \
+        "the state no longer knows an archived id (the supervisor asks the archive)"
+    assert [r.run_id for r in st.due_runs(T0 + 4000, 10)] == ["live", "old"], \
+        "a stale ready-queue entry of an archived run is skipped"
 
 
 @pytest.mark.timeout(10)
@@ -1052,7 +1058,7 @@ def test_abandoned_attempt_ends_at_the_last_record_before_the_crash_not_the_rest
 
 
 @pytest.mark.timeout(10)
-def test_offline_snapshot_keeps_runs_whose_hook_is_owed_when_hooks_are_in_use():
+def test_offline_snapshot_keeps_finished_runs_and_remembers_hooks_in_use():
     j = Journal()
     for rid in ("hooked", "owed"):
         j.submit(rid)
@@ -1061,12 +1067,10 @@ def test_offline_snapshot_keeps_runs_whose_hook_is_owed_when_hooks_are_in_use():
     j(j.st.hook_delivered("hooked"))
     offline = j.replay()  # 'journaled compact' folds the journal, knowing no hook
     kept = [r.run_id for p in offline.snapshot(T0 + 1e9, 1.0) for r in p.runs]
-    assert kept == ["owed"], "a hook ran on this journal: the owed hook must survive"
+    assert kept == ["hooked", "owed"], "finished runs leave the journal only by Archived"
     again = restore(offline.snapshot(T0 + 1e9, 1.0), None)
-    assert [r.run_id for p in again.snapshot(T0 + 1e9, 1.0) for r in p.runs] == ["owed"], \
-        "and the snapshot remembers that hooks were in use"
-    assert [r.run_id for p in j.replay().snapshot(T0 + 1e9, 1.0, hooks=False)
-            for r in p.runs] == [], "a supervisor without a hook owes none: retention drops it"
+    assert again.hooks_in_use and again.unhooked == {"owed"}, \
+        "the snapshot remembers that hooks were in use, and which one is owed"
 
 
 @pytest.mark.timeout(10)

@@ -1,0 +1,283 @@
+"""Moving finished runs from the journal to the archive, off the loop.
+
+::
+
+    loop (after a commit)                     archiver thread
+      terminal + durable + hook delivered ──> rows (built on the loop, cheap)
+                                              upsert a batch, COMMIT (fsynced)
+      Archived(ids) in the next group   <──── ids handed back, loop woken
+      commit; replay drops the runs
+
+The loop only builds rows (a msgpack encode per run, under the state lock
+it already holds) and writes one small ``Archived`` record per batch; the
+SQLite work (and its fsync) happens on the archiver thread.
+
+Crash windows, in order:
+
+- killed before the archive commit: the runs are still finished in the
+  journal; the next start queues them again.
+- killed after the archive commit, before ``Archived`` is durable: replay
+  still has them as finished, queues them again and the upsert replaces
+  each row with the same content (no duplicate, no second outcome).
+- killed after ``Archived`` is durable: the runs are only in the archive.
+
+A failed archive write (disk full, a locked file) is logged and retried
+with a backoff; the runs stay in the journal meanwhile, never lost. The
+retention timer deletes archive rows past ``retention`` on the same thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from . import failpoints
+from .archive import Archive, ArchiveWriter, CachedReader, Row, content_sha256, row_of
+from .errors import RunConflict
+from .records import Archived, HookDelivered, Record, Redriven, Terminated
+from .run import Run
+from .state import State
+
+log = logging.getLogger("journaled.supervisor")
+
+BATCH = 2000  # rows per archive transaction
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 30.0
+
+
+class Archiver:
+    """The archiver thread: upserts queued rows, hands archived ids back to the loop."""
+
+    def __init__(self, archive: Archive, wake: Callable[[], None]) -> None:
+        self.archive = archive
+        self.wake = wake
+        self._cond = threading.Condition()
+        self._rows: deque[Row] = deque()
+        self._cutoff: float | None = None  # retention: delete rows finished before this
+        self._closed = False
+        self.done: deque[list[tuple[str, float]]] = deque()  # thread -> loop
+        self.failures = 0
+        self.archived = 0
+        self.deleted = 0
+        self._writer: ArchiveWriter | None = None
+        self._busy = False
+        self._failing = False
+        self.sweep_blobs: Callable[[float], Any] | None = None  # the blob sweep, if any
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="journaled-archive")
+        self._thread.start()
+
+    def put(self, rows: list[Row]) -> None:
+        with self._cond:
+            self._rows.extend(rows)
+            self._cond.notify()
+
+    def expire(self, cutoff: float) -> None:
+        """Delete archive rows finished before ``cutoff`` (the retention timer)."""
+        with self._cond:
+            self._cutoff = cutoff
+            self._cond.notify()
+
+    def busy(self) -> bool:
+        """Work queued or being written (not while failing: ``--until-idle`` must end)."""
+        with self._cond:
+            return (bool(self._rows) or self._busy or bool(self.done)) and not self._failing
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop; rows not yet archived stay finished in the journal for the next start."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _take(self) -> tuple[list[Row], float | None] | None:
+        with self._cond:
+            while not self._closed and not self._rows and self._cutoff is None:
+                self._cond.wait()
+            if self._closed:
+                return None
+            batch = [self._rows.popleft() for _ in range(min(BATCH, len(self._rows)))]
+            cutoff, self._cutoff = self._cutoff, None
+            self._busy = True
+            return batch, cutoff
+
+    def _loop(self) -> None:
+        fails = 0
+        while True:
+            item = self._take()
+            if item is None:
+                break
+            batch, cutoff = item
+            try:
+                if self._writer is None:
+                    self._writer = self.archive.open_writer()
+                if batch:
+                    self._commit(self._writer, batch)
+                if cutoff is not None:
+                    n = self._writer.delete_finished_before(cutoff)
+                    self.deleted += n
+                    if n:
+                        log.info("retention: deleted %d archived runs finished before %s", n,
+                                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cutoff)))
+                    if self.sweep_blobs is not None:
+                        self.sweep_blobs(cutoff)  # the blob sweep (journaled.blobs) goes here
+                fails = 0
+            except Exception as e:  # noqa: BLE001 - the runs stay in the journal: retry
+                fails += 1
+                self.failures += 1
+                wait = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (fails - 1))
+                log.error("archive write failed (%s: %s); %d runs stay in the journal, "
+                          "retrying in %.1f s", type(e).__name__, e, len(batch), wait)
+                if self._writer is not None:
+                    try:
+                        self._writer.close()
+                    except Exception:  # noqa: BLE001 - reopened on the next try
+                        pass
+                    self._writer = None
+                with self._cond:
+                    self._failing = True
+                    self._rows.extendleft(reversed(batch))
+                    if cutoff is not None and self._cutoff is None:
+                        self._cutoff = cutoff
+                    self._busy = False
+                    self._cond.wait(wait)
+                continue
+            with self._cond:
+                self._busy = self._failing = False
+        if self._writer is not None:
+            self._writer.close()
+
+    def _commit(self, writer: ArchiveWriter, batch: list[Row]) -> None:
+        if failpoints.ENABLED:
+            failpoints.hit("archive.before_commit")
+        writer.upsert(batch)  # synchronous=FULL: durable on return
+        self.archived += len(batch)
+        if failpoints.ENABLED:
+            failpoints.hit("archive.after_commit")
+        # Only now may the journal drop them (the loop writes Archived).
+        self.done.append([(r[0], r[14]) for r in batch])
+        with self._cond:
+            closed = self._closed
+        if not closed:  # after close the wake pipe may be gone (or its fd reused)
+            self.wake()
+
+
+class Archiving:
+    """The loop's side of the archive (a mixin): queue finished runs, journal ``Archived``."""
+
+    # What this part needs of the supervisor it is mixed into.
+    state: State
+    state_dir: Path
+    on_terminal: Callable[[Any], Any] | None
+    outcomes: set[str]
+    retention: float
+    wake: Callable[[], None]
+
+    def _init_archiving(self) -> None:
+        self.archive = Archive(self.state_dir)
+        self.archive_reader = CachedReader(self.state_dir)  # the loop's and Runtime's reads
+        self._archiver: Archiver | None = None
+        self._archive_queued: set[str] = set()  # handed to the thread, not yet dropped
+
+    def _start_archiver(self) -> None:
+        """At start: every finished run the replay left (also a 0.2 state's retained ones)."""
+        self._archiver = Archiver(self.archive, self.wake)
+        self._archiver.sweep_blobs = self._sweep_blobs
+        self._queue_runs(self.state.archivable(self.on_terminal is not None))
+
+    def _close_archiver(self) -> None:
+        if self._archiver is not None:
+            self._archiver.close()
+        self.archive_reader.close()
+
+    def _sweep_blobs(self, cutoff: float) -> None:
+        """The blob sweep's call point (journaled.blobs fills it): blobs no row names."""
+
+    def _queue_runs(self, runs: list[Run]) -> None:
+        if self._archiver is None:
+            return
+        queued = self._archive_queued
+        rows = []
+        for run in runs:
+            if run.run_id not in queued:
+                queued.add(run.run_id)
+                rows.append(row_of(run))
+        if rows:
+            self._archiver.put(rows)
+
+    def _archive_after_commit(self, recs: list[Record]) -> None:
+        """After a commit: runs now durably finished (and hooked) go to the archiver."""
+        hooks = self.on_terminal is not None
+        runs = self.state.runs
+        ready: list[Run] = []
+        dropped = False
+        for rec in recs:
+            t = type(rec)
+            if t is Terminated and not hooks or t is HookDelivered:
+                run = runs.get(rec.run_id)  # type: ignore[union-attr]
+                if run is not None and run.terminal:
+                    ready.append(run)
+            elif t is Redriven:
+                self._archive_queued.discard(rec.run_id)  # type: ignore[union-attr]
+            elif t is Archived:
+                dropped = True
+                for rid in rec.run_ids:  # type: ignore[union-attr]
+                    self._archive_queued.discard(rid)
+                    self.outcomes.discard(rid)
+        if dropped and failpoints.ENABLED:
+            failpoints.hit("archive.after_drop")
+        if ready:
+            self._queue_runs(ready)
+
+    def _archived_records(self, now: float) -> list[Record]:
+        """Batches the archive committed: ``Archived`` for the turn's group commit."""
+        arch = self._archiver
+        if arch is None or not arch.done:
+            return []
+        done: list[tuple[str, float]] = []
+        while arch.done:
+            done += arch.done.popleft()
+        recs = self.state.archived(done, now)
+        kept = {rid for rid, _ in done} - set(recs[0].run_ids if recs else ())
+        self._archive_queued -= kept  # redriven since: archived again when they end
+        return recs
+
+    def _archive_busy(self) -> bool:
+        return self._archiver is not None and self._archiver.busy()
+
+    def _expire_archive(self, now: float) -> None:
+        if self._archiver is not None:
+            self._archiver.expire(now - self.retention)
+
+    def _restore_archived(self, run_id: str) -> list[Record]:
+        """An archived dead-lettered run back into the journal, so it can be redriven."""
+        if run_id in self.state.runs or not self.archive.exists():
+            return []
+        row = self.archive_reader.call("get", run_id)
+        if row is None or not row.dead:
+            return []
+        return self.state.restore(row.snapshot())
+
+    # ------------------------------------------------- idempotency across history
+
+    def _archived_identities(self, run_ids: list[str]) -> dict[str, tuple[str, dict[str, str]]]:
+        """One archive query for ids the live state does not know (re-submits)."""
+        if not run_ids or not self.archive.exists():
+            return {}
+        return self.archive_reader.call("identities", run_ids) or {}
+
+
+def check_archived(known: dict[str, tuple[str, dict[str, str]]], run_id: str, data: Any,
+                   headers: dict[str, str] | None) -> bool:
+    """True: a no-op re-submit of an archived run; ``RunConflict`` for other input."""
+    seen = known.get(run_id)
+    if seen is None:
+        return False
+    if seen != (content_sha256(data), dict(headers or {})):
+        raise RunConflict(run_id)
+    return True
+
