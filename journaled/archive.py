@@ -153,7 +153,7 @@ class ArchivedRun(msgspec.Struct, frozen=True, kw_only=True):
         return RunOutcome(self.id, RunStatus(self.status), self.result, self.error, self.steps,
                           self.submitted_at, self.finished_at)
 
-    def attempts(self) -> list[Attempt]:
+    def attempt_list(self) -> list[Attempt]:
         return attempts_of(self.run())
 
     def dead_letter(self) -> DeadLetter:

@@ -190,6 +190,11 @@ class Client:
             raise SubmissionRejected(run_id, why)
         raise RunNotFound(run_id)
 
+    def _run(self, run_id: str) -> Run | None:
+        """The run's full record (live or archived); ``None`` while it is in the inbox."""
+        found = self._find(run_id)
+        return found if isinstance(found, Run) else None
+
     def status(self, run_id: str) -> RunOutcome:
         """Where the run is.
 

@@ -8,8 +8,12 @@ created.
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 import msgspec
@@ -48,9 +52,9 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
     # Whether anything is moving the run: a supervisor running, hung (holds the
     # lock, stopped publishing its status) or none at all.
     sup = health(state)
+    run = client._run(run_id)  # live or archived; None while it waits in the inbox
     if as_json:
         data = outcome_json(out)
-        run = client.state.runs.get(run_id)
         if run is not None:
             data.update(step=run.step, attempt=run.attempt, failures=run.failures,
                         dead=run.dead, traceback=run.traceback or None,
@@ -65,7 +69,6 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
     click.echo(f"  submitted: {_when(out.submitted_at)}")
     if out.finished_at:
         click.echo(f"  finished:  {_when(out.finished_at)}")
-    run = client.state.runs.get(run_id)
     if run is not None and run.wait_key and run.woken is None and out.status.value == "waiting":
         until = f", times out {_when(run.due_at)}" if run.due_at else ", no timeout"
         click.echo(f"  parked:    on signal {run.wait_key!r}{until}; send it with "
@@ -78,7 +81,7 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
         click.echo("  traceback (from the runner):")
         for line in run.traceback.rstrip().splitlines():
             click.echo(f"    {line}")
-    hist = client.history(run_id)
+    hist = client.history(run_id) if run is not None else []
     if hist:
         click.echo("  attempts:")
         for a in hist:
@@ -88,32 +91,74 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
                        f"{a.outcome} ({took}){err}")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class SinceType(click.ParamType):
+    """A moment: an ISO time (``2026-12-01``, ``2026-12-01T09:30``) or an age (``90m``, ``2d``)."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip()
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text)
+        if m:
+            return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            self.fail(f"{text!r} is neither an ISO time (2026-12-01T09:30) nor an age "
+                      "(30s, 90m, 12h, 2d, 1w)", param, ctx)
+
+
+_since_option = click.option(
+    "--since", type=SinceType(), default=None,
+    help="Only runs finished (live ones: submitted) at or after this time: an ISO time "
+         "(2026-12-01T09:30, local time unless it names a zone) or an age (30m, 12h, 2d).")
+_limit_option = click.option(
+    "--limit", type=click.IntRange(min=0), default=100, show_default=True,
+    help="At most this many, newest first (0: no limit).")
+
+
 @main.command()
 @click.option("--status", "status_", type=click.Choice(
     ["pending", "running", "waiting", "succeeded", "failed", "cancelled"]),
     help="Only runs with this status.")
+@_since_option
+@_limit_option
 @json_option
 @state_option(must_exist=True)
 @handles_errors
-def runs(status_: str | None, as_json: bool, state: Path) -> None:
-    """List runs, oldest first.
+def runs(status_: str | None, since: float | None, limit: int, as_json: bool,
+         state: Path) -> None:
+    """List runs, newest first: live ones, then archived ones by finish time.
 
-    Results show as text when they are printable UTF-8, else as ``<N bytes: hex…>``;
-    with --json each run has ``result`` (the UTF-8 text, or null) and ``result_b64``.
+    Finished runs come from STATE/archive.sqlite3 in one indexed query,
+    however many are kept. Results show as text when they are printable
+    UTF-8, else as ``<N bytes: hex…>``; with --json each run has ``result``
+    (the UTF-8 text, or null) and ``result_b64``.
+
+    \b
+    journaled runs --status failed --since 2h
+    journaled runs --since 2026-12-01 --limit 0 --json
     """
-    outs = _client(state).runs(status_)
+    outs = _client(state).runs(status_, since, limit or None)
     if as_json:
         click.echo(json.dumps([outcome_json(o) for o in outs]))
         return
     if not outs:
-        click.echo("no runs" + (f" with status {status_}" if status_ else ""))
+        click.echo("no runs" + (f" with status {status_}" if status_ else "")
+                   + (f" since {_when(since)}" if since is not None else ""))
         return
     w = max(len(o.run_id) for o in outs)
-    click.echo(f"{'RUN':<{w}}  {'STATUS':<9}  {'STEPS':>5}  {'SUBMITTED':<19}  RESULT / ERROR")
+    click.echo(f"{'RUN':<{w}}  {'STATUS':<9}  {'STEPS':>5}  {'SUBMITTED':<19}  "
+               f"{'FINISHED':<19}  RESULT / ERROR")
     for o in outs:
         tail = _short(o.result) if o.result is not None else (o.error or "")
         click.echo(f"{o.run_id:<{w}}  {o.status.value:<9}  {o.steps:>5}  "
-                   f"{_when(o.submitted_at):<19}  {tail}")
+                   f"{_when(o.submitted_at):<19}  {_when(o.finished_at):<19}  {tail}")
 
 
 @main.command()
@@ -155,12 +200,16 @@ def wait(run_id: str, timeout: float | None, as_json: bool, state: Path) -> None
 
 
 @main.command()
+@_limit_option
 @json_option
 @state_option(must_exist=True)
 @handles_errors
-def dead(as_json: bool, state: Path) -> None:
-    """List dead-lettered steps: retries exhausted, permanent errors, poison pills."""
-    runs_ = _client(state).dead()
+def dead(limit: int, as_json: bool, state: Path) -> None:
+    """List dead-lettered steps, newest first: retries exhausted, permanent errors, poison pills.
+
+    'journaled retry RUN_ID' runs one's dead step again (archived ones too).
+    """
+    runs_ = _client(state).dead(limit or None)
     if as_json:
         click.echo(json.dumps([{"run_id": r.run_id, "step": r.step, "attempts": r.attempt,
                                 "kind": r.kind, "error": r.error, "traceback": r.traceback,

@@ -40,15 +40,16 @@ def test_retry_of_a_live_run_raises_run_not_dead_on_both(api: tuple[Any, Runtime
 
 
 @pytest.mark.timeout(60)
-def test_runs_are_oldest_first_on_both(api: tuple[Any, Runtime]) -> None:
+def test_runs_are_newest_first_on_both(api: tuple[Any, Runtime]) -> None:
+    # Newest first by finish time since issue 12 (finished runs come from the archive).
     obj, rt = api
-    for rid in ("c", "a", "b"):  # submission order differs from id order
+    for rid in ("c", "a", "b"):  # finish order differs from id order
         rt.submit(rid.encode(), run_id=rid)
-        time.sleep(0.01)
-    for rid in "abc":
         rt.wait(rid, 30)
-    assert [o.run_id for o in obj.runs()] == ["c", "a", "b"]
-    assert [o.run_id for o in obj.runs("succeeded")] == ["c", "a", "b"]
+        time.sleep(0.01)
+    assert [o.run_id for o in obj.runs()] == ["b", "a", "c"]
+    assert [o.run_id for o in obj.runs("succeeded")] == ["b", "a", "c"]
+    assert [o.run_id for o in obj.runs(limit=2)] == ["b", "a"]
 
 
 @pytest.mark.timeout(60)
