@@ -197,6 +197,17 @@ class _Reads:
             args.append(int(limit))
         return [_archived(r) for r in self._db.execute(sql, args)]
 
+    def get_many(self, run_ids: Iterable[str]) -> dict[str, ArchivedRun]:
+        """The rows of the given ids that are archived (``IN`` queries of a few hundred)."""
+        ids = list(dict.fromkeys(run_ids))
+        out: dict[str, ArchivedRun] = {}
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i:i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(f"{_SELECT} WHERE id IN ({marks})", chunk):
+                out[row[0]] = _archived(row)
+        return out
+
     def identities(self, run_ids: Iterable[str]) -> dict[str, tuple[str, dict[str, str]]]:
         """``{id: (input_sha256, headers)}`` of the given ids that are archived (idempotency)."""
         ids = list(dict.fromkeys(run_ids))

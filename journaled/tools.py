@@ -16,10 +16,11 @@ from typing import Any, Iterator
 import msgspec
 
 from . import replay
+from .archive import SCHEMA_VERSION, Archive, ArchiveReader
 from .errors import JournalCorrupt
 from .journal import Journal, StateLock, VerifyReport, verify
-from .records import Record, Redriven, Submitted, Terminated, decode, encode
-from .state import State
+from .records import Archived, Record, Redriven, Submitted, Terminated, decode, encode
+from .state import State, outcome_of
 
 
 class Check(msgspec.Struct):
@@ -29,6 +30,8 @@ class Check(msgspec.Struct):
     runs: int = 0
     statuses: dict[str, int] = {}
     violations: list[str] = []
+    archived: dict[str, int] = {}  # archive rows by status ({} with no archive)
+    archive_schema: int = 0  # its PRAGMA user_version (0: no archive)
 
     @property
     def ok(self) -> bool:
@@ -58,6 +61,9 @@ def check(state_dir: Path) -> Check:
                                           "a second time")
             elif t is Redriven:
                 ends[rec.run_id] = 0
+            elif t is Archived:
+                for rid in rec.run_ids:  # gone to the archive: it may end there only once
+                    ends.pop(rid, None)
             elif t is not Submitted and hasattr(rec, "run_id") and rec.run_id not in state.runs:
                 out.violations.append(f"{seg} at byte {off}: {t.__name__} for run "
                                       f"{rec.run_id}, which was never submitted")
@@ -68,7 +74,50 @@ def check(state_dir: Path) -> Check:
         out.report = dataclasses.replace(report, damage=e, torn=None)
     out.runs = len(state.runs)
     out.statuses = {k: v for k, v in state.status_counts().items() if v}
+    check_archive(Path(state_dir), state, out)
     return out
+
+
+def check_archive(state_dir: Path, state: State, out: Check) -> None:
+    """The archive against the journal: its schema, and no run with two outcomes.
+
+    A run in both (archived, its ``Archived`` record not yet written when the
+    supervisor stopped) must have the same outcome in each; a run live again
+    in the journal (redriven) may differ, it is archived anew when it ends.
+    """
+    reader: ArchiveReader | None = None
+    try:
+        reader = Archive(state_dir).open_reader()
+        if reader is None:
+            return
+        out.archive_schema = reader.schema_version()
+        if out.archive_schema != SCHEMA_VERSION:
+            out.violations.append(f"archive.sqlite3 has schema version {out.archive_schema}; "
+                                  f"this journaled reads version {SCHEMA_VERSION}")
+            return
+        out.archived = reader.count()
+        finished = [r for r in state.runs.values() if r.terminal]
+        rows = reader.get_many(r.run_id for r in finished)
+        for run in finished:
+            row = rows.get(run.run_id)
+            if row is None:
+                continue
+            live, kept = outcome_of(run), row.outcome()
+            if (live.status, live.result, live.error, live.steps) != \
+                    (kept.status, kept.result, kept.error, kept.steps):
+                out.violations.append(
+                    f"run {run.run_id} is {live.status.value} in the journal but "
+                    f"{kept.status.value} in the archive (result or error differ)")
+        check_blobs(state_dir, state, reader, out)
+    except Exception as e:  # noqa: BLE001 - an unreadable archive is a finding, not a crash
+        out.violations.append(f"archive.sqlite3 cannot be read: {type(e).__name__}: {e}")
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def check_blobs(state_dir: Path, state: State, reader: ArchiveReader, out: Check) -> None:
+    """Blob checks go here (journaled.blobs): missing blobs, orphans (``reader.blob_refs()``)."""
 
 
 def compact_offline(state_dir: Path, retention: float, hooks: bool = False) -> tuple[int, int]:

@@ -53,6 +53,7 @@ def verify(as_json: bool, state: Path) -> None:
         click.echo(json.dumps({
             "ok": c.ok, "segments": r.segments, "records": r.records, "bytes": r.bytes,
             "runs": c.runs, "statuses": c.statuses, "violations": c.violations,
+            "archive": {"runs": c.archived, "schema_version": c.archive_schema},
             "torn": None if r.torn is None else {"segment": r.torn.segment,
                                                  "offset": r.torn.offset,
                                                  "dropped_bytes": r.torn.dropped_bytes,
@@ -64,6 +65,10 @@ def verify(as_json: bool, state: Path) -> None:
         summary = ", ".join(f"{n} {s}" for s, n in c.statuses.items()) or "none"
         click.echo(f"{r.segments} segments, {r.records} records, {r.bytes / 1e6:.2f} MB; "
                    f"{c.runs} runs ({summary})")
+        if c.archive_schema:
+            kept = ", ".join(f"{n} {s}" for s, n in sorted(c.archived.items())) or "none"
+            click.echo(f"archive: {sum(c.archived.values())} finished runs ({kept}); "
+                       f"schema version {c.archive_schema}")
         if r.torn is not None:
             click.echo(f"torn tail: {r.torn.segment} at byte {r.torn.offset}: {r.torn.reason} "
                        f"({r.torn.dropped_bytes} bytes; the next start or 'journaled repair' "
