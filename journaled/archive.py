@@ -96,12 +96,13 @@ def row_of(run: Run) -> Row:
     """The archive row of a terminal run; cheap enough to build on the loop.
 
     The record drops what a finished run never needs again (its last
-    payload and memos; a dead-lettered run keeps them, ``retry`` runs that
-    step again) and the inline result, which has its own column.
+    payload and memos; a failed run keeps them: ``retry`` runs a dead step
+    again and ``journaled step`` re-runs a failed one) and the inline
+    result, which has its own column.
     """
     snap = run_to_snapshot(run)
     inline = isinstance(run.result, bytes)
-    keep = run.dead
+    keep = run.status == "failed"
     record = _snap_encoder.encode(msgspec.structs.replace(
         snap, payload=snap.payload if keep else b"", memos=snap.memos if keep else {},
         result=None if inline else snap.result))

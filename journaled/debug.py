@@ -12,9 +12,10 @@ import click
 
 from . import replay
 from .api import CancelToken, Memo, Signal, Step
+from .archive import Archive
 from .errors import JournaledError, RunNotFound
 from .pool import load_import_string, resolve_runner, to_result
-from .records import Leased
+from .records import Archived, Leased
 from .state import Run, State
 
 
@@ -57,13 +58,26 @@ def recorded_inputs(state: Path, run_id: str, step_number: int) -> StepInputs:
     st = State()
     apply = st.apply
     got: StepInputs | None = None
+    last: Run | None = None  # the run as it was when it left for the archive
     for _seg, _off, rec in replay.records(Path(state) / "journal"):
+        if type(rec) is Archived and run_id in rec.run_ids:
+            last = st.runs.get(run_id)
         apply(rec)
         if type(rec) is Leased and rec.run_id == run_id and rec.step == step_number:
             got = _inputs_of(st.runs[run_id], rec.attempt)
-    run = st.runs.get(run_id)
+    run = st.runs.get(run_id) or last
     if run is None:
-        raise RunNotFound(run_id)
+        # Compacted away: the archive keeps a failed run's last step inputs.
+        row = Archive(state).open_reader()
+        found = row.get(run_id) if row is not None else None
+        if found is None:
+            raise RunNotFound(run_id)
+        run = found.run()
+        if run.step != step_number or found.status != "failed":
+            raise JournaledError(
+                f"run {run_id!r} finished ({found.status}) and was archived; the archive "
+                "keeps step inputs only of a failed run's last step "
+                f"(step {run.step}); 'journaled status' shows its steps")
     if run.step == step_number:
         got = _inputs_of(run, run.attempt)
     if got is None:

@@ -41,6 +41,7 @@ from .tools import short_bytes
 
 STATUSES = ("pending", "running", "waiting", "succeeded", "failed", "cancelled")
 RECENT = 5  # terminal runs and dead letters shown
+ARCHIVE_COUNT_EVERY = 5.0  # seconds between counts of the archive's rows
 RATE_WINDOW = 3.0  # seconds of supervisor samples a rate is computed over
 BIG_STATE = 20_000  # runs past which the journal fold is refreshed less often...
 BIG_STATE_EVERY = 2.0  # ...every this many seconds
@@ -134,6 +135,8 @@ class Collector:
         self._pid: int | None = None
         self._folded: tuple[dict[str, int], list[WatchRun], list[WatchDead]] | None = None
         self._folded_at = 0.0
+        self._archive_counts: dict[str, int] = {}
+        self._archive_counted_at = -1e9
 
     def _rates(self, live: LiveStatus, now: float) -> tuple[float, float]:
         if live.pid != self._pid:
@@ -165,16 +168,27 @@ class Collector:
         if pending is not None:  # submissions still in the inbox count as pending
             counts["pending"] += sum(1 for rid in pending() if rid not in state.runs)
         runs = state.runs.values()
+        # Finished runs are in the archive: counted (an index scan, so at most
+        # every few seconds) and the newest read by index, like 'journaled runs'.
+        archive = self.client._archive
+        if now - self._archive_counted_at >= ARCHIVE_COUNT_EVERY:
+            self._archive_counts = archive.call("count") or {}
+            self._archive_counted_at = now
+        for status, n in self._archive_counts.items():
+            counts[status] = counts.get(status, 0) + n
         done = heapq.nlargest(RECENT, (r for r in runs if r.terminal),
                               key=lambda r: r.finished_at or 0.0)
         recent = [WatchRun(r.run_id, str(r.status), r.finished_at,
                            _text(r.result) if r.status == "succeeded"
                            else _first_line(r.error))
                   for r in done]
-        dead = heapq.nlargest(RECENT, (r for r in runs if r.dead),
-                              key=lambda r: r.finished_at or 0.0)
-        dead_rows = [WatchDead(r.run_id, r.step, r.attempt, r.kind, _first_line(r.error),
-                               r.finished_at) for r in dead]
+        seen = {r.run_id for r in recent}
+        recent += [WatchRun(a.id, a.status, a.finished_at,
+                            _text(a.result) if a.status == "succeeded" else _first_line(a.error))
+                   for a in archive.call("runs", None, None, RECENT) or [] if a.id not in seen]
+        recent = sorted(recent, key=lambda r: r.finished_at or 0.0, reverse=True)[:RECENT]
+        dead_rows = [WatchDead(d.run_id, d.step, d.attempt, d.kind, _first_line(d.error),
+                               d.finished_at) for d in self.client.dead(limit=RECENT)]
         self._folded, self._folded_at = (counts, recent, dead_rows), now
         return self._folded
 
