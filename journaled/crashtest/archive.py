@@ -63,11 +63,24 @@ class Archive:
 
 
 def final_outcomes(state: Path) -> dict[str, Outcome | None]:
-    """Each run's outcome as the journal says now (None: not terminal)."""
+    """Each run's outcome as the journal, then the archive, say now (None: not terminal).
+
+    A finished run leaves the journal once ``archive.sqlite3`` holds it, so
+    the archive answers for every run the journal no longer has.
+    """
+    from ..archive import Archive as RunArchive
     from ..replay import fold
 
     st = fold(state / "journal")
     out: dict[str, Outcome | None] = {}
+    reader = RunArchive(state).open_reader()
+    if reader is not None:
+        try:
+            for row in reader.runs(limit=None):
+                o = row.outcome()
+                out[row.id] = Outcome(o.status.value, o.result, o.error)
+        finally:
+            reader.close()
     for rid, run in st.runs.items():
         out[rid] = Outcome(run.status, run.result, run.error) if run.terminal else None
     return out
