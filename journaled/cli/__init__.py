@@ -164,9 +164,11 @@ class JournaledGroup(click.Group):
             fail(e.message)
         except click.BadParameter as e:
             # Commands defined elsewhere (watch, crashtest) take a click.Path --state.
-            if e.param is None or "--state" not in e.param.opts:
-                raise
-            fail(f"--state: {e.message}")
+            opts = e.param.opts if e.param is not None else []
+            for opt in ("--state", "--since", "--limit"):  # one line for these
+                if opt in opts:
+                    fail(f"{opt}: {e.message}")
+            raise
 
 
 def state_option(fn: Callable[..., Any] | None = None, *,

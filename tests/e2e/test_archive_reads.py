@@ -197,3 +197,22 @@ def test_retry_brings_an_archived_dead_letter_back(runtime, state_dir: Path,
         "the archive row is replaced by the new outcome"
     assert [a.outcome for a in rt.history("via-runtime")][-1] == "completed"
     assert rt.dead() == []
+
+
+@pytest.mark.timeout(120)
+def test_cli_runs_since_and_limit_and_one_line_errors(runtime, state_dir: Path) -> None:
+    rt = runtime(basic.runner)
+    for i in range(3):
+        rt.submit(f"{i}".encode(), run_id=f"c{i}")
+        rt.wait(f"c{i}", 30)
+    wait_for(lambda: not rt.supervisor.state.runs, 30, "the runs to be archived")
+    newest = json.loads(cli(state_dir, "runs", "--limit", "2", "--json").stdout)
+    assert [o["run_id"] for o in newest] == ["c2", "c1"]
+    assert len(json.loads(cli(state_dir, "runs", "--since", "1h", "--json").stdout)) == 3
+    assert json.loads(cli(state_dir, "runs", "--since", "2999-01-01", "--json").stdout) == []
+    assert json.loads(cli(state_dir, "runs", "--status", "running", "--json").stdout) == []
+    for args in (("runs", "--since", "yesterday"), ("runs", "--limit", "-1"),
+                 ("dead", "--limit", "many")):
+        res = cli(state_dir, *args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
