@@ -25,6 +25,10 @@ it as an independent reference model of the fold:
 (h) a lost worker charges a failure only to the step it was running, and
     only for a death of its own or that step's own timeout
     (``dispatch.worker_lost``); a drain cut counts toward nothing.
+(i) archiving (issue 12): a finished run written to the (model) archive and
+    then dropped by ``Archived`` — or crashed in between, so it is in both
+    and archived again — is never lost, never ends twice, answers re-submits
+    from the archive, and comes back by ``Restored`` when redriven.
 
 ``JOURNALED_HYPOTHESIS_EXAMPLES`` raises the number of examples.
 """
@@ -47,12 +51,14 @@ from hypothesis.stateful import (
 from journaled import dispatch
 from journaled.errors import RunConflict, RunNotFound, RunNotLive
 from journaled.records import (
+    Archived,
     AttemptFailed,
     CancelRequested,
     Leased,
     Recovered,
     Redriven,
     Released,
+    Restored,
     Snapshot,
     StepDone,
     Submitted,
@@ -60,7 +66,16 @@ from journaled.records import (
     decode,
     encode,
 )
-from journaled.state import CANCELLED, FAILED, SUCCEEDED, WAITING, Policy, State, WorkerResult
+from journaled.state import (
+    CANCELLED,
+    FAILED,
+    SUCCEEDED,
+    WAITING,
+    Policy,
+    State,
+    WorkerResult,
+    run_to_snapshot,
+)
 
 EXAMPLES = int(os.environ.get("JOURNALED_HYPOTHESIS_EXAMPLES", "200"))
 T0 = 1_000_000.0
@@ -140,6 +155,7 @@ class SupervisorModel(RuleBasedStateMachine):
         self.held: dict[str, int] = {}  # leases out at workers: run id -> attempt
         self.up = True
         self.inbox: dict[str, tuple[bytes, int, int]] = {}  # every accepted submission
+        self.archive: dict = {}  # run id -> RunSnapshot: durable apart from the journal
 
     # ------------------------------------------------------------- helpers
 
@@ -270,6 +286,11 @@ class SupervisorModel(RuleBasedStateMachine):
         if other_input:
             data += b"!"
         known = self.state.runs.get(rid)
+        if known is None and rid in self.archive:
+            # The supervisor asks the archive for ids the state no longer knows.
+            if self.archive[rid].input != data:
+                return  # RunConflict (tested end to end)
+            return  # a no-op re-submit of an archived run
         if known is not None and known.input != data:
             with pytest.raises(RunConflict):
                 self.state.submit(rid, data, self.now, priority=priority,
@@ -339,9 +360,32 @@ class SupervisorModel(RuleBasedStateMachine):
         self.commit(self.state.hook_delivered(rid))
 
     @precondition(lambda self: self.up)
+    @rule(crash_before_drop=st.booleans())
+    def archive_finished(self, crash_before_drop):
+        """(i) The archiver: upsert hooked finished runs, then journal ``Archived`` (or crash)."""
+        done = [r for r in self.state.runs.values() if r.terminal and r.hook_delivered]
+        if not done:
+            return
+        for run in done:
+            self.archive[run.run_id] = run_to_snapshot(run)  # committed: durable
+        if crash_before_drop:
+            self.crash(0)  # killed before Archived was written: the runs are in both
+            return
+        recs = self.state.archived([(r.run_id, r.finished_at) for r in done], self.now)
+        assert [r.run_ids for r in recs] == [[r.run_id for r in done]]
+        assert not any(r.run_id in self.state.runs for r in done), "Archived drops them"
+        self.commit(recs)
+
+    @precondition(lambda self: self.up)
     @rule(rid=st.sampled_from(IDS))
     def redrive(self, rid):
         run = self.state.runs.get(rid)
+        if run is None and rid in self.archive and self.archive[rid].dead:
+            # An archived dead letter comes back first (the supervisor's redrive).
+            recs = self.state.restore(self.archive[rid])
+            assert [type(r) for r in recs] == [Restored]
+            self.commit(recs)
+            run = self.state.runs.get(rid)
         if run is None:
             return
         dead = run.dead
@@ -488,7 +532,7 @@ class SupervisorModel(RuleBasedStateMachine):
                 assert not ends, "an abandon within max_abandons ends nothing"
         # The inbox still holds submissions whose record was torn off: they come again.
         for rid, (data, priority, max_attempts) in self.inbox.items():
-            if rid not in state.runs:
+            if rid not in state.runs and rid not in self.archive:
                 recs += state.submit(rid, data, self.now, priority=priority,
                                      max_attempts=max_attempts)
         self.up = True
@@ -509,7 +553,8 @@ class SupervisorModel(RuleBasedStateMachine):
                 "(a) replaying the uncompacted history must give the live state"
             assert due_view(replay(self.journal), self.now) == due_view(full, self.now), \
                 "(g) a restart from a snapshot must hand out the same runs, woken alike"
-        assert set(self.inbox) <= set(self.state.runs), "no accepted submission is ever lost"
+        assert set(self.inbox) <= set(self.state.runs) | set(self.archive), \
+            "no accepted submission is ever lost (it is live, or archived)"
 
     @invariant()
     def leases_are_consistent(self):
@@ -537,6 +582,8 @@ class SupervisorModel(RuleBasedStateMachine):
         """(b), (e), (f): an independent fold of the history, run by run."""
         model: dict[str, dict] = {}
         for rec in self.history:
+            if isinstance(rec, (Archived, Restored)):
+                continue  # (i) a run leaves the journal and comes back as it was
             if isinstance(rec, Recovered):
                 for m in model.values():
                     if m["leased"]:
@@ -588,7 +635,10 @@ class SupervisorModel(RuleBasedStateMachine):
         if not self.up:
             return
         for rid, m in model.items():
-            run = self.state.runs[rid]
+            run = self.state.runs.get(rid)
+            if run is None:
+                assert rid in self.archive, f"(i) run {rid} left the journal unarchived"
+                continue
             assert (run.step, run.attempt, run.failures, run.abandons) == \
                 (m["step"], m["spent"], m["failures"], m["abandons"]), \
                 f"run {rid}: step, attempt, failures and abandons must match the history"
@@ -637,14 +687,19 @@ class SupervisorModel(RuleBasedStateMachine):
         self.history_follows_the_step_contract()
         stuck = sorted(rid for rid, run in self.state.runs.items() if not run.terminal)
         assert not stuck, f"(c) every run must end, these did not: {stuck}"
-        assert set(self.inbox) == set(self.state.runs), "every accepted submission is a run"
+        known = set(self.state.runs) | set(self.archive)
+        assert set(self.inbox) == known, "every accepted submission is a run (live or archived)"
         ends: dict[str, int] = {}
         for rec in self.history:
             if isinstance(rec, Terminated):
                 ends[rec.run_id] = ends.get(rec.run_id, 0) + 1
             elif isinstance(rec, Redriven):
                 ends[rec.run_id] = 0
-        assert ends == dict.fromkeys(self.state.runs, 1), "(c) every run must end exactly once"
+        assert ends == dict.fromkeys(known, 1), "(c) every run must end exactly once"
+        for rid, snap in self.archive.items():
+            if rid not in self.state.runs:
+                assert snap.status in (SUCCEEDED, FAILED, CANCELLED), \
+                    f"(i) run {rid} is only in the archive, and finished there"
         kinds = [isinstance(r, Snapshot) for r in self.journal]
         assert kinds == sorted(kinds, reverse=True), \
             "compaction leaves snapshots only at the head of the journal"
