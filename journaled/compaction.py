@@ -3,9 +3,10 @@
 A compaction snapshots the state after the last commit (so it holds only
 what is durable) into a new base segment and drops the old segments. The
 state holds live runs and finished ones not yet archived (``archiving``),
-so its cost is O(live runs). It is due when asked for, or when the journal
-has outgrown ``max(compact_bytes, 2 x its last snapshot)`` (no storm when
-the live state is big). The retention timer here deletes archive rows past
+so its cost is O(live runs). It is due when asked for, or when the tail
+after the last snapshot has grown past ``max(compact_bytes, 2 x that
+snapshot)`` (16 MiB by default: a fresh reader never folds a huge tail,
+and a big live state does not compact in a loop). The retention timer here deletes archive rows past
 retention (on the archiver thread), with or without a compaction. A
 failed compaction keeps the old journal, which is still valid, and backs
 off; only a ``StorageFailure`` stops the supervisor.
@@ -52,7 +53,7 @@ class Compaction:
         self._retention_checked = time.monotonic()
 
     def _compaction_due(self, mono: float) -> bool:
-        """Asked for; the journal outgrew its last snapshot; or finished runs expired."""
+        """Asked for, or the tail outgrew the last snapshot; also runs the retention timer."""
         if self._compact_requested:
             return True
         if mono < self._compact_after:
@@ -62,7 +63,8 @@ class Compaction:
             # to the last snapshot: a big live state must not compact in a loop.
             self._next_size_check = self.journal.bytes_written + min(4 << 20,
                                                                      self.compact_bytes // 4)
-            if self.journal.size_bytes > max(self.compact_bytes, 2 * self._snapshot_bytes):
+            tail = self.journal.size_bytes - self._snapshot_bytes
+            if tail > max(self.compact_bytes, 2 * self._snapshot_bytes):
                 return True
         if mono >= self._retention_checked + self.retention_check:
             # Retention is the archive's now (finished runs leave the journal
@@ -72,7 +74,7 @@ class Compaction:
         return False
 
     def _compact(self, now: float | None = None) -> bool:
-        """Snapshot the state into a new base segment; drop old segments and expired runs.
+        """Snapshot the state into a new base segment and drop the old segments.
 
         Returns whether it compacted. A failure to build or write the snapshot
         (a run too large for a record, say) is logged and the old journal,
@@ -105,7 +107,7 @@ class Compaction:
         return True
 
     def _swap_in(self, parts: list[Snapshot]) -> None:
-        """Fold the snapshot into a fresh State (dropping expired runs) and swap it in.
+        """Fold the snapshot into a fresh State and swap it in.
 
         Built beside the live state and installed with one assignment, so a
         reader on another thread sees the old state or the new, never half.
