@@ -154,6 +154,8 @@ def record_dict(rec: Record) -> dict[str, Any]:
                 v = {"hex": v.hex()}
         elif isinstance(v, list):
             v = [record_dict(x) if isinstance(x, msgspec.Struct) else x for x in v]
+        elif isinstance(v, msgspec.Struct):  # Restored's run
+            v = record_dict(v)  # type: ignore[arg-type]
         d[name] = v
     return d
 
