@@ -280,14 +280,28 @@ class ArchiveWriter(_Reads):
             fsync_dir(self.path.parent)
             self._dir_synced = True
 
-    def upsert(self, rows: Iterable[Row]) -> int:
-        """Insert or replace ``rows`` in one transaction; durable on return."""
+    def upsert(self, rows: Iterable[Row], counts: dict[str, int] | None = None) -> int:
+        """Insert or replace ``rows`` in one transaction; durable on return.
+
+        ``counts`` (rows by status), if given, is kept exact: a row replaced
+        (archived again after a crash) moves from its old status to its new one.
+        """
         rows = list(rows)
         if not rows:
             return 0
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if counts is not None:
+                ids = [r[0] for r in rows]
+                for i in range(0, len(ids), _IN_CHUNK):
+                    chunk = ids[i:i + _IN_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    for (old,) in db.execute(f"SELECT status FROM runs WHERE id IN ({marks})",
+                                             chunk):
+                        counts[old] = counts.get(old, 0) - 1
+                for r in rows:
+                    counts[r[1]] = counts.get(r[1], 0) + 1
             db.executemany(_UPSERT, rows)
             db.execute("COMMIT")
         except BaseException:

@@ -63,6 +63,7 @@ class Archiver:
         self.failures = 0
         self.archived = 0
         self.deleted = 0
+        self.counts: dict[str, int] = {}  # archive rows by status (counted once at start)
         self._writer: ArchiveWriter | None = None
         self._busy = False
         self._failing = False
@@ -115,12 +116,14 @@ class Archiver:
             try:
                 if self._writer is None:
                     self._writer = self.archive.open_writer()
+                    self.counts = self._writer.count()
                 if batch:
                     self._commit(self._writer, batch)
                 if cutoff is not None:
                     n = self._writer.delete_finished_before(cutoff)
                     self.deleted += n
                     if n:
+                        self.counts = self._writer.count()
                         log.info("retention: deleted %d archived runs finished before %s", n,
                                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cutoff)))
                     if self.sweep_blobs is not None:
@@ -154,7 +157,9 @@ class Archiver:
     def _commit(self, writer: ArchiveWriter, batch: list[Row]) -> None:
         if failpoints.ENABLED:
             failpoints.hit("archive.before_commit")
-        writer.upsert(batch)  # synchronous=FULL: durable on return
+        counts = dict(self.counts)
+        writer.upsert(batch, counts)  # synchronous=FULL: durable on return
+        self.counts = counts  # one assignment: readers on the loop see old or new
         self.archived += len(batch)
         if failpoints.ENABLED:
             failpoints.hit("archive.after_commit")
@@ -245,6 +250,14 @@ class Archiving:
         kept = {rid for rid, _ in done} - set(recs[0].run_ids if recs else ())
         self._archive_queued -= kept  # redriven since: archived again when they end
         return recs
+
+    def all_counts(self) -> dict[str, int]:
+        """Runs by status, live and archived (what 'watch' and the status line show)."""
+        counts = self.state.status_counts()
+        if self._archiver is not None:
+            for status, n in self._archiver.counts.items():
+                counts[status] = counts.get(status, 0) + n
+        return counts
 
     def _archive_busy(self) -> bool:
         return self._archiver is not None and self._archiver.busy()

@@ -6,7 +6,10 @@ incrementally: each call folds only the records appended since the last
 one, through the same ``State`` the supervisor uses, so what a client
 reports is exactly what is durable. A torn tail being written is skipped
 until it is whole; a segment removed by compaction makes the reader start
-over from the snapshot.
+over from the snapshot. The journal holds live work only: a finished run
+is looked up in ``STATE/archive.sqlite3`` (read-only, one indexed query),
+asked after the journal, since a run leaves the journal only once its
+archive row is committed.
 
 Reading never creates anything: ``Client(path)`` on a mistyped path makes no
 directory, and ``status`` there says ``RunNotFound``. Only ``submit``,

@@ -195,7 +195,7 @@ class LivePublisher:
         j = self.journal
         if len(self.state.runs) < 20_000 or mono >= self._counts_due:
             # Counting is O(runs): on a big state do it every few seconds only.
-            self._counts = self.state.status_counts()
+            self._counts = self.all_counts()  # type: ignore[attr-defined] # archived too
             self._counts_due = mono + 5.0
         live = LiveStatus(os.getpid(), self.import_string, self.workers, self._started_wall, now,
                           self.steps_done, j.syncs, j.records_written, j.size_bytes,

@@ -10,7 +10,7 @@ Every query runs on the caller's thread while holding the supervisor's
 compaction), and returns public copies (``RunOutcome``, ``Attempt``,
 ``DeadLetter``), never the supervisor's own ``Run`` objects. ``Runtime`` and
 ``Client`` agree on every shared method: same checks and errors, runs
-oldest first, inbox runs ``pending`` with an empty history, ``retry`` of a
+newest first, inbox runs ``pending`` with an empty history, ``retry`` of a
 run with no dead letter raises ``RunNotDead``.
 
 Runners and the forkserver: workers start from a fresh interpreter that

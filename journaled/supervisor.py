@@ -436,8 +436,8 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
 
     @_holding_state_lock
     def status_counts(self) -> dict[str, int]:
-        """Runs by status, safe from any thread."""
-        return self.state.status_counts()
+        """Runs by status (live and archived), safe from any thread."""
+        return self.all_counts()
 
     @_holding_state_lock
     def status(self, run_id: str) -> RunOutcome | None:

@@ -146,7 +146,7 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
         if ticker is not None:
             ticker.stop()
         drain.finish()
-    counts = sup.state.status_counts()
+    counts = sup.all_counts()  # archived runs too
     click.echo(f"journaled: stopped ({counts['succeeded']} succeeded, {counts['failed']} failed, "
                f"{counts['cancelled']} cancelled, "
                f"{counts['pending'] + counts['running'] + counts['waiting']} unfinished)",

@@ -65,6 +65,7 @@ def test_compaction_of_runs_with_1mib_inputs_does_not_crash(runtime, state_dir):
     # part of ~68 MiB, over the frame limit; compaction raised and the supervisor died.
     n = 34
     rt = runtime(state_apps.runner, workers=2)
+    rt.supervisor.compact_bytes = 1 << 40  # only the requested compaction (16 MiB default)
     # One step at a time per worker: this test is about compaction, not about the
     # pipe deadlock big batches can cause (issue 11 item 1, fixed in the pool).
     rt.supervisor.pool.depth = lambda w: 1

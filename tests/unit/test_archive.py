@@ -57,7 +57,9 @@ def test_upsert_is_idempotent_and_rebuilds_the_run_exactly(tmp_path: Path):
     runs = [finished(f"r{i}", T0 + i) for i in range(5)] + \
         [finished("dead", T0 + 10, FAILED, dead=True)]
     assert w.upsert(row_of(r) for r in runs) == 6
-    assert w.upsert(row_of(r) for r in runs) == 6, "archiving again (a crash window) ..."
+    counts = w.count()
+    assert w.upsert((row_of(r) for r in runs), counts) == 6, "archiving again (a crash window) ..."
+    assert counts == w.count() == {"succeeded": 5, "failed": 1}, "kept counts stay exact"
     r = Archive(tmp_path).open_reader()
     assert r is not None
     assert r.count() == {"succeeded": 5, "failed": 1}, "... leaves one row per run"
