@@ -83,6 +83,7 @@ _UPSERT = (f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}) "
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM runs"
 
 _snap_encoder = msgspec.msgpack.Encoder()
+_json = msgspec.json.Encoder(order="sorted")  # ten times json.dumps: rows are built on the loop
 _snap_decoder = msgspec.msgpack.Decoder(RunSnapshot)
 
 Row = tuple  # one value per _COLUMNS entry
@@ -114,7 +115,7 @@ def row_of(run: Run) -> Row:
             None if result is None else _size(result),
             run.error, run.traceback, run.steps, run.attempt,
             run.submitted_at, run.finished_at or 0.0,
-            json.dumps(run.headers, sort_keys=True), json.dumps(run.history), record)
+            _json.encode(run.headers).decode(), _json.encode(run.history).decode(), record)
 
 
 class ArchivedRun(msgspec.Struct, frozen=True, kw_only=True):

@@ -45,6 +45,7 @@ from .state import State
 log = logging.getLogger("journaled.supervisor")
 
 BATCH = 2000  # rows per archive transaction
+FEED = 500  # start-up backlog rows built per turn (a few ms of the loop)
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
 
@@ -75,6 +76,15 @@ class Archiver:
         with self._cond:
             self._rows.extend(rows)
             self._cond.notify()
+
+    @property
+    def failing(self) -> bool:
+        """The last write failed (a retry is due): ``--until-idle`` must not wait on it."""
+        return self._failing
+
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._rows)
 
     def expire(self, cutoff: float) -> None:
         """Delete archive rows finished before ``cutoff`` (the retention timer)."""
@@ -187,12 +197,30 @@ class Archiving:
         self.archive_reader = CachedReader(self.state_dir)  # the loop's and Runtime's reads
         self._archiver: Archiver | None = None
         self._archive_queued: set[str] = set()  # handed to the thread, not yet dropped
+        # Finished runs replay left (a 0.2 state may hold millions): fed to the
+        # thread a batch per turn, so start-up and no turn builds them all at once.
+        self._archive_backlog: deque[str] = deque()
 
     def _start_archiver(self) -> None:
         """At start: every finished run the replay left (also a 0.2 state's retained ones)."""
         self._archiver = Archiver(self.archive, self.wake)
         self._archiver.sweep_blobs = self._sweep_blobs
-        self._queue_runs(self.state.archivable(self.on_terminal is not None))
+        self._archive_backlog.extend(
+            r.run_id for r in self.state.archivable(self.on_terminal is not None))
+        self._feed_backlog()
+
+    def _feed_backlog(self) -> None:
+        """Hand the thread the next batch of the start-up backlog once it has room."""
+        arch = self._archiver
+        if not self._archive_backlog or arch is None or arch.queued() >= BATCH:
+            return
+        runs = self.state.runs
+        batch: list[Run] = []
+        while self._archive_backlog and len(batch) < FEED:
+            run = runs.get(self._archive_backlog.popleft())
+            if run is not None and run.terminal:
+                batch.append(run)
+        self._queue_runs(batch)
 
     def _close_archiver(self) -> None:
         if self._archiver is not None:
@@ -241,7 +269,10 @@ class Archiving:
     def _archived_records(self, now: float) -> list[Record]:
         """Batches the archive committed: ``Archived`` for the turn's group commit."""
         arch = self._archiver
-        if arch is None or not arch.done:
+        if arch is None:
+            return []
+        self._feed_backlog()
+        if not arch.done:
             return []
         done: list[tuple[str, float]] = []
         while arch.done:
@@ -260,7 +291,9 @@ class Archiving:
         return counts
 
     def _archive_busy(self) -> bool:
-        return self._archiver is not None and self._archiver.busy()
+        arch = self._archiver
+        return arch is not None and (arch.busy() or bool(self._archive_backlog)
+                                     and not arch.failing)
 
     def _expire_archive(self, now: float) -> None:
         if self._archiver is not None:
