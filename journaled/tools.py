@@ -123,6 +123,9 @@ def check_blobs(state_dir: Path, state: State, reader: ArchiveReader, out: Check
 def compact_offline(state_dir: Path, retention: float, hooks: bool = False) -> tuple[int, int]:
     """Compact with no supervisor running; returns (bytes before, bytes after).
 
+    Finished runs stay in the journal until a supervisor archives them; the
+    archive's rows finished more than ``retention`` seconds ago are deleted.
+
     Raises:
         JournalCorrupt: the journal is damaged or holds an undecodable record
             (nothing is changed; 'journaled verify' shows where).
@@ -139,6 +142,13 @@ def compact_offline(state_dir: Path, retention: float, hooks: bool = False) -> t
             after = journal.size_bytes
         finally:
             journal.close()
+        archive = Archive(state_dir)
+        if archive.exists():  # we hold the state lock: no archiver is writing
+            writer = archive.open_writer()
+            try:
+                writer.delete_finished_before(time.time() - retention)
+            finally:
+                writer.close()
     return before, after
 
 

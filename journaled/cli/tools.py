@@ -151,11 +151,11 @@ def log(follow: bool, run_id: str | None, as_json: bool, state: Path) -> None:
 
 @main.command()
 @click.option("--retention", type=click.FloatRange(min=0), default=7 * 86400.0,
-              show_default=True, help="Seconds to keep finished runs.")
+              show_default=True, help="Seconds to keep finished runs in the archive.")
 @state_option(must_exist=True)
 @handles_errors
 def compact(retention: float, state: Path) -> None:
-    """Snapshot live state into a new segment and drop old segments and expired runs.
+    """Snapshot live state into a new segment, drop old segments and expired archive rows.
 
     With a supervisor running, asks it to compact (it uses its own --retention).
     """
