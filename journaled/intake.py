@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from .blobs import same_content
 from .errors import JournaledError, RunConflict
 from .inbox import (
     BatchMsg,
@@ -95,11 +96,12 @@ class Intake:
                 if kind == "submit_many":
                     # All or nothing: every item is checked against the state (and
                     # the batch's own duplicates) before any is applied.
-                    batch: dict[str, tuple[bytes, dict[str, str]]] = {}
+                    batch: dict[str, tuple[Any, dict[str, str]]] = {}
                     for rid, data, hdrs, *_ in args[0]:
                         old = state.runs.get(rid)
                         seen = (old.input, old.headers) if old is not None else batch.get(rid)
-                        if seen is not None and seen != (data, dict(hdrs or {})):
+                        if seen is not None and not (same_content(seen[0], data)
+                                                     and seen[1] == dict(hdrs or {})):
                             raise RunConflict(rid)
                         batch[rid] = (data, dict(hdrs or {}))
                     for rid, data, hdrs, prio, attempts, timeout in args[0]:

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import msgspec
 
 from . import replay
+from .blobs import BlobRef
 from .errors import JournalCorrupt
 from .journal import Journal, StateLock, VerifyReport, verify
 from .records import Record, Redriven, Submitted, Terminated, decode, encode
@@ -103,6 +104,8 @@ def record_dict(rec: Record) -> dict[str, Any]:
                 v = v.decode("utf-8")
             except UnicodeDecodeError:
                 v = {"hex": v.hex()}
+        elif isinstance(v, BlobRef):
+            v = {"blob": v.sha256, "size": v.size}
         elif isinstance(v, list):
             v = [record_dict(x) if isinstance(x, msgspec.Struct) else x for x in v]
         d[name] = v
@@ -129,10 +132,12 @@ def record_line(rec: Record) -> str:
     return f"{when}  {kind:<15} {rid}  {' '.join(parts)}".rstrip()
 
 
-def short_bytes(b: bytes | None, n: int = 40, none: str = "-") -> str:
+def short_bytes(b: bytes | BlobRef | None, n: int = 40, none: str = "-") -> str:
     """Bytes for one line of a table: text if they decode, cut to ``n`` characters."""
     if b is None:
         return none
+    if isinstance(b, BlobRef):
+        return f"<blob {b.sha256[:12]} {b.size:,} bytes>"
     try:
         s = " ".join(b.decode("utf-8").split())
     except UnicodeDecodeError:
