@@ -395,6 +395,60 @@ class BlobStore:
         return gone
 
 
+class BlobAudit(msgspec.Struct):
+    """What ``audit`` found: errors break a restart, the rest is housekeeping."""
+
+    blobs: int = 0
+    bytes: int = 0
+    errors: list[str] = []
+    orphans: int = 0  # blobs nothing names (a sweep takes them once past retention)
+    orphan_bytes: int = 0
+    temp_files: int = 0  # dot-named leftovers of writers that died before their rename
+    gone: int = 0  # refs only superseded records name, swept already (expected)
+
+
+def audit(store: BlobStore, live: dict[str, tuple[int, str]], named: set[str],
+          keep: set[str] = frozenset(), check_hashes: bool = True) -> BlobAudit:  # type: ignore[assignment]
+    """Check blobs against the refs the journal names.
+
+    ``live``: sha256 -> (size, what) for every ref the folded state needs (a
+    missing or short one, or content that hashes to another name, is an
+    error); ``named``: every ref any record names (one only superseded
+    records name may be swept: counted in ``gone``); ``keep``: refs named
+    elsewhere (the archive). Blobs no one names are orphans.
+    """
+    out = BlobAudit()
+    on_disk: dict[str, int] = {}
+    for path, st in store.names():
+        name = path.name
+        if name.startswith("."):
+            out.temp_files += 1
+            continue
+        if not _SHA.fullmatch(name):
+            continue
+        out.blobs += 1
+        out.bytes += st.st_size
+        on_disk[name] = st.st_size
+        if path.parent.name != name[:2]:
+            out.errors.append(f"blob {name} is in the wrong directory ({path.parent.name}/)")
+        if check_hashes:
+            got = store.hash_file(path)
+            if got != name:
+                out.errors.append(f"blob {name} is damaged: its content hashes to {got}")
+        if name not in named and name not in keep and name not in live:
+            out.orphans += 1
+            out.orphan_bytes += st.st_size
+    for sha, (size, what) in sorted(live.items()):
+        have = on_disk.get(sha)
+        if have is None:
+            out.errors.append(f"{what} names blob {sha} ({size:,} bytes), which is missing")
+        elif have != size:
+            out.errors.append(f"{what} names blob {sha} of {size:,} bytes; the file has "
+                              f"{have:,}")
+    out.gone = sum(1 for sha in named if sha not in on_disk and sha not in live)
+    return out
+
+
 class _Flock:
     """``flock`` on one file, as a context manager (a missing directory is made)."""
 

@@ -16,10 +16,10 @@ from typing import Any, Iterator
 import msgspec
 
 from . import replay
-from .blobs import BlobRef
+from .blobs import BlobRef, BlobStore, audit, refs_of
 from .errors import JournalCorrupt
 from .journal import Journal, StateLock, VerifyReport, verify
-from .records import Record, Redriven, Submitted, Terminated, decode, encode
+from .records import MemoPut, Record, Redriven, StepDone, Submitted, Terminated, decode, encode
 from .state import State
 
 
@@ -30,6 +30,8 @@ class Check(msgspec.Struct):
     runs: int = 0
     statuses: dict[str, int] = {}
     violations: list[str] = []
+    blobs: Any = None  # blobs.BlobAudit once the journal folded
+    warnings: list[str] = []
 
     @property
     def ok(self) -> bool:
@@ -49,9 +51,12 @@ def check(state_dir: Path) -> Check:
         return out
     state = State()
     ends: Counter[str] = Counter()
+    named: set[str] = set()
     try:
         for seg, off, rec in records(state_dir):
             t = type(rec)
+            if t in _NAMING:
+                named.update(refs_of(getattr(rec, f) for f in _NAMING[t]))
             if t is Terminated:
                 ends[rec.run_id] += 1
                 if ends[rec.run_id] > 1:
@@ -69,7 +74,42 @@ def check(state_dir: Path) -> Check:
         out.report = dataclasses.replace(report, damage=e, torn=None)
     out.runs = len(state.runs)
     out.statuses = {k: v for k, v in state.status_counts().items() if v}
+    if out.report.damage is None:
+        _check_blobs(Path(state_dir), state, named, out)
     return out
+
+
+# Record fields that may name a blob (snapshots: their runs' fields, below).
+_NAMING: dict[type, tuple[str, ...]] = {Submitted: ("input",), StepDone: ("payload",),
+                                        Terminated: ("result",), MemoPut: ("value",)}
+
+
+def _check_blobs(state_dir: Path, state: State, named: set[str], out: Check) -> None:
+    """Every blob the folded state needs is there and whole; orphans are counted."""
+    live: dict[str, tuple[int, str]] = {}
+    for run in state.runs.values():
+        for what, v in (("input", run.input), ("payload", run.payload),
+                        ("result", run.result), *((f"memo {k!r}", m)
+                                                  for k, m in run.memos.items())):
+            if isinstance(v, BlobRef):
+                live.setdefault(v.sha256, (v.size, f"run {run.run_id}'s {what}"))
+    named |= set(live)
+    keep: set[str] = set()
+    try:
+        from .archive import Archive  # type: ignore[attr-defined]
+
+        keep = set(Archive(state_dir).blob_refs())
+    except ImportError:
+        pass
+    a = audit(BlobStore(state_dir), live, named, keep)
+    out.blobs = a
+    out.violations += a.errors
+    if a.orphans:
+        out.warnings.append(f"{a.orphans} orphan blobs ({a.orphan_bytes / 1e6:.1f} MB) no run "
+                            "names; the supervisor's sweep deletes them once past retention")
+    if a.temp_files:
+        out.warnings.append(f"{a.temp_files} temp files of blob writers that stopped before "
+                            "their rename; swept like orphans")
 
 
 def compact_offline(state_dir: Path, retention: float, hooks: bool = False) -> tuple[int, int]:

@@ -64,12 +64,15 @@ class Archive:
 
 def final_outcomes(state: Path) -> dict[str, Outcome | None]:
     """Each run's outcome as the journal says now (None: not terminal)."""
+    from ..blobs import BlobStore
     from ..replay import fold
 
     st = fold(state / "journal")
+    blobs = BlobStore(state)  # a result stored as a blob compares by its content
     out: dict[str, Outcome | None] = {}
     for rid, run in st.runs.items():
-        out[rid] = Outcome(run.status, run.result, run.error) if run.terminal else None
+        out[rid] = Outcome(run.status, blobs.resolve(run.result), run.error) \
+            if run.terminal else None
     return out
 
 
