@@ -54,3 +54,15 @@ def slow_big_result(step: Step) -> Succeed:
     if mark and step.attempts == 1:
         Path(mark).write_text(str(os.getpid()))
     return Succeed(shifted(step.payload, 1) * (size // max(1, len(step.payload))))
+
+
+def view_kind(step: Step) -> Succeed:
+    """Report what ``payload_view()`` gave: read-only? over an mmap? the same bytes?"""
+    import hashlib
+    import json
+    import mmap
+
+    v = step.payload_view()
+    return Succeed(json.dumps({"readonly": v.readonly, "mmap": isinstance(v.obj, mmap.mmap),
+                               "size": v.nbytes,
+                               "sha": hashlib.sha256(v).hexdigest()}).encode())
