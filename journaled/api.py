@@ -148,6 +148,10 @@ class Memo:
 
         blobs = self._blobs
         stored: Any
+        if type(value) is not bytes:
+            from .blobs import as_bytes_view
+
+            value = as_bytes_view(f"memo {key[:64]!r}", value)
         if blobs is not None and len(value) > blobs.threshold:
             stored = blobs.put(value)  # durable before the journal names it
         else:

@@ -92,6 +92,21 @@ def refs_of(values: Iterable[object]) -> Iterator[str]:
                     yield x.sha256
 
 
+def as_bytes_view(what: str, data: bytes | bytearray | memoryview) -> memoryview:
+    """A flat byte view of any buffer (a numpy array's memoryview counts rows in ``len``).
+
+    Raises ``TypeError`` naming ``what`` for a buffer that is not C-contiguous.
+    """
+    view = memoryview(data)
+    if view.ndim == 1 and view.itemsize == 1:
+        return view
+    try:
+        return view.cast("B")
+    except TypeError:
+        raise TypeError(f"{what} must be a C-contiguous buffer (use numpy.ascontiguousarray)"
+                        ) from None
+
+
 def threshold_from_env(default: int = DEFAULT_THRESHOLD) -> int:
     """``$JOURNALED_BLOB_THRESHOLD`` as bytes (workers get it from their supervisor)."""
     raw = os.environ.get(ENV_THRESHOLD, "")
@@ -147,6 +162,8 @@ class BlobStore:
 
     def maybe_put(self, data: bytes | bytearray | memoryview) -> Value:
         """``data`` itself when it is small, else the ref of its (durable) blob."""
+        if type(data) is not bytes:
+            data = as_bytes_view("the value", data)
         if len(data) > self.threshold:
             return self.put(data)
         return bytes(data)

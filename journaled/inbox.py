@@ -37,7 +37,7 @@ from typing import Callable, Union
 import msgspec
 
 from . import failpoints
-from .blobs import BlobRef, BlobStore
+from .blobs import BlobRef, BlobStore, as_bytes_view
 from .durable import fsync_dir, make_dirs
 from .errors import InputTooLarge, InvalidRunId
 from .limits import MAX_BODY, MAX_HEADERS, MAX_TEXT, check_size
@@ -179,6 +179,8 @@ def check_value(what: str, value: object, blobs: BlobStore | None = None
         return value
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
+    if type(value) is not bytes:
+        value = as_bytes_view(what, value)  # a numpy array's view: len() counts rows
     if blobs is not None and len(value) > blobs.threshold:
         return value
     return check_bytes(what, value)

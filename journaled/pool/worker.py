@@ -47,7 +47,7 @@ from ..api import (
     Succeed,
     write_progress,
 )
-from ..blobs import BlobRef, BlobStore
+from ..blobs import BlobRef, BlobStore, as_bytes_view
 from ..errors import InputTooLarge
 from ..limits import check_size, cut_text
 from ..state import WorkerResult
@@ -121,6 +121,8 @@ def _value(what: str, data: Any, blobs: BlobStore | None) -> bytes | BlobRef:
     inline limit does not apply (a blob is bounded by the disk); without one
     (no state directory, a Dask worker) ``limits.MAX_VALUE`` still does.
     """
+    if type(data) is not bytes:
+        data = as_bytes_view(what, data)  # len() of an array's view counts rows, not bytes
     if blobs is not None and len(data) > blobs.threshold:
         return blobs.put(data)  # durable before the result that names it is sent
     check_size(what, data)
@@ -166,6 +168,8 @@ def to_result(out: Any, blobs: BlobStore | None = None) -> WorkerResult:
                        "ContinueOnSignal, Succeed, Fail or Cancel"))
     except InputTooLarge as e:
         return _too_large(e)
+    except TypeError as e:  # a buffer numpy cannot flatten: no retry can fix it
+        return WorkerResult("error", permanent=True, error=str(e))
     field = "result" if t is Succeed else "payload"
     if t is ContinueOnSignal and isinstance(out.payload, _BYTES_LIKE):
         field = "key"

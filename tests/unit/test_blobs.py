@@ -213,3 +213,17 @@ def test_a_writer_killed_at_a_blob_failpoint_leaves_no_blob(tmp_path: Path, poin
     if point == "blobs.before_fsync":
         assert temps[0].stat().st_size == 0, "power-loss mode: unsynced bytes are lost"
     assert store.put(b"z" * 100_000) == ref and store.read(ref) == b"z" * 100_000
+
+
+@pytest.mark.timeout(30)
+def test_multi_dimensional_buffers_count_bytes_not_rows(tmp_path: Path) -> None:
+    from journaled.blobs import as_bytes_view
+
+    raw = bytes(range(256)) * 64  # 16 KiB
+    view = memoryview(raw).cast("B", (64, 256))
+    assert len(view) == 64 and len(as_bytes_view("x", view)) == len(raw)
+    store = BlobStore(tmp_path, threshold=1000)
+    ref = store.maybe_put(view)
+    assert isinstance(ref, BlobRef) and ref.size == len(raw) and store.read(ref) == raw
+    with pytest.raises(TypeError, match="C-contiguous"):
+        as_bytes_view("the payload", memoryview(raw).cast("B", (64, 256))[::2])
