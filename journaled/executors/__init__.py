@@ -24,5 +24,7 @@ def make_executor(spec: str, runner: Any, workers: int, preload: list[str] | Non
     if spec.startswith("dask://"):
         from .dask import DaskExecutor
 
-        return DaskExecutor(spec[len("dask://"):], runner, workers)
+        ex = DaskExecutor(spec[len("dask://"):], runner, workers)
+        ex.state_dir = state_dir  # where blob refs in dispatches are read
+        return ex
     raise ValueError(f"unknown executor {spec!r}: use 'local' or 'dask://HOST:PORT'")

@@ -48,7 +48,7 @@ from ..api import (
     write_progress,
 )
 from ..blobs import BlobRef, BlobStore, as_bytes_view
-from ..errors import InputTooLarge
+from ..errors import BlobMissing, InputTooLarge
 from ..limits import check_size, cut_text
 from ..state import WorkerResult
 from .wire import (
@@ -195,6 +195,8 @@ def run_one(fn: Callable[[Step], Any], step: Step, blobs: BlobStore | None = Non
     except Cancelled as e:
         return WorkerResult("cancelled", error=cut_text(str(e)) or "cancelled")
     except InputTooLarge as e:  # a memo put over the limit: retrying cannot help
+        return WorkerResult("error", error=str(e), traceback=_user_traceback(e), permanent=True)
+    except BlobMissing as e:  # its payload or memo blob is gone: no retry brings it back
         return WorkerResult("error", error=str(e), traceback=_user_traceback(e), permanent=True)
     except BaseException as e:  # noqa: BLE001 - the runner's failure is data, not ours
         return WorkerResult("error", error=cut_text(f"{type(e).__name__}: {e}"),
