@@ -186,3 +186,23 @@ def test_supervisor_sigkilled_while_a_worker_holds_a_synced_unrenamed_blob(tmp_p
     assert again.returncode == 0, again.stderr
     assert client.result("held") == shifted(data, 2)
     _assert_every_named_blob_is_whole(state)
+
+
+@pytest.mark.timeout(200)
+def test_crashtest_with_payloads_over_the_blob_threshold_passes_under_kills(tmp_path: Path
+                                                                            ) -> None:
+    """Every Continue payload carries 70,000 bytes (a blob): kills of the supervisor and of
+    workers, power-loss mode, and every run ends exactly once with the reference result."""
+    import json
+
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("150000\n200000\n250000\n")
+    env = {k: v for k, v in cli_env().items()
+           if k not in ("JOURNALED_FAILPOINTS", "JOURNALED_SIMULATE_POWER_LOSS")}
+    proc = subprocess.run([*CLI, "crashtest", "examples.primes:runner", "--input-file",
+                           str(inputs), "--json", "--state", str(tmp_path / "ct"), "--runs", "4",
+                           "--kills", "8", "--seed", "5", "--payload-bytes", "70000"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["ok"], doc["violations"][:5]
+    assert doc["payload_bytes"] == 70000
