@@ -282,3 +282,24 @@ def test_100_mb_input_payloads_and_result(runtime, state_dir: Path) -> None:
     del data
     assert out.result == want
     assert _journal_bytes(state_dir) < 64 << 10
+
+
+@pytest.mark.timeout(120)
+def test_journaled_step_and_log_handle_blob_payloads(runtime, state_dir: Path) -> None:
+    rt = runtime(blob_apps.pipeline)
+    data = os.urandom(T + 100)
+    rid = rt.submit(data, headers={"steps": "3"})
+    rt.wait(rid, 60)
+    rt.close()
+    env = cli_env()
+    step = subprocess.run([*CLI, "step", rid, "2", "--app", "tests.apps.blob_apps:pipeline",
+                           "--state", str(state_dir)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert step.returncode == 0, step.stderr
+    assert f"{T + 100} payload bytes" in step.stderr and "Succeed" in step.stdout
+    log = subprocess.run([*CLI, "log", "--json", "--state", str(state_dir)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert log.returncode == 0, log.stderr
+    subs = [json.loads(ln) for ln in log.stdout.splitlines() if '"sub"' in ln]
+    assert subs and subs[0]["input"] == {"blob": hashlib.sha256(data).hexdigest(),
+                                         "size": T + 100}
