@@ -176,6 +176,9 @@ def check_value(what: str, value: object, blobs: BlobStore | None = None
         if not (isinstance(value.sha256, str) and _SHA256.fullmatch(value.sha256)
                 and isinstance(value.size, int) and value.size >= 0):
             raise ValueError(f"{what}: malformed blob ref {value!r}")
+        if blobs is not None and not blobs.exists(value):
+            raise ValueError(f"{what}: no blob {value.sha256} of {value.size:,} bytes in "
+                             f"{blobs.root} (store it with BlobStore.put first)")
         return value
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise TypeError(f"{what} must be bytes, got {type(value).__name__}")

@@ -303,3 +303,18 @@ def test_journaled_step_and_log_handle_blob_payloads(runtime, state_dir: Path) -
     subs = [json.loads(ln) for ln in log.stdout.splitlines() if '"sub"' in ln]
     assert subs and subs[0]["input"] == {"blob": hashlib.sha256(data).hexdigest(),
                                          "size": T + 100}
+
+
+@pytest.mark.timeout(120)
+def test_submitting_a_stored_blob_by_its_ref(runtime, state_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    data = os.urandom(2 << 20)
+    src.write_bytes(data)
+    client = Client(state_dir)
+    ref = client.blobs.put_file(src)  # streamed: the file is never read whole
+    rid = client.submit(ref, headers={"steps": "1"})
+    with pytest.raises(ValueError, match="no blob"):
+        client.submit(BlobRef("0" * 64, 5))
+    rt = runtime(blob_apps.pipeline)
+    assert rt.wait(rid, 60).result == shifted(data, 1)
+    assert client.submit(data, run_id=rid, headers={"steps": "1"}) == rid  # same content
