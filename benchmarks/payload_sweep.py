@@ -129,10 +129,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small counts (a few seconds in all)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-mb", type=float, default=None,
-                    help="skip payload sizes above this many MiB (default 100; 10 with --quick)")
+                    help="skip payload sizes above this many MiB (default 100; 8 with --quick)")
     args = ap.parse_args()
     if args.max_mb is None:
-        args.max_mb = 10.0 if args.quick else 100.0
+        args.max_mb = 8.0 if args.quick else 100.0
     w = args.workers
     rows = []
     for size, (runs, steps) in POINTS.items():
