@@ -120,38 +120,71 @@ class Memo:
     skip it with ``get`` when the step is retried after a crash. ``put``
     returns only once the value is durable in the journal. Absence is always
     safe: a value may be missing (a ``put`` not yet durable when the worker
-    died), never wrong. Memos go away with the run's retention.
+    died), never wrong. Memos go away with the run's retention. A value over
+    the blob threshold is written as a blob first; only its ref is journaled.
     """
 
-    __slots__ = ("_values", "_put")
+    __slots__ = ("_values", "_put", "_blobs")
 
-    def __init__(self, values: dict[str, bytes] | None = None,
-                 put: Callable[[str, bytes], None] | None = None) -> None:
-        self._values = dict(values or {})
+    def __init__(self, values: dict[str, Any] | None = None,
+                 put: Callable[[str, Any], None] | None = None, blobs: Any = None) -> None:
+        self._values = dict(values or {})  # bytes, or BlobRefs read on get
         self._put = put
+        self._blobs = blobs  # a journaled.blobs.BlobStore, or None: everything inline
 
     def get(self, key: str, default: bytes | None = None) -> bytes | None:
-        return self._values.get(key, default)
+        v = self._values.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, (bytes, bytearray)):
+            v = _blob_store(self._blobs).read(v)
+        return v
 
     def put(self, key: str, value: bytes) -> None:
         """Store ``value`` durably; ``InputTooLarge`` if it (or the step's memos) is too big."""
-        if not isinstance(key, str) or not isinstance(value, (bytes, bytearray)):
+        if not isinstance(key, str) or not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError("memo keys are str and values bytes")
         from .limits import MAX_MEMOS, check_size
 
-        value = bytes(value)
-        check_size(f"memo {key[:64]!r}", value)
-        total = len(value) + sum(len(v) for k, v in self._values.items() if k != key)
+        blobs = self._blobs
+        stored: Any
+        if type(value) is not bytes:
+            from .blobs import as_bytes_view
+
+            value = as_bytes_view(f"memo {key[:64]!r}", value)
+        if blobs is not None and len(value) > blobs.threshold:
+            stored = blobs.put(value)  # durable before the journal names it
+        else:
+            stored = bytes(value)
+            check_size(f"memo {key[:64]!r}", stored)
+        from .blobs import value_size
+
+        total = value_size(stored) + sum(value_size(v) for k, v in self._values.items()
+                                         if k != key)
         if total > MAX_MEMOS:
             from .errors import InputTooLarge
 
             raise InputTooLarge("this step's memos together", total, MAX_MEMOS)
         if self._put is not None:
-            self._put(key, value)
-        self._values[key] = value
+            self._put(key, stored)
+        self._values[key] = stored
 
     def __contains__(self, key: str) -> bool:
         return key in self._values
+
+
+def _blob_store(blobs: Any) -> Any:
+    """The given store, else the one of ``$JOURNALED_STATE`` (set in every worker)."""
+    if blobs is not None:
+        return blobs
+    import os
+
+    from .blobs import BlobStore
+
+    state = os.environ.get("JOURNALED_STATE")
+    if not state:
+        raise RuntimeError("this value is a blob and no state directory is known to read it")
+    return BlobStore(state)
 
 
 _E = TypeVar("_E", bound="StepError")
@@ -344,7 +377,9 @@ class Step:
     Attributes:
         run_id: the caller-visible run id.
         step_number: 0-based; step 0 gets the submission input as payload.
-        payload: bytes from the previous ``Continue``/``ContinueAfter``.
+        payload: bytes from the previous ``Continue``/``ContinueAfter`` (a big one
+            is read from its blob on first access; ``payload_view()`` maps it
+            instead, zero-copy).
         headers: submitter metadata; ``journaled.*`` keys are stripped.
         job_id: unique per step, stable across its attempts.
         attempts: deliveries so far, 1 on the first; >1 after a retry, a
@@ -359,17 +394,24 @@ class Step:
     at-least-once.
     """
 
-    __slots__ = ("run_id", "step_number", "payload", "headers", "job_id", "attempts",
-                 "cancel_token", "signal", "memo", "_progress")
+    __slots__ = ("run_id", "step_number", "_payload", "_ref", "_blobs", "headers", "job_id",
+                 "attempts", "cancel_token", "signal", "memo", "_progress")
 
-    def __init__(self, run_id: str, step_number: int, payload: bytes,
+    def __init__(self, run_id: str, step_number: int, payload: Any,
                  headers: dict[str, str] | None = None, attempts: int = 1,
                  cancel_token: CancelToken | None = None,
                  progress: Callable[[float, float | None, str], None] | None = None,
-                 signal: Signal | None = None, memo: Memo | None = None) -> None:
+                 signal: Signal | None = None, memo: Memo | None = None,
+                 blobs: Any = None) -> None:
         self.run_id = run_id
         self.step_number = step_number
-        self.payload = payload
+        # ``payload`` is bytes, or a BlobRef read from its blob on first use.
+        if isinstance(payload, (bytes, bytearray)):
+            self._payload: bytes | None = payload
+            self._ref: Any = None
+        else:
+            self._payload, self._ref = None, payload
+        self._blobs = blobs
         self.headers = {k: v for k, v in (headers or {}).items()
                         if not k.startswith(RESERVED_HEADER_PREFIX)}
         self.job_id = f"{run_id}#{step_number}"
@@ -379,14 +421,41 @@ class Step:
         self.memo = memo if memo is not None else Memo()
         self._progress = progress
 
+    @property
+    def payload(self) -> bytes:
+        """The step's input bytes; a big payload is read from its blob on first access."""
+        p = self._payload
+        if p is None:
+            p = self._payload = _blob_store(self._blobs).read(self._ref)
+        return p
+
+    @payload.setter
+    def payload(self, value: bytes) -> None:
+        self._payload, self._ref = value, None
+
+    def payload_view(self) -> memoryview:
+        """The payload as a read-only ``memoryview``, zero-copy for a big one.
+
+        Over an ``mmap`` of the payload's blob (pages come from the page
+        cache, nothing is copied): ``numpy.frombuffer(step.payload_view(),
+        dtype=...)`` gives an array without reading the bytes into memory
+        first. Small payloads: a view of the bytes. Keep the view (or the
+        array) only for the step; the mapping closes when the last one goes.
+        """
+        if self._payload is not None or self._ref is None:
+            return memoryview(self.payload).toreadonly()
+        return _blob_store(self._blobs).view(self._ref)
+
     def progress(self, done: float, total: float | None = None, message: str = "") -> None:
         """Report progress; cheap (a shared-memory write), never journaled."""
         if self._progress is not None:
             self._progress(done, total, message)
 
     def __repr__(self) -> str:
+        shown = repr(self._payload[:32]) if self._payload is not None else \
+            f"<blob {self._ref.size:,} bytes>"
         return (f"Step(run_id={self.run_id!r}, step_number={self.step_number}, "
-                f"attempts={self.attempts}, payload={self.payload[:32]!r})")
+                f"attempts={self.attempts}, payload={shown})")
 
 
 def write_progress(buf: Any, slot: int, seq: int, done: float, total: float | None,

@@ -30,7 +30,6 @@ one row with the same content.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -42,18 +41,10 @@ from typing import Any, Iterable, Union
 import msgspec
 
 from .api import Attempt, DeadLetter, RunOutcome, RunStatus
+from .blobs import content_sha256
 from .durable import fsync_dir
 from .records import RunSnapshot
 from .run import Run, attempts_of, outcome_of, run_from_snapshot, run_to_snapshot
-
-try:  # the blobs module's hash when it is there (the same value for plain bytes)
-    from .blobs import content_sha256  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - until journaled.blobs lands
-    def content_sha256(value: Any) -> str:
-        """sha256 hex of ``value``'s bytes, or the ref's own sha256 for an out-of-line value."""
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return hashlib.sha256(value).hexdigest()
-        return str(value.sha256)
 
 __all__ = ["ARCHIVE_NAME", "SCHEMA_VERSION", "Archive", "ArchiveReader", "ArchiveWriter",
            "ArchivedRun", "content_sha256", "row_of"]

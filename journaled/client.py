@@ -44,13 +44,14 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, BinaryIO, Iterable, Sequence
 
 import msgspec
 
 from . import replay
 from .api import Attempt, DeadLetter, RunOutcome, RunStatus
-from .archive import ArchivedRun, CachedReader, content_sha256
+from .archive import ArchivedRun, CachedReader
+from .blobs import BlobRef, BlobStore, content_sha256, same_content, value_size
 from .errors import (
     RunConflict,
     RunNotDead,
@@ -72,11 +73,13 @@ from .inbox import (
     check_int,
     check_run_id,
     check_signal_key,
+    check_value,
     inbox_dir,
     pending_submissions,
     post,
     rejection,
     seconds,
+    to_stored,
 )
 from .journal import JournalTailer, list_segments
 from .notify import DirWatcher
@@ -95,9 +98,10 @@ def new_run_id() -> str:
     return f"r-{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
 
 
-def _digest(data: bytes, headers: dict[str, str]) -> bytes:
-    """What identifies a submission for idempotency: its input and headers."""
-    return hashlib.blake2b(msgspec.msgpack.encode([data, sorted(headers.items())]),
+def _digest(data: bytes | BlobRef, headers: dict[str, str]) -> bytes:
+    """What identifies a submission for idempotency: its input's content and headers."""
+    return hashlib.blake2b(msgspec.msgpack.encode([content_sha256(data), value_size(data, True),
+                                                   sorted(headers.items())]),
                            digest_size=16).digest()
 
 
@@ -117,10 +121,16 @@ class Client:
     Args:
         state_dir: the supervisor's state directory (``str`` or path-like).
             Nothing is created until something is submitted or requested.
+        blob_threshold: inputs longer than this many bytes are written as a
+            blob under ``STATE/blobs/`` before the submission is posted (default
+            64 KiB, or ``$JOURNALED_BLOB_THRESHOLD``); results stored as blobs
+            are read back from there.
     """
 
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str],
+                 blob_threshold: int | None = None) -> None:
         self.state_dir = Path(state_dir)
+        self.blobs = BlobStore(self.state_dir, blob_threshold)
         self._journal_dir = self.state_dir / "journal"
         self._tailer = JournalTailer(self._journal_dir)
         self.state = State()
@@ -198,14 +208,18 @@ class Client:
         found = self._find(run_id)
         return found if isinstance(found, Run) else None
 
+    def _outcome(self, run_id: str) -> RunOutcome:
+        """``status`` with a big result left as its ``BlobRef`` (nothing read)."""
+        found = self._find(run_id)
+        return outcome_of(found) if isinstance(found, Run) else pending_outcome(found)
+
     def status(self, run_id: str) -> RunOutcome:
-        """Where the run is.
+        """Where the run is; a result stored as a blob is read into ``result``.
 
         Raises ``RunNotFound`` if it is neither journaled nor in the inbox, and
         ``SubmissionRejected`` if the supervisor refused its submission.
         """
-        found = self._find(run_id)
-        return outcome_of(found) if isinstance(found, Run) else pending_outcome(found)
+        return self.blobs.resolve_outcome(self._outcome(run_id))
 
     def runs(self, status: str | RunStatus | None = None, since: float | None = None,
              limit: int | None = 100) -> list[RunOutcome]:
@@ -224,14 +238,27 @@ class Client:
         want = RunStatus(status) if status is not None else None
         rows = [] if want is not None and not want.terminal else \
             self._archive.call("runs", want and want.value, since, limit) or []
-        return merge_runs(out, [r.outcome() for r in rows], status, since, limit)
+        return [self.blobs.resolve_outcome(o) for o in
+                merge_runs(out, [r.outcome() for r in rows], status, since, limit)]
+
+    def _result_value(self, run_id: str) -> bytes | BlobRef:
+        out = self._outcome(run_id)
+        if not out.status.terminal:
+            raise RunNotTerminal(run_id, out.status.value)
+        return out.result or b""  # type: ignore[return-value]
 
     def result(self, run_id: str) -> bytes:
         """The result bytes of a succeeded run; ``RunNotTerminal`` while it is live."""
-        out = self.status(run_id)
-        if not out.status.terminal:
-            raise RunNotTerminal(run_id, out.status.value)
-        return out.result or b""
+        return self.blobs.resolve(self._result_value(run_id)) or b""
+
+    def result_view(self, run_id: str) -> memoryview:
+        """The result as a read-only ``memoryview``: over an ``mmap`` of its blob for a big
+        one (zero-copy, e.g. for ``numpy.frombuffer``), else of the bytes."""
+        return self.blobs.resolve_view(self._result_value(run_id)).toreadonly()
+
+    def open_result(self, run_id: str) -> BinaryIO:
+        """The result as an open binary file, to stream a big one without loading it."""
+        return self.blobs.open_value(self._result_value(run_id))
 
     def wait(self, run_id: str, timeout: float | timedelta | None = None) -> RunOutcome:
         """Block until the run is terminal; builtin ``TimeoutError`` if it is not in time.
@@ -254,9 +281,9 @@ class Client:
                     if watcher is not None:
                         watcher.close()
                     watcher, watched = DirWatcher(*dirs) if dirs else None, dirs
-                out = self.status(run_id)
+                out = self._outcome(run_id)
                 if out.status.terminal:
-                    return out
+                    return self.blobs.resolve_outcome(out)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"run {run_id!r} is still {out.status.value} after "
@@ -313,7 +340,8 @@ class Client:
         posted. The supervisor then takes each item on its own; see the
         module docstring for a conflict that races another client.
         """
-        items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout)
+        items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
+                                 self.blobs)
         fresh = items
         if run_ids is not None:
             state = self.refresh()
@@ -322,7 +350,7 @@ class Client:
             for m in items:
                 old = state.runs.get(m.run_id) or waiting.get(m.run_id)
                 if old is not None:
-                    if old.input != m.input or old.headers != m.headers:
+                    if not same_content(old.input, m.input) or old.headers != m.headers:
                         raise RunConflict(m.run_id)
                     continue
                 fresh.append(m)
@@ -416,11 +444,14 @@ def merge_dead(live: list[DeadLetter], archived: list[DeadLetter],
 
 def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | None,
                 run_ids: Sequence[str] | None, priority: int, max_attempts: int,
-                step_timeout: float | timedelta | None) -> tuple[list[SubmitMsg], list[str]]:
+                step_timeout: float | timedelta | None, blobs: BlobStore | None = None
+                ) -> tuple[list[SubmitMsg], list[str]]:
     """Checked submissions (one per distinct run id) and the id of every input, in order.
 
     A run id given twice with the same input and headers is one run; with
     other input it is ``RunConflict``, raised before anything is queued.
+    Inputs over ``blobs``' threshold are written as blobs (durably) once every
+    item passed its checks, so the messages carry refs, never big bytes.
     """
     if isinstance(inputs, (bytes, bytearray, memoryview, str)):
         raise TypeError("inputs must be a list of bytes (for one input use submit())")
@@ -434,22 +465,30 @@ def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | None,
     ins = list(inputs)
     if run_ids is not None and len(run_ids) != len(ins):
         raise ValueError(f"got {len(ins)} inputs but {len(run_ids)} run ids")
-    out: list[SubmitMsg] = []
+    checked: list[tuple[str, Any]] = []
     ids: list[str] = []
-    seen: dict[str, SubmitMsg] = {}
+    seen: dict[str, Any] = {}
     for i, data in enumerate(ins):
-        raw = check_bytes("the input" if len(ins) == 1 else f"input {i}", data)
+        raw = check_value("the input" if len(ins) == 1 else f"input {i}", data, blobs)
         rid = check_run_id(run_ids[i]) if run_ids is not None else new_run_id()
         ids.append(rid)
-        old = seen.get(rid)
-        if old is not None:
-            if old.input != raw:
+        if rid in seen:
+            if not _same_input(seen[rid], raw):
                 raise RunConflict(rid)
             continue
-        m = SubmitMsg(rid, raw, now, hdrs, prio, attempts, timeout)
-        seen[rid] = m
-        out.append(m)
+        seen[rid] = raw
+        checked.append((rid, raw))
+    # Every item passed: now the big inputs become blobs, durable before any message.
+    out = [SubmitMsg(rid, to_stored(raw, blobs), now, hdrs, prio, attempts, timeout)
+           for rid, raw in checked]
     return out, ids
+
+
+def _same_input(a: Any, b: Any) -> bool:
+    if isinstance(a, BlobRef) or isinstance(b, BlobRef):
+        return same_content(a if isinstance(a, BlobRef) else bytes(a),
+                            b if isinstance(b, BlobRef) else bytes(b))
+    return a == b
 
 
 def _batches(items: list[SubmitMsg]) -> Iterable[Message]:
@@ -457,7 +496,7 @@ def _batches(items: list[SubmitMsg]) -> Iterable[Message]:
     group: list[SubmitMsg] = []
     size = 0
     for m in items:
-        n = len(m.input) + 256 + sum(len(k) + len(v) for k, v in m.headers.items())
+        n = value_size(m.input) + 256 + sum(len(k) + len(v) for k, v in m.headers.items())
         if group and size + n > _BATCH_BYTES:
             yield group[0] if len(group) == 1 else BatchMsg(group)
             group, size = [], 0

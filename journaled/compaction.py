@@ -15,10 +15,14 @@ off; only a ``StorageFailure`` stops the supervisor.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 from .api import RunOutcome
+from .archive import Archive
+from .blobs import BlobStore, refs_of
 from .errors import StorageFailure
 from .journal import Journal
 from .records import Snapshot, encode
@@ -27,6 +31,9 @@ from .state import Policy, State
 log = logging.getLogger("journaled.supervisor")
 
 RETENTION_CHECK = 300.0  # seconds between checks for finished runs past retention
+# Blobs younger than this survive every sweep: one written (or reused) just
+# before the record naming it is committed is never taken, even at retention 0.
+BLOB_GRACE = 600.0
 
 
 class Compaction:
@@ -34,6 +41,7 @@ class Compaction:
 
     # What this part needs of the supervisor it is mixed into.
     state: State
+    state_dir: Path
     policy: Policy
     journal: Journal
     retention: float
@@ -51,6 +59,9 @@ class Compaction:
         self._compact_after = 0.0  # monotonic: no automatic retry of a failed compaction before
         self.retention_check = RETENTION_CHECK  # seconds between retention checks
         self._retention_checked = time.monotonic()
+        self.blob_grace = BLOB_GRACE  # a blob this young is never swept, whatever the retention
+        self.blobs_swept = 0
+        self._sweeper: threading.Thread | None = None
 
     def _compaction_due(self, mono: float) -> bool:
         """Asked for, or the tail outgrew the last snapshot; also runs the retention timer."""
@@ -71,6 +82,7 @@ class Compaction:
             # through it): its rows past retention go on the archiver thread.
             self._retention_checked = mono
             self._expire_archive(time.time())
+            self._sweep_blobs(time.time())
         return False
 
     def _compact(self, now: float | None = None) -> bool:
@@ -106,6 +118,48 @@ class Compaction:
                  self.journal.size_bytes / 1e6)
         return True
 
+    def _sweep_blobs(self, now: float) -> None:
+        """Delete blobs no live or archived run names, once older than retention.
+
+        The live refs are taken here, on the loop, from the state (inputs,
+        current payloads, results, memos; a superseded payload is named by
+        nothing once its step is done); the directory walk and the archive's
+        refs (read after the live ones, so a run moving to the archive in
+        between is in one of the two) run on a thread. A blob written after
+        this moment is younger than the cutoff, and one reused is refreshed
+        by ``put``: neither can go.
+        """
+        if self._sweeper is not None and self._sweeper.is_alive():
+            return
+        keep = set(refs_of(_run_values(self.state.runs.values())))
+        cutoff = now - max(self.retention, self.blob_grace)
+        self._sweeper = threading.Thread(target=self._sweep_thread, args=(keep, cutoff),
+                                         daemon=True, name="journaled-blob-sweep")
+        self._sweeper.start()
+
+    def _sweep_thread(self, keep: set[str], cutoff: float) -> None:
+        try:
+            keep |= self._archived_blob_refs()
+            n = BlobStore(self.state_dir).sweep(keep, cutoff)
+        except Exception as e:  # noqa: BLE001 - a failed sweep retries at the next check
+            log.error("blob sweep failed (retrying at the next retention check): %s: %s",
+                      type(e).__name__, e)
+            return
+        self.blobs_swept += n
+        if n:
+            log.info("swept %d unreferenced blobs older than %s", n,
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cutoff)))
+
+    def _archived_blob_refs(self) -> set[str]:
+        """Every sha256 an archived run names (nothing until the archive exists)."""
+        reader = Archive(self.state_dir).open_reader()
+        if reader is None:
+            return set()
+        try:
+            return reader.blob_refs()
+        finally:
+            reader.close()
+
     def _swap_in(self, parts: list[Snapshot]) -> None:
         """Fold the snapshot into a fresh State and swap it in.
 
@@ -117,3 +171,12 @@ class Compaction:
         fresh.records_applied = self.state.records_applied
         self.state = fresh
         self.outcomes.intersection_update(fresh.runs)
+
+
+def _run_values(runs: Iterable[Any]) -> Iterator[object]:
+    """Every field of the runs that may be a blob ref (memos as a dict)."""
+    for r in runs:
+        yield r.input
+        yield r.payload
+        yield r.result
+        yield r.memos

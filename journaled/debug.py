@@ -7,12 +7,14 @@ import pdb
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import click
 
 from . import replay
 from .api import CancelToken, Memo, Signal, Step
 from .archive import Archive
+from .blobs import BlobStore, value_size
 from .errors import JournaledError, RunNotFound
 from .pool import load_import_string, resolve_runner, to_result
 from .records import Archived, Leased
@@ -24,11 +26,11 @@ class StepInputs:
 
     def __init__(self) -> None:
         self.app = ""
-        self.payload: bytes | None = None
+        self.payload: Any = None  # bytes, or the BlobRef of a big payload
         self.headers: dict[str, str] = {}
         self.attempt = 1
         self.signal: Signal | None = None
-        self.memo: dict[str, bytes] = {}
+        self.memo: dict[str, Any] = {}
         self.known = False
 
 
@@ -100,11 +102,14 @@ def rerun_step(state: Path, run_id: str, step_number: int, app: str | None,
         fn = resolve_runner(load_import_string(spec))
     except ImportError as e:
         raise JournaledError(f"cannot load {spec!r}: {e}") from None
+    # Big payloads and memos are read from the state's blobs; a memo put here
+    # stays in memory (no journal), so nothing new is written.
+    blobs = BlobStore(state, threshold=1 << 62)
     step = Step(run_id, step_number, got.payload or b"", got.headers, got.attempt,
-                CancelToken(), None, got.signal, Memo(got.memo))
+                CancelToken(), None, got.signal, Memo(got.memo, None, blobs), blobs)
     click.echo(f"re-running {spec} on run {run_id} step {step_number} (attempt "
-               f"{got.attempt}, {len(step.payload)} payload bytes); the journal is not touched",
-               err=True)
+               f"{got.attempt}, {value_size(got.payload, exact=True)} payload bytes); the "
+               "journal is not touched", err=True)
     try:
         out = fn(step)
     except BaseException:  # noqa: BLE001 - show the runner's own traceback

@@ -161,3 +161,19 @@ class RunNotDead(JournaledError):
         self.status = status
         super().__init__(f"run {run_id!r} has no dead-lettered step (it is {status}); "
                          "'journaled dead' lists those that do")
+
+
+class BlobMissing(JournaledError):
+    """Permanent until restored: a record names a blob that is missing or not whole.
+
+    Blobs are written durably before any record names them, so this means
+    the file was deleted or damaged outside journaled ('journaled verify'
+    lists every such blob).
+    """
+
+    def __init__(self, sha256: str, size: int, path: str, why: str) -> None:
+        self.sha256 = sha256
+        self.size = size
+        self.path = path
+        super().__init__(f"blob {sha256} ({size:,} bytes) is missing or damaged at {path}: "
+                         f"{why}")

@@ -69,6 +69,8 @@ POINTS: dict[str, str] = {
     "inbox.before_unlink": "supervisor: Submitted is durable, the inbox file not yet removed",
     "worker.before_step": "worker: step received, runner not yet called",
     "worker.after_step": "worker: runner returned, result not yet sent",
+    "blobs.before_fsync": "a blob's temp file is written, not yet fsynced (nothing names it)",
+    "blobs.after_fsync": "a blob's temp file is fsynced, not yet renamed into place",
 }
 
 ACTIONS = ("crash", "exit", "error", "enospc", "short-write", "skip", "delay:MS")

@@ -28,6 +28,8 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+import msgspec
+
 from . import failpoints
 from .records import Record
 from .state import State, outcome_of
@@ -51,9 +53,12 @@ class HookRunner:
     """
 
     def __init__(self, hook: Callable[[Any], Any], wake: Callable[[], None], *,
-                 first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> None:
+                 first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP,
+                 resolve: Callable[[Any], bytes | None] | None = None) -> None:
         self.hook = hook
         self.wake = wake
+        # Reads a result blob, on this thread (never the loop's): hooks get bytes.
+        self.resolve = resolve
         self.first, self.cap = first, cap
         self._due: list[tuple[float, int, str, Any, int]] = []  # (due, seq, run, outcome, fails)
         self._seq = itertools.count()
@@ -125,6 +130,10 @@ class HookRunner:
             rid, outcome, fails = item
             self.calls += 1
             try:
+                if self.resolve is not None and outcome.result is not None \
+                        and not isinstance(outcome.result, bytes):
+                    outcome = msgspec.structs.replace(outcome,
+                                                      result=self.resolve(outcome.result))
                 self.hook(outcome)
             except BaseException as e:  # noqa: BLE001 - a hook's bug must not stop anything
                 fails += 1
@@ -138,7 +147,7 @@ class HookRunner:
                     if self._closed:
                         return
                     heapq.heappush(self._due, (time.monotonic() + delay, next(self._seq), rid,
-                                               outcome, fails))
+                                               item[1], fails))
                 continue
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.after_hook")
@@ -173,7 +182,9 @@ class HookFiring:
             failpoints.hit("supervisor.before_hook")
         assert self.on_terminal is not None
         if self._hooks is None:
-            self._hooks = HookRunner(self.on_terminal, self.wake)
+            blobs = getattr(self, "blobs", None)
+            self._hooks = HookRunner(self.on_terminal, self.wake,
+                                     resolve=blobs.resolve if blobs is not None else None)
         self._hooks.submit(run_id, outcome)
 
     def _hooks_delivered(self) -> None:

@@ -37,6 +37,7 @@ from typing import Callable, Union
 import msgspec
 
 from . import failpoints
+from .blobs import BlobRef, BlobStore, as_bytes_view
 from .durable import fsync_dir, make_dirs
 from .errors import InputTooLarge, InvalidRunId
 from .limits import MAX_BODY, MAX_HEADERS, MAX_TEXT, check_size
@@ -46,7 +47,7 @@ log = logging.getLogger("journaled.inbox")
 
 class SubmitMsg(msgspec.Struct, frozen=True, tag="submit", omit_defaults=True):
     run_id: str
-    input: bytes
+    input: Union[bytes, BlobRef]  # a ref: the client wrote the blob durably before posting
     at: float
     headers: dict[str, str] = {}
     priority: int = 0
@@ -160,6 +161,44 @@ def check_bytes(what: str, value: object) -> bytes:
     return bytes(value)
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_value(what: str, value: object, blobs: BlobStore | None = None
+                ) -> bytes | bytearray | memoryview | BlobRef:
+    """An input: bytes-like, or a ``BlobRef``; no size limit for what goes out of line.
+
+    With ``blobs`` a value over its threshold is returned as is (``to_stored``
+    writes it as a blob later, once every item of a batch passed); without,
+    or at or under the threshold, the inline limit applies.
+    """
+    if isinstance(value, BlobRef):
+        if not (isinstance(value.sha256, str) and _SHA256.fullmatch(value.sha256)
+                and isinstance(value.size, int) and value.size >= 0):
+            raise ValueError(f"{what}: malformed blob ref {value!r}")
+        if blobs is not None and not blobs.exists(value):
+            raise ValueError(f"{what}: no blob {value.sha256} of {value.size:,} bytes in "
+                             f"{blobs.root} (store it with BlobStore.put first)")
+        return value
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
+    if type(value) is not bytes:
+        value = as_bytes_view(what, value)  # a numpy array's view: len() counts rows
+    if blobs is not None and len(value) > blobs.threshold:
+        return value
+    return check_bytes(what, value)
+
+
+def to_stored(value: bytes | bytearray | memoryview | BlobRef, blobs: BlobStore | None
+              ) -> bytes | BlobRef:
+    """``value`` as a message carries it: a big one written (durably) as a blob first."""
+    if isinstance(value, BlobRef):
+        return value
+    if blobs is not None and len(value) > blobs.threshold:
+        return blobs.put(value)
+    return value if type(value) is bytes else bytes(value)
+
+
 def check_signal_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise ValueError(f"signal key must be a non-empty str, got {key!r}")
@@ -180,7 +219,7 @@ def check_message(msg: Message) -> None:
         return
     check_run_id(msg.run_id)
     if isinstance(msg, SubmitMsg):
-        check_bytes("the input", msg.input)
+        check_value("the input", msg.input)
         check_headers(msg.headers)
         check_int("priority", msg.priority)
         check_int("max_attempts", msg.max_attempts, 0, (1 << 31) - 1)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .archiving import check_archived
+from .blobs import same_content
 from .errors import JournaledError, RunConflict
 from .inbox import (
     BatchMsg,
@@ -104,12 +105,13 @@ class Intake:
                 if kind == "submit_many":
                     # All or nothing: every item is checked against the state, the
                     # archive (history) and the batch's own duplicates before any is applied.
-                    batch: dict[str, tuple[bytes, dict[str, str]]] = {}
+                    batch: dict[str, tuple[Any, dict[str, str]]] = {}
                     archived: set[str] = set()
                     for rid, data, hdrs, *_ in args[0]:
                         old = state.runs.get(rid)
                         seen = (old.input, old.headers) if old is not None else batch.get(rid)
-                        if seen is not None and seen != (data, dict(hdrs or {})):
+                        if seen is not None and not (same_content(seen[0], data)
+                                                     and seen[1] == dict(hdrs or {})):
                             raise RunConflict(rid)
                         if old is None and check_archived(known, rid, data, hdrs):
                             archived.add(rid)  # finished long ago with this input: no-op

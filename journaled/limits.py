@@ -5,6 +5,12 @@ its input, its current payload or result, its memos and buffered signals,
 so each of those is bounded such that one run always fits one snapshot
 part. Anything bigger is refused at the API with ``InputTooLarge``; it
 never reaches the supervisor.
+
+Inputs, payloads, results and memo values over the blob threshold
+(``journaled.blobs``, 64 KiB by default) are not held inline at all: the
+record carries a ref and the bytes live in a file, so ``MAX_VALUE`` applies
+to them only when they stay inline (a threshold set above it). Signal data
+and headers are always inline and keep their limits.
 """
 
 from __future__ import annotations

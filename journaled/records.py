@@ -14,6 +14,11 @@ from typing import Union
 
 import msgspec
 
+from .blobs import BlobRef
+
+# Big bytes live out of line (``journaled.blobs``): a field that can hold them
+# is bytes inline or a BlobRef naming a durable blob (old segments: bytes).
+Value = Union[bytes, BlobRef]
 
 class Record(msgspec.Struct, frozen=True, tag_field="t", array_like=True, omit_defaults=True):
     """Base of every journal record."""
@@ -23,7 +28,7 @@ class Submitted(Record, tag="sub"):
     """A run exists. Replay: step 0 is ready with ``input`` as payload."""
 
     run_id: str
-    input: bytes
+    input: Value
     at: float
     headers: dict[str, str] = {}
     priority: int = 0
@@ -66,7 +71,7 @@ class StepDone(Record, tag="don"):
     run_id: str
     step: int
     attempt: int
-    payload: bytes
+    payload: Value
     at: float
     due_at: float = 0.0  # with signal_key: the wait's timeout (0 = none)
     signal_key: str = ""  # park until a signal with this key arrives
@@ -108,7 +113,7 @@ class Terminated(Record, tag="end"):
     at: float
     step: int
     attempt: int = 0
-    result: Union[bytes, None] = None
+    result: Union[bytes, BlobRef, None] = None
     error: Union[str, None] = None
     dead: bool = False
     traceback: str = ""
@@ -144,7 +149,7 @@ class MemoPut(Record, tag="mem"):
     run_id: str
     step: int
     key: str
-    value: bytes
+    value: Value
 
 
 class Redriven(Record, tag="rdv"):
@@ -169,21 +174,21 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
     """One live or retained run inside a ``Snapshot``."""
 
     run_id: str
-    input: bytes
+    input: Value
     submitted_at: float
     headers: dict[str, str]
     priority: int
     max_attempts: int
     step_timeout: float
     step: int
-    payload: bytes
+    payload: Value
     attempt: int
     failures: int
     abandons: int
     due_at: float
     status: str
     cancel_reason: Union[str, None] = None
-    result: Union[bytes, None] = None
+    result: Union[bytes, BlobRef, None] = None
     error: Union[str, None] = None
     finished_at: Union[float, None] = None
     hook_delivered: bool = False
@@ -198,7 +203,7 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
     signals: dict[str, bytes] = {}
     woken: Union[list, None] = None  # [key, data, timed_out] for the next step
     used_keys: list[str] = []
-    memos: dict[str, bytes] = {}
+    memos: dict[str, Value] = {}
     history: list[list] = []  # [step, attempt, worker, started, finished, outcome, error, tb]
     order: int = 0  # submission order: ready runs of one priority go oldest run first
 

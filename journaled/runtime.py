@@ -25,9 +25,10 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, NoReturn, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, NoReturn, Sequence
 
 from .api import Attempt, DeadLetter, RunOutcome, RunStatus
+from .blobs import DEFAULT_THRESHOLD
 from .client import Client, dead_letter, merge_dead, merge_runs, pending_outcome, submit_msgs
 from .errors import (
     JournaledError,
@@ -71,6 +72,9 @@ class Runtime:
             the supervisor to make their records durable before raising
             ``TimeoutError`` (None: as long as the supervisor runs; a stopped
             supervisor always raises at once).
+        blob_threshold: inputs, payloads, results and memo values longer than
+            this many bytes are stored once under ``STATE/blobs/`` and the
+            journal holds only their hash and size (default 64 KiB).
 
     Use it as a context manager; leaving the block drains and stops.
     """
@@ -82,7 +86,8 @@ class Runtime:
                  backoff_base: float = 0.5, backoff_cap: float = 60.0,
                  retention: float = 7 * DAY, unsafe_no_fsync: bool = False,
                  replay_outputs: bool = True, executor: str = "local",
-                 call_timeout: float | None = None) -> None:
+                 call_timeout: float | None = None,
+                 blob_threshold: int = DEFAULT_THRESHOLD) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
@@ -95,7 +100,8 @@ class Runtime:
                                on_terminal=on_terminal, cancel_grace=cancel_grace,
                                drain_timeout=drain_timeout, preload=preload,
                                retention=retention, unsafe_no_fsync=unsafe_no_fsync,
-                               executor=executor)
+                               executor=executor, blob_threshold=blob_threshold)
+        self.blobs = self._sup.blobs
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._client: Client | None = None
@@ -195,7 +201,10 @@ class Runtime:
         was started.
         """
         self._check()
-        msgs, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout)
+        # Big inputs are written as blobs here, on the caller's thread, before
+        # the supervisor sees the command: it only ever gets their refs.
+        msgs, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
+                                self.blobs)
         items = [(m.run_id, m.input, m.headers, m.priority, m.max_attempts, m.step_timeout)
                  for m in msgs]
         self._await(self._sup.call("submit_many", items))
@@ -286,7 +295,14 @@ class Runtime:
         self._not_found(run_id)
 
     def status(self, run_id: str) -> RunOutcome:
-        """Where the run is; a run still in the inbox (another process posted it) is pending."""
+        """Where the run is; a run still in the inbox (another process posted it) is pending.
+
+        A result stored as a blob is read (outside the supervisor's lock) into ``result``.
+        """
+        return self.blobs.resolve_outcome(self._outcome(run_id))
+
+    def _outcome(self, run_id: str) -> RunOutcome:
+        """``status`` with a big result left as its ``BlobRef``."""
         out = self._sup.status(run_id)
         if out is not None:
             return out
@@ -309,9 +325,9 @@ class Runtime:
         sup = self._sup
         with sup.cond:  # the state lock: no commit between the look and the sleep
             while True:
-                out = self.status(run_id)
+                out = self._outcome(run_id)
                 if out.status.terminal:
-                    return out
+                    break
                 if self._error is not None or sup.stopped.is_set():
                     self._check()
                     raise JournaledError("the runtime stopped before the run finished")
@@ -322,12 +338,24 @@ class Runtime:
                 # Wake now and then: a run still in the inbox is taken without a commit
                 # notification of its own, and a supervisor thread may die silently.
                 sup.cond.wait(1.0 if left is None else min(left, 1.0))
+        return self.blobs.resolve_outcome(out)  # a big result is read without the lock
 
-    def result(self, run_id: str) -> bytes:
-        out = self.status(run_id)
+    def _result_value(self, run_id: str) -> Any:
+        out = self._outcome(run_id)
         if not out.status.terminal:
             raise RunNotTerminal(run_id, out.status.value)
         return out.result or b""
+
+    def result(self, run_id: str) -> bytes:
+        return self.blobs.resolve(self._result_value(run_id)) or b""
+
+    def result_view(self, run_id: str) -> memoryview:
+        """As ``Client.result_view``: zero-copy over an ``mmap`` for a big result."""
+        return self.blobs.resolve_view(self._result_value(run_id)).toreadonly()
+
+    def open_result(self, run_id: str) -> BinaryIO:
+        """As ``Client.open_result``: the result as a binary file to stream."""
+        return self.blobs.open_value(self._result_value(run_id))
 
     def runs(self, status: str | RunStatus | None = None, since: float | None = None,
              limit: int | None = 100) -> list[RunOutcome]:
@@ -341,7 +369,8 @@ class Runtime:
         want = RunStatus(status) if status is not None else None
         rows = [] if want is not None and not want.terminal else \
             sup.archive_reader.call("runs", want and want.value, since, limit) or []
-        return merge_runs(out, [r.outcome() for r in rows], status, since, limit)
+        return [self.blobs.resolve_outcome(o) for o in
+                merge_runs(out, [r.outcome() for r in rows], status, since, limit)]
 
     def dead(self, limit: int | None = 100) -> list[DeadLetter]:
         """Dead-lettered runs (durably), live and archived, newest first; copies only."""
@@ -355,5 +384,5 @@ class Runtime:
     def client(self) -> Client:
         """A file-based client on the same state directory."""
         if self._client is None:
-            self._client = Client(self.state_dir)
+            self._client = Client(self.state_dir, self._sup.blob_threshold)
         return self._client

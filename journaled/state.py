@@ -12,10 +12,11 @@ property tests run thousands of crash/replay interleavings a second.
 from __future__ import annotations
 
 import heapq
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Union
 
 import msgspec
 
+from .blobs import BlobRef, same_content
 from .errors import RunConflict, RunNotFound, RunNotLive
 from .limits import SNAPSHOT_PART
 from .records import (
@@ -75,7 +76,7 @@ class WorkerResult(msgspec.Struct, frozen=True, array_like=True, omit_defaults=T
     """
 
     kind: str
-    data: bytes = b""
+    data: Union[bytes, BlobRef] = b""  # a ref: the worker wrote the blob durably first
     delay: float = 0.0
     error: str = ""
     traceback: str = ""
@@ -409,14 +410,14 @@ class State:
             self.apply(r)
         return recs
 
-    def submit(self, run_id: str, input: bytes, now: float, headers: dict[str, str] | None = None,
-               priority: int = 0, max_attempts: int = 0, step_timeout: float = 0.0
-               ) -> list[Record]:
+    def submit(self, run_id: str, input: bytes | BlobRef, now: float,
+               headers: dict[str, str] | None = None, priority: int = 0, max_attempts: int = 0,
+               step_timeout: float = 0.0) -> list[Record]:
         """A new run; nothing for a duplicate, ``RunConflict`` for a clash."""
         old = self.runs.get(run_id)
         hdrs = dict(headers or {})
         if old is not None:
-            if old.input == input and old.headers == hdrs:
+            if same_content(old.input, input) and old.headers == hdrs:
                 return []
             raise RunConflict(run_id)
         return self._commit([Submitted(run_id, input, now, hdrs, priority, max_attempts,
@@ -527,7 +528,8 @@ class State:
             raise RunNotLive(run_id, run.status)
         return self._commit([SignalSent(run_id, key, data, now)])
 
-    def memo_put(self, run_id: str, attempt: int, key: str, value: bytes) -> list[Record]:
+    def memo_put(self, run_id: str, attempt: int, key: str, value: bytes | BlobRef
+                 ) -> list[Record]:
         """Record a memo of the step ``attempt`` is running; nothing for a stale attempt."""
         run = self.runs.get(run_id)
         if run is None or not run.leased or run.attempt != attempt:

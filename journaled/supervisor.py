@@ -42,6 +42,7 @@ from typing import Any, Callable, TypeVar, cast
 from . import failpoints, replay
 from .api import RunOutcome, RunStatus
 from .archiving import Archiving
+from .blobs import DEFAULT_THRESHOLD, BlobStore, check_threshold
 from .compaction import Compaction
 from .errors import JournaledError, StorageFailure
 from .executors import make_executor
@@ -92,7 +93,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
                  preload: list[str] | None = None, retention: float = 7 * DAY,
                  compact_bytes: int = 16 << 20, unsafe_no_fsync: bool = False,
                  import_string: str = "", reload_dir: str | os.PathLike[str] | None = None,
-                 executor: str = "local") -> None:
+                 executor: str = "local", blob_threshold: int = DEFAULT_THRESHOLD) -> None:
         if workers < 1 and executor in ("", "local"):
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.state_dir = Path(state_dir)
@@ -107,6 +108,10 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
         self.compact_bytes = compact_bytes
         self.import_string = import_string
         self.executor = executor
+        # Values longer than this go out of line as blobs, written by whoever has
+        # the bytes (clients, workers); the supervisor only passes refs along.
+        self.blob_threshold = check_threshold(blob_threshold)
+        self.blobs = BlobStore(self.state_dir, self.blob_threshold)
         self.reload_dir = Path(reload_dir) if reload_dir is not None else None
         self.state = State(self.policy)
         self.journal = Journal(self.state_dir / "journal", unsafe_no_fsync=unsafe_no_fsync)
@@ -158,7 +163,8 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
             self._start_archiver()  # finished runs the replay left (or a 0.2 state's)
             self.inbox = Inbox(self.state_dir)
             self.pool = make_executor(self.executor, self.import_string or self.runner,
-                                      self.workers, self.preload, state_dir=self.state_dir)
+                                      self.workers, self.preload, state_dir=self.state_dir,
+                                      blob_threshold=self.blob_threshold)
             if hasattr(self.pool, "on_ready"):
                 self.pool.on_ready = self.wake  # a remote executor came back: lease again
             self.pool.start()

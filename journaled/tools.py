@@ -17,9 +17,20 @@ import msgspec
 
 from . import replay
 from .archive import SCHEMA_VERSION, Archive, ArchiveReader
+from .blobs import BlobRef, BlobStore, audit, refs_of
 from .errors import JournalCorrupt
 from .journal import Journal, StateLock, VerifyReport, verify
-from .records import Archived, Record, Redriven, Submitted, Terminated, decode, encode
+from .records import (
+    Archived,
+    MemoPut,
+    Record,
+    Redriven,
+    StepDone,
+    Submitted,
+    Terminated,
+    decode,
+    encode,
+)
 from .state import State, outcome_of
 
 
@@ -32,6 +43,8 @@ class Check(msgspec.Struct):
     violations: list[str] = []
     archived: dict[str, int] = {}  # archive rows by status ({} with no archive)
     archive_schema: int = 0  # its PRAGMA user_version (0: no archive)
+    blobs: Any = None  # blobs.BlobAudit once the journal folded
+    warnings: list[str] = []
 
     @property
     def ok(self) -> bool:
@@ -51,9 +64,12 @@ def check(state_dir: Path) -> Check:
         return out
     state = State()
     ends: Counter[str] = Counter()
+    named: set[str] = set()
     try:
         for seg, off, rec in records(state_dir):
             t = type(rec)
+            if t in _NAMING:
+                named.update(refs_of(getattr(rec, f) for f in _NAMING[t]))
             if t is Terminated:
                 ends[rec.run_id] += 1
                 if ends[rec.run_id] > 1:
@@ -75,6 +91,8 @@ def check(state_dir: Path) -> Check:
     out.runs = len(state.runs)
     out.statuses = {k: v for k, v in state.status_counts().items() if v}
     check_archive(Path(state_dir), state, out)
+    if out.report.damage is None:
+        _check_blobs(Path(state_dir), state, named, out)
     return out
 
 
@@ -108,7 +126,6 @@ def check_archive(state_dir: Path, state: State, out: Check) -> None:
                 out.violations.append(
                     f"run {run.run_id} is {live.status.value} in the journal but "
                     f"{kept.status.value} in the archive (result or error differ)")
-        check_blobs(state_dir, state, reader, out)
     except Exception as e:  # noqa: BLE001 - an unreadable archive is a finding, not a crash
         out.violations.append(f"archive.sqlite3 cannot be read: {type(e).__name__}: {e}")
     finally:
@@ -116,8 +133,37 @@ def check_archive(state_dir: Path, state: State, out: Check) -> None:
             reader.close()
 
 
-def check_blobs(state_dir: Path, state: State, reader: ArchiveReader, out: Check) -> None:
-    """Blob checks go here (journaled.blobs): missing blobs, orphans (``reader.blob_refs()``)."""
+# Record fields that may name a blob (snapshots: their runs' fields, below).
+_NAMING: dict[type, tuple[str, ...]] = {Submitted: ("input",), StepDone: ("payload",),
+                                        Terminated: ("result",), MemoPut: ("value",)}
+
+
+def _check_blobs(state_dir: Path, state: State, named: set[str], out: Check) -> None:
+    """Every blob the folded state needs is there and whole; orphans are counted."""
+    live: dict[str, tuple[int, str]] = {}
+    for run in state.runs.values():
+        for what, v in (("input", run.input), ("payload", run.payload),
+                        ("result", run.result), *((f"memo {k!r}", m)
+                                                  for k, m in run.memos.items())):
+            if isinstance(v, BlobRef):
+                live.setdefault(v.sha256, (v.size, f"run {run.run_id}'s {what}"))
+    named |= set(live)
+    keep: set[str] = set()
+    reader = Archive(state_dir).open_reader()
+    if reader is not None:
+        try:
+            keep = reader.blob_refs()
+        finally:
+            reader.close()
+    a = audit(BlobStore(state_dir), live, named, keep)
+    out.blobs = a
+    out.violations += a.errors
+    if a.orphans:
+        out.warnings.append(f"{a.orphans} orphan blobs ({a.orphan_bytes / 1e6:.1f} MB) no run "
+                            "names; the supervisor's sweep deletes them once past retention")
+    if a.temp_files:
+        out.warnings.append(f"{a.temp_files} temp files of blob writers that stopped before "
+                            "their rename; swept like orphans")
 
 
 def compact_offline(state_dir: Path, retention: float, hooks: bool = False) -> tuple[int, int]:
@@ -162,6 +208,8 @@ def record_dict(rec: Record) -> dict[str, Any]:
                 v = v.decode("utf-8")
             except UnicodeDecodeError:
                 v = {"hex": v.hex()}
+        elif isinstance(v, BlobRef):
+            v = {"blob": v.sha256, "size": v.size}
         elif isinstance(v, list):
             v = [record_dict(x) if isinstance(x, msgspec.Struct) else x for x in v]
         elif isinstance(v, msgspec.Struct):  # Restored's run
@@ -190,10 +238,12 @@ def record_line(rec: Record) -> str:
     return f"{when}  {kind:<15} {rid}  {' '.join(parts)}".rstrip()
 
 
-def short_bytes(b: bytes | None, n: int = 40, none: str = "-") -> str:
+def short_bytes(b: bytes | BlobRef | None, n: int = 40, none: str = "-") -> str:
     """Bytes for one line of a table: text if they decode, cut to ``n`` characters."""
     if b is None:
         return none
+    if isinstance(b, BlobRef):
+        return f"<blob {b.sha256[:12]} {b.size:,} bytes>"
     try:
         s = " ".join(b.decode("utf-8").split())
     except UnicodeDecodeError:

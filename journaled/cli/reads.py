@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -163,13 +164,24 @@ def runs(status_: str | None, since: float | None, limit: int, as_json: bool,
 
 @main.command()
 @click.argument("run_id")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the result to this file instead of stdout.")
 @state_option(must_exist=True)
 @handles_errors
-def result(run_id: str, state: Path) -> None:
-    """Write RUN_ID's result bytes to stdout (exit 1 if it failed or is not done)."""
-    out = _client(state).status(run_id)
+def result(run_id: str, out_file: Path | None, state: Path) -> None:
+    """Write RUN_ID's result bytes to stdout (exit 1 if it failed or is not done).
+
+    A big result is streamed from its blob file, never held in memory whole.
+    """
+    client = _client(state)
+    out = client._outcome(run_id)
     if out.status.value == "succeeded":
-        sys.stdout.buffer.write(out.result or b"")
+        with client.open_result(run_id) as src:
+            if out_file is not None:
+                with open(out_file, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                return
+            shutil.copyfileobj(src, sys.stdout.buffer, 1 << 20)
         if sys.stdout.isatty():
             sys.stdout.buffer.write(b"\n")
         sys.stdout.flush()

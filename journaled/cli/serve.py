@@ -50,6 +50,11 @@ from . import fail, handles_errors, main, state_option
               help="Call FUNC(outcome) once a run's outcome is durable (at least once per run).")
 @click.option("--retention", type=click.FloatRange(min=0), default=7 * 86400.0,
               show_default=True, help="Seconds finished runs stay queryable.")
+@click.option("--blob-threshold", type=click.IntRange(min=0), default=64 << 10,
+              show_default=True, metavar="BYTES",
+              help="Payloads, results and memo values longer than this are stored once as "
+                   "files under STATE/blobs/ (the journal keeps their hash and size); "
+                   "workers read and write them directly.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object per log line, for log shippers.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every terminal run.")
@@ -58,7 +63,7 @@ from . import fail, handles_errors, main, state_option
 def run(app: str, workers: int | None, executor: str, max_attempts: int, max_abandons: int,
         step_timeout: float, replay_outputs: bool, cancel_grace: float, drain_timeout: float,
         reload: bool, until_idle: bool, backoff: float, hook: str | None, retention: float,
-        log_format: str, verbose: bool, state: Path) -> None:
+        blob_threshold: int, log_format: str, verbose: bool, state: Path) -> None:
     """Run the supervisor for APP (``module:function``) in the foreground.
 
     APP is imported from the current directory, like ``uvicorn app:app``; the
@@ -111,7 +116,8 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
                      # Preloading in the forkserver would pin the old code across reloads.
                      preload=None if reload else [app.partition(":")[0]],
                      import_string=app, on_terminal=on_terminal, retention=retention,
-                     reload_dir=os.getcwd() if reload else None, executor=executor)
+                     reload_dir=os.getcwd() if reload else None, executor=executor,
+                     blob_threshold=blob_threshold)
 
     drain = Drain(sup)
 

@@ -41,6 +41,10 @@ def step_cmd(run_id: str, step_number: int, app: str | None, use_pdb: bool, stat
 def verify(as_json: bool, state: Path) -> None:
     """Check the journal: headers, frames, CRCs, and the state machine's invariants.
 
+    Also checks STATE/blobs/: every blob a run still needs must be there with
+    its size and hash (an error otherwise); blobs nothing names are counted as
+    orphans (a warning: the supervisor's sweep removes them past retention).
+
     Exit 0 when a supervisor would start on it as is (a torn tail, which start-up
     cuts, is reported but is not damage); exit 1 with segment, byte offset and
     what is wrong otherwise.
@@ -54,6 +58,11 @@ def verify(as_json: bool, state: Path) -> None:
             "ok": c.ok, "segments": r.segments, "records": r.records, "bytes": r.bytes,
             "runs": c.runs, "statuses": c.statuses, "violations": c.violations,
             "archive": {"runs": c.archived, "schema_version": c.archive_schema},
+            "warnings": c.warnings,
+            "blobs": None if c.blobs is None else {
+                "count": c.blobs.blobs, "bytes": c.blobs.bytes, "orphans": c.blobs.orphans,
+                "orphan_bytes": c.blobs.orphan_bytes, "temp_files": c.blobs.temp_files,
+                "swept": c.blobs.gone},
             "torn": None if r.torn is None else {"segment": r.torn.segment,
                                                  "offset": r.torn.offset,
                                                  "dropped_bytes": r.torn.dropped_bytes,
@@ -73,8 +82,12 @@ def verify(as_json: bool, state: Path) -> None:
             click.echo(f"torn tail: {r.torn.segment} at byte {r.torn.offset}: {r.torn.reason} "
                        f"({r.torn.dropped_bytes} bytes; the next start or 'journaled repair' "
                        "cuts it)")
+        if c.blobs is not None and (c.blobs.blobs or c.blobs.temp_files):
+            click.echo(f"{c.blobs.blobs} blobs, {c.blobs.bytes / 1e6:.2f} MB")
         for v in c.violations:
             click.echo(f"invariant broken: {v}")
+        for w in c.warnings:
+            click.echo(f"warning: {w}")
         if r.damage is not None:
             click.echo(f"damage: {r.damage}")
         click.echo("ok" if c.ok else "FAILED")

@@ -8,6 +8,8 @@ on a run that is already there, so a missing directory is a typo.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,7 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
             if input == "-":
                 data = sys.stdin.buffer.read()
             elif input_file is not None:
-                data = input_file.read()
+                data = _file_input(client, input_file)
             else:
                 data = (input or "").encode()
             ids = [client.submit(data, hdrs, run_id, **opts)]
@@ -80,6 +82,18 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
     if ids and client.never_served():
         click.echo(f"journaled: queued in {state / 'inbox'}; no supervisor has run on this "
                    "state directory yet: start one with 'journaled run app:runner'", err=True)
+
+
+def _file_input(client: Any, f: Any) -> Any:
+    """The file's bytes; a big regular file is streamed into a blob (never all in memory)."""
+    try:
+        size = os.fstat(f.fileno()).st_size if stat.S_ISREG(os.fstat(f.fileno()).st_mode) \
+            else -1
+    except (AttributeError, OSError, ValueError):
+        size = -1
+    if size > client.blobs.threshold:
+        return client.blobs.put_file(f)  # durable before the submission names it
+    return f.read()
 
 
 # ------------------------------------------------------------------ queries

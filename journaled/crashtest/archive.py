@@ -66,23 +66,27 @@ def final_outcomes(state: Path) -> dict[str, Outcome | None]:
     """Each run's outcome as the journal, then the archive, say now (None: not terminal).
 
     A finished run leaves the journal once ``archive.sqlite3`` holds it, so
-    the archive answers for every run the journal no longer has.
+    the archive answers for every run the journal no longer has. A result
+    stored as a blob compares by its content.
     """
     from ..archive import Archive as RunArchive
+    from ..blobs import BlobStore
     from ..replay import fold
 
     st = fold(state / "journal")
+    blobs = BlobStore(state)
     out: dict[str, Outcome | None] = {}
     reader = RunArchive(state).open_reader()
     if reader is not None:
         try:
             for row in reader.runs(limit=None):
                 o = row.outcome()
-                out[row.id] = Outcome(o.status.value, o.result, o.error)
+                out[row.id] = Outcome(o.status.value, blobs.resolve(o.result), o.error)
         finally:
             reader.close()
     for rid, run in st.runs.items():
-        out[rid] = Outcome(run.status, run.result, run.error) if run.terminal else None
+        out[rid] = Outcome(run.status, blobs.resolve(run.result), run.error) \
+            if run.terminal else None
     return out
 
 

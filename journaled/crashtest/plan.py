@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..blobs import DEFAULT_THRESHOLD
 from .archive import Archive, failures_per_step, steps_done
 from .procs import HELPERS
 
@@ -42,8 +43,13 @@ AIM_POINTS: dict[str, str] = {
     "compact.before_delete": "crash",
     "worker.before_step": "exit@{n}",
     "worker.after_step": "exit@{n}",
+    # Hit by workers writing payloads over the blob threshold (--payload-bytes 70000).
+    "blobs.before_fsync": "exit@{n}",
+    "blobs.after_fsync": "exit@{n}",
 }
-_WORKER_POINTS = ("worker.before_step", "worker.after_step")
+_WORKER_POINTS = ("worker.before_step", "worker.after_step", "blobs.before_fsync",
+                  "blobs.after_fsync")
+_BLOB_POINTS = ("blobs.before_fsync", "blobs.after_fsync")
 CRITICAL = ("journal.before_sync", "supervisor.after_dispatch", "journal.before_write",
             "supervisor.before_hook")
 # Set beside an aimed crash to widen its window: a step sent just before the
@@ -201,6 +207,8 @@ class Planner:
             self._aim_next[group] += 1
             if point in self._caller_points:
                 continue
+            if point in _BLOB_POINTS and self.cfg.payload_bytes <= DEFAULT_THRESHOLD:
+                continue  # no step writes a blob: the point is never hit
             if point in _WORKER_POINTS and not self._worker_faults_ok(archive, work_seconds):
                 continue
             # Fire at a random one of the commits left to do, not always the first.

@@ -14,14 +14,17 @@ from typing import Any
 
 
 def make_executor(spec: str, runner: Any, workers: int, preload: list[str] | None,
-                  state_dir: Any = None) -> Any:
+                  state_dir: Any = None, blob_threshold: int | None = None) -> Any:
     """``local`` or ``dask://HOST:PORT``; ``ValueError`` names what is accepted."""
     from ..pool import Pool
 
     if spec in ("", "local"):
-        return Pool(runner, workers, preload=preload, state_dir=state_dir)
+        return Pool(runner, workers, preload=preload, state_dir=state_dir,
+                    blob_threshold=blob_threshold)
     if spec.startswith("dask://"):
         from .dask import DaskExecutor
 
-        return DaskExecutor(spec[len("dask://"):], runner, workers)
+        ex = DaskExecutor(spec[len("dask://"):], runner, workers)
+        ex.state_dir = state_dir  # where blob refs in dispatches are read
+        return ex
     raise ValueError(f"unknown executor {spec!r}: use 'local' or 'dask://HOST:PORT'")

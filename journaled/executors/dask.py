@@ -41,6 +41,7 @@ from typing import Any
 import msgspec
 
 from ..api import SLOT_SIZE, CancelToken, Memo, Step
+from ..blobs import BlobStore
 from ..pool import DispatchBatch, ResultBatch, Stop, Worker, WorkerChannels
 from ..pool.wire import to_worker_dec
 from ..pool.worker import resolve_runner, run_one
@@ -177,9 +178,15 @@ class DaskExecutor(WorkerChannels):
                     continue  # MemoAck/CancelQueued/Revoke have no meaning here
                 for item in msg.items:
                     _U64.pack_into(self.buf, off, item.seq)
+                    payload = item.payload
+                    if not isinstance(payload, bytes):
+                        # A blob ref: Dask workers may not share our disk, so the
+                        # bytes travel with the task (read here, off the loop).
+                        payload = BlobStore(getattr(self, "state_dir", None) or ".").read(
+                            payload)
                     fut = self.client.submit(
                         _run_remote, self.spec, self.ns, item.seq, item.run_id, item.step,
-                        item.attempt, item.payload, item.headers,
+                        item.attempt, payload, item.headers,
                         list(msg_signal(item)) if item.signal is not None else None,
                         key=f"journaled-{self.ns}-{item.seq}", pure=False, retries=0)
                     t0 = time.perf_counter()

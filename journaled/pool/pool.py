@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import SLOT_SIZE, block_size, read_progress
+from ..blobs import ENV_THRESHOLD, value_size
 from ..state import WorkerResult
 from .wire import (
     CancelQueued,
@@ -282,7 +283,7 @@ class WorkerChannels:
             w.head_started = now
         for d in items:
             w.outstanding.append(InFlight(d.seq, d.run_id, d.attempt))
-            n = len(d.payload)
+            n = value_size(d.payload)  # a blob ref is small: the worker reads the blob
             w.avg_bytes = n if w.avg_bytes <= 0 else 0.8 * w.avg_bytes + 0.2 * n
         for chunk in split_dispatches(items):
             w.post(DispatchBatch(chunk))
@@ -366,11 +367,13 @@ class Pool(WorkerChannels):
 
     def __init__(self, runner: Any, workers: int, preload: list[str] | None = None,
                  max_depth: int = 256, batch_target: float = 0.01,
-                 state_dir: str | os.PathLike[str] | None = None) -> None:
+                 state_dir: str | os.PathLike[str] | None = None,
+                 blob_threshold: int | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.runner = runner
         self.size = workers
+        self.blob_threshold = blob_threshold  # None: the workers' default (or the environment)
         self.max_depth = max_depth
         self.batch_target = batch_target
         self.state_dir = str(Path(state_dir).resolve()) if state_dir is not None else None
@@ -449,9 +452,12 @@ class Pool(WorkerChannels):
         _ensure_tracker()
         parent, child = self.ctx.Pipe(duplex=True)
         alive_r, alive_w = self.ctx.Pipe(duplex=False)
+        env = dict(os.environ)
+        if self.blob_threshold is not None:
+            env[ENV_THRESHOLD] = str(self.blob_threshold)  # workers write blobs over it
         proc = self.ctx.Process(
             target=worker_main, name=f"journaled-worker-{w.slot}",
-            args=(w.slot, child, alive_r, self.block_path, self.runner, dict(os.environ),
+            args=(w.slot, child, alive_r, self.block_path, self.runner, env,
                   self.state_dir, fault, self.stop_at),
             daemon=True)
         try:

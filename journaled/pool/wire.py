@@ -7,6 +7,8 @@
 
 Batches are capped in bytes as well as in count (``BATCH_BYTES``): a pipe
 never carries one giant message, and a single big item travels alone.
+Values over the blob threshold do not travel at all: a ``BlobRef`` names
+the durable blob the receiving side reads itself (and counts as small).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Union
 import msgspec
 
 from ..api import Signal
+from ..blobs import BlobRef, value_size
 from ..state import WorkerResult
 
 # Stop adding items to a batch once it holds this much payload; one item
@@ -30,10 +33,10 @@ class Dispatch(msgspec.Struct, frozen=True, array_like=True):
     run_id: str
     step: int
     attempt: int
-    payload: bytes
+    payload: Union[bytes, BlobRef]  # a ref: the worker reads the blob itself
     headers: dict[str, str]
     signal: Union[Signal, None] = None
-    memo: Union[dict[str, bytes], None] = None
+    memo: Union[dict[str, Union[bytes, BlobRef]], None] = None
 
 
 class DispatchBatch(msgspec.Struct, frozen=True, array_like=True, tag="d"):
@@ -75,7 +78,7 @@ class MemoPutMsg(msgspec.Struct, frozen=True, array_like=True, tag="p"):
 
     seq: int
     key: str
-    value: bytes
+    value: Union[bytes, BlobRef]  # a ref: the worker wrote the blob (durably) first
 
 
 class Revoked(msgspec.Struct, frozen=True, array_like=True, tag="k"):
@@ -96,8 +99,8 @@ from_worker_dec = msgspec.msgpack.Decoder(FromWorker)
 
 
 def result_size(res: WorkerResult) -> int:
-    """Bytes a result adds to a batch (its payload and texts)."""
-    return len(res.data) + len(res.error) + len(res.traceback)
+    """Bytes a result adds to a batch (its payload and texts; a blob ref is small)."""
+    return value_size(res.data) + len(res.error) + len(res.traceback)
 
 
 def split_dispatches(items: list[Dispatch], cap: int = BATCH_BYTES) -> list[list[Dispatch]]:
@@ -106,7 +109,7 @@ def split_dispatches(items: list[Dispatch], cap: int = BATCH_BYTES) -> list[list
     cur: list[Dispatch] = []
     size = 0
     for d in items:
-        n = len(d.payload) + sum(len(v) for v in (d.memo or {}).values())
+        n = value_size(d.payload) + sum(value_size(v) for v in (d.memo or {}).values())
         if cur and size + n > cap:
             out.append(cur)
             cur, size = [], 0

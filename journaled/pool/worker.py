@@ -47,7 +47,8 @@ from ..api import (
     Succeed,
     write_progress,
 )
-from ..errors import InputTooLarge
+from ..blobs import BlobRef, BlobStore, as_bytes_view
+from ..errors import BlobMissing, InputTooLarge
 from ..limits import check_size, cut_text
 from ..state import WorkerResult
 from .wire import (
@@ -110,32 +111,49 @@ def _too_large(e: InputTooLarge) -> WorkerResult:
     return WorkerResult("error", permanent=True, error=str(e))
 
 
-def to_result(out: Any) -> WorkerResult:
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def _value(what: str, data: Any, blobs: BlobStore | None) -> bytes | BlobRef:
+    """Bytes for the wire, or the ref of the blob written (durably) for a big value.
+
+    With a blob store, anything over its threshold goes out of line and the
+    inline limit does not apply (a blob is bounded by the disk); without one
+    (no state directory, a Dask worker) ``limits.MAX_VALUE`` still does.
+    """
+    if type(data) is not bytes:
+        data = as_bytes_view(what, data)  # len() of an array's view counts rows, not bytes
+    if blobs is not None and len(data) > blobs.threshold:
+        return blobs.put(data)  # durable before the result that names it is sent
+    check_size(what, data)
+    return data if type(data) is bytes else bytes(data)
+
+
+def to_result(out: Any, blobs: BlobStore | None = None) -> WorkerResult:
     """Map a runner's return value to the wire form; anything unexpected is permanent.
 
-    A payload or result over ``limits.MAX_VALUE`` is a permanent error here,
-    in the worker: it must never reach the journal.
+    A payload or result over the blob threshold is written as a blob here, in
+    the worker, and only its ref goes back; without a blob store one over
+    ``limits.MAX_VALUE`` is a permanent error: it must never reach the journal.
     """
     t = type(out)
     try:
         if t is Continue:
-            if isinstance(out.payload, bytes):
-                check_size("Continue.payload", out.payload)
-                return WorkerResult("continue", out.payload)
+            if isinstance(out.payload, _BYTES_LIKE):
+                return WorkerResult("continue", _value("Continue.payload", out.payload, blobs))
         elif t is Succeed:
-            if isinstance(out.result, bytes):
-                check_size("Succeed.result", out.result)
-                return WorkerResult("succeed", out.result)
+            if isinstance(out.result, _BYTES_LIKE):
+                return WorkerResult("succeed", _value("Succeed.result", out.result, blobs))
         elif t is ContinueAfter:
-            if isinstance(out.payload, bytes):
-                check_size("ContinueAfter.payload", out.payload)
-                return WorkerResult("continue", out.payload,
+            if isinstance(out.payload, _BYTES_LIKE):
+                return WorkerResult("continue",
+                                    _value("ContinueAfter.payload", out.payload, blobs),
                                     max(0.0, out.delay_seconds()) or 1e-9)
         elif t is ContinueOnSignal:
-            if isinstance(out.payload, bytes) and isinstance(out.key, str) and out.key:
-                check_size("ContinueOnSignal.payload", out.payload)
-                return WorkerResult("continue", out.payload, max(0.0, out.timeout_seconds()),
-                                    key=out.key)
+            if isinstance(out.payload, _BYTES_LIKE) and isinstance(out.key, str) and out.key:
+                return WorkerResult("continue",
+                                    _value("ContinueOnSignal.payload", out.payload, blobs),
+                                    max(0.0, out.timeout_seconds()), key=out.key)
             if not (isinstance(out.key, str) and out.key):
                 return WorkerResult("error", permanent=True,
                                     error="ContinueOnSignal.key must be a non-empty str")
@@ -150,8 +168,10 @@ def to_result(out: Any) -> WorkerResult:
                        "ContinueOnSignal, Succeed, Fail or Cancel"))
     except InputTooLarge as e:
         return _too_large(e)
+    except TypeError as e:  # a buffer numpy cannot flatten: no retry can fix it
+        return WorkerResult("error", permanent=True, error=str(e))
     field = "result" if t is Succeed else "payload"
-    if t is ContinueOnSignal and isinstance(out.payload, bytes):
+    if t is ContinueOnSignal and isinstance(out.payload, _BYTES_LIKE):
         field = "key"
     return WorkerResult("error", permanent=True,
                         error=f"{t.__name__}.{field} must be bytes, got "
@@ -164,16 +184,19 @@ def _user_traceback(e: BaseException) -> str:
     return cut_text("".join(traceback.format_exception(type(e), e, tb)))
 
 
-def run_one(fn: Callable[[Step], Any], step: Step) -> WorkerResult:
-    """Call the runner once; every exception becomes text."""
+def run_one(fn: Callable[[Step], Any], step: Step, blobs: BlobStore | None = None
+            ) -> WorkerResult:
+    """Call the runner once; every exception (a failed blob write too) becomes text."""
     try:
-        return to_result(fn(step))
+        return to_result(fn(step), blobs)
     except StepError as e:
         return WorkerResult("error", error=cut_text(e.message), traceback=_user_traceback(e),
                             permanent=bool(e.permanent))
     except Cancelled as e:
         return WorkerResult("cancelled", error=cut_text(str(e)) or "cancelled")
     except InputTooLarge as e:  # a memo put over the limit: retrying cannot help
+        return WorkerResult("error", error=str(e), traceback=_user_traceback(e), permanent=True)
+    except BlobMissing as e:  # its payload or memo blob is gone: no retry brings it back
         return WorkerResult("error", error=str(e), traceback=_user_traceback(e), permanent=True)
     except BaseException as e:  # noqa: BLE001 - the runner's failure is data, not ours
         return WorkerResult("error", error=cut_text(f"{type(e).__name__}: {e}"),
@@ -248,7 +271,10 @@ def worker_main(slot: int, conn: Connection, alive: Connection, block: str, runn
                      name="journaled-watchdog").start()
     buf = _attach(block)
     fn = resolve_runner(runner)
-    WorkerLoop(slot, conn, buf, fn, stop_at).run()
+    # Blobs of this state directory; the threshold comes from the supervisor
+    # (JOURNALED_BLOB_THRESHOLD in the environment it gave us).
+    blobs = BlobStore(state_dir) if state_dir is not None else None
+    WorkerLoop(slot, conn, buf, fn, stop_at, blobs).run()
 
 
 # ----------------------------------------------------------------- the loop
@@ -258,8 +284,9 @@ class WorkerLoop:
     """The state the three threads share, guarded by one condition variable."""
 
     def __init__(self, slot: int, conn: Connection, buf: Any, fn: Callable[[Step], Any],
-                 stop_at: int = -1) -> None:
+                 stop_at: int = -1, blobs: BlobStore | None = None) -> None:
         self.slot, self.conn, self.buf, self.fn, self.stop_at = slot, conn, buf, fn, stop_at
+        self.blobs = blobs
         self.cancel_off = slot * SLOT_SIZE
         self.run_off = slot * SLOT_SIZE + 8
         self.cv = threading.Condition()
@@ -392,11 +419,13 @@ class WorkerLoop:
             started = clock()
             if failpoints.ENABLED:
                 failpoints.hit("worker.before_step")
+            # A BlobRef payload is read (or mapped) by the step itself, on first use.
             step = Step(item.run_id, item.step, item.payload, item.headers, item.attempt,
                         CancelToken(self.buf, self.slot, seq, self.stop_at),
                         _Progress(self.buf, self.slot, seq), item.signal,
-                        Memo(item.memo, functools.partial(self._put_memo, seq)))
-            res = run_one(self.fn, step)
+                        Memo(item.memo, functools.partial(self._put_memo, seq), self.blobs),
+                        self.blobs)
+            res = run_one(self.fn, step, self.blobs)
             del step, item  # drop the runner's objects before waiting for more work
             if failpoints.ENABLED:
                 failpoints.hit("worker.after_step")
@@ -410,7 +439,7 @@ class WorkerLoop:
             cv.notify_all()
         sender.join()
 
-    def _put_memo(self, seq: int, key: str, value: bytes) -> None:
+    def _put_memo(self, seq: int, key: str, value: bytes | BlobRef) -> None:
         """Block until the supervisor says the memo is durable."""
         with self.cv:
             self._control(MemoPutMsg(seq, key, value))

@@ -18,8 +18,9 @@ from tests.e2e.helpers import cli_env
 CLI = [sys.executable, "-m", "journaled.cli"]
 
 
-def _cli(*args: str, cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *args], cwd=cwd, env=cli_env(), capture_output=True,
+def _cli(*args: str, cwd: Path, stdin: bytes | None = None,
+         **env: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*CLI, *args], cwd=cwd, env=cli_env(**env), capture_output=True,
                           input=stdin, timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode,
                                        proc.stdout.decode(errors="replace"),
@@ -74,8 +75,12 @@ def test_submit_over_the_size_limit_is_one_line_error(tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
         f.truncate(MAX_VALUE + 1)
-    _assert_one_line_error(_cli("submit", "--input-file", str(big), cwd=tmp_path), "limit")
-    _assert_one_line_error(_cli("submit", "-", cwd=tmp_path, stdin=big.read_bytes()), "limit")
+    # Inline, that is with a blob threshold above the limit (below it: a blob, no limit).
+    inline = {"JOURNALED_BLOB_THRESHOLD": str(2 * MAX_VALUE)}
+    _assert_one_line_error(_cli("submit", "--input-file", str(big), cwd=tmp_path, **inline),
+                           "limit")
+    _assert_one_line_error(_cli("submit", "-", cwd=tmp_path, stdin=big.read_bytes(), **inline),
+                           "limit")
     assert not (tmp_path / ".journaled").exists()
 
 

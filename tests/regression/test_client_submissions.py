@@ -70,7 +70,7 @@ def test_submit_with_float_priority_is_refused_before_ack(
 
 @pytest.mark.timeout(30)
 def test_submit_over_the_size_limits_raises_input_too_large_before_ack(state_dir: Path) -> None:
-    client = Client(state_dir)
+    client = Client(state_dir, blob_threshold=2 * MAX_VALUE)  # inline: the limit applies
     with pytest.raises(InputTooLarge):
         client.submit(b"x" * (MAX_VALUE + 1))
     with pytest.raises(InputTooLarge):
@@ -229,7 +229,7 @@ def test_rejections_are_kept_for_the_retention_then_pruned(state_dir: Path) -> N
 
 @pytest.mark.timeout(60)
 def test_submit_many_of_big_inputs_splits_files_under_the_inbox_limit(state_dir: Path) -> None:
-    client = Client(state_dir)
+    client = Client(state_dir, blob_threshold=MAX_VALUE)  # inline (at the threshold)
     ids = client.submit_many([bytes([i]) * MAX_VALUE for i in range(5)])
     files = _inbox_files(state_dir)
     assert len(files) > 1, "40 MiB of inputs must not be one inbox file"

@@ -104,8 +104,9 @@ def test_worker_killed_by_sigsegv_is_named_with_its_faulthandler_output(tmp_path
 
 @pytest.mark.timeout(60)
 def test_payload_over_the_value_limit_is_a_permanent_error_naming_the_sizes(runtime):
-    """Item 4/8: an oversized payload must never reach the journal."""
-    rt = runtime(pool_apps.runner)
+    """Item 4/8: an oversized payload must never reach the journal (kept inline by a
+    blob threshold above the limit; below it, it would become a blob)."""
+    rt = runtime(pool_apps.runner, blob_threshold=2 * MAX_VALUE)
     rid = rt.submit(b"", headers={"app": "big", "size": str(MAX_VALUE + 1)})
     out = rt.wait(rid, timeout=30)
     assert out.status.value == "failed", out
@@ -115,7 +116,7 @@ def test_payload_over_the_value_limit_is_a_permanent_error_naming_the_sizes(runt
 
 @pytest.mark.timeout(60)
 def test_memo_put_over_the_value_limit_raises_in_the_step(runtime):
-    rt = runtime(pool_apps.runner)
+    rt = runtime(pool_apps.runner, blob_threshold=2 * MAX_VALUE)
     rid = rt.submit(b"", headers={"app": "bigmemo", "size": str(MAX_VALUE + 1)})
     out = rt.wait(rid, timeout=30)
     assert out.status.value == "failed", out

@@ -64,7 +64,10 @@ def test_compaction_of_runs_with_1mib_inputs_does_not_crash(runtime, state_dir):
     # 34 live runs holding 1 MiB input + 1 MiB payload: the old snapshot put them in one
     # part of ~68 MiB, over the frame limit; compaction raised and the supervisor died.
     n = 34
-    rt = runtime(state_apps.runner, workers=2)
+    # Inline (a blob threshold above 1 MiB): this is about snapshot parts holding big
+    # values; below the threshold they would be blobs and the snapshot tiny.
+    inline = 2 << 20
+    rt = runtime(state_apps.runner, workers=2, blob_threshold=inline)
     rt.supervisor.compact_bytes = 1 << 40  # only the requested compaction (16 MiB default)
     # One step at a time per worker: this test is about compaction, not about the
     # pipe deadlock big batches can cause (issue 11 item 1, fixed in the pool).
@@ -83,7 +86,7 @@ def test_compaction_of_runs_with_1mib_inputs_does_not_crash(runtime, state_dir):
     rt.close()
     parts = [r for r in journal_records(state_dir) if isinstance(r, Snapshot)]
     assert len(parts) > 1, "the snapshot is cut into several parts by bytes"
-    rt = runtime(state_apps.runner, workers=1)
+    rt = runtime(state_apps.runner, workers=1, blob_threshold=inline)
     assert all(rt.status(r).status is RunStatus.WAITING for r in rids), \
         "every big run survives the compaction and a restart"
     assert rt.supervisor.state.runs["big-0"].payload == big

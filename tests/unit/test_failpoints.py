@@ -45,6 +45,7 @@ def test_every_required_point_is_registered_with_a_description():
         "compact.before_delete", "supervisor.before_dispatch", "supervisor.after_dispatch",
         "supervisor.before_hook", "supervisor.after_hook", "inbox.before_rename",
         "inbox.before_unlink", "worker.before_step", "worker.after_step",
+        "blobs.before_fsync", "blobs.after_fsync",
     }
     missing = required - set(failpoints.POINTS)
     assert not missing, f"unregistered failpoints: {missing}"
