@@ -5,7 +5,8 @@ was delivered) moves here, so no reader folds history it did not ask for.
 stdlib ``sqlite3`` in WAL mode: the supervisor's archiver thread is the one
 writer (``synchronous=FULL``: a commit that returned is on disk, which is
 what lets the journal drop the run after it); any number of readers open
-the file read-only (``mode=ro``), never create it, and read a consistent
+the file read-only (``mode=ro``, or ``query_only`` when the writer is gone
+and left no ``-shm`` file for a read-only connection), never create it, and read a consistent
 snapshot while the writer commits. A missing file is an empty archive.
 
 Schema (version ``SCHEMA_VERSION`` in ``PRAGMA user_version``)::
@@ -243,6 +244,21 @@ class ArchiveReader(_Reads):
         self.path = path
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0,
                                    check_same_thread=False)
+        try:
+            self._db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            # A WAL database whose writer closed cleanly has no -shm file, and a
+            # mode=ro connection may not create one ("attempt to write a readonly
+            # database"). Open it read-write without create, and refuse writes.
+            self._db.close()
+            self._db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10.0,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA query_only = 1")
+
+    def has_schema(self) -> bool:
+        return self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone() \
+            is not None
 
 
 class ArchiveWriter(_Reads):
@@ -334,7 +350,12 @@ class Archive:
         if not self.path.exists():
             return None
         try:
-            return ArchiveReader(self.path)
+            reader = ArchiveReader(self.path)
+            if reader.has_schema():
+                return reader
+            # Created by a writer that stopped before its first commit: empty.
+            reader.close()
+            return None
         except sqlite3.OperationalError:
             return None  # removed between the look and the open
 

@@ -227,6 +227,11 @@ def test_sweep_takes_superseded_payload_blobs_and_keeps_what_runs_name(
     store = BlobStore(state_dir)
     refs = _refs(state_dir)
     (inp,), (p1, p2), (res,) = refs["sub"], refs["don"], refs["end"]
+    # Succeeded: it goes to the archive, which names its input and result only.
+    deadline = time.monotonic() + 30
+    while rid in sup.state.runs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rid not in sup.state.runs, "the finished run was archived"
     old = time.time() - 7 * 86400 - 3600
     for _p, _st in store.names():
         os.utime(_p, (old, old))
@@ -238,14 +243,15 @@ def test_sweep_takes_superseded_payload_blobs_and_keeps_what_runs_name(
     while sup.blobs_swept == before and time.monotonic() < deadline:
         time.sleep(0.05)
         rt.supervisor.wake()
-    assert sup.blobs_swept - before == 1
-    assert not store.exists(p1), "the step-0 payload nothing names any more is swept"
-    for ref in (inp, p2, res):
-        assert store.exists(ref), "what the run still names is kept"
+    assert sup.blobs_swept - before == 2
+    for ref in (p1, p2):
+        assert not store.exists(ref), "payloads nothing names any more are swept"
+    for ref in (inp, res):
+        assert store.exists(ref), "what the archived run still names is kept"
     assert rt.result(rid) == shifted(data, 3)
     c = check(state_dir)
     assert c.ok, c.violations
-    assert c.blobs.gone == 1 and c.blobs.orphans == 0
+    assert c.blobs.gone == 2 and c.blobs.orphans == 0
 
 
 @pytest.mark.timeout(120)
