@@ -162,7 +162,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                 self.pool.on_ready = self.wake  # a remote executor came back: lease again
             self.pool.start()
             self._wait_map = self.pool.wait_objects()
-            self.inbox.watch(self.wake)
+            self.inbox.watch(self._inbox_changed)
             if self.reload_dir is not None:
                 threading.Thread(target=self._watch_code, daemon=True,
                                  name="journaled-reload").start()
@@ -302,7 +302,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                 pass
             self._run_commands(now)
             self._run_door_requests(now)
-            self._read_inbox(now)
+            if self._inbox_dirty:  # only when a file landed: a socket wake lists no directory
+                self._inbox_dirty = False
+                self._read_inbox(now)
         for w in dead:
             self._worker_died(w, now)
         self._deadlines(mono, now)
