@@ -80,6 +80,7 @@ class AsyncClient:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._connecting: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sync: Client | None = None  # the inbox path, one thread at a time
         self._sync_lock = threading.Lock()
 
@@ -95,12 +96,16 @@ class AsyncClient:
     # ---------------------------------------------------------- the socket
 
     async def _connect(self) -> bool:
+        loop = asyncio.get_running_loop()
+        if self._writer is not None and self._loop is not loop:
+            self._drop(DoorLost("used from another event loop"))  # its streams belong there
         if self._writer is not None:
             return True
         if not self.use_socket:
             return False
-        if self._connecting is None:
+        if self._connecting is None or self._loop is not loop:
             self._connecting = asyncio.Lock()
+            self._loop = loop
         async with self._connecting:
             if self._writer is not None:
                 return True
@@ -144,15 +149,18 @@ class AsyncClient:
 
     def _drop(self, err: BaseException) -> None:
         writer, self._writer, self._reader = self._writer, None, None
-        if writer is not None:
-            writer.close()
         task, self._task = self._task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
         pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(err)
+        try:
+            if writer is not None:
+                writer.close()
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+            for fut in pending.values():
+                if not fut.done():
+                    fut.set_exception(err)
+        except RuntimeError:
+            pass  # their event loop is closed: nothing of theirs can run again
 
     async def _call(self, make: Callable[[int], Any], timeout: float | None = None
                     ) -> tuple[bool, Any]:

@@ -108,13 +108,15 @@ class DoorIntake:
 
     def _run_door_requests(self, now: float) -> None:
         """Fold every request the server handed over into this turn's records."""
-        while self._door_forgotten:
-            cid, rid, run_id = self._door_forgotten.popleft()
-            subs = self._door_waits.get(run_id)
-            if subs is not None:
-                subs.discard((cid, rid))
-                if not subs:
-                    del self._door_waits[run_id]
+        if self._door_forgotten:
+            with self._door_lock:
+                while self._door_forgotten:
+                    cid, rid, run_id = self._door_forgotten.popleft()
+                    subs = self._door_waits.get(run_id)
+                    if subs is not None:
+                        subs.discard((cid, rid))
+                        if not subs:
+                            del self._door_waits[run_id]
         q = self._door_in
         while q:
             cid, req = q.popleft()
@@ -228,6 +230,9 @@ class DoorIntake:
         with self._door_lock:
             got = [(rid, self._door_waits.pop(rid)) for rid in run_ids if rid in self._door_waits]
         for rid, subs in got:
-            out = outcome_of(self.state.runs[rid])
+            run = self.state.runs.get(rid)
             for cid, req_id in subs:
-                door.reply(cid, Outcome(req_id, out))
+                # A run already gone from the live state (archived) reads as the client's
+                # own reads say.
+                door.reply(cid, Outcome(req_id, outcome_of(run)) if run is not None else
+                           self._unknown_run(req_id, rid))

@@ -158,3 +158,14 @@ def test_the_asgi_example_submits_and_reports_runs(sup, state_dir):
         assert (await call(app, "GET", "/nowhere"))[0] == 404
         await app.client.close()
     run(main())
+
+
+@pytest.mark.timeout(60)
+def test_one_client_can_be_used_from_one_event_loop_after_another(sup, state_dir):
+    c = AsyncClient(state_dir)
+
+    async def one(data: bytes) -> bytes:
+        return (await c.wait(await c.submit(data), timeout=20)).result or b""
+    assert run(one(b"first loop")) == b"first loop"
+    assert run(one(b"second loop")) == b"second loop"
+    run(c.close())
