@@ -434,3 +434,33 @@ def test_sixteen_client_processes_submitting_one_run_at_a_time_all_complete(stat
             sup.kill()
             sup.wait()
     assert not (state_dir / "supervisor.sock").exists()
+
+
+@pytest.mark.timeout(90)
+def test_a_client_reconnects_to_a_restarted_supervisor_and_a_lost_wait_goes_on(runtime,
+                                                                              state_dir):
+    import threading
+
+    rt = runtime(door_apps.runner)
+    c = Client(state_dir)
+    first = c.submit(b"1", run_id="before-restart")
+    old = c._door()
+    rt.close()
+    rt = runtime(door_apps.runner)
+    second = c.submit(b"2", run_id="after-restart")
+    assert second in submitted(state_dir), "the restarted supervisor's socket must serve it"
+    assert c._door() is not old, "a broken connection must be replaced by a new one"
+    assert c.wait(first, timeout=20).result == b"1"
+    # A wait whose supervisor goes away under it carries on through the journal.
+    parked = c.submit(b"", {"app": "park"}, run_id="parked-over-restart")
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(Client(state_dir).wait(parked, 60)))
+    waiter.start()
+    time.sleep(0.5)
+    rt.close(drain=False)
+    time.sleep(0.5)
+    assert waiter.is_alive(), "a lost connection must not end the wait"
+    runtime(door_apps.runner)
+    Client(state_dir).signal(parked, "go", b"again")
+    waiter.join(30)
+    assert got and got[0].result == b"got:again"
