@@ -464,3 +464,39 @@ def test_a_client_reconnects_to_a_restarted_supervisor_and_a_lost_wait_goes_on(r
     Client(state_dir).signal(parked, "go", b"again")
     waiter.join(30)
     assert got and got[0].result == b"got:again"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("size", [100, 4 << 10, 64 << 10, 1 << 20, 8 << 20],
+                         ids=["100B", "4KB", "64KB", "1MB", "8MB"])
+def test_inputs_and_results_of_every_size_cross_the_socket(sup, state_dir, size):
+    c = Client(state_dir)
+    data = os.urandom(size)
+    rid = c.submit(data, run_id=f"size-{size}")
+    assert rid in submitted(state_dir), "it must have gone over the socket"
+    assert c.wait(rid, timeout=60).result == data
+
+
+@pytest.mark.timeout(180)
+def test_a_batch_too_big_for_one_frame_goes_through_the_inbox_all_of_it(sup, state_dir):
+    c = Client(state_dir)
+    datas = [os.urandom(7 << 20) for _ in range(3)]  # 21 MiB: over one 16 MiB frame
+    ids = c.submit_many(datas, run_ids=["big-0", "big-1", "big-2"])
+    assert [c.wait(r, timeout=120).result for r in ids] == datas
+    assert sorted(r for r in submitted(state_dir) if r.startswith("big-")) == ids
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_wait_over_the_socket_stays_fast_with_200k_finished_runs(runtime, state_dir):
+    rt = runtime(door_apps.runner)
+    for b in range(20):
+        ids = rt.submit_many([b""] * 10_000, run_ids=[f"old-{b}-{i}" for i in range(10_000)])
+        rt.wait(ids[-1], timeout=600)
+    c = Client(state_dir)
+    t0 = time.monotonic()
+    for _ in range(50):
+        assert c.wait(c.submit(b"n"), timeout=60).result == b"n"
+    assert c.wait("old-0-0", timeout=5).status is RunStatus.SUCCEEDED
+    per = (time.monotonic() - t0) / 50
+    print(f"submit + wait with 200k finished runs: {per * 1e3:.1f} ms")
