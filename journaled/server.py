@@ -439,6 +439,12 @@ class DoorServer:
             return
         if why:
             log.warning("closing the connection of pid %d: %s", c.pid, why)
+        elif c.inbuf and not c.closing and not self._stop:
+            log.warning("the connection of pid %d closed in the middle of a request (%d bytes "
+                        "of a frame); nothing of it was applied", c.pid, len(c.inbuf))
+        elif c.pending and not self._stop:
+            log.info("the connection of pid %d closed with %d requests unanswered (applied "
+                     "if they reached the loop)", c.pid, len(c.pending))
         try:
             self._sel.unregister(c.sock)
         except (KeyError, ValueError, OSError):

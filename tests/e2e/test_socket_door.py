@@ -273,8 +273,9 @@ def still_serves(state_dir: Path, tag: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_garbage_wrong_types_and_oversized_frames_get_an_error_and_others_carry_on(sup,
-                                                                                   state_dir):
+def test_garbage_wrong_types_and_oversized_frames_get_an_error_and_others_carry_on(
+        sup, state_dir, caplog):
+    caplog.set_level("INFO", logger="journaled.server")
     s = raw_connect(state_dir)
     hello(s)
     body = b"\xc1\xff garbage \x00"
@@ -315,6 +316,9 @@ def test_garbage_wrong_types_and_oversized_frames_get_an_error_and_others_carry_
     whole = frame(Submit(1, [SubmitMsg("half-sent", b"", time.time())]))
     t.sendall(whole[:len(whole) // 2])
     t.close()
+    wait_for(lambda: "in the middle of a request" in caplog.text, 10,
+             "a log line for the connection dropped mid-request")
+    assert "over the 16,777,216-byte limit" in caplog.text, "an oversized frame is logged"
     still_serves(state_dir, "after all that")
     assert "half-sent" not in submitted(state_dir), "half a frame is no request"
     assert "after-garbage" in submitted(state_dir)
