@@ -48,6 +48,7 @@ from .protocol import (
     Outcome,
     Retry,
     Signal,
+    Status,
     Submit,
     Wait,
     Welcome,
@@ -263,7 +264,11 @@ class AsyncClient:
             await self._inbox(lambda c: c.retry(run_id))
 
     async def status(self, run_id: str) -> RunOutcome:
-        """As ``Client.status`` (read from the journal, in a thread)."""
+        """As ``Client.status``: the supervisor's durable view, else the journal (in a thread)."""
+        if isinstance(run_id, str):
+            served, out = await self._call(lambda i: Status(i, run_id))
+            if served:
+                return out  # type: ignore[no-any-return]
         return await self._inbox(lambda c: c.status(run_id))  # type: ignore[no-any-return]
 
     async def wait(self, run_id: str, timeout: float | timedelta | None = None) -> RunOutcome:

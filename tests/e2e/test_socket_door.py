@@ -83,6 +83,10 @@ def test_submit_and_wait_give_the_same_outcome_on_both_doors(sup, state_dir, doo
             "a socket submit must return only once its Submitted record is in the journal"
     out = c.wait(rid, timeout=20)
     assert (out.run_id, out.status, out.result) == (rid, RunStatus.SUCCEEDED, b"hello")
+    assert c.status(rid) == out, "status must agree with wait"
+    assert Client(state_dir, use_socket=False).status(rid) == out, "both doors read the same"
+    with pytest.raises(RunNotFound):
+        c.status("no-such-run")
     assert c.submit(b"hello", run_id=rid) == rid, "the same id and input again is a no-op"
     with pytest.raises(RunConflict) as info:
         c.submit(b"other", run_id=rid)
