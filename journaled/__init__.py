@@ -22,14 +22,16 @@ from .api import (
 )
 
 if TYPE_CHECKING:  # for type checkers only: at run time they load lazily (below)
+    from .aio import AsyncClient
     from .client import Client
     from .runtime import Runtime
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attempt", "Cancel", "Cancelled", "CancelToken", "Client", "Continue", "ContinueAfter",
-    "ContinueOnSignal", "DeadLetter", "Fail", "Memo", "Runtime", "RunOutcome", "RunStatus",
+    "AsyncClient", "Attempt", "Cancel", "Cancelled", "CancelToken", "Client", "Continue",
+    "ContinueAfter", "ContinueOnSignal", "DeadLetter", "Fail", "Memo", "Runtime", "RunOutcome",
+    "RunStatus",
     "Signal", "Step", "StepError", "Succeed", "__version__",
 ]
 
@@ -41,6 +43,10 @@ def __getattr__(name: str) -> object:
         from .runtime import Runtime
 
         return Runtime
+    if name == "AsyncClient":
+        from .aio import AsyncClient
+
+        return AsyncClient
     if name == "Client":
         from .client import Client
 

@@ -40,16 +40,33 @@ log = logging.getLogger("journaled.supervisor")
 class Future:
     """A result handed from the supervisor thread to a caller once it is durable."""
 
-    __slots__ = ("_ev", "value", "error")
+    __slots__ = ("_ev", "value", "error", "_callbacks")
 
     def __init__(self) -> None:
         self._ev = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
+        self._callbacks: list[Callable[[Future], None]] | None = None
 
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
         self.value, self.error = value, error
         self._ev.set()
+        if self._callbacks is not None:
+            for cb in self._callbacks:
+                cb(self)
+
+    def add_done_callback(self, cb: Callable[["Future"], None]) -> None:
+        """Call ``cb(self)`` on the thread that sets the Future (the socket's answers).
+
+        Add it before the Future can be set (the supervisor adds it when it
+        queues the Future); ``cb`` must be quick and must not raise.
+        """
+        if self._ev.is_set():
+            cb(self)
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(cb)
 
     def result(self, timeout: float | None = None) -> Any:
         if not self._ev.wait(timeout):
@@ -80,6 +97,12 @@ class Intake:
         self._commands: deque[tuple[str, tuple[Any, ...], Future]] = deque()
         self._reload = threading.Event()  # --reload: the code changed, restart the workers
         self._reload_stop = threading.Event()
+        self._inbox_dirty = True  # a file may have landed: scan the inbox next turn
+
+    def _inbox_changed(self) -> None:
+        """The inbox watcher saw a change (or its periodic rescan came due)."""
+        self._inbox_dirty = True
+        self.wake()
 
     def call(self, kind: str, *args: Any) -> Future:
         """Queue a command from another thread; the Future resolves once it is durable."""

@@ -44,6 +44,7 @@ from .api import RunOutcome, RunStatus
 from .archiving import Archiving
 from .blobs import DEFAULT_THRESHOLD, BlobStore, check_threshold
 from .compaction import Compaction
+from .door import DoorIntake
 from .errors import JournaledError, StorageFailure
 from .executors import make_executor
 from .hooks import HookFiring
@@ -84,7 +85,8 @@ def _holding_state_lock(fn: F) -> F:
     return cast(F, locked)
 
 
-class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archiving):
+class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFiring,
+                 Archiving):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
     def __init__(self, state_dir: str | os.PathLike[str], runner: Any, *, workers: int = 2,
@@ -93,7 +95,8 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
                  preload: list[str] | None = None, retention: float = 7 * DAY,
                  compact_bytes: int = 16 << 20, unsafe_no_fsync: bool = False,
                  import_string: str = "", reload_dir: str | os.PathLike[str] | None = None,
-                 executor: str = "local", blob_threshold: int = DEFAULT_THRESHOLD) -> None:
+                 executor: str = "local", blob_threshold: int = DEFAULT_THRESHOLD,
+                 serve_socket: bool = True) -> None:
         if workers < 1 and executor in ("", "local"):
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.state_dir = Path(state_dir)
@@ -119,6 +122,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
         self.pool: Pool | None = None
         self.inbox: Inbox | None = None
         self._init_intake()  # the command queue, the reload flags
+        self._init_door(serve_socket)  # STATE/supervisor.sock, started by start()
         self._init_compaction()  # when to compact next, and its counters
         self._init_leasing()  # kills, respawn back-off, steps done
         self._init_live()  # when the live view is next published
@@ -169,11 +173,12 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
                 self.pool.on_ready = self.wake  # a remote executor came back: lease again
             self.pool.start()
             self._wait_map = self.pool.wait_objects()
-            self.inbox.watch(self.wake)
+            self.inbox.watch(self._inbox_changed)
             if self.reload_dir is not None:
                 threading.Thread(target=self._watch_code, daemon=True,
                                  name="journaled-reload").start()
             self._read_inbox(time.time())
+            self._start_door()  # after replay: every answer it gives rests on the journal
             self.wake()  # the first turn must lease what replay and the inbox left ready
         except BaseException:
             self.close()
@@ -225,6 +230,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
 
     def _idle(self) -> bool:
         return (self.state.idle() and not self._commands and not self._carry
+                and not self._door_pending()
                 and self.inbox is not None and not self.inbox.scan_pending()
                 and (self._hooks is None or not self._hooks.busy())
                 and not self._archive_busy())
@@ -233,6 +239,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
         return self.pool is None or all(w.proc is None for w in self.pool.workers)
 
     def close(self) -> None:
+        self._close_door()  # first: clients not yet answered resend through the inbox
         if self._hooks is not None:
             self._hooks.close()  # hooks not yet delivered are owed to the next start
         self._close_archiver()  # runs not yet archived stay finished in the journal
@@ -308,7 +315,10 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
             except BlockingIOError:
                 pass
             self._run_commands(now)
-            self._read_inbox(now)
+            self._run_door_requests(now)
+            if self._inbox_dirty:  # only when a file landed: a socket wake lists no directory
+                self._inbox_dirty = False
+                self._read_inbox(now)
         for w in dead:
             self._worker_died(w, now)
         self._deadlines(mono, now)
@@ -332,7 +342,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
             self.compact(now)
 
     def _next_timeout(self) -> float | None:
-        if self._carry or self._commands:
+        if self._carry or self._commands or self._door_in:
             return 0.0
         now = time.time()
         mono = time.monotonic()
@@ -427,6 +437,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Archivi
             run = state.runs[rid]
             self.outcomes.add(rid)
             log.info("run %s %s after %d steps", rid, run.status, run.steps)
+        self._door_terminated(terminated)  # after outcomes: a wait never falls between
         with self.cond:
             self.cond.notify_all()
         if self.on_terminal is not None:

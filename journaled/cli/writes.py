@@ -1,7 +1,9 @@
 """The commands that ask for something: ``submit``, ``cancel``, ``retry``, ``signal``.
 
-Each posts one durable inbox message (the supervisor acts on it, running or
-not yet started). Only ``submit`` may create a state directory: the others act
+Each goes over the supervisor's socket when one listens (answered once its
+record is durable in the journal) and otherwise posts one durable inbox
+message (the supervisor acts on it when it starts); the output and exit
+codes are the same either way. Only ``submit`` may create a state directory: the others act
 on a run that is already there, so a missing directory is a typo.
 """
 

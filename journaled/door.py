@@ -1,0 +1,254 @@
+"""The socket's side of the supervisor loop (a mixin): fold requests, answer once durable.
+
+The server thread (``server.DoorServer``) hands requests over in batches;
+each turn folds every waiting one into the state next to the commands and
+the inbox files, so requests from all connections share the turn's one
+write and sync. Every answer goes through an ``intake.Future`` resolved by
+the commit path once the turn's records are durable (whoever owns that
+path), and the Future's callback queues it to the server thread: nothing
+acknowledged over the socket can be undone by a crash. A refusal (a
+conflict, a bad item, an unknown run) is answered the same way, at the end
+of the same turn.
+
+``wait`` is a subscription: answered at once if the run's end is already
+durable (``outcomes``), else when the commit that makes its ``Terminated``
+durable runs ``_door_terminated``. A run the live state does not know is
+answered by ``_unknown_run``: the one place that decides what such a run
+reads as (today ``RunNotFound``, which makes the client look for it in the
+inbox and, once the archive lands, there).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from .api import RunOutcome
+from .archiving import check_archived
+from .blobs import same_content
+from .errors import JournaledError, RunConflict, RunNotDead, RunNotFound
+from .inbox import check_message
+from .intake import Future
+from .protocol import (
+    SOCKET_NAME,
+    Cancel,
+    Err,
+    Ok,
+    Retry,
+    Signal,
+    Status,
+    Submit,
+    Wait,
+    err_of,
+    outcome_reply,
+)
+from .records import Record
+from .server import DoorServer
+from .state import State, outcome_of
+
+log = logging.getLogger("journaled.supervisor")
+
+
+class DoorIntake:
+    """Mixed into the supervisor: the socket server's lifecycle and its requests."""
+
+    state: State
+    state_dir: Path
+    outcomes: set[str]
+    _recs: list[Record]
+    _futures: list[tuple[Future, Any]]
+    wake: Callable[[], None]
+    _signal_cancel: Callable[[str], None]
+    status: Callable[[str], RunOutcome | None]
+
+    def _init_door(self, serve: bool) -> None:
+        self._door_serve = serve
+        self._door: DoorServer | None = None
+        self._door_in: deque[tuple[int, Any]] = deque()
+        self._door_forgotten: deque[tuple[int, int, str]] = deque()
+        # run id -> {(conn, request id)}: waits answered when its end is durable.
+        self._door_waits: dict[str, set[tuple[int, int]]] = {}
+        # Taken by the loop to look-and-subscribe and by the commit path to
+        # publish an end, so a wait never falls between the two.
+        self._door_lock = threading.Lock()
+
+    def _start_door(self) -> None:
+        if not self._door_serve:
+            return
+        server = DoorServer(self.state_dir / SOCKET_NAME, self._door_deliver,
+                            self._door_forget, self.status)
+        try:
+            server.start()
+        except OSError as e:  # clients fall back to the inbox: slower, never wrong
+            log.warning("cannot serve %s (%s); clients use the inbox", server.path, e)
+            server.close()
+            return
+        self._door = server
+
+    def _close_door(self) -> None:
+        if self._door is not None:
+            self._door.close()
+            self._door = None
+
+    # --------------------------------------------------- server thread side
+
+    def _door_deliver(self, batch: list[tuple[int, Any]]) -> None:
+        self._door_in.extend(batch)
+        self.wake()
+
+    def _door_forget(self, gone: list[tuple[int, int, str]]) -> None:
+        self._door_forgotten.extend(gone)  # dropped at the next turn; no hurry
+
+    # ------------------------------------------------------------ loop side
+
+    def _door_pending(self) -> bool:
+        return bool(self._door_in)
+
+    def _run_door_requests(self, now: float) -> None:
+        """Fold every request the server handed over into this turn's records."""
+        if self._door_forgotten:
+            with self._door_lock:
+                while self._door_forgotten:
+                    cid, rid, run_id = self._door_forgotten.popleft()
+                    subs = self._door_waits.get(run_id)
+                    if subs is not None:
+                        subs.discard((cid, rid))
+                        if not subs:
+                            del self._door_waits[run_id]
+        q = self._door_in
+        # One archive query for every submitted id the live state does not know
+        # (a re-submit of a run finished long ago is checked against history).
+        runs = self.state.runs
+        known = self._archived_identities([
+            m.run_id for _, req in list(q) if type(req) is Submit for m in req.items
+            if m.run_id not in runs])
+        while q:
+            cid, req = q.popleft()
+            t = type(req)
+            if t is Wait:
+                self._door_wait(cid, req)
+                continue
+            try:
+                if t is Submit:
+                    reply: Any = self._door_submit(req, now, known)
+                elif t is Cancel:
+                    reply = self._door_cancel(req, now)
+                elif t is Signal:
+                    check_message(req.msg)
+                    self._recs += self.state.signal(req.msg.run_id, req.msg.key, req.msg.data,
+                                                    now)
+                    reply = Ok(req.id)
+                elif t is Retry:
+                    reply = self._door_retry(req, now)
+                elif t is Status:
+                    out = self.status(req.run_id)
+                    reply = outcome_reply(req.id, out) if out is not None else \
+                        self._unknown_run(req.id, req.run_id)
+                else:
+                    reply = Err(getattr(req, "id", 0), "ProtocolError",
+                                f"unexpected request {t.__name__}")
+            except (JournaledError, TypeError, ValueError) as e:
+                reply = err_of(req.id, e)
+            # Answered by the commit path once this turn's records are durable.
+            fut = Future()
+            fut.add_done_callback(functools.partial(self._door_answer, cid, req.id))
+            self._futures.append((fut, reply))
+
+    def _door_answer(self, cid: int, req_id: int, fut: Future) -> None:
+        door = self._door
+        if door is None:
+            return
+        if fut.error is not None:
+            door.reply(cid, err_of(req_id, fut.error))
+        else:
+            door.reply(cid, fut.value)
+
+    def _door_submit(self, req: Submit, now: float,
+                     known: dict[str, tuple[str, dict[str, str]]]) -> Ok:
+        # All or nothing, as Runtime.submit_many: every item is checked (types,
+        # sizes, conflicts with the state, the archive and inside the batch)
+        # before any applies.
+        state = self.state
+        seen: dict[str, tuple[Any, dict[str, str]]] = {}
+        archived: set[str] = set()
+        for m in req.items:
+            check_message(m)
+            old = state.runs.get(m.run_id)
+            prev = (old.input, old.headers) if old is not None else seen.get(m.run_id)
+            if prev is not None and not (same_content(prev[0], m.input)
+                                         and prev[1] == m.headers):
+                raise RunConflict(m.run_id)
+            if old is None and check_archived(known, m.run_id, m.input, m.headers):
+                archived.add(m.run_id)  # finished long ago with this input: a no-op
+            seen[m.run_id] = (m.input, m.headers)
+        for m in req.items:
+            if m.run_id in archived:
+                continue
+            # The client's clock, as from the inbox: submitted_at is when it was asked.
+            self._recs += state.submit(m.run_id, m.input, m.at, m.headers, m.priority,
+                                       m.max_attempts, m.step_timeout)
+        return Ok(req.id, len(req.items))
+
+    def _door_cancel(self, req: Cancel, now: float) -> Any:
+        msg = req.msg
+        check_message(msg)
+        was = self.status(msg.run_id)  # what the request found, as Client reports it
+        if was is None:
+            return self._unknown_run(req.id, msg.run_id)
+        self._recs += self.state.cancel(msg.run_id, msg.reason, now)
+        self._signal_cancel(msg.run_id)
+        return outcome_reply(req.id, was)
+
+    def _door_retry(self, req: Retry, now: float) -> Any:
+        check_message(req.msg)
+        run_id = req.msg.run_id
+        run = self.state.runs.get(run_id)
+        out = self.status(run_id)
+        if run is None or out is None:
+            return self._unknown_run(req.id, run_id)
+        if not run.dead or run_id not in self.outcomes:
+            raise RunNotDead(run_id, out.status.value)
+        self._recs += self.state.redrive(run_id, now)
+        return Ok(req.id)
+
+    def _unknown_run(self, req_id: int, run_id: str) -> Err:
+        """The answer for a run the live state does not hold (the one place to wire the archive).
+
+        ``RunNotFound`` sends the client to its own reads (inbox, rejections,
+        archive), which give the same answer the inbox door would.
+        """
+        return err_of(req_id, RunNotFound(run_id))
+
+    def _door_wait(self, cid: int, req: Wait) -> None:
+        door = self._door
+        if door is None:
+            return
+        rid = req.run_id
+        run = self.state.runs.get(rid)
+        if run is None:
+            door.reply(cid, self._unknown_run(req.id, rid))
+            return
+        with self._door_lock:
+            if rid not in self.outcomes:
+                self._door_waits.setdefault(rid, set()).add((cid, req.id))
+                return
+        door.reply(cid, outcome_reply(req.id, outcome_of(run)))
+
+    def _door_terminated(self, run_ids: list[str]) -> None:
+        """Called by the commit path once these runs' ``Terminated`` are durable."""
+        door = self._door
+        if door is None or not self._door_waits:
+            return
+        with self._door_lock:
+            got = [(rid, self._door_waits.pop(rid)) for rid in run_ids if rid in self._door_waits]
+        for rid, subs in got:
+            run = self.state.runs.get(rid)
+            for cid, req_id in subs:
+                # A run already gone from the live state (archived) reads as the client's
+                # own reads say.
+                door.reply(cid, outcome_reply(req_id, outcome_of(run)) if run is not None else
+                           self._unknown_run(req_id, rid))

@@ -1,0 +1,200 @@
+"""The supervisor socket's wire format: versioned, length-prefixed msgpack frames.
+
+A frame is ``u32 big-endian length | msgpack body``; the body is one
+tagged msgspec Struct. The first frame on a connection is the client's
+``Hello``; the server answers ``Welcome`` (or ``Err`` and closes for a
+version it does not speak). After that every request carries an ``id``
+chosen by the client and every answer (``Ok``, ``Outcome`` or ``Err``)
+carries the same ``id``; answers to different requests may come in any
+order (a ``Wait`` is answered when its run ends).
+
+The request bodies reuse the inbox's messages (``SubmitMsg``,
+``CancelMsg``, ``SignalMsg``, ``RedriveMsg``) and the supervisor applies the
+same ``check_message`` to them, so both doors refuse the same things and
+a submission item carries whatever ``SubmitMsg.input`` is typed as.
+
+Frames are bounded by ``MAX_FRAME``: a bigger one is refused and the
+connection closed (the client sends a batch that big through the inbox).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Union
+
+import msgspec
+
+from . import errors
+from .api import RunOutcome
+from .blobs import BlobRef
+from .inbox import CancelMsg, RedriveMsg, SignalMsg, SubmitMsg
+
+VERSION = 1
+MAX_FRAME = 16 << 20
+SOCKET_NAME = "supervisor.sock"
+
+_LEN = struct.Struct(">I")
+HEADER = _LEN.size
+
+
+# ------------------------------------------------------------------ requests
+
+
+class Hello(msgspec.Struct, frozen=True, tag="hello", array_like=True):
+    version: int
+    pid: int = 0
+
+
+class Submit(msgspec.Struct, frozen=True, tag="submit", array_like=True):
+    """Submit every item or none (a conflict or a bad item refuses the whole batch)."""
+
+    id: int
+    items: list[SubmitMsg]
+
+
+class Cancel(msgspec.Struct, frozen=True, tag="cancel", array_like=True):
+    id: int
+    msg: CancelMsg
+
+
+class Signal(msgspec.Struct, frozen=True, tag="signal", array_like=True):
+    id: int
+    msg: SignalMsg
+
+
+class Retry(msgspec.Struct, frozen=True, tag="retry", array_like=True):
+    id: int
+    msg: RedriveMsg
+
+
+class Wait(msgspec.Struct, frozen=True, tag="wait", array_like=True):
+    """Answered with the run's ``Outcome`` once it is durable, or ``TimeoutError``."""
+
+    id: int
+    run_id: str
+    timeout: float | None = None
+
+
+class Status(msgspec.Struct, frozen=True, tag="status", array_like=True):
+    """The live, durable view of one run (no journal fold)."""
+
+    id: int
+    run_id: str
+
+
+Request = Union[Hello, Submit, Cancel, Signal, Retry, Wait, Status]
+
+
+# ------------------------------------------------------------------- replies
+
+
+class Welcome(msgspec.Struct, frozen=True, tag="welcome", array_like=True):
+    version: int
+    pid: int
+
+
+class Ok(msgspec.Struct, frozen=True, tag="ok", array_like=True):
+    id: int
+    value: Any = None
+
+
+class Outcome(msgspec.Struct, frozen=True, tag="outcome", array_like=True):
+    """A run's outcome; a result stored as a blob travels as its ``ref`` (never the bytes)."""
+
+    id: int
+    outcome: RunOutcome
+    ref: Union[BlobRef, None] = None
+
+    def value(self) -> RunOutcome:
+        """The outcome with a blob result back as its ``BlobRef`` (the reader resolves it)."""
+        if self.ref is None:
+            return self.outcome
+        return msgspec.structs.replace(self.outcome, result=self.ref)  # type: ignore[arg-type]
+
+
+def outcome_reply(req_id: int, out: RunOutcome) -> Outcome:
+    """The ``Outcome`` frame for ``out``: a ``BlobRef`` result moves to ``ref``."""
+    if isinstance(out.result, BlobRef):
+        return Outcome(req_id, msgspec.structs.replace(out, result=None), out.result)
+    return Outcome(req_id, out)
+
+
+class Err(msgspec.Struct, frozen=True, tag="err", array_like=True):
+    """An error the client raises as the same class with the same message and fields."""
+
+    id: int
+    kind: str
+    message: str
+    fields: dict[str, Any] = {}
+
+
+Reply = Union[Welcome, Ok, Outcome, Err]
+
+# What may cross the wire as an error: journaled's own classes and the builtins the
+# API raises for bad arguments. Anything else arrives as a plain JournaledError.
+_ERRORS: dict[str, type[BaseException]] = {
+    name: cls for name, cls in vars(errors).items()
+    if isinstance(cls, type) and issubclass(cls, errors.JournaledError)
+}
+_ERRORS.update(TypeError=TypeError, ValueError=ValueError, TimeoutError=TimeoutError)
+# A peer breaking the protocol (bad frame, wrong types, wrong version).
+PROTOCOL_ERROR = "ProtocolError"
+
+
+class ProtocolError(errors.JournaledError):
+    """The peer sent something that is not this protocol; the connection is closed."""
+
+
+_ERRORS[PROTOCOL_ERROR] = ProtocolError
+
+
+def err_of(req_id: int, e: BaseException) -> Err:
+    """The wire form of ``e``: its class name, its message and its public fields."""
+    fields = {k: v for k, v in vars(e).items()
+              if not k.startswith("_") and isinstance(v, (str, int, float, bool, type(None)))}
+    kind = type(e).__name__ if type(e).__name__ in _ERRORS else "JournaledError"
+    return Err(req_id, kind, str(e), fields)
+
+
+def raise_err(err: Err) -> None:
+    """Raise what the server raised: same class, same ``str()``, same attributes."""
+    cls = _ERRORS.get(err.kind, errors.JournaledError)
+    e = cls.__new__(cls)
+    Exception.__init__(e, err.message)
+    for k, v in err.fields.items():
+        try:
+            setattr(e, k, v)
+        except AttributeError:
+            pass
+    raise e
+
+
+# -------------------------------------------------------------------- frames
+
+_enc = msgspec.msgpack.Encoder()
+request_decoder = msgspec.msgpack.Decoder(Request)
+reply_decoder = msgspec.msgpack.Decoder(Reply)
+
+
+def frame(msg: msgspec.Struct) -> bytes:
+    """``msg`` as one frame; ``ValueError`` if its body is over ``MAX_FRAME``."""
+    body = _enc.encode(msg)
+    if len(body) > MAX_FRAME:
+        raise ValueError(f"a frame of {len(body):,} bytes is over the {MAX_FRAME:,}-byte limit")
+    return _LEN.pack(len(body)) + body
+
+
+def frame_size(buf: bytes | bytearray | memoryview, at: int = 0) -> int:
+    """The body length announced by the header at ``buf[at:]`` (which must hold it)."""
+    return int(_LEN.unpack_from(buf, at)[0])
+
+
+def guess_id(body: bytes | memoryview) -> int:
+    """The request id of a body that failed to decode, if it has one where ours do; else 0."""
+    try:
+        raw = msgspec.msgpack.decode(body)
+    except (msgspec.DecodeError, ValueError, TypeError):
+        return 0
+    if isinstance(raw, list) and len(raw) > 1 and type(raw[1]) is int:
+        return raw[1]
+    return 0

@@ -1,0 +1,456 @@
+"""The supervisor's socket: one thread, ``selectors``, non-blocking Unix sockets.
+
+The thread only moves bytes. It accepts connections on
+``STATE/supervisor.sock`` (mode 0600; a peer with another uid is refused by
+``SO_PEERCRED``), cuts frames, decodes requests and hands them to the
+supervisor loop in batches (a deque and one ``wake()`` per pass), then
+writes the answers the loop queues back (``reply``, from any thread, wakes
+this one through a socketpair). It never touches the state or the
+journal, so nothing it does can stall a turn, and a slow client stalls
+only itself: its answers wait in a bounded buffer, and a client whose
+buffer passes the bound is dropped with a log line.
+
+What a peer can get wrong and what it gets back: a body that is not a
+request is answered with a ``ProtocolError`` (the length prefix keeps the
+stream in step, so the connection stays); a frame over ``MAX_FRAME``, a
+first frame that is not ``Hello`` or a version we do not speak closes the
+connection after an ``Err``. A request whose connection dropped is still
+applied if it reached the loop; its answer is dropped (the client resends
+through the inbox, which is idempotent by run id).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import resource
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+
+from .api import RunOutcome
+from .protocol import (
+    HEADER,
+    MAX_FRAME,
+    PROTOCOL_ERROR,
+    VERSION,
+    Err,
+    Hello,
+    Wait,
+    Welcome,
+    frame,
+    frame_size,
+    guess_id,
+    request_decoder,
+)
+
+log = logging.getLogger("journaled.server")
+
+# Per connection: answers not yet taken by the client, and requests in flight.
+OUT_LIMIT = 2 * MAX_FRAME + (1 << 20)
+MAX_IN_FLIGHT = 4096
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+_READ = 256 << 10
+
+
+def short_path(path: Path) -> tuple[str, int]:
+    """An ``AF_UNIX`` address for ``path`` (108 bytes at most) and an fd to close after use.
+
+    A long path goes through ``/proc/self/fd/N`` of its directory (Linux);
+    -1 means no fd was opened.
+    """
+    s = str(path)
+    if len(s.encode()) < 100:
+        return s, -1
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    return f"/proc/self/fd/{fd}/{path.name}", fd
+
+
+def raise_nofile(want: int) -> None:
+    """Lift the soft open-files limit towards ``want`` (never past the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open-files limit to %d: %s", target, e)
+
+
+class _Conn:
+    __slots__ = ("sock", "cid", "inbuf", "out", "out_size", "hello", "pending",
+                 "reading", "closing", "pid")
+
+    def __init__(self, sock: socket.socket, cid: int, pid: int) -> None:
+        self.sock = sock
+        self.cid = cid
+        self.pid = pid
+        self.inbuf = bytearray()
+        self.out: deque[memoryview] = deque()
+        self.out_size = 0
+        self.hello = False
+        # Requests not answered yet: id -> run id for a wait, None for the others.
+        self.pending: dict[int, str | None] = {}
+        self.reading = True
+        self.closing = False  # send what is queued, then close
+
+
+class DoorServer:
+    """Serve ``path`` for a supervisor.
+
+    Args:
+        path: the socket file (a stale one is removed; unlinked on ``close``).
+        deliver: ``deliver(batch)`` with ``[(conn_id, request), ...]``, called on
+            this thread; it must only queue them and wake the loop.
+        forget: ``forget([(conn_id, request_id, run_id), ...])``: waits nobody
+            listens for any more (timed out, or their connection closed).
+        status: ``status(run_id)`` for the message of a timed-out wait.
+    """
+
+    def __init__(self, path: Path, deliver: Callable[[list[tuple[int, Any]]], None],
+                 forget: Callable[[list[tuple[int, int, str]]], None],
+                 status: Callable[[str], RunOutcome | None]) -> None:
+        self.path = Path(path)
+        self._deliver = deliver
+        self._forget = forget
+        self._status = status
+        self._sel = selectors.DefaultSelector()
+        self._conns: dict[int, _Conn] = {}
+        self._next_cid = 1
+        self._replies: deque[tuple[int, Any]] = deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._woken = False
+        self._stop = False
+        # (deadline, conn, request id, the wait's timeout): waits that may time out.
+        self._timers: list[tuple[float, int, int, float]] = []
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._uid = os.getuid()
+        self.refused = 0  # connections refused for their uid (tests read it)
+
+    # ---------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Listen; raises ``OSError`` if the socket cannot be made (the caller logs it)."""
+        raise_nofile(8192)
+        try:
+            os.unlink(self.path)  # a stale socket of a supervisor that died
+        except FileNotFoundError:
+            pass
+        lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        addr, fd = short_path(self.path)
+        old = os.umask(0o177)  # the socket file is born 0600: no window with a wider mode
+        try:
+            lst.bind(addr)
+        except OSError:
+            lst.close()
+            raise
+        finally:
+            os.umask(old)
+            if fd >= 0:
+                os.close(fd)
+        os.chmod(self.path, 0o600)
+        lst.listen(4096)
+        lst.setblocking(False)
+        self._listener = lst
+        self._sel.register(lst, selectors.EVENT_READ, None)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._serve, name="journaled-socket", daemon=True)
+        self._thread.start()
+        log.info("listening on %s", self.path)
+
+    def close(self) -> None:
+        """Stop serving: unlink the socket first (new clients use the inbox), then close all."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self._stop = True
+        self._poke()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        for c in list(self._conns.values()):
+            self._drop(c, None)
+        for s in (self._listener, self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
+        self._listener = None
+        self._sel.close()
+
+    # ------------------------------------------------------ other threads
+
+    def reply(self, cid: int, msg: Any) -> None:
+        """Queue an answer (any thread); it is encoded and sent on the server thread."""
+        self._replies.append((cid, msg))
+        if not self._woken:
+            self._woken = True
+            self._poke()
+
+    def _poke(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    # --------------------------------------------------------------- loop
+
+    def _serve(self) -> None:
+        sel = self._sel
+        while not self._stop:
+            timeout = None
+            if self._timers:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            batch: list[tuple[int, Any]] = []
+            for key, events in sel.select(timeout):
+                obj = key.fileobj
+                if obj is self._listener:
+                    self._accept()
+                elif obj is self._wake_r:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                else:
+                    c: _Conn = key.data
+                    if events & selectors.EVENT_WRITE and c.cid in self._conns:
+                        self._flush(c)
+                    if events & selectors.EVENT_READ and c.cid in self._conns:
+                        self._read(c, batch)
+            if batch:
+                self._deliver(batch)
+            self._woken = False
+            self._send_replies()
+            if self._timers:
+                self._expire(time.monotonic())
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        for _ in range(256):
+            try:
+                sock, _addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: keep serving the others
+                log.warning("cannot accept a connection on %s: %s", self.path, e)
+                return
+            try:
+                pid, uid, _gid = _UCRED.unpack(
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            except OSError:
+                sock.close()
+                continue
+            if uid != self._uid:
+                self.refused += 1
+                log.warning("refused a connection from pid %d: uid %d is not this supervisor's "
+                            "uid %d", pid, uid, self._uid)
+                sock.close()
+                continue
+            sock.setblocking(False)
+            c = _Conn(sock, self._next_cid, pid)
+            self._next_cid += 1
+            self._conns[c.cid] = c
+            self._sel.register(sock, selectors.EVENT_READ, c)
+
+    def _read(self, c: _Conn, batch: list[tuple[int, Any]]) -> None:
+        try:
+            data = c.sock.recv(_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(c, None)
+            return
+        buf = c.inbuf
+        buf += data
+        at = 0
+        n = len(buf)
+        while n - at >= HEADER:
+            size = frame_size(buf, at)
+            if size > MAX_FRAME:
+                self._refuse(c, 0, f"a frame of {size:,} bytes is over the {MAX_FRAME:,}-byte "
+                                   "limit (send big inputs through the inbox or as blobs)")
+                return
+            if n - at - HEADER < size:
+                break
+            body = memoryview(buf)[at + HEADER:at + HEADER + size]
+            at += HEADER + size
+            try:
+                req = request_decoder.decode(body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                rid = guess_id(body)
+                body.release()
+                if not c.hello:
+                    self._refuse(c, rid, f"not a journaled request: {e}")
+                    return
+                log.warning("bad request from pid %d: %s", c.pid, e)
+                self._queue(c, Err(rid, PROTOCOL_ERROR, f"not a journaled request: {e}"))
+                continue
+            body.release()
+            if not self._request(c, req, batch):
+                return
+        del buf[:at]
+        if len(c.pending) >= MAX_IN_FLIGHT and c.reading:
+            c.reading = False  # stop reading until answers drain: bounded work per client
+            self._rearm(c)
+
+    def _request(self, c: _Conn, req: Any, batch: list[tuple[int, Any]]) -> bool:
+        if type(req) is Hello:
+            if c.hello:
+                self._queue(c, Err(0, PROTOCOL_ERROR, "a second hello on one connection"))
+                return True
+            if req.version != VERSION:
+                self._refuse(c, 0, f"protocol version {req.version} is not spoken here; "
+                                   f"this supervisor speaks {VERSION}")
+                return False
+            c.hello = True
+            self._queue(c, Welcome(VERSION, os.getpid()))
+            return True
+        if not c.hello:
+            self._refuse(c, req.id, "the first frame must be a hello")
+            return False
+        c.pending[req.id] = req.run_id if type(req) is Wait else None
+        if type(req) is Wait:
+            if req.timeout is not None:
+                heapq.heappush(self._timers, (time.monotonic() + max(0.0, req.timeout), c.cid,
+                                              req.id, req.timeout))
+        batch.append((c.cid, req))
+        return True
+
+    def _refuse(self, c: _Conn, rid: int, why: str) -> None:
+        log.warning("closing the connection of pid %d: %s", c.pid, why)
+        self._queue(c, Err(rid, PROTOCOL_ERROR, why))
+        c.closing = True
+        if c.reading:
+            c.reading = False
+            self._rearm(c)
+        self._flush(c)
+
+    def _send_replies(self) -> None:
+        q = self._replies
+        touched: dict[int, _Conn] = {}
+        while q:
+            cid, msg = q.popleft()
+            c = self._conns.get(cid)
+            if c is None:
+                continue
+            rid = getattr(msg, "id", 0)
+            if rid not in c.pending:
+                continue  # a wait that timed out meanwhile: its answer went already
+            del c.pending[rid]
+            self._queue(c, msg, flush=False)
+            touched[cid] = c
+        for c in touched.values():
+            if c.cid in self._conns:
+                self._flush(c)
+                if not c.reading and not c.closing and len(c.pending) < MAX_IN_FLIGHT // 2:
+                    c.reading = True
+                    self._rearm(c)
+
+    def _expire(self, mono: float) -> None:
+        gone: list[tuple[int, int, str]] = []
+        while self._timers and self._timers[0][0] <= mono:
+            _, cid, rid, limit = heapq.heappop(self._timers)
+            c = self._conns.get(cid)
+            if c is None or c.pending.get(rid) is None:
+                continue
+            run_id = c.pending.pop(rid)
+            assert run_id is not None
+            gone.append((cid, rid, run_id))
+            try:
+                out = self._status(run_id)
+            except Exception:  # noqa: BLE001 - the status is only for the message
+                out = None
+            what = out.status.value if out is not None else "unknown"
+            self._queue(c, Err(rid, "TimeoutError",
+                               f"run {run_id!r} is still {what} after {limit:g} s"))
+        if gone:
+            self._forget(gone)
+
+    # ----------------------------------------------------------- writing
+
+    def _queue(self, c: _Conn, msg: Any, flush: bool = True) -> None:
+        try:
+            data = frame(msg)
+        except ValueError as e:  # an answer too big for a frame: say so instead
+            data = frame(Err(getattr(msg, "id", 0), "JournaledError",
+                             f"the answer does not fit the socket: {e}"))
+        c.out.append(memoryview(data))
+        c.out_size += len(data)
+        if c.out_size > OUT_LIMIT:
+            log.warning("dropping the connection of pid %d: %d bytes of answers unread "
+                        "(over %d)", c.pid, c.out_size, OUT_LIMIT)
+            self._drop(c, None)
+            return
+        if flush:
+            self._flush(c)
+
+    def _flush(self, c: _Conn) -> None:
+        if c.cid not in self._conns:
+            return
+        out = c.out
+        try:
+            while out:
+                view = out[0]
+                n = c.sock.send(view)
+                c.out_size -= n
+                if n < len(view):
+                    out[0] = view[n:]
+                    break
+                out.popleft()
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._drop(c, None)
+            return
+        if c.closing and not out:
+            self._drop(c, None)
+            return
+        self._rearm(c)
+
+    def _rearm(self, c: _Conn) -> None:
+        events = (selectors.EVENT_READ if c.reading else 0) | \
+            (selectors.EVENT_WRITE if c.out else 0)
+        try:
+            if events:
+                self._sel.modify(c.sock, events, c)
+            else:
+                self._sel.unregister(c.sock)
+        except KeyError:
+            if events:
+                self._sel.register(c.sock, events, c)
+        except (ValueError, OSError):
+            pass
+
+    def _drop(self, c: _Conn, why: str | None) -> None:
+        if self._conns.pop(c.cid, None) is None:
+            return
+        if why:
+            log.warning("closing the connection of pid %d: %s", c.pid, why)
+        elif c.inbuf and not c.closing and not self._stop:
+            log.warning("the connection of pid %d closed in the middle of a request (%d bytes "
+                        "of a frame); nothing of it was applied", c.pid, len(c.inbuf))
+        elif c.pending and not self._stop:
+            log.info("the connection of pid %d closed with %d requests unanswered (applied "
+                     "if they reached the loop)", c.pid, len(c.pending))
+        try:
+            self._sel.unregister(c.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        c.sock.close()
+        waits = [(c.cid, rid, run_id) for rid, run_id in c.pending.items() if run_id is not None]
+        c.pending.clear()
+        if waits:
+            self._forget(waits)
