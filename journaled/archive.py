@@ -37,7 +37,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Iterator, Union
 
 import msgspec
 
@@ -229,6 +229,21 @@ class _Reads:
         refs.update(sha for (sha,) in self._db.execute(
             "SELECT result_sha256 FROM runs WHERE result IS NULL AND result_sha256 IS NOT NULL"))
         return refs
+
+    def blob_values(self) -> Iterator[tuple[str, str, Any]]:
+        """``(run id, what, BlobRef)`` for every value an archived run keeps out of line.
+
+        Decodes every row's record (``verify`` checks each blob an archived
+        run still names); inline values are skipped.
+        """
+        for rid, record in self._db.execute("SELECT id, record FROM runs"):
+            snap = _snap_decoder.decode(record)
+            values = [("input", snap.input), ("payload", snap.payload),
+                      ("result", snap.result), *((f"memo {k!r}", v) for k, v in
+                                                 snap.memos.items())]
+            for what, v in values:
+                if v is not None and not isinstance(v, (bytes, bytearray, memoryview)):
+                    yield rid, what, v
 
     def schema_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])

@@ -153,6 +153,8 @@ def _check_blobs(state_dir: Path, state: State, named: set[str], out: Check) -> 
     if reader is not None:
         try:
             keep = reader.blob_refs()
+            for rid, what, v in reader.blob_values():  # archived runs need theirs too
+                live.setdefault(v.sha256, (v.size, f"archived run {rid}'s {what}"))
         finally:
             reader.close()
     a = audit(BlobStore(state_dir), live, named, keep)

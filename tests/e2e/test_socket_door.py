@@ -329,9 +329,11 @@ def test_garbage_wrong_types_and_oversized_frames_get_an_error_and_others_carry_
 
 
 @pytest.mark.timeout(120)
-def test_a_client_that_never_reads_its_answers_is_dropped_and_others_are_served(sup,
+def test_a_client_that_never_reads_its_answers_is_dropped_and_others_are_served(runtime,
                                                                                 state_dir):
-    c = Client(state_dir)
+    # Results kept inline (a blob threshold above 1 MiB), so each answer is big.
+    runtime(door_apps.runner, blob_threshold=4 << 20)
+    c = Client(state_dir, blob_threshold=4 << 20)
     big = c.submit(os.urandom(1 << 20), run_id="big-result")
     c.wait(big, timeout=20)
     s = raw_connect(state_dir)
