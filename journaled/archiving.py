@@ -200,6 +200,9 @@ class Archiving:
         # Finished runs replay left (a 0.2 state may hold millions): fed to the
         # thread a batch per turn, so start-up and no turn builds them all at once.
         self._archive_backlog: deque[str] = deque()
+        # Terminal records made durable by this supervisor: ``outcomes`` forgets
+        # archived runs, so a count of finished work (benchmarks) reads this.
+        self.finished_total = 0
 
     def _start_archiver(self) -> None:
         """At start: every finished run the replay left (also a 0.2 state's retained ones)."""
@@ -250,6 +253,8 @@ class Archiving:
         dropped = False
         for rec in recs:
             t = type(rec)
+            if t is Terminated:
+                self.finished_total += 1
             if t is Terminated and not hooks or t is HookDelivered:
                 run = runs.get(rec.run_id)  # type: ignore[union-attr]
                 if run is not None and run.terminal:
