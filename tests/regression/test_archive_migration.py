@@ -43,7 +43,7 @@ def test_a_0_2_state_moves_its_finished_runs_to_the_archive_and_finishes_its_liv
     reader = Archive(state).open_reader
     wait_for(lambda: (r := reader()) is not None and sum(r.count().values()) == len(finished),
              60, "the retained finished runs to reach the archive")
-    wait_for(lambda: not any(sup.state.runs[r].terminal for r in list(sup.state.runs)), 30,
+    wait_for(lambda: not any(r.terminal for r in list(sup.state.runs.values())), 30,
              "the journal to drop them")
     arch = reader()
     assert arch is not None
