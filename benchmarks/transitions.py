@@ -34,13 +34,13 @@ def journaled_rate(runner, runs: int, steps_per_run: int, workers: int) -> dict:
             warm = rt.submit_many([b"warm"] * (workers * 4))  # start workers, fill caches
             for rid in warm:
                 rt.wait(rid, 60)
-            base = len(sup.outcomes)
+            base = sup.finished_total  # outcomes forgets archived runs
             syncs0 = sup.journal.syncs
             t0 = time.perf_counter()
             rt.submit_many([b""] * runs)
             # Durable outcomes only; woken by each commit that adds some.
             with sup.cond:
-                while len(sup.outcomes) < base + runs:
+                while sup.finished_total < base + runs:
                     sup.cond.wait(1.0)
             dt = time.perf_counter() - t0
             syncs = sup.journal.syncs - syncs0

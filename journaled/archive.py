@@ -45,7 +45,7 @@ from .api import Attempt, DeadLetter, RunOutcome, RunStatus
 from .blobs import content_sha256
 from .durable import fsync_dir
 from .records import RunSnapshot
-from .run import Run, attempts_of, outcome_of, run_from_snapshot, run_to_snapshot
+from .run import Run, attempts_of, outcome_of, run_from_snapshot, run_to_snapshot, steps_of
 
 __all__ = ["ARCHIVE_NAME", "SCHEMA_VERSION", "Archive", "ArchiveReader", "ArchiveWriter",
            "ArchivedRun", "content_sha256", "row_of"]
@@ -85,29 +85,29 @@ def _size(value: Any) -> int:
     return len(value) if isinstance(value, (bytes, bytearray, memoryview)) else int(value.size)
 
 
-def row_of(run: Run) -> Row:
-    """The archive row of a terminal run; cheap enough to build on the loop.
+def row_of(run: Run | RunSnapshot) -> Row:
+    """The archive row of a terminal run (or of its snapshot, taken on the loop).
 
     The record drops what a finished run never needs again (its last
     payload and memos; a failed run keeps them: ``retry`` runs a dead step
     again and ``journaled step`` re-runs a failed one) and the inline
     result, which has its own column.
     """
-    snap = run_to_snapshot(run)
-    inline = isinstance(run.result, bytes)
-    keep = run.status == "failed"
+    snap = run if isinstance(run, RunSnapshot) else run_to_snapshot(run)
+    inline = isinstance(snap.result, bytes)
+    keep = snap.status == "failed"
     record = _snap_encoder.encode(msgspec.structs.replace(
         snap, payload=snap.payload if keep else b"", memos=snap.memos if keep else {},
         result=None if inline else snap.result))
-    result = run.result
-    return (run.run_id, run.status, int(run.dead), run.kind,
-            content_sha256(run.input), _size(run.input),
+    result = snap.result
+    return (snap.run_id, snap.status, int(snap.dead), snap.kind,
+            content_sha256(snap.input), _size(snap.input),
             result if inline else None,
             None if result is None else content_sha256(result),
             None if result is None else _size(result),
-            run.error, run.traceback, run.steps, run.attempt,
-            run.submitted_at, run.finished_at or 0.0,
-            _json.encode(run.headers).decode(), _json.encode(run.history).decode(), record)
+            snap.error, snap.traceback, steps_of(snap.status, snap.kind, snap.step),
+            snap.attempt, snap.submitted_at, snap.finished_at or 0.0,
+            _json.encode(snap.headers).decode(), _json.encode(snap.history).decode(), record)
 
 
 class ArchivedRun(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,14 +3,15 @@
 ::
 
     loop (after a commit)                     archiver thread
-      terminal + durable + hook delivered ──> rows (built on the loop, cheap)
-                                              upsert a batch, COMMIT (fsynced)
+      terminal + durable + hook delivered ──> RunSnapshot copies (cheap)
+                                              rows, upsert a batch, COMMIT (fsynced)
       Archived(ids) in the next group   <──── ids handed back, loop woken
       commit; replay drops the runs
 
-The loop only builds rows (a msgpack encode per run, under the state lock
-it already holds) and writes one small ``Archived`` record per batch; the
-SQLite work (and its fsync) happens on the archiver thread.
+The loop only copies each run into a frozen ``RunSnapshot`` (under the
+state lock it already holds) and writes one small ``Archived`` record per
+batch; encoding the rows, the SQLite work and its fsync happen on the
+archiver thread, at most every ``GATHER`` seconds under load.
 
 Crash windows, in order:
 
@@ -38,14 +39,17 @@ from typing import Any, Callable
 from . import failpoints
 from .archive import Archive, ArchiveWriter, CachedReader, Row, content_sha256, row_of
 from .errors import RunConflict
-from .records import Archived, HookDelivered, Record, Redriven, Terminated
-from .run import Run
+from .records import Archived, HookDelivered, Record, Redriven, RunSnapshot, Terminated
+from .run import Run, run_to_snapshot
 from .state import State
 
 log = logging.getLogger("journaled.supervisor")
 
 BATCH = 2000  # rows per archive transaction
 FEED = 500  # start-up backlog rows built per turn (a few ms of the loop)
+# Rows wait up to this long to share one SQLite commit (and one Archived
+# record): under load the archive costs an fsync or two a second, not one per turn.
+GATHER = 0.5
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
 
@@ -57,7 +61,7 @@ class Archiver:
         self.archive = archive
         self.wake = wake
         self._cond = threading.Condition()
-        self._rows: deque[Row] = deque()
+        self._rows: deque[RunSnapshot] = deque()  # rows are built here, off the loop
         self._cutoff: float | None = None  # retention: delete rows finished before this
         self._closed = False
         self.done: deque[list[tuple[str, float]]] = deque()  # thread -> loop
@@ -72,10 +76,11 @@ class Archiver:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="journaled-archive")
         self._thread.start()
 
-    def put(self, rows: list[Row]) -> None:
+    def put(self, rows: list[RunSnapshot]) -> None:
         with self._cond:
             self._rows.extend(rows)
-            self._cond.notify()
+            if len(self._rows) >= BATCH or len(self._rows) == len(rows):
+                self._cond.notify()  # a full batch, or the first rows: start gathering
 
     @property
     def failing(self) -> bool:
@@ -105,10 +110,16 @@ class Archiver:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    def _take(self) -> tuple[list[Row], float | None] | None:
+    def _take(self) -> tuple[list[RunSnapshot], float | None] | None:
         with self._cond:
             while not self._closed and not self._rows and self._cutoff is None:
                 self._cond.wait()
+            until = time.monotonic() + GATHER
+            while not self._closed and 0 < len(self._rows) < BATCH:
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
             if self._closed:
                 return None
             batch = [self._rows.popleft() for _ in range(min(BATCH, len(self._rows)))]
@@ -164,17 +175,18 @@ class Archiver:
         if self._writer is not None:
             self._writer.close()
 
-    def _commit(self, writer: ArchiveWriter, batch: list[Row]) -> None:
+    def _commit(self, writer: ArchiveWriter, batch: list[RunSnapshot]) -> None:
+        rows: list[Row] = [row_of(s) for s in batch]
         if failpoints.ENABLED:
             failpoints.hit("archive.before_commit")
         counts = dict(self.counts)
-        writer.upsert(batch, counts)  # synchronous=FULL: durable on return
+        writer.upsert(rows, counts)  # synchronous=FULL: durable on return
         self.counts = counts  # one assignment: readers on the loop see old or new
         self.archived += len(batch)
         if failpoints.ENABLED:
             failpoints.hit("archive.after_commit")
         # Only now may the journal drop them (the loop writes Archived).
-        self.done.append([(r[0], r[14]) for r in batch])
+        self.done.append([(s.run_id, s.finished_at or 0.0) for s in batch])
         with self._cond:
             closed = self._closed
         if not closed:  # after close the wake pipe may be gone (or its fd reused)
@@ -200,6 +212,9 @@ class Archiving:
         # Finished runs replay left (a 0.2 state may hold millions): fed to the
         # thread a batch per turn, so start-up and no turn builds them all at once.
         self._archive_backlog: deque[str] = deque()
+        # Terminal records made durable by this supervisor: ``outcomes`` forgets
+        # archived runs, so a count of finished work (benchmarks) reads this.
+        self.finished_total = 0
 
     def _start_archiver(self) -> None:
         """At start: every finished run the replay left (also a 0.2 state's retained ones)."""
@@ -238,7 +253,9 @@ class Archiving:
         for run in runs:
             if run.run_id not in queued:
                 queued.add(run.run_id)
-                rows.append(row_of(run))
+                # A frozen copy (cheap); its lists are not changed once the
+                # run is terminal (a redrive starts new ones: see Archived).
+                rows.append(run_to_snapshot(run))
         if rows:
             self._archiver.put(rows)
 
@@ -250,6 +267,8 @@ class Archiving:
         dropped = False
         for rec in recs:
             t = type(rec)
+            if t is Terminated:
+                self.finished_total += 1
             if t is Terminated and not hooks or t is HookDelivered:
                 run = runs.get(rec.run_id)  # type: ignore[union-attr]
                 if run is not None and run.terminal:

@@ -70,8 +70,12 @@ class Run:
     @property
     def steps(self) -> int:
         """Steps run to completion (a step that ended the run by its verdict counts)."""
-        finished_by_verdict = self.status == SUCCEEDED or self.kind in ("fail", "cancel")
-        return self.step + 1 if finished_by_verdict else self.step
+        return steps_of(self.status, self.kind, self.step)
+
+
+def steps_of(status: str, kind: str, step: int) -> int:
+    """``Run.steps`` from its parts (a ``RunSnapshot`` has them too)."""
+    return step + 1 if status == SUCCEEDED or kind in ("fail", "cancel") else step
 
 
 def run_to_snapshot(r: Run) -> RunSnapshot:
