@@ -65,8 +65,9 @@ from .dask_remote import deliver, run_task, unpack
 
 log = logging.getLogger("journaled.executors.dask")
 
-PIPELINE = 8  # virtual workers per cluster thread
+PIPELINE = 16  # virtual workers per cluster thread (short steps)
 ALWAYS = 2  # of those, how many lease whatever the step length
+EXTRA_CAP = 256  # short-step virtual workers beyond ALWAYS, over the whole cluster
 SHORT = 0.05  # seconds: steps shorter than this lease all PIPELINE
 _enc = msgspec.msgpack.Encoder()
 
@@ -149,7 +150,8 @@ class DaskExecutor(WorkerChannels):
         if not self.slots:
             info = self.client.scheduler_info()
             self.slots = max(1, sum(w.get("nthreads", 1) for w in info["workers"].values()))
-        self.workers = [Worker(i) for i in range(self.slots * PIPELINE)]
+        size = self.slots * ALWAYS + min(self.slots * (PIPELINE - ALWAYS), EXTRA_CAP)
+        self.workers = [Worker(i) for i in range(size)]
         self._connected.set()
         for target, name in ((self._drive, "driver"), (self._notify, "notices")):
             t = threading.Thread(target=target, daemon=True, name=f"journaled-dask-{name}")
