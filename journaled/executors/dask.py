@@ -93,7 +93,7 @@ class _Virtual:
 
 def _install_guard(client: Any) -> None:
     """Register the rerun guard on the scheduler (once per scheduler, by value)."""
-    import cloudpickle
+    import cloudpickle  # type: ignore[import-untyped]
 
     cloudpickle.register_pickle_by_value(dask_guard)
     client.register_plugin(dask_guard.RerunGuard(), name=dask_guard.NAME)
@@ -125,6 +125,7 @@ class DaskExecutor(WorkerChannels):
         self._notices: queue.SimpleQueue[tuple[int, bool] | None] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         self._by_key: dict[str, _Virtual] = {}
+        self._conns: dict[Connection, _Virtual] = {}  # the driver's: live virtual workers
         self._threads: list[threading.Thread] = []
         self.on_ready: Any = None  # the supervisor's wake-up, called once reconnected
 
@@ -180,7 +181,7 @@ class DaskExecutor(WorkerChannels):
 
     def _drive(self) -> None:
         """Move steps between the supervisor's pipes and Dask; the only thread that does."""
-        conns: dict[Connection, _Virtual] = {}
+        conns = self._conns
         self._down_since = 0.0
         while not self._closing:
             try:
@@ -190,15 +191,15 @@ class DaskExecutor(WorkerChannels):
                 time.sleep(0.1)
 
     def _turn(self, conns: dict[Connection, _Virtual]) -> None:
-        for c in [c for c, vw in conns.items() if not vw.alive]:
-            del conns[c]
+        for gone in [c for c, vw in conns.items() if not vw.alive]:
+            del conns[gone]
         ready = wait([*conns, self._wake_r], timeout=0.25)
         new: list[tuple[_Virtual, Any]] = []
-        for c in ready:
-            if c == self._wake_r:
+        for r in ready:
+            if r == self._wake_r:
                 os.read(self._wake_r, 4096)
                 continue
-            self._read(conns[c], new)  # type: ignore[index]
+            self._read(conns[r], new)  # type: ignore[index]
         while True:  # adds and kills asked for by the supervisor's thread
             try:
                 what, vw = self._requests.get_nowait()
@@ -220,7 +221,7 @@ class DaskExecutor(WorkerChannels):
                 self._down_since = time.monotonic()
             elif time.monotonic() - self._down_since > 1.0:
                 self._down_since = 0.0
-                self._lost(list(conns.values()), "the scheduler connection dropped")
+                self._lost("the scheduler connection dropped")
 
     def _read(self, vw: _Virtual, new: list[tuple[_Virtual, Any]]) -> None:
         try:
@@ -252,7 +253,7 @@ class DaskExecutor(WorkerChannels):
         except Exception as e:  # noqa: BLE001 - the scheduler went away under us
             for vw, item in new:
                 self._answer(vw, item.seq, WorkerResult("revoked"), 0.0)
-            self._lost([], f"{type(e).__name__}: {e}")
+            self._lost(f"{type(e).__name__}: {e}")
             return
         t0 = time.perf_counter()
         for (vw, item), fut in zip(new, futs, strict=True):
@@ -379,13 +380,16 @@ class DaskExecutor(WorkerChannels):
 
     # ------------------------------------------------------ scheduler loss
 
-    def _lost(self, holding: list[_Virtual], why: str) -> None:
-        """The scheduler is gone: release in-flight steps, stop leasing, reconnect."""
+    def _lost(self, why: str) -> None:
+        """The scheduler is gone: release in-flight steps, stop leasing, reconnect.
+
+        Driver thread only (it owns ``_conns``).
+        """
         with self._reconnecting:
             if not self._connected.is_set():
                 return
             self._connected.clear()
-        for vw in holding:
+        for vw in list(self._conns.values()):
             if vw.seq and vw.alive:
                 vw.w.kill_reason = vw.w.kill_reason or "lost"
                 self._end(vw)
