@@ -29,6 +29,8 @@ def runner(step: Step) -> Any:
             f.write(str(os.getpid()))
         os.replace(mark + ".tmp", mark)
         if step.cancel_token.wait(timeout=60):
+            with open(mark + ".saw", "w") as f:
+                f.write("saw the token")
             return Cancel("saw the token")
         return Succeed(b"never cancelled")
     return Succeed(step.payload)

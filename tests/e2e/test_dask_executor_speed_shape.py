@@ -88,16 +88,18 @@ def test_no_per_step_state_is_left_on_the_scheduler(state_dir: Path, cluster: An
 def test_cancel_reaches_a_running_step_and_leaves_nothing(state_dir: Path, cluster: Any,
                                                           tmp_path: Path) -> None:
     mark = tmp_path / "running"
-    with _runtime(state_dir, cluster) as rt:
+    # A long grace: the run can only end in time if the step saw its token itself.
+    with _runtime(state_dir, cluster, cancel_grace=60.0) as rt:
         rid = rt.submit(b"", headers={"app": "watch", "mark": str(mark)})
         deadline = time.monotonic() + 30
         while not mark.exists():
             assert time.monotonic() < deadline, "the step never started"
             time.sleep(0.01)
         rt.cancel(rid, "test")
-        out = rt.wait(rid, 60)
-        assert out.status.value == "cancelled", out.error
-        assert [a.outcome for a in rt.history(rid)] == ["cancelled"], \
+        out = rt.wait(rid, 30)
+        assert out.status.value == "cancelled", \
+            f"the token never reached the running step (no grace kill before 60 s): {out}"
+        assert Path(str(mark) + ".saw").exists(), \
             "the step must have seen its token and answered Cancel itself, not been abandoned"
         after = rt.submit(b"next")
         assert rt.wait(after, 60).result == b"next"
