@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from journaled import Cancel, Step, Succeed
+from journaled import Cancel, Continue, Step, Succeed
 
 
 def runner(step: Step) -> Any:
@@ -33,4 +33,9 @@ def runner(step: Step) -> Any:
                 f.write("saw the token")
             return Cancel("saw the token")
         return Succeed(b"never cancelled")
+    if app == "count":  # a chain: each step adds one, up to headers["to"]
+        n = int(step.payload) + 1
+        if step.step_number + 1 < int(step.headers["to"]):
+            return Continue(str(n).encode())
+        return Succeed(str(n).encode())
     return Succeed(step.payload)

@@ -123,3 +123,54 @@ def test_worker_killed_mid_step_is_one_attempt_and_one_execution(state_dir: Path
         f"attempt 1 must run once (Dask's re-run after the worker died must not run it): {runs}"
     cluster.wait_for_workers(2, timeout=60)
     assert _settled(cluster)["tasks"] == []
+
+
+@pytest.mark.timeout(240)
+def test_payloads_and_a_long_chain_travel_whole(state_dir: Path, cluster: Any) -> None:
+    """Payloads from 100 B to 8 MB (the limit) go out in the task and come back intact,
+    and a 200-step chain keeps its order (each step's Dask task is a new key)."""
+    sizes = [100, 4 << 10, 64 << 10, 1 << 20, 8 << 20]
+    with _runtime(state_dir, cluster) as rt:
+        blobs = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+        ids = [rt.submit(b) for b in blobs]
+        for rid, b in zip(ids, blobs, strict=True):
+            out = rt.wait(rid, 120)
+            assert out.status.value == "succeeded", out.error
+            assert out.result == b, f"a {len(b):,}-byte payload must come back whole"
+        rid = rt.submit(b"0", headers={"app": "count", "to": "200"})
+        out = rt.wait(rid, 180)
+        assert out.status.value == "succeeded", out.error
+        assert out.result == b"200", "every step of the chain ran once, in order"
+    assert _settled(cluster)["tasks"] == []
+
+
+@pytest.mark.timeout(180)
+def test_a_cancel_that_beats_its_task_to_the_worker_stops_it_unstarted(
+        state_dir: Path, cluster: Any, tmp_path: Path) -> None:
+    """Two steps hold both Dask threads; two more wait behind them. Cancelled first, the
+    waiting two must end cancelled without their code ever running (the notice was in
+    the worker process before the task came)."""
+    marks = [tmp_path / f"m{i}" for i in range(4)]
+    with _runtime(state_dir, cluster, cancel_grace=60.0) as rt:
+        ids = [rt.submit(b"", headers={"app": "watch", "mark": str(m)}) for m in marks]
+        deadline = time.monotonic() + 30
+        while sum(m.exists() for m in marks) < 2:
+            assert time.monotonic() < deadline, "two steps never started"
+            time.sleep(0.01)
+        time.sleep(0.5)
+        running = [rid for rid, m in zip(ids, marks, strict=True) if m.exists()]
+        waiting = [rid for rid in ids if rid not in running]
+        assert len(running) == 2, "only two Dask threads: two steps run, two wait"
+        for rid in waiting:
+            rt.cancel(rid, "test")
+        time.sleep(0.5)
+        for rid in running:
+            rt.cancel(rid, "test")
+        for rid in ids:
+            assert rt.wait(rid, 30).status.value == "cancelled"
+        time.sleep(0.5)
+    ran = [m.name for m, rid in zip(marks, ids, strict=True) if rid in waiting and m.exists()]
+    assert ran == [], f"cancelled before they started, these steps still ran: {ran}"
+    assert all(Path(str(m) + ".saw").exists() for m, rid in zip(marks, ids, strict=True)
+               if rid in running), "the running two saw their tokens"
+    assert _settled(cluster)["tasks"] == []
