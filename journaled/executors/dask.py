@@ -16,9 +16,11 @@ them: it reads what the supervisor leased, submits everything new in one
 from futures completed meanwhile with one ``gather``. To keep each cluster
 thread busy while results travel through the supervisor's journal, there
 are ``PIPELINE`` virtual workers per cluster thread (``-w``, default the
-cluster's thread count): two of them always lease, the rest only while
-steps are short (``SHORT``), so a long step waits behind at most one other
-on Dask and its step timeout, counted from the hand-off, stays honest.
+cluster's thread count; capped by ``EXTRA_CAP``): two of them always lease,
+four while steps take under a second (``MEDIUM``), all of them while steps
+are short (``SHORT``). So a step of a second or more waits behind at most
+one other on its Dask thread, a shorter one behind at most three, and its
+step timeout, counted from the hand-off to Dask, stays honest.
 
 Semantics kept, and how (nothing on the scheduler per step but Dask's own
 task, released once its result is read):
@@ -69,6 +71,7 @@ PIPELINE = 16  # virtual workers per cluster thread (short steps)
 ALWAYS = 2  # of those, how many lease whatever the step length
 EXTRA_CAP = 256  # short-step virtual workers beyond ALWAYS, over the whole cluster
 SHORT = 0.05  # seconds: steps shorter than this lease all PIPELINE
+MEDIUM, MEDIUM_DEPTH = 1.0, 4  # steps shorter than MEDIUM seconds: 4 per cluster thread
 _enc = msgspec.msgpack.Encoder()
 
 
@@ -423,7 +426,9 @@ class DaskExecutor(WorkerChannels):
     def depth(self, w: Worker) -> int:
         if not self._connected.is_set():
             return 0
-        return 1 if w.slot < self.slots * ALWAYS or self.avg_step < SHORT else 0
+        avg = self.avg_step
+        per = PIPELINE if avg < SHORT else MEDIUM_DEPTH if avg < MEDIUM else ALWAYS
+        return 1 if w.slot < self.slots * per else 0
 
     def running_seq(self, w: Worker) -> int:
         vw = w.proc
