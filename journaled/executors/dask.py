@@ -127,6 +127,7 @@ class DaskExecutor(WorkerChannels):
         self._done: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._notices: queue.SimpleQueue[tuple[int, bool] | None] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a full pipe already means "wake up"
         self._by_key: dict[str, _Virtual] = {}
         self._conns: dict[Connection, _Virtual] = {}  # the driver's: live virtual workers
         self._threads: list[threading.Thread] = []
@@ -175,9 +176,12 @@ class DaskExecutor(WorkerChannels):
         self._wake()
 
     def _wake(self) -> None:
+        fd = self._wake_w
+        if fd < 0:
+            return  # closed (a Dask callback after close): never write to a reused fd
         try:
-            os.write(self._wake_w, b"x")
-        except OSError:  # closed: we are shutting down
+            os.write(fd, b"x")
+        except OSError:  # full (the driver is awake anyway) or closed
             pass
 
     # --------------------------------------------------------- the driver
@@ -479,7 +483,8 @@ class DaskExecutor(WorkerChannels):
         for w in self.workers:
             w.detach()
             w.proc = None
-        for fd in (self._wake_r, self._wake_w):
+        fds, self._wake_w = (self._wake_r, self._wake_w), -1
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
