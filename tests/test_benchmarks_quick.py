@@ -30,6 +30,8 @@ EXPECTED: dict[str, tuple[set[str], tuple[str, str] | None]] = {
                            "call_p99_ms"}, None),
     "payload_sweep.py": ({"payload_bytes", "steps", "journaled_steps_per_s", "journaled_mb_per_s",
                           "pool_steps_per_s", "pool_mb_per_s", "ratio"}, None),
+    "dask_executor.py": ({"executor", "noop_steps_per_s", "noop_vs_raw", "cpu_speedup",
+                          "cpu_vs_raw", "cpu_efficiency"}, None),
     "soak.py": ({"kind", "runs", "seconds", "rss_mb", "worker_rss_mb", "journal_mb",
                  "runs_in_memory", "compactions"}, ("kind", "sample")),
 }
