@@ -5,7 +5,9 @@ Durable as journaled is: WAL journal with ``synchronous=FULL`` (Huey's
 call returns (in WAL mode SQLite's ``NORMAL`` would sync only at
 checkpoints). The consumer polls every 0.5 ms (``initial_delay`` =
 ``max_delay``, no back-off) so its default 0.1-10 s polling does not
-decide the result; clients poll for results at the same rate.
+decide the result; clients poll for results at the same rate. SQLite's busy
+timeout is raised from Huey's 5 s to 120 s: with 16 client processes on two
+busy cores, enqueues otherwise fail with "database is locked".
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from huey import SqliteHuey
 
 POLL = 0.0005
 huey = SqliteHuey("jbench", filename=os.environ.get("JBENCH_HUEY_DB", "jbench-huey.db"),
-                  fsync=True, journal_mode="wal", results=True)
+                  fsync=True, journal_mode="wal", results=True, timeout=120)
 
 
 @huey.task()
