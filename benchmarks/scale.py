@@ -20,8 +20,9 @@ the difference in MB) and the issue-12 target it is judged against. Never
 asserted: the machine is shared.
 
 ``build_state`` is the one place that makes the big state; it goes through
-today's public ``Runtime.submit_many`` (slow past a few 100k runs: budget
-a minute per 100k on this machine) and can be switched to a bulk writer.
+today's public ``Runtime.submit_many`` (about 10 s per 100k runs on this
+machine, more as the retained state grows) and can be switched to a bulk
+writer. ``--keep DIR`` builds the states once and reuses them.
 
     python benchmarks/scale.py [--quick] [--finished 1000000] [--small 2000] [--reps 5]
 """
