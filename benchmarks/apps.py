@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from journaled import Cancel, Continue, Succeed
+from journaled import Cancel, Continue, Fail, Succeed
 
 
 def noop(step):  # type: ignore[no-untyped-def]
@@ -116,3 +116,10 @@ def ignore_cancel(step):  # type: ignore[no-untyped-def]
     while time.monotonic() < deadline:
         time.sleep(0.01)
     return Succeed(b"never killed")
+
+
+def noop_or_fail(step):  # type: ignore[no-untyped-def]
+    """One no-op step; an input starting with ``fail`` ends the run failed (scale.py)."""
+    if step.payload.startswith(b"fail"):
+        return Fail("asked to fail")
+    return Succeed(b"ok")

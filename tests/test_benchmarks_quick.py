@@ -32,6 +32,9 @@ EXPECTED: dict[str, tuple[set[str], tuple[str, str] | None]] = {
                           "pool_steps_per_s", "pool_mb_per_s", "ratio"}, None),
     "dask_executor.py": ({"executor", "noop_steps_per_s", "noop_vs_raw", "cpu_speedup",
                           "cpu_vs_raw", "cpu_efficiency"}, None),
+    "submit_paths.py": ({"shape", "path", "runs", "vs_pool", "target"}, None),
+    "peers.py": ({"shape", "system", "runs", "seconds", "runs_per_s", "not_succeeded"}, None),
+    "scale.py": ({"what", "unit", "small", "big", "ratio", "target", "met"}, None),
     "soak.py": ({"kind", "runs", "seconds", "rss_mb", "worker_rss_mb", "journal_mb",
                  "runs_in_memory", "compactions"}, ("kind", "sample")),
 }

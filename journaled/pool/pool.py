@@ -482,7 +482,11 @@ class Pool(WorkerChannels):
         if w.avg_step <= 0:
             return 1
         d = max(1, min(self.max_depth, int(self.batch_target / w.avg_step)))
-        if w.avg_bytes > 0:
+        # Not ``> 0``: the average of empty payloads after a non-empty one decays
+        # through subnormal floats, where DEPTH_BYTES / avg_bytes is inf and int()
+        # raised OverflowError in the loop (the supervisor died after ~3,100 empty
+        # steps). Under one byte per step the byte cap cannot bind anyway.
+        if w.avg_bytes >= 1:
             d = max(1, min(d, int(DEPTH_BYTES / w.avg_bytes)))
         return d
 

@@ -12,6 +12,15 @@ on SIGTERM), so the handler ignores the signal only in the forkserver
 itself and, in a forked child, dies of it as by default. Our own workers
 set ``SIG_IGN`` first thing (``worker.quiet_signals``). SIGINT needs
 nothing: the forkserver ignores it by itself and restores it in children.
+
+A handler alone loses a SIGTERM sent to a child before the child has run
+(the parent learns the pid as soon as ``fork`` returns in the forkserver):
+``os.fork`` clears the interpreter's pending-signal flags in the child, so
+the handler never runs and the child lives on. ``Pool.terminate()`` of a
+pool whose worker had not yet been scheduled then waits for it for ever.
+So SIGTERM is blocked across each fork and, in the child, the default
+action is restored *before* it is unblocked: a SIGTERM that came early
+stays pending in the kernel and kills the child the moment it unblocks.
 """
 
 from __future__ import annotations
@@ -53,6 +62,26 @@ def _in_forkserver() -> bool:
             and threading.current_thread() is threading.main_thread())
 
 
+_TERM = {signal.SIGTERM}
+
+
+def _block_term() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, _TERM)
+
+
+def _unblock_term() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _TERM)
+
+
+def _child_term() -> None:
+    # Crash window: a SIGTERM sent to this child since the fork is pending
+    # (blocked), not lost; it is delivered, as by default, on the unblock.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _unblock_term()
+
+
 if _in_forkserver():
     signal.signal(signal.SIGTERM, _on_sigterm)
+    os.register_at_fork(before=_block_term, after_in_parent=_unblock_term,
+                        after_in_child=_child_term)
     sys.excepthook = _quiet_exit
