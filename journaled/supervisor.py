@@ -7,19 +7,31 @@
                                                    v
     ┌───────────────── one turn ──────────────────────────────────────────┐
     │ wait(worker pipes, worker sentinels, wake pipe, timeout=next timer) │
+    │ act on earlier turns the flusher has made durable since (in order): │
+    │   send leases, ack memo puts and inbox files, report results,       │
+    │   set cancel flags, fire on_terminal hooks                          │
     │ fold what arrived into State (commands -> records)                  │
     │ lease due runs to workers with room (more records)                  │
-    │ journal: ONE write + ONE fdatasync of the turn's records            │
-    │ only then act: send leases, set cancel flags, ack inbox files,      │
-    │ report results, fire on_terminal hooks                              │
+    │ journal: ONE write of the turn's records; the flusher thread syncs  │
     └─────────────────────────────────────────────────────────────────────┘
+            │ request(ticket)                    ^ wake pipe
+            v                                    │
+    flusher thread: ONE fdatasync for every turn written since the last,
+    publish the synced mark, wake the loop (journal/flusher.py)
+
+The loop never waits on the disk: turn N+1 folds and writes while turn
+N's sync runs, and one sync covers every turn written meanwhile.
 
 Write-ahead rule: nothing leaves this process (a step to a worker, a
-result to a waiter, a hook, an inbox deletion) before the records that
-justify it are durable. A ``kill -9`` between the sync and the act leaves
-records whose acts were never done; replay redoes them (a lease becomes
-an abandoned attempt, a hook fires again, an inbox file is read again and
-found to be a duplicate), which is always the safe side.
+result to a waiter, a hook, an inbox deletion, a terminal count in the
+live view) before the records that justify it are durable. A turn's acts
+wait in ``_written`` until the flusher's ``synced`` ticket covers it, and
+turns are acted on in the order they were written. A ``kill -9`` between
+the sync and the act leaves records whose acts were never done; replay
+redoes them (a lease becomes an abandoned attempt, a hook fires again, an
+inbox file is read again and found to be a duplicate), which is always
+the safe side. A kill between the write and the sync may keep the turn or
+lose it; nobody was told about it either way.
 
 This module keeps the lifecycle, the turn and the write-then-act commit.
 The rest of the loop is mixed in by job: ``intake`` (commands, inbox
@@ -35,11 +47,12 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any, Callable, TypeVar, cast
 
-from . import failpoints, replay
+from . import dispatch, failpoints, replay
 from .api import RunOutcome, RunStatus
 from .compaction import Compaction
 from .errors import JournaledError, StorageFailure
@@ -47,13 +60,13 @@ from .executors import make_executor
 from .hooks import HookFiring
 from .inbox import Inbox
 from .intake import Future, Intake
-from .journal import Journal, StateLock
+from .journal import Flusher, Journal, StateLock
 from .knobs import warn_test_knobs
 from .leasing import Leasing
 from .live import LivePublisher, clear_status
 from .pool import Dispatch, Pool, Worker
 from .records import CancelRequested, Record, Redriven, Terminated, encode
-from .state import Policy, State, outcome_of
+from .state import RUNNING, Policy, State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
 
@@ -65,6 +78,23 @@ _UNSAFE_DISPATCH_FIRST = os.environ.get("JOURNALED_UNSAFE_DISPATCH_BEFORE_SYNC")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Turn:
+    """One written turn's acts, done once the sync that covers ``ticket`` has returned."""
+
+    __slots__ = ("ticket", "recs", "dispatch", "memo_acks", "acks", "futures")
+
+    def __init__(self, ticket: int, recs: list[Record],
+                 dispatch: list[tuple[Worker, list[Dispatch]]],
+                 memo_acks: list[tuple[Worker, int]], acks: list[Path],
+                 futures: list[tuple[Future, Any]]) -> None:
+        self.ticket = ticket
+        self.recs = recs
+        self.dispatch = dispatch
+        self.memo_acks = memo_acks
+        self.acks = acks
+        self.futures = futures
 
 
 def _holding_state_lock(fn: F) -> F:
@@ -125,6 +155,11 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         self._futures: list[tuple[Future, Any]] = []
         self._dispatch: list[tuple[Worker, list[Dispatch]]] = []
         self._memo_acks: list[tuple[Worker, int]] = []
+        # Turns written whose sync has not returned yet, oldest first; the
+        # flusher (started after replay) syncs them while the loop goes on.
+        self._written: deque[_Turn] = deque()
+        self._flusher: Flusher | None = None
+        self._inbox_due = True  # the inbox watcher saw a change: scan it next turn
         self._stopping = False
         self._stop_now = False
         self._drain_deadline = 0.0
@@ -153,6 +188,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
+            self._flusher = Flusher(self.journal, self.wake)
             self.inbox = Inbox(self.state_dir)
             self.pool = make_executor(self.executor, self.import_string or self.runner,
                                       self.workers, self.preload, state_dir=self.state_dir)
@@ -160,7 +196,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
                 self.pool.on_ready = self.wake  # a remote executor came back: lease again
             self.pool.start()
             self._wait_map = self.pool.wait_objects()
-            self.inbox.watch(self.wake)
+            self.inbox.watch(self._inbox_changed)
             if self.reload_dir is not None:
                 threading.Thread(target=self._watch_code, daemon=True,
                                  name="journaled-reload").start()
@@ -180,7 +216,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         self.recovered_runs = live
         recs = state.recover(now, os.getpid(), self.import_string)
         self.outcomes.update(r.run_id for r in state.runs.values() if r.terminal)
-        self._write(recs)
+        self._write_now(recs)  # no flusher yet: synced here, before any worker starts
         self._after_commit(recs)
         self._fire_owed_hooks()
 
@@ -190,6 +226,11 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
             pass
+
+    def _inbox_changed(self) -> None:
+        """The inbox watcher's wake: only then does a turn list the inbox directory."""
+        self._inbox_due = True
+        self.wake()
 
     def request_stop(self) -> None:
         """First call: drain (stop leasing, let steps finish). Second call: stop now."""
@@ -216,13 +257,14 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
 
     def _idle(self) -> bool:
         return (self.state.idle() and not self._commands and not self._carry
-                and self.inbox is not None and not self.inbox.scan_pending()
+                and not self._written and self.inbox is not None and not self.inbox.scan_pending()
                 and (self._hooks is None or not self._hooks.busy()))
 
     def _all_workers_gone(self) -> bool:
         return self.pool is None or all(w.proc is None for w in self.pool.workers)
 
     def close(self) -> None:
+        self._last_sync()
         if self._hooks is not None:
             self._hooks.close()  # hooks not yet delivered are owed to the next start
         clear_status(self.state_dir)
@@ -243,8 +285,12 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             fut.set(error=gone)
         for fut, _value in self._futures:
             fut.set(error=gone)
+        for turn in self._written:  # their sync failed or never ran: nothing was told
+            for fut, _value in turn.futures:
+                fut.set(error=gone)
         self._commands.clear()
         self._futures.clear()
+        self._written.clear()
         self.stopped.set()
         with self.cond:
             self.cond.notify_all()
@@ -267,17 +313,25 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         """The part of a turn that changes state: readers on other threads wait for it."""
         pool = self.pool
         assert pool is not None
+        woke = self._wake_r in ready
+        if woke:
+            # Empty the pipe before looking at the flusher: a sync that ends after
+            # this leaves a byte behind, so its wake-up is never lost.
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        self._act_durable()  # earlier turns the flusher has synced since: act first
         now = time.time()
         mono = time.monotonic()
         recs = self._recs
         if self._carry:
             recs += self._carry
             self._carry = []
-        woke = False
         dead: list[Worker] = []
         for obj in ready:
             if obj == self._wake_r:
-                woke = True
                 continue
             what, w = self._wait_map[obj]
             if what == "conn":
@@ -290,24 +344,27 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             elif w not in dead:
                 dead.append(w)
         if woke:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
             self._run_commands(now)
-            self._read_inbox(now)
+            if self._inbox_due:
+                self._inbox_due = False  # a change after this sets it again
+                self._read_inbox(now)
         for w in dead:
+            self._drop_unsent(w, now)
             self._worker_died(w, now)
         self._deadlines(mono, now)
         recs += self.state.reconcile(now)
-        if self._reload.is_set() and not self._stopping:
+        reload = self._reload.is_set() and not self._stopping
+        if reload and not self._unsent():
             self._restart_workers()
-        if not self._stopping:
+        elif not self._stopping and not reload:
             self._lease(now, mono)
-        else:
+        elif self._stopping:
             for w in pool.workers:
                 # Stop: finish the running step, skip the queued ones (released on exit).
+                # Not before its leases written earlier are sent: a Stop that overtook
+                # them would leave steps the worker never hears of.
+                if not self._stop_now and self._unsent(w):
+                    continue
                 pool.stop(w)
                 if self._stop_now:
                     pool.kill(w, "shutdown")
@@ -338,60 +395,181 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
 
     # --------------------------------------------------------- write, then act
 
-    def _write(self, recs: list[Record]) -> None:
+    def _write_now(self, recs: list[Record]) -> None:
+        """Write and sync on this thread (start-up, before the flusher runs)."""
         if not recs:
             return
         try:
             self.journal.extend([encode(r) for r in recs])
             self.journal.commit()
         except StorageFailure:
-            # fsyncgate: nothing after a failed write or sync can be trusted.
-            # Acknowledge nothing, stop every worker, let the caller exit.
-            if self.pool is not None:
-                for w in self.pool.workers:
-                    self.pool.kill(w, "storage")
+            self._storage_failed()
             raise
 
+    def _storage_failed(self) -> None:
+        """fsyncgate: nothing after a failed write or sync can be trusted.
+
+        Acknowledge nothing, stop every worker, let the caller exit (the
+        turns still in ``_written`` are dropped by ``close``).
+        """
+        if self.pool is not None:
+            for w in self.pool.workers:
+                self.pool.kill(w, "storage")
+
     def _commit(self, recs: list[Record]) -> None:
+        """Write the turn's records and queue its acts until the flusher has synced them."""
         self._recs = []
-        pool = self.pool
-        assert pool is not None
+        journal = self.journal
         if _UNSAFE_DISPATCH_FIRST:  # the bug crash tests must catch; see its definition
-            self._send_dispatches()
-        self._write(recs)
-        # Everything below happens only once the records above are durable.
-        self._send_dispatches()
-        if self._memo_acks:
-            for w, seq in self._memo_acks:
+            self._send_dispatches(self._dispatch)
+            self._dispatch = []
+        try:
+            if recs:
+                journal.extend([encode(r) for r in recs])
+            # 1. One write of the turn's records. Crash window until the flusher's
+            # sync returns: they may survive or not; nothing has acted on them.
+            ticket = journal.write()
+        except StorageFailure:
+            self._storage_failed()
+            raise
+        turn = _Turn(ticket, recs, self._dispatch, self._memo_acks, self._acks, self._futures)
+        self._dispatch, self._memo_acks, self._acks, self._futures = [], [], [], []
+        fl = self._flusher
+        if fl is None or (ticket <= fl.synced and not self._written):
+            # Nothing new to sync, nothing older pending (a duplicate submit, a
+            # rejection): everything it rests on is durable already.
+            self._act(turn)
+            return
+        # 2. Acts wait in order; 3. the flusher syncs (with every turn written
+        # meanwhile) and wakes the loop, which acts next turn (_act_durable).
+        if recs or turn.dispatch or turn.memo_acks or turn.acks or turn.futures:
+            self._written.append(turn)
+        fl.request(ticket)
+        if journal.rotate_due():
+            # A full segment is left only once all of it is synced: wait here,
+            # once per segment (64 MB), then start the next one.
+            self._drain()
+            try:
+                journal.rotate_if_full()
+            except StorageFailure:
+                self._storage_failed()
+                raise
+
+    def _act_durable(self) -> None:
+        """Do the acts of every written turn the flusher has made durable, oldest first.
+
+        Raises:
+            StorageFailure: the flusher's sync failed (workers are stopped first).
+        """
+        fl = self._flusher
+        if fl is None:
+            return
+        if fl.error is not None:
+            self._storage_failed()
+            raise fl.error
+        written = self._written
+        synced = fl.synced
+        while written and written[0].ticket <= synced:
+            # The sync that covers this turn returned and published the mark:
+            # from here on its acts may leave the process. A kill before them
+            # only leaves acts for replay to redo.
+            self._act(written.popleft())
+
+    def _drain(self) -> None:
+        """Wait for the flusher to sync everything written, then act on it all.
+
+        Compaction and segment rotation need a fully synced journal; so does
+        the last act before close.
+        """
+        fl = self._flusher
+        if fl is not None and not fl.idle():
+            try:
+                fl.drain()
+            except StorageFailure:
+                self._storage_failed()
+                raise
+        self._act_durable()
+
+    def _last_sync(self) -> None:
+        """On close: wait for the last sync and do its acts; after a failure, drop them."""
+        fl = self._flusher
+        if fl is None:
+            return
+        try:
+            if fl.error is None and self._written:
+                with self.state_lock:
+                    self._drain()
+        except StorageFailure as e:
+            log.error("the last journal sync failed; its %d turns are not acknowledged: %s",
+                      len(self._written), e)
+        finally:
+            fl.close()
+            self._flusher = None
+
+    def _act(self, turn: _Turn) -> None:
+        """One turn's acts, in the order the write-ahead rule was written for."""
+        pool = self.pool
+        self._send_dispatches(turn.dispatch)
+        if turn.memo_acks and pool is not None:
+            for w, seq in turn.memo_acks:
                 pool.ack_memo(w, seq)  # the MemoPut is durable: put() may return
-            self._memo_acks = []
-        if self._acks:
+        if turn.acks:
             assert self.inbox is not None
-            self.inbox.ack(self._acks)
-            self._acks = []
-        self._after_commit(recs)
-        futures, self._futures = self._futures, []
-        for fut, value in futures:
+            self.inbox.ack(turn.acks)
+        self._after_commit(turn.recs)
+        for fut, value in turn.futures:
             fut.set(value)
 
-    def _send_dispatches(self) -> None:
+    def _unsent(self, w: Worker | None = None) -> bool:
+        """Leases written but not yet sent (to ``w``, or to anyone)."""
+        return any(w is None or any(dw is w for dw, _items in turn.dispatch)
+                   for turn in self._written if turn.dispatch)
+
+    def _unsent_views(self, w: Worker) -> tuple[dispatch.StepView, ...]:
+        """Steps leased to ``w`` whose sync has not returned: they count toward its depth."""
+        out: list[dispatch.StepView] = []
+        for turn in self._written:
+            for dw, items in turn.dispatch:
+                if dw is w:
+                    out.extend(dispatch.StepView(d.seq, d.run_id, d.attempt) for d in items)
+        return tuple(out)
+
+    def _drop_unsent(self, w: Worker, now: float) -> None:
+        """``w`` died: its leases still waiting for their sync are never sent; release them.
+
+        They never left this process, so they never started. The Released
+        records go after the Leased ones in the journal, whatever the order
+        of their syncs; a crash before they are durable replays the lease as
+        an abandoned attempt, as for any lease whose outcome was lost.
+        """
+        for turn in self._written:
+            if not turn.dispatch:
+                continue
+            keep = []
+            for dw, items in turn.dispatch:
+                if dw is w:
+                    for d in items:
+                        self._recs += self.state.release(d.run_id, d.attempt, False, now)
+                else:
+                    keep.append((dw, items))
+            turn.dispatch = keep
+
+    def _send_dispatches(self, sends: list[tuple[Worker, list[Dispatch]]]) -> None:
         pool = self.pool
-        assert pool is not None
-        if self._dispatch:
+        if sends and pool is not None:
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.before_dispatch")
             mono = time.monotonic()
-            for w, items in self._dispatch:
+            for w, items in sends:
                 try:
                     pool.send(w, items, mono)
                 except OSError:
                     pass  # the worker is dying; its sentinel will say so next turn
             if failpoints.ENABLED or _UNSAFE_DISPATCH_FIRST:
                 # Test runs only: "after dispatch" means the steps left this process.
-                for w, _items in self._dispatch:
+                for w, _items in sends:
                     if w.sender is not None:
                         w.sender.flush(1.0)
-            self._dispatch = []
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.after_dispatch")
 
@@ -418,19 +596,34 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             self.cond.notify_all()
         if self.on_terminal is not None:
             for rid in terminated:
-                self._fire_hook(rid)
+                if state.runs[rid].terminal:  # not redriven by a turn written since
+                    self._fire_hook(rid)
 
     # ---------------------------------------- entry points for other threads
 
     @_holding_state_lock
     def compact(self, now: float | None = None) -> bool:
-        """Compact now, with the state lock held; returns whether it did (``_compact``)."""
+        """Compact now, with the state lock held; returns whether it did (``_compact``).
+
+        The snapshot must hold only what is durable, and the old segments must
+        be synced before they are dropped: the flusher is drained first.
+        """
+        self._drain()
         return self._compact(now)
 
     @_holding_state_lock
     def status_counts(self) -> dict[str, int]:
-        """Runs by status, safe from any thread."""
-        return self.state.status_counts()
+        """Runs by status, safe from any thread; a run ends only once its end is durable."""
+        counts = self.state.status_counts()
+        runs = self.state.runs
+        for turn in self._written:
+            for rec in turn.recs:
+                if type(rec) is Terminated and rec.run_id not in self.outcomes:
+                    run = runs.get(rec.run_id)
+                    if run is not None and run.terminal:
+                        counts[run.status] -= 1
+                        counts[RUNNING] += 1  # as status() reports it until then
+        return counts
 
     @_holding_state_lock
     def status(self, run_id: str) -> RunOutcome | None:
