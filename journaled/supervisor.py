@@ -80,6 +80,9 @@ _UNSAFE_DISPATCH_FIRST = os.environ.get("JOURNALED_UNSAFE_DISPATCH_BEFORE_SYNC")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_NOT_SENT = dispatch.StepView(0, "", 0)  # a lease waiting for its sync (_unsent_views)
+
+
 class _Turn:
     """One written turn's acts, done once the sync that covers ``ticket`` has returned."""
 
@@ -159,6 +162,8 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         # flusher (started after replay) syncs them while the loop goes on.
         self._written: deque[_Turn] = deque()
         self._flusher: Flusher | None = None
+        self._sync_wanted = 0  # ticket written, not yet handed to the flusher
+        self._unsent_n: dict[int, int] = {}  # slot -> leases in _written, not yet sent
         self._inbox_due = True  # the inbox watcher saw a change: scan it next turn
         self._stopping = False
         self._stop_now = False
@@ -305,6 +310,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             timeout = self._next_timeout()
         objs = list(self._wait_map)
         objs.append(self._wake_r)
+        self._request_sync()
         ready = mp_wait(objs, timeout)
         self._after_wait(ready)
 
@@ -444,7 +450,12 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         # meanwhile) and wakes the loop, which acts next turn (_act_durable).
         if recs or turn.dispatch or turn.memo_acks or turn.acks or turn.futures:
             self._written.append(turn)
-        fl.request(ticket)
+            unsent = self._unsent_n
+            for w, items in turn.dispatch:
+                unsent[w.slot] = unsent.get(w.slot, 0) + len(items)
+        # The request itself is made right before the loop blocks (turn): the
+        # flusher needs the GIL to start the sync, and gets it once we wait.
+        self._sync_wanted = ticket
         if journal.rotate_due():
             # A full segment is left only once all of it is synced: wait here,
             # once per segment (64 MB), then start the next one.
@@ -454,6 +465,12 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             except StorageFailure:
                 self._storage_failed()
                 raise
+
+    def _request_sync(self) -> None:
+        """Hand what the last turns wrote to the flusher (one request covers them all)."""
+        if self._sync_wanted and self._flusher is not None:
+            self._flusher.request(self._sync_wanted)
+            self._sync_wanted = 0
 
     def _act_durable(self) -> None:
         """Do the acts of every written turn the flusher has made durable, oldest first.
@@ -481,6 +498,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         Compaction and segment rotation need a fully synced journal; so does
         the last act before close.
         """
+        self._request_sync()
         fl = self._flusher
         if fl is not None and not fl.idle():
             try:
@@ -509,7 +527,11 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
     def _act(self, turn: _Turn) -> None:
         """One turn's acts, in the order the write-ahead rule was written for."""
         pool = self.pool
-        self._send_dispatches(turn.dispatch)
+        if turn.dispatch:
+            unsent = self._unsent_n
+            for w, items in turn.dispatch:
+                unsent[w.slot] = unsent.get(w.slot, 0) - len(items)
+            self._send_dispatches(turn.dispatch)
         if turn.memo_acks and pool is not None:
             for w, seq in turn.memo_acks:
                 pool.ack_memo(w, seq)  # the MemoPut is durable: put() may return
@@ -522,17 +544,17 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
 
     def _unsent(self, w: Worker | None = None) -> bool:
         """Leases written but not yet sent (to ``w``, or to anyone)."""
-        return any(w is None or any(dw is w for dw, _items in turn.dispatch)
-                   for turn in self._written if turn.dispatch)
+        if w is None:
+            return any(self._unsent_n.values())
+        return self._unsent_n.get(w.slot, 0) > 0
 
     def _unsent_views(self, w: Worker) -> tuple[dispatch.StepView, ...]:
-        """Steps leased to ``w`` whose sync has not returned: they count toward its depth."""
-        out: list[dispatch.StepView] = []
-        for turn in self._written:
-            for dw, items in turn.dispatch:
-                if dw is w:
-                    out.extend(dispatch.StepView(d.seq, d.run_id, d.attempt) for d in items)
-        return tuple(out)
+        """Steps leased to ``w`` whose sync has not returned: they count toward its depth.
+
+        Stand-ins (no seq, no limit): the worker does not know them yet, so no
+        deadline, kill or steal can concern them; only how full ``w`` is.
+        """
+        return (_NOT_SENT,) * self._unsent_n.get(w.slot, 0)
 
     def _drop_unsent(self, w: Worker, now: float) -> None:
         """``w`` died: its leases still waiting for their sync are never sent; release them.
@@ -553,6 +575,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
                 else:
                     keep.append((dw, items))
             turn.dispatch = keep
+        self._unsent_n.pop(w.slot, None)
 
     def _send_dispatches(self, sends: list[tuple[Worker, list[Dispatch]]]) -> None:
         pool = self.pool

@@ -254,3 +254,62 @@ def test_the_dispatch_check_above_catches_a_step_sent_before_its_sync(tmp_path, 
         assert pos is not None and not durable(state, pos), \
             "with the unsafe switch the step runs while its lease's sync is still held"
         s.join(30)
+
+
+@pytest.mark.timeout(60)
+def test_power_loss_mode_holds_what_is_written_until_the_flushers_sync(tmp_path):
+    """Written and not synced stays in memory (a kill loses it); the flusher's sync lands it."""
+    from journaled.journal import Flusher, Journal
+
+    j = Journal(tmp_path / "journal", simulate_power_loss=True)
+    list(j.replay())
+    j.open_for_append()
+    seg = list_segments(tmp_path / "journal")[-1]
+    size0 = seg.stat().st_size
+    woke = threading.Event()
+    failpoints.configure("journal.before_sync=delay:500")
+    fl = Flusher(j, woke.set)
+    try:
+        j.append(b"one")
+        ticket = j.write()
+        fl.request(ticket)
+        j.append(b"two")
+        second = j.write()  # while the first sync is held
+        assert seg.stat().st_size == size0, "power-loss mode: nothing reaches the file unsynced"
+        assert fl.synced < ticket
+        wait_for(woke.is_set, 10, "the first sync")
+        fl.request(second)
+        fl.drain(10)
+        assert fl.synced == second == j.synced
+        assert [b for _s, _o, b in Journal(tmp_path / "journal").replay()] == [b"one", b"two"]
+        assert read_mark(tmp_path / "journal").offset == seg.stat().st_size
+    finally:
+        fl.close()
+        j.close()
+
+
+@pytest.mark.timeout(60)
+def test_segments_rotate_only_once_the_flusher_synced_them(tmp_path):
+    from journaled.journal import Flusher, Journal
+
+    j = Journal(tmp_path / "journal", segment_bytes=4096)
+    list(j.replay())
+    j.open_for_append()
+    fl = Flusher(j, lambda: None)
+    bodies = [f"record {i:05d}".encode() * 20 for i in range(200)]
+    try:
+        for body in bodies:
+            j.append(body)
+            fl.request(j.write())
+            if j.rotate_due():
+                if j.synced != j.written:
+                    with pytest.raises(RuntimeError):
+                        j.rotate_if_full()  # never leave a segment with unsynced bytes
+                fl.drain(10)
+                j.rotate_if_full()
+        fl.drain(10)
+    finally:
+        fl.close()
+        j.close()
+    assert len(list_segments(tmp_path / "journal")) > 5
+    assert [b for _s, _o, b in Journal(tmp_path / "journal").replay()] == bodies
