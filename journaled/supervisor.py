@@ -45,10 +45,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import selectors
 import threading
 import time
 from collections import deque
-from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any, Callable, TypeVar, cast
 
@@ -180,6 +180,9 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         self.cond = threading.Condition(self.state_lock)
         self.recovered_runs = 0
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
+        self._sel: selectors.BaseSelector | None = None  # _select's epoll set
+        self._sel_map: dict[Any, tuple[str, Worker]] | None = None
+        self._sel_objs: list[Any] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -281,6 +284,9 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             self.pool = None
         self.journal.close()
         self.lock.release()
+        if self._sel is not None:
+            self._sel.close()
+            self._sel = None
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
@@ -303,7 +309,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
     # ----------------------------------------------------------------- turn
 
     def turn(self, timeout: float | None = None) -> None:
-        """One pass: wait, fold, lease, write + sync once, act."""
+        """One pass: wait, act on what the flusher synced, fold, lease, write."""
         pool = self.pool
         assert pool is not None
         if timeout is None:
@@ -311,8 +317,26 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         objs = list(self._wait_map)
         objs.append(self._wake_r)
         self._request_sync()
-        ready = mp_wait(objs, timeout)
+        ready = self._select(objs, timeout)
         self._after_wait(ready)
+
+    def _select(self, objs: list[Any], timeout: float | None) -> list[Any]:
+        """``multiprocessing.connection.wait`` on one epoll set kept across turns.
+
+        Rebuilt whenever the objects change (a worker died or was respawned:
+        its fds were closed, and a new one may reuse a number), so a closed fd
+        is never waited on; building it anew each turn cost more than the rest
+        of an idle turn.
+        """
+        sel = self._sel
+        if sel is None or self._sel_map is not self._wait_map or objs != self._sel_objs:
+            if sel is not None:
+                sel.close()
+            sel = self._sel = selectors.DefaultSelector()
+            for obj in objs:
+                sel.register(obj, selectors.EVENT_READ, obj)
+            self._sel_map, self._sel_objs = self._wait_map, objs
+        return [key.data for key, _events in sel.select(timeout)]
 
     @_holding_state_lock
     def _after_wait(self, ready: list[Any]) -> None:
@@ -328,7 +352,13 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
                     pass
             except BlockingIOError:
                 pass
-        self._act_durable()  # earlier turns the flusher has synced since: act first
+        acted = self._act_durable()  # earlier turns the flusher has synced since: act first
+        if (acted and woke and len(ready) == 1 and not self._commands and not self._carry
+                and not self._inbox_due and not self._stopping and not self._reload.is_set()):
+            # Only the flusher's wake-up: its acts were the whole turn. Back to the
+            # wait at once, so the threads just answered get the GIL sooner; the
+            # timers this skips are in the next wait's timeout.
+            return
         now = time.time()
         mono = time.monotonic()
         recs = self._recs
@@ -472,25 +502,30 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             self._flusher.request(self._sync_wanted)
             self._sync_wanted = 0
 
-    def _act_durable(self) -> None:
+    def _act_durable(self) -> bool:
         """Do the acts of every written turn the flusher has made durable, oldest first.
+
+        Returns whether any turn was acted on.
 
         Raises:
             StorageFailure: the flusher's sync failed (workers are stopped first).
         """
         fl = self._flusher
         if fl is None:
-            return
+            return False
         if fl.error is not None:
             self._storage_failed()
             raise fl.error
         written = self._written
         synced = fl.synced
+        acted = False
         while written and written[0].ticket <= synced:
             # The sync that covers this turn returned and published the mark:
             # from here on its acts may leave the process. A kill before them
             # only leaves acts for replay to redo.
             self._act(written.popleft())
+            acted = True
+        return acted
 
     def _drain(self) -> None:
         """Wait for the flusher to sync everything written, then act on it all.
