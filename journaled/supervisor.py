@@ -118,6 +118,10 @@ def _holding_state_lock(fn: F) -> F:
 class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
+    # Seconds a turn may wait for a running sync before folding what arrived
+    # meanwhile: under load, one turn per sync instead of one per arrival.
+    gather = 0.0005
+
     def __init__(self, state_dir: str | os.PathLike[str], runner: Any, *, workers: int = 2,
                  policy: Policy | None = None, on_terminal: Callable[[RunOutcome], Any] | None
                  = None, cancel_grace: float = 2.0, drain_timeout: float = 30.0,
@@ -163,8 +167,10 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         self._written: deque[_Turn] = deque()
         self._flusher: Flusher | None = None
         self._sync_wanted = 0  # ticket written, not yet handed to the flusher
+        self._turned_at = 0.0  # monotonic start of the last turn (gather)
         self._unsent_n: dict[int, int] = {}  # slot -> leases in _written, not yet sent
         self._inbox_due = True  # the inbox watcher saw a change: scan it next turn
+        self._poked = False  # someone asked for a full turn (_poke)
         self._stopping = False
         self._stop_now = False
         self._drain_deadline = 0.0
@@ -201,7 +207,7 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             self.pool = make_executor(self.executor, self.import_string or self.runner,
                                       self.workers, self.preload, state_dir=self.state_dir)
             if hasattr(self.pool, "on_ready"):
-                self.pool.on_ready = self.wake  # a remote executor came back: lease again
+                self.pool.on_ready = self._poke  # a remote executor came back: lease again
             self.pool.start()
             self._wait_map = self.pool.wait_objects()
             self.inbox.watch(self._inbox_changed)
@@ -234,6 +240,11 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
             pass
+
+    def _poke(self) -> None:
+        """Wake the loop for a full turn (never only the acts of a synced turn)."""
+        self._poked = True
+        self.wake()
 
     def _inbox_changed(self) -> None:
         """The inbox watcher's wake: only then does a turn list the inbox directory."""
@@ -317,7 +328,17 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         objs = list(self._wait_map)
         objs.append(self._wake_r)
         self._request_sync()
+        fl = self._flusher
+        if fl is not None and self.gather > 0 and not fl.idle():
+            # A sync is running: let what arrives meanwhile gather into one turn,
+            # folded when the sync returns, or after `gather` seconds if it is
+            # slow (a slow disk then still overlaps with the folding and writing).
+            left = self._turned_at + self.gather - time.monotonic()
+            if left > 0:
+                fl.wait_synced(left)
+                timeout = 0.0  # the sync's wake-up byte is in the pipe by now
         ready = self._select(objs, timeout)
+        self._turned_at = time.monotonic()
         self._after_wait(ready)
 
     def _select(self, objs: list[Any], timeout: float | None) -> list[Any]:
@@ -348,17 +369,21 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             # Empty the pipe before looking at the flusher: a sync that ends after
             # this leaves a byte behind, so its wake-up is never lost.
             try:
-                while os.read(self._wake_r, 4096):
+                # One read is enough unless it filled the buffer: every syscall here
+                # gives the GIL away to the callers' threads, and taking it back waits.
+                while len(os.read(self._wake_r, 65536)) == 65536:
                     pass
             except BlockingIOError:
                 pass
         acted = self._act_durable()  # earlier turns the flusher has synced since: act first
         if (acted and woke and len(ready) == 1 and not self._commands and not self._carry
-                and not self._inbox_due and not self._stopping and not self._reload.is_set()):
+                and not self._inbox_due and not self._poked and not self._stopping
+                and not self._reload.is_set()):
             # Only the flusher's wake-up: its acts were the whole turn. Back to the
             # wait at once, so the threads just answered get the GIL sooner; the
             # timers this skips are in the next wait's timeout.
             return
+        self._poked = False
         now = time.time()
         mono = time.monotonic()
         recs = self._recs

@@ -66,6 +66,13 @@ class Flusher:
         """Nothing asked for is still unsynced (or the flusher failed)."""
         return self.synced >= self._want or self.error is not None
 
+    def wait_synced(self, timeout: float) -> None:
+        """Block until the running sync returns (or fails), or ``timeout`` seconds pass."""
+        with self._cond:
+            if not self.idle():
+                done = self.synced
+                self._cond.wait_for(lambda: self.synced != done or self.idle(), timeout)
+
     def drain(self, timeout: float | None = None) -> None:
         """Block until every requested ticket is durable.
 
@@ -101,13 +108,16 @@ class Flusher:
             except BaseException as e:  # noqa: BLE001 - handed to the loop, which stops
                 with cond:
                     self.error = e
-                    cond.notify_all()
                 _log.debug("journal sync failed on the flusher thread: %s", e)
                 self.on_synced()
+                with cond:
+                    cond.notify_all()
                 return
             with cond:
                 self.synced = done
-                cond.notify_all()
             # The loop may act on everything up to `done` now; the mark says so
-            # to other processes already (published inside sync()).
+            # to other processes already (published inside sync()). Woken before
+            # the waiters (wait_synced), so one that wakes finds the byte there.
             self.on_synced()
+            with cond:
+                cond.notify_all()
