@@ -335,8 +335,9 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             # slow (a slow disk then still overlaps with the folding and writing).
             left = self._turned_at + self.gather - time.monotonic()
             if left > 0:
+                # Then the wait below returns at once for whatever came meanwhile
+                # (the sync's wake-up byte, a command's), or blocks as usual.
                 fl.wait_synced(left)
-                timeout = 0.0  # the sync's wake-up byte is in the pipe by now
         ready = self._select(objs, timeout)
         self._turned_at = time.monotonic()
         self._after_wait(ready)
