@@ -329,10 +329,11 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         objs.append(self._wake_r)
         self._request_sync()
         fl = self._flusher
-        if fl is not None and self.gather > 0 and not fl.idle():
-            # A sync is running: let what arrives meanwhile gather into one turn,
-            # folded when the sync returns, or after `gather` seconds if it is
-            # slow (a slow disk then still overlaps with the folding and writing).
+        if fl is not None and self.gather > 0 and self._commands and not fl.idle():
+            # A sync is running and commands keep coming (load): let them gather
+            # into one turn, folded when the sync returns, or after `gather`
+            # seconds if it is slow (a slow disk still overlaps with the folding
+            # and writing). An idle loop never waits here.
             left = self._turned_at + self.gather - time.monotonic()
             if left > 0:
                 # Then the wait below returns at once for whatever came meanwhile
