@@ -37,7 +37,8 @@ This module keeps the lifecycle, the turn and the write-then-act commit.
 The rest of the loop is mixed in by job: ``intake`` (commands, inbox
 files, the reload watch), ``leasing`` (the worker side; every decision is
 ``dispatch``'s), ``compaction`` (snapshots and retention), ``live`` (the
-status for ``watch``) and ``hooks`` (the hand-off to the hook thread).
+status for ``watch``), ``hooks`` (the hand-off to the hook thread) and
+``flushing`` (turns written and waiting for the flusher's sync).
 """
 
 from __future__ import annotations
@@ -52,11 +53,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, TypeVar, cast
 
-from . import dispatch, failpoints, replay
+from . import failpoints, replay
 from .api import RunOutcome, RunStatus
 from .compaction import Compaction
 from .errors import JournaledError, StorageFailure
 from .executors import make_executor
+from .flushing import Flushing, _Turn
 from .hooks import HookFiring
 from .inbox import Inbox
 from .intake import Future, Intake
@@ -80,26 +82,6 @@ _UNSAFE_DISPATCH_FIRST = os.environ.get("JOURNALED_UNSAFE_DISPATCH_BEFORE_SYNC")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-_NOT_SENT = dispatch.StepView(0, "", 0)  # a lease waiting for its sync (_unsent_views)
-
-
-class _Turn:
-    """One written turn's acts, done once the sync that covers ``ticket`` has returned."""
-
-    __slots__ = ("ticket", "recs", "dispatch", "memo_acks", "acks", "futures")
-
-    def __init__(self, ticket: int, recs: list[Record],
-                 dispatch: list[tuple[Worker, list[Dispatch]]],
-                 memo_acks: list[tuple[Worker, int]], acks: list[Path],
-                 futures: list[tuple[Future, Any]]) -> None:
-        self.ticket = ticket
-        self.recs = recs
-        self.dispatch = dispatch
-        self.memo_acks = memo_acks
-        self.acks = acks
-        self.futures = futures
-
-
 def _holding_state_lock(fn: F) -> F:
     """Run a method with ``self.state_lock`` held (re-entrant: the loop may nest them)."""
 
@@ -115,7 +97,7 @@ def _holding_state_lock(fn: F) -> F:
     return cast(F, locked)
 
 
-class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
+class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring, Flushing):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
     # Seconds a turn may wait for a running sync before folding what arrived
@@ -469,16 +451,6 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
             self._storage_failed()
             raise
 
-    def _storage_failed(self) -> None:
-        """fsyncgate: nothing after a failed write or sync can be trusted.
-
-        Acknowledge nothing, stop every worker, let the caller exit (the
-        turns still in ``_written`` are dropped by ``close``).
-        """
-        if self.pool is not None:
-            for w in self.pool.workers:
-                self.pool.kill(w, "storage")
-
     def _commit(self, recs: list[Record]) -> None:
         """Write the turn's records and queue its acts until the flusher has synced them."""
         self._recs = []
@@ -523,69 +495,6 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
                 self._storage_failed()
                 raise
 
-    def _request_sync(self) -> None:
-        """Hand what the last turns wrote to the flusher (one request covers them all)."""
-        if self._sync_wanted and self._flusher is not None:
-            self._flusher.request(self._sync_wanted)
-            self._sync_wanted = 0
-
-    def _act_durable(self) -> bool:
-        """Do the acts of every written turn the flusher has made durable, oldest first.
-
-        Returns whether any turn was acted on.
-
-        Raises:
-            StorageFailure: the flusher's sync failed (workers are stopped first).
-        """
-        fl = self._flusher
-        if fl is None:
-            return False
-        if fl.error is not None:
-            self._storage_failed()
-            raise fl.error
-        written = self._written
-        synced = fl.synced
-        acted = False
-        while written and written[0].ticket <= synced:
-            # The sync that covers this turn returned and published the mark:
-            # from here on its acts may leave the process. A kill before them
-            # only leaves acts for replay to redo.
-            self._act(written.popleft())
-            acted = True
-        return acted
-
-    def _drain(self) -> None:
-        """Wait for the flusher to sync everything written, then act on it all.
-
-        Compaction and segment rotation need a fully synced journal; so does
-        the last act before close.
-        """
-        self._request_sync()
-        fl = self._flusher
-        if fl is not None and not fl.idle():
-            try:
-                fl.drain()
-            except StorageFailure:
-                self._storage_failed()
-                raise
-        self._act_durable()
-
-    def _last_sync(self) -> None:
-        """On close: wait for the last sync and do its acts; after a failure, drop them."""
-        fl = self._flusher
-        if fl is None:
-            return
-        try:
-            if fl.error is None and self._written:
-                with self.state_lock:
-                    self._drain()
-        except StorageFailure as e:
-            log.error("the last journal sync failed; its %d turns are not acknowledged: %s",
-                      len(self._written), e)
-        finally:
-            fl.close()
-            self._flusher = None
-
     def _act(self, turn: _Turn) -> None:
         """One turn's acts, in the order the write-ahead rule was written for."""
         pool = self.pool
@@ -603,41 +512,6 @@ class Supervisor(Intake, Leasing, Compaction, LivePublisher, HookFiring):
         self._after_commit(turn.recs)
         for fut, value in turn.futures:
             fut.set(value)
-
-    def _unsent(self, w: Worker | None = None) -> bool:
-        """Leases written but not yet sent (to ``w``, or to anyone)."""
-        if w is None:
-            return any(self._unsent_n.values())
-        return self._unsent_n.get(w.slot, 0) > 0
-
-    def _unsent_views(self, w: Worker) -> tuple[dispatch.StepView, ...]:
-        """Steps leased to ``w`` whose sync has not returned: they count toward its depth.
-
-        Stand-ins (no seq, no limit): the worker does not know them yet, so no
-        deadline, kill or steal can concern them; only how full ``w`` is.
-        """
-        return (_NOT_SENT,) * self._unsent_n.get(w.slot, 0)
-
-    def _drop_unsent(self, w: Worker, now: float) -> None:
-        """``w`` died: its leases still waiting for their sync are never sent; release them.
-
-        They never left this process, so they never started. The Released
-        records go after the Leased ones in the journal, whatever the order
-        of their syncs; a crash before they are durable replays the lease as
-        an abandoned attempt, as for any lease whose outcome was lost.
-        """
-        for turn in self._written:
-            if not turn.dispatch:
-                continue
-            keep = []
-            for dw, items in turn.dispatch:
-                if dw is w:
-                    for d in items:
-                        self._recs += self.state.release(d.run_id, d.attempt, False, now)
-                else:
-                    keep.append((dw, items))
-            turn.dispatch = keep
-        self._unsent_n.pop(w.slot, None)
 
     def _send_dispatches(self, sends: list[tuple[Worker, list[Dispatch]]]) -> None:
         pool = self.pool
