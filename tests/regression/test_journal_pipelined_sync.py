@@ -137,7 +137,8 @@ def test_no_future_dispatch_inbox_ack_or_hook_before_its_sync_returns(tmp_path):
         for s in subs:
             s.start()
         client = Client(state)
-        inbox_ids = [client.submit(b"via the inbox") for _ in range(3)]
+        # One file for the three: when it is gone, all three must be durable.
+        inbox_ids = client.submit_many([b"via the inbox"] * 3)
         inbox_left = set(inbox_files(state))
         seen_marks: set[str] = set()
         acked_early: list[str] = []
