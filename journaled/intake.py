@@ -97,12 +97,6 @@ class Intake:
         self._commands: deque[tuple[str, tuple[Any, ...], Future]] = deque()
         self._reload = threading.Event()  # --reload: the code changed, restart the workers
         self._reload_stop = threading.Event()
-        self._inbox_dirty = True  # a file may have landed: scan the inbox next turn
-
-    def _inbox_changed(self) -> None:
-        """The inbox watcher saw a change (or its periodic rescan came due)."""
-        self._inbox_dirty = True
-        self.wake()
 
     def call(self, kind: str, *args: Any) -> Future:
         """Queue a command from another thread; the Future resolves once it is durable."""

@@ -21,7 +21,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import dispatch
 from .api import Signal
@@ -50,6 +50,8 @@ class Leasing:
     _drain_deadline: float
     _reload: threading.Event
     reload_dir: Path | None
+    _written: Any  # the supervisor's turns waiting for their sync
+    _unsent_views: Callable[[Worker], tuple[dispatch.StepView, ...]]
 
     def _init_leasing(self) -> None:
         self.steps_done = 0
@@ -187,6 +189,8 @@ class Leasing:
                                         self._step_limit(i.run_id) if n == 0 else 0.0)
                       for n, i in enumerate(w.outstanding))
         alive = w.proc is not None
+        if self._written:  # leases not sent yet (their sync runs) fill the worker too
+            items += self._unsent_views(w)
         return dispatch.WorkerView(w.slot, items, pool.running_seq(w) if alive else 0,
                                    w.head_started, w.avg_step, alive and not w.stopping,
                                    pool.depth(w) if alive else 0)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import msgspec
 
@@ -157,6 +157,7 @@ class LivePublisher:
     workers: int
     steps_done: int
     _stopping: bool
+    status_counts: Callable[[], dict[str, int]]
 
     def _init_live(self) -> None:
         self._status_due = 0.0
@@ -195,7 +196,8 @@ class LivePublisher:
         j = self.journal
         if len(self.state.runs) < 20_000 or mono >= self._counts_due:
             # Counting is O(runs): on a big state do it every few seconds only.
-            self._counts = self.all_counts()  # type: ignore[attr-defined] # archived too
+            # Durable counts: a run whose end is not synced yet is still running.
+            self._counts = self.status_counts()  # durable; archived runs too
             self._counts_due = mono + 5.0
         live = LiveStatus(os.getpid(), self.import_string, self.workers, self._started_wall, now,
                           self.steps_done, j.syncs, j.records_written, j.size_bytes,

@@ -7,25 +7,38 @@
                                                    v
     ┌───────────────── one turn ──────────────────────────────────────────┐
     │ wait(worker pipes, worker sentinels, wake pipe, timeout=next timer) │
+    │ act on earlier turns the flusher has made durable since (in order): │
+    │   send leases, ack memo puts and inbox files, report results,       │
+    │   set cancel flags, fire on_terminal hooks                          │
     │ fold what arrived into State (commands -> records)                  │
     │ lease due runs to workers with room (more records)                  │
-    │ journal: ONE write + ONE fdatasync of the turn's records            │
-    │ only then act: send leases, set cancel flags, ack inbox files,      │
-    │ report results, fire on_terminal hooks                              │
+    │ journal: ONE write of the turn's records; the flusher thread syncs  │
     └─────────────────────────────────────────────────────────────────────┘
+            │ request(ticket)                    ^ wake pipe
+            v                                    │
+    flusher thread: ONE fdatasync for every turn written since the last,
+    publish the synced mark, wake the loop (journal/flusher.py)
+
+The loop never waits on the disk: turn N+1 folds and writes while turn
+N's sync runs, and one sync covers every turn written meanwhile.
 
 Write-ahead rule: nothing leaves this process (a step to a worker, a
-result to a waiter, a hook, an inbox deletion) before the records that
-justify it are durable. A ``kill -9`` between the sync and the act leaves
-records whose acts were never done; replay redoes them (a lease becomes
-an abandoned attempt, a hook fires again, an inbox file is read again and
-found to be a duplicate), which is always the safe side.
+result to a waiter, a hook, an inbox deletion, a terminal count in the
+live view) before the records that justify it are durable. A turn's acts
+wait in ``_written`` until the flusher's ``synced`` ticket covers it, and
+turns are acted on in the order they were written. A ``kill -9`` between
+the sync and the act leaves records whose acts were never done; replay
+redoes them (a lease becomes an abandoned attempt, a hook fires again, an
+inbox file is read again and found to be a duplicate), which is always
+the safe side. A kill between the write and the sync may keep the turn or
+lose it; nobody was told about it either way.
 
 This module keeps the lifecycle, the turn and the write-then-act commit.
 The rest of the loop is mixed in by job: ``intake`` (commands, inbox
 files, the reload watch), ``leasing`` (the worker side; every decision is
 ``dispatch``'s), ``compaction`` (snapshots and retention), ``live`` (the
-status for ``watch``) and ``hooks`` (the hand-off to the hook thread).
+status for ``watch``), ``hooks`` (the hand-off to the hook thread) and
+``flushing`` (turns written and waiting for the flusher's sync).
 """
 
 from __future__ import annotations
@@ -33,9 +46,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import selectors
 import threading
 import time
-from multiprocessing.connection import wait as mp_wait
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, TypeVar, cast
 
@@ -47,16 +61,17 @@ from .compaction import Compaction
 from .door import DoorIntake
 from .errors import JournaledError, StorageFailure
 from .executors import make_executor
+from .flushing import Flushing, _Turn
 from .hooks import HookFiring
 from .inbox import Inbox
 from .intake import Future, Intake
-from .journal import Journal, StateLock
+from .journal import Flusher, Journal, StateLock
 from .knobs import warn_test_knobs
 from .leasing import Leasing
 from .live import LivePublisher, clear_status
 from .pool import Dispatch, Pool, Worker
 from .records import CancelRequested, Record, Redriven, Terminated, encode
-from .state import Policy, State, outcome_of
+from .state import RUNNING, Policy, State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
 
@@ -86,8 +101,12 @@ def _holding_state_lock(fn: F) -> F:
 
 
 class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFiring,
-                 Archiving):
+                 Archiving, Flushing):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
+
+    # Seconds a turn may wait for a running sync before folding what arrived
+    # meanwhile: under load, one turn per sync instead of one per arrival.
+    gather = 0.0005
 
     def __init__(self, state_dir: str | os.PathLike[str], runner: Any, *, workers: int = 2,
                  policy: Policy | None = None, on_terminal: Callable[[RunOutcome], Any] | None
@@ -136,6 +155,15 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._futures: list[tuple[Future, Any]] = []
         self._dispatch: list[tuple[Worker, list[Dispatch]]] = []
         self._memo_acks: list[tuple[Worker, int]] = []
+        # Turns written whose sync has not returned yet, oldest first; the
+        # flusher (started after replay) syncs them while the loop goes on.
+        self._written: deque[_Turn] = deque()
+        self._flusher: Flusher | None = None
+        self._sync_wanted = 0  # ticket written, not yet handed to the flusher
+        self._turned_at = 0.0  # monotonic start of the last turn (gather)
+        self._unsent_n: dict[int, int] = {}  # slot -> leases in _written, not yet sent
+        self._inbox_due = True  # the inbox watcher saw a change: scan it next turn
+        self._poked = False  # someone asked for a full turn (_poke)
         self._stopping = False
         self._stop_now = False
         self._drain_deadline = 0.0
@@ -151,6 +179,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self.cond = threading.Condition(self.state_lock)
         self.recovered_runs = 0
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
+        self._sel: selectors.BaseSelector | None = None  # _select's epoll set
+        self._sel_map: dict[Any, tuple[str, Worker]] | None = None
+        self._sel_objs: list[Any] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -164,13 +195,14 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
+            self._flusher = Flusher(self.journal, self._wake_synced)
             self._start_archiver()  # finished runs the replay left (or a 0.2 state's)
             self.inbox = Inbox(self.state_dir)
             self.pool = make_executor(self.executor, self.import_string or self.runner,
                                       self.workers, self.preload, state_dir=self.state_dir,
                                       blob_threshold=self.blob_threshold)
             if hasattr(self.pool, "on_ready"):
-                self.pool.on_ready = self.wake  # a remote executor came back: lease again
+                self.pool.on_ready = self._poke  # a remote executor came back: lease again
             self.pool.start()
             self._wait_map = self.pool.wait_objects()
             self.inbox.watch(self._inbox_changed)
@@ -194,16 +226,28 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self.recovered_runs = live
         recs = state.recover(now, os.getpid(), self.import_string)
         self.outcomes.update(r.run_id for r in state.runs.values() if r.terminal)
-        self._write(recs)
+        self._write_now(recs)  # no flusher yet: synced here, before any worker starts
         self._after_commit(recs)
         self._fire_owed_hooks()
 
     def wake(self) -> None:
-        """Wake the loop from another thread (or a signal handler)."""
+        """Wake the loop for a full turn, from another thread (or a signal handler)."""
+        self._poked = True
+        self._wake_synced()
+
+    def _wake_synced(self) -> None:
+        """The flusher's wake: a sync ended; the turn may only act on it and wait again."""
         try:
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
             pass
+
+    _poke = wake  # a remote executor came back: a full turn, to lease again
+
+    def _inbox_changed(self) -> None:
+        """The inbox watcher's wake: only then does a turn list the inbox directory."""
+        self._inbox_due = True
+        self.wake()
 
     def request_stop(self) -> None:
         """First call: drain (stop leasing, let steps finish). Second call: stop now."""
@@ -230,7 +274,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
 
     def _idle(self) -> bool:
         return (self.state.idle() and not self._commands and not self._carry
-                and not self._door_pending()
+                and not self._door_pending() and not self._written
                 and self.inbox is not None and not self.inbox.scan_pending()
                 and (self._hooks is None or not self._hooks.busy())
                 and not self._archive_busy())
@@ -239,7 +283,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         return self.pool is None or all(w.proc is None for w in self.pool.workers)
 
     def close(self) -> None:
-        self._close_door()  # first: clients not yet answered resend through the inbox
+        self._last_sync()  # the last turn's sync and its acts (its answers included)
+        self._close_door()  # then: clients not yet answered resend through the inbox
         if self._hooks is not None:
             self._hooks.close()  # hooks not yet delivered are owed to the next start
         self._close_archiver()  # runs not yet archived stay finished in the journal
@@ -252,6 +297,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             self.pool = None
         self.journal.close()
         self.lock.release()
+        if self._sel is not None:
+            self._sel.close()
+            self._sel = None
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
@@ -261,8 +309,12 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             fut.set(error=gone)
         for fut, _value in self._futures:
             fut.set(error=gone)
+        for turn in self._written:  # their sync failed or never ran: nothing was told
+            for fut, _value in turn.futures:
+                fut.set(error=gone)
         self._commands.clear()
         self._futures.clear()
+        self._written.clear()
         self.stopped.set()
         with self.cond:
             self.cond.notify_all()
@@ -270,21 +322,73 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
     # ----------------------------------------------------------------- turn
 
     def turn(self, timeout: float | None = None) -> None:
-        """One pass: wait, fold, lease, write + sync once, act."""
+        """One pass: wait, act on what the flusher synced, fold, lease, write."""
         pool = self.pool
         assert pool is not None
         if timeout is None:
             timeout = self._next_timeout()
         objs = list(self._wait_map)
         objs.append(self._wake_r)
-        ready = mp_wait(objs, timeout)
+        self._request_sync()
+        fl = self._flusher
+        if fl is not None and self.gather > 0 and self._commands and not fl.idle():
+            # A sync is running and commands keep coming (load): let them gather
+            # into one turn, folded when the sync returns, or after `gather`
+            # seconds if it is slow (a slow disk still overlaps with the folding
+            # and writing). An idle loop never waits here.
+            left = self._turned_at + self.gather - time.monotonic()
+            if left > 0:
+                # Then the wait below returns at once for whatever came meanwhile
+                # (the sync's wake-up byte, a command's), or blocks as usual.
+                fl.wait_synced(left)
+        ready = self._select(objs, timeout)
+        self._turned_at = time.monotonic()
         self._after_wait(ready)
+
+    def _select(self, objs: list[Any], timeout: float | None) -> list[Any]:
+        """``multiprocessing.connection.wait`` on one epoll set kept across turns.
+
+        Rebuilt whenever the objects change (a worker died or was respawned:
+        its fds were closed, and a new one may reuse a number), so a closed fd
+        is never waited on; building it anew each turn cost more than the rest
+        of an idle turn.
+        """
+        sel = self._sel
+        if sel is None or self._sel_map is not self._wait_map or objs != self._sel_objs:
+            if sel is not None:
+                sel.close()
+            sel = self._sel = selectors.DefaultSelector()
+            for obj in objs:
+                sel.register(obj, selectors.EVENT_READ, obj)
+            self._sel_map, self._sel_objs = self._wait_map, objs
+        return [key.data for key, _events in sel.select(timeout)]
 
     @_holding_state_lock
     def _after_wait(self, ready: list[Any]) -> None:
         """The part of a turn that changes state: readers on other threads wait for it."""
         pool = self.pool
         assert pool is not None
+        woke = self._wake_r in ready
+        if woke:
+            # Empty the pipe before looking at the flusher: a sync that ends after
+            # this leaves a byte behind, so its wake-up is never lost.
+            try:
+                # One read is enough unless it filled the buffer: every syscall here
+                # gives the GIL away to the callers' threads, and taking it back waits.
+                while len(os.read(self._wake_r, 65536)) == 65536:
+                    pass
+            except BlockingIOError:
+                pass
+        acted = self._act_durable()  # earlier turns the flusher has synced since: act first
+        if (acted and woke and len(ready) == 1 and not self._commands and not self._carry
+                and not self._inbox_due and not self._poked and not self._stopping
+                and not self._door_pending()
+                and not self._reload.is_set()):
+            # Only the flusher's wake-up: its acts were the whole turn. Back to the
+            # wait at once, so the threads just answered get the GIL sooner; the
+            # timers this skips are in the next wait's timeout.
+            return
+        self._poked = False
         now = time.time()
         mono = time.monotonic()
         recs = self._recs
@@ -292,11 +396,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             recs += self._carry
             self._carry = []
         recs += self._archived_records(now)  # the archive committed them: drop from the journal
-        woke = False
         dead: list[Worker] = []
         for obj in ready:
             if obj == self._wake_r:
-                woke = True
                 continue
             what, w = self._wait_map[obj]
             if what == "conn":
@@ -309,27 +411,28 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             elif w not in dead:
                 dead.append(w)
         if woke:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
             self._run_commands(now)
             self._run_door_requests(now)
-            if self._inbox_dirty:  # only when a file landed: a socket wake lists no directory
-                self._inbox_dirty = False
+            if self._inbox_due:  # only when a file landed: a socket wake lists no directory
+                self._inbox_due = False  # a change after this sets it again
                 self._read_inbox(now)
         for w in dead:
+            self._drop_unsent(w, now)
             self._worker_died(w, now)
         self._deadlines(mono, now)
         recs += self.state.reconcile(now)
-        if self._reload.is_set() and not self._stopping:
+        reload = self._reload.is_set() and not self._stopping
+        if reload and not self._unsent():
             self._restart_workers()
-        if not self._stopping:
+        elif not self._stopping and not reload:
             self._lease(now, mono)
-        else:
+        elif self._stopping:
             for w in pool.workers:
                 # Stop: finish the running step, skip the queued ones (released on exit).
+                # Not before its leases written earlier are sent: a Stop that overtook
+                # them would leave steps the worker never hears of.
+                if not self._stop_now and self._unsent(w):
+                    continue
                 pool.stop(w)
                 if self._stop_now:
                     pool.kill(w, "shutdown")
@@ -360,60 +463,95 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
 
     # --------------------------------------------------------- write, then act
 
-    def _write(self, recs: list[Record]) -> None:
+    def _write_now(self, recs: list[Record]) -> None:
+        """Write and sync on this thread (start-up, before the flusher runs)."""
         if not recs:
             return
         try:
             self.journal.extend([encode(r) for r in recs])
             self.journal.commit()
         except StorageFailure:
-            # fsyncgate: nothing after a failed write or sync can be trusted.
-            # Acknowledge nothing, stop every worker, let the caller exit.
-            if self.pool is not None:
-                for w in self.pool.workers:
-                    self.pool.kill(w, "storage")
+            self._storage_failed()
             raise
 
     def _commit(self, recs: list[Record]) -> None:
+        """Write the turn's records and queue its acts until the flusher has synced them."""
         self._recs = []
-        pool = self.pool
-        assert pool is not None
+        journal = self.journal
         if _UNSAFE_DISPATCH_FIRST:  # the bug crash tests must catch; see its definition
-            self._send_dispatches()
-        self._write(recs)
-        # Everything below happens only once the records above are durable.
-        self._send_dispatches()
-        if self._memo_acks:
-            for w, seq in self._memo_acks:
+            self._send_dispatches(self._dispatch)
+            self._dispatch = []
+        try:
+            if recs:
+                journal.extend([encode(r) for r in recs])
+            # 1. One write of the turn's records. Crash window until the flusher's
+            # sync returns: they may survive or not; nothing has acted on them.
+            ticket = journal.write()
+        except StorageFailure:
+            self._storage_failed()
+            raise
+        turn = _Turn(ticket, recs, self._dispatch, self._memo_acks, self._acks, self._futures)
+        self._dispatch, self._memo_acks, self._acks, self._futures = [], [], [], []
+        fl = self._flusher
+        if fl is None or (ticket <= fl.synced and not self._written):
+            # Nothing new to sync, nothing older pending (a duplicate submit, a
+            # rejection): everything it rests on is durable already.
+            self._act(turn)
+            return
+        # 2. Acts wait in order; 3. the flusher syncs (with every turn written
+        # meanwhile) and wakes the loop, which acts next turn (_act_durable).
+        if recs or turn.dispatch or turn.memo_acks or turn.acks or turn.futures:
+            self._written.append(turn)
+            unsent = self._unsent_n
+            for w, items in turn.dispatch:
+                unsent[w.slot] = unsent.get(w.slot, 0) + len(items)
+        # The request itself is made right before the loop blocks (turn): the
+        # flusher needs the GIL to start the sync, and gets it once we wait.
+        self._sync_wanted = ticket
+        if journal.rotate_due():
+            # A full segment is left only once all of it is synced: wait here,
+            # once per segment (64 MB), then start the next one.
+            self._drain()
+            try:
+                journal.rotate_if_full()
+            except StorageFailure:
+                self._storage_failed()
+                raise
+
+    def _act(self, turn: _Turn) -> None:
+        """One turn's acts, in the order the write-ahead rule was written for."""
+        pool = self.pool
+        if turn.dispatch:
+            unsent = self._unsent_n
+            for w, items in turn.dispatch:
+                unsent[w.slot] = unsent.get(w.slot, 0) - len(items)
+            self._send_dispatches(turn.dispatch)
+        if turn.memo_acks and pool is not None:
+            for w, seq in turn.memo_acks:
                 pool.ack_memo(w, seq)  # the MemoPut is durable: put() may return
-            self._memo_acks = []
-        if self._acks:
+        if turn.acks:
             assert self.inbox is not None
-            self.inbox.ack(self._acks)
-            self._acks = []
-        self._after_commit(recs)
-        futures, self._futures = self._futures, []
-        for fut, value in futures:
+            self.inbox.ack(turn.acks)
+        self._after_commit(turn.recs)
+        for fut, value in turn.futures:
             fut.set(value)
 
-    def _send_dispatches(self) -> None:
+    def _send_dispatches(self, sends: list[tuple[Worker, list[Dispatch]]]) -> None:
         pool = self.pool
-        assert pool is not None
-        if self._dispatch:
+        if sends and pool is not None:
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.before_dispatch")
             mono = time.monotonic()
-            for w, items in self._dispatch:
+            for w, items in sends:
                 try:
                     pool.send(w, items, mono)
                 except OSError:
                     pass  # the worker is dying; its sentinel will say so next turn
             if failpoints.ENABLED or _UNSAFE_DISPATCH_FIRST:
                 # Test runs only: "after dispatch" means the steps left this process.
-                for w, _items in self._dispatch:
+                for w, _items in sends:
                     if w.sender is not None:
                         w.sender.flush(1.0)
-            self._dispatch = []
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.after_dispatch")
 
@@ -442,19 +580,37 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             self.cond.notify_all()
         if self.on_terminal is not None:
             for rid in terminated:
-                self._fire_hook(rid)
+                if state.runs[rid].terminal:  # not redriven by a turn written since
+                    self._fire_hook(rid)
 
     # ---------------------------------------- entry points for other threads
 
     @_holding_state_lock
     def compact(self, now: float | None = None) -> bool:
-        """Compact now, with the state lock held; returns whether it did (``_compact``)."""
+        """Compact now, with the state lock held; returns whether it did (``_compact``).
+
+        The snapshot must hold only what is durable, and the old segments must
+        be synced before they are dropped: the flusher is drained first.
+        """
+        self._drain()
         return self._compact(now)
 
     @_holding_state_lock
     def status_counts(self) -> dict[str, int]:
-        """Runs by status (live and archived), safe from any thread."""
-        return self.all_counts()
+        """Runs by status (live and archived), safe from any thread.
+
+        A run ends only once its end is durable: until then it counts as running.
+        """
+        counts = self.all_counts()
+        runs = self.state.runs
+        for turn in self._written:
+            for rec in turn.recs:
+                if type(rec) is Terminated and rec.run_id not in self.outcomes:
+                    run = runs.get(rec.run_id)
+                    if run is not None and run.terminal:
+                        counts[run.status] -= 1
+                        counts[RUNNING] += 1  # as status() reports it until then
+        return counts
 
     @_holding_state_lock
     def status(self, run_id: str) -> RunOutcome | None:

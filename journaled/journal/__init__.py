@@ -63,7 +63,8 @@ One writer at a time: ``StateLock`` takes an ``flock`` on ``STATE/lock``
 
 Modules: ``frame`` (framing and the torn rule), ``segment`` (names,
 headers, installs, the scan), ``mark`` (the synced mark), ``lock``
-(``StateLock``), ``writer`` (``Journal``), ``tailer`` (``JournalTailer``),
+(``StateLock``), ``writer`` (``Journal``), ``flusher``
+(``Flusher``, the sync thread), ``tailer`` (``JournalTailer``),
 ``repair`` (``verify``, ``repair``).
 """
 
@@ -71,6 +72,7 @@ from __future__ import annotations
 
 from journaled.durable import fsync_dir
 
+from .flusher import Flusher
 from .frame import HEADER_SIZE, MAX_BODY, SECTOR, FrameReader, encode_frame
 from .lock import StateLock
 from .mark import MARK_NAME, SyncedMark, read_mark
@@ -82,6 +84,7 @@ from .writer import SLOW_SYNC_SECONDS, Journal
 __all__ = [
     "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "FLAG_BASE", "MAX_BODY", "SECTOR",
     "encode_frame", "segment_header", "FrameReader", "TornTail", "list_segments",
-    "Journal", "StateLock", "JournalTailer", "VerifyReport", "verify", "RepairReport", "repair",
+    "Journal", "Flusher", "StateLock", "JournalTailer", "VerifyReport", "verify",
+    "RepairReport", "repair",
     "MARK_NAME", "SyncedMark", "read_mark", "SLOW_SYNC_SECONDS", "fsync_dir",
 ]

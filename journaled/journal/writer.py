@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -44,6 +45,13 @@ class Journal:
     write and one fdatasync. Hold a ``StateLock`` while using it: readers in
     other processes trust the synced mark only while its writer holds the lock.
 
+    Pipelined use (the supervisor): ``write()`` a turn's records and get a
+    ticket; another thread (``Flusher``) calls ``sync()``, which makes every
+    write made before it durable and returns the last ticket it covers,
+    while the next turns go on writing. Only ``write`` and ``sync`` may run at
+    the same time (one thread each); ``commit``, ``rotate_if_full``,
+    ``compact`` and ``close`` need the syncing thread idle.
+
     Args:
         journal_dir: ``STATE/journal``; created (mode 0700, parents fsynced) if missing.
         segment_bytes: start a new segment once the current one reaches this size.
@@ -82,6 +90,11 @@ class Journal:
         self._pending = 0  # records in _buf
         self._held = bytearray()  # power-loss mode: written, not yet handed to the kernel
         self._failure: tuple[str, str, OSError] | None = None
+        # write() (the loop) and sync() (the flusher) share the tail's bookkeeping:
+        # _held, _size and the tickets change together under this lock.
+        self._lock = threading.Lock()
+        self.written = 0  # ticket of the last write: writes so far
+        self.synced = 0  # ticket of the last write a sync made durable
         self._mark = MarkWriter(self.journal_dir)
         # STATE/ and STATE/journal/ survive a power cut once their parents are synced.
         make_dirs(self.journal_dir, sync=not unsafe_no_fsync)
@@ -212,71 +225,136 @@ class Journal:
     def commit(self) -> None:
         """Make every appended record durable: one write and one fdatasync (group commit).
 
-        Then publish the synced mark, so readers in other processes may see them.
+        Then publish the synced mark, so readers in other processes may see them,
+        and start the next segment if this one is full. Also makes durable what
+        an earlier ``write()`` left unsynced (the caller's flusher must be idle).
 
         Raises:
             StorageFailure: the write or sync failed or was short. The journal is
                 then failed for good (a failed fsync leaves the page cache
                 untrustworthy, so nothing is retried); restart and replay.
         """
+        self.write()
+        self.sync()
+        self.rotate_if_full()
+
+    def write(self) -> int:
+        """Write the appended records (one write, no sync); returns their ticket.
+
+        The records are durable once ``sync()`` has returned a ticket at least
+        this one (``synced``). Nothing buffered: returns the last ticket.
+
+        Raises:
+            StorageFailure: the write failed or was short; the journal is failed.
+        """
         if self._failure is not None:
             raise StorageFailure(*self._failure)
         if not self._buf:
-            return
+            return self.written
         if self._fd < 0 or self._path is None:
             raise RuntimeError("call open_for_append() before commit()")
         buf, self._buf = self._buf, bytearray()
         records, self._pending = self._pending, 0
-        path = self._path
-        op = "write"
-        synced = False
         try:
             action = failpoints.hit("journal.before_write") if failpoints.ENABLED else None
             if action == "short-write":
                 half = len(buf) // 2
                 self._write(buf[:half])
                 raise OSError(errno.EIO, f"short write: {half} of {len(buf)} bytes (failpoint)")
+            # Crash window: from here until sync() returns, the records are in the
+            # page cache (or held in memory, power-loss mode) and not durable.
+            # Nothing may act on them yet; a kill may keep them or lose them,
+            # and either replays to a state nobody was told about.
             self._write(buf)
-            op = "fdatasync"
+        except OSError as err:
+            raise self._fail("write", self._path, err) from err
+        self.records_written += records
+        self.bytes_written += len(buf)
+        return self.written
+
+    def sync(self) -> int:
+        """fdatasync everything written so far, publish the synced mark; returns its ticket.
+
+        Safe on another thread than ``write()``: what is written after this
+        call started is left for the next one (group commit across turns).
+
+        Raises:
+            StorageFailure: the sync (or the write of held bytes) failed; the
+                journal is failed for good, as for ``commit``.
+        """
+        if self._failure is not None:
+            raise StorageFailure(*self._failure)
+        with self._lock:
+            ticket = self.written
+            if ticket == self.synced:
+                return ticket
+            held, self._held = self._held, bytearray()
+            end = self._size  # every byte below is in the file, or in `held`
+            seg = self._nums[-1]
+        path = self._path
+        assert path is not None
+        op = "fdatasync"
+        synced = False
+        try:
             action = None
             if failpoints.ENABLED:
                 failpoints.hit("journal.before_sync")
                 action = failpoints.hit("journal.fdatasync")
             if action != "skip":
-                if self._held:
+                if held:
                     # Power-loss mode: the bytes reach the kernel only now, right
                     # before the sync, so a kill before this point loses them.
                     op = "write"
-                    held, self._held = self._held, bytearray()
                     self._write_fd(held)
                     op = "fdatasync"
                 if not self.unsafe_no_fsync:
                     self._sync(path)
                     synced = True
+            elif held:
+                with self._lock:  # skipped: still never handed to the kernel
+                    self._held[:0] = held
+                end -= len(held)
             if failpoints.ENABLED:
                 failpoints.hit("journal.after_sync")
             # Only now may other processes read these records (a crash before
             # this pwrite leaves the mark behind: readers see less, never more).
             op = "publish the synced mark"
-            self._mark.publish(self._nums[-1], self._size - len(self._held))
+            self._mark.publish(seg, end)
         except OSError as err:
             raise self._fail(op, path, err) from err
-        self.records_written += records
-        self.bytes_written += len(buf)
         self.syncs += synced
-        # A segment is only left once nothing is held for it (power-loss mode).
-        if self._size >= self.segment_bytes and not self._held:
-            try:
-                self._rotate()
-            except OSError as err:
-                raise self._fail("rotate", self.journal_dir, err) from err
+        self.synced = ticket
+        return ticket
+
+    def rotate_due(self) -> bool:
+        """The open segment is full: ``rotate_if_full`` would start the next one."""
+        return self._size >= self.segment_bytes and not self._held
+
+    def rotate_if_full(self) -> None:
+        """Start the next segment if this one is full (everything written must be synced).
+
+        A segment is only left once nothing is held for it (power-loss mode).
+        """
+        if not self.rotate_due():
+            return
+        if self.synced != self.written:
+            raise RuntimeError("sync what was written before rotating the segment")
+        try:
+            self._rotate()
+        except OSError as err:
+            raise self._fail("rotate", self.journal_dir, err) from err
 
     def _write(self, data: bytes | bytearray) -> None:
         if self.simulate_power_loss:
-            self._held += data
+            with self._lock:
+                self._held += data
+                self._size += len(data)
+                self.written += 1
         else:
             self._write_fd(data)
-        self._size += len(data)
+            with self._lock:
+                self._size += len(data)
+                self.written += 1
 
     def _write_fd(self, data: bytes | bytearray) -> None:
         written = os.write(self._fd, data)

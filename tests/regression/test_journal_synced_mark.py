@@ -31,28 +31,37 @@ from journaled.journal import (
 from tests.e2e.helpers import ROOT, cli_env
 
 # The supervisor under test, with the journal's sync observed (not replaced):
-# each commit logs when it started, when its fdatasync returned, and whether
-# it carried a Terminated record.
+# each write logs when it started, when the fdatasync that covered it
+# returned (on the flusher thread), and whether it carried a Terminated record.
 SUPERVISOR = """
 import json, sys, time
 from journaled.journal import FrameReader, writer
 from journaled.records import Terminated, decode
 
 log = open(sys.argv[2], "a", buffering=1)
-commit, sync = writer.Journal.commit, writer.Journal._sync
+write, sync, fsync = writer.Journal.write, writer.Journal.sync, writer.Journal._sync
+unsynced = []
 
-def observed_sync(self, path):
-    sync(self, path)
+def observed_fsync(self, path):
+    fsync(self, path)
     self.synced_at = time.time()
 
-def observed_commit(self):
+def observed_write(self):
     ends = any(type(decode(b)) is Terminated for _, b in FrameReader(bytes(self._buf), "b", 0))
-    started = time.time()
-    self.synced_at = None
-    commit(self)
-    log.write(json.dumps([started, self.synced_at, ends]) + "\\n")
+    if self._buf:  # logged before the write: the flusher may sync it at once
+        unsynced.append([self.written + 1, time.time(), ends])
+    return write(self)
 
-writer.Journal._sync, writer.Journal.commit = observed_sync, observed_commit
+def observed_sync(self):
+    self.synced_at = None
+    done = sync(self)
+    while unsynced and unsynced[0][0] <= done:
+        _, started, ends = unsynced.pop(0)
+        log.write(json.dumps([started, self.synced_at, ends]) + "\\n")
+    return done
+
+writer.Journal._sync, writer.Journal.write = observed_fsync, observed_write
+writer.Journal.sync = observed_sync
 from journaled.cli import main
 main(["run", "tests.apps.basic:runner", "--state", sys.argv[1], "-w", "1", "--until-idle"])
 """

@@ -1,0 +1,123 @@
+"""The flusher: one thread that makes written records durable, so the writer never waits.
+
+::
+
+    loop thread                          flusher thread
+    ───────────                          ──────────────
+    turn N: fold, write(N) ──request──>  sync(): fdatasync, publish the mark
+    turn N+1: fold, write(N+1) ─req──>     (N+1 waits: a sync is running)
+    turn N+2: fold, write(N+2) ─req──>   synced = N ──on_synced()──> loop acts on N
+                                         sync(): one fdatasync covers N+1 and N+2
+                                         synced = N+2 ──on_synced()──> loop acts
+
+A ``Journal.sync`` covers every write made before it started, so while one
+sync runs every turn written meanwhile piles up for the next one: group
+commit across turns, one fdatasync for many. The loop never blocks on the
+disk; it only acts (sends steps, answers callers) on turns whose ticket is
+at most ``synced``.
+
+A failed sync (``StorageFailure``: fsyncgate, a full disk) is never retried
+and never swallowed here: it is kept in ``error``, the loop is woken, and
+the loop raises it; the thread stops, since nothing after a failed sync can
+be trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from .writer import Journal
+
+__all__ = ["Flusher"]
+
+_log = logging.getLogger("journaled.journal")
+
+
+class Flusher:
+    """Runs ``journal.sync()`` whenever a later ticket is requested; see the module doc.
+
+    Args:
+        journal: an open ``Journal``; only ``write`` may be used on it meanwhile.
+        on_synced: called on the flusher thread after each sync (and after a
+            failure): the loop's wake-up. It must not block.
+    """
+
+    def __init__(self, journal: Journal, on_synced: Callable[[], None]) -> None:
+        self.journal = journal
+        self.on_synced = on_synced
+        self.synced = journal.synced  # last ticket made durable
+        self.error: BaseException | None = None
+        self._want = journal.synced  # last ticket asked for
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="journaled-flusher")
+        self._thread.start()
+
+    def request(self, ticket: int) -> None:
+        """Ask for ``ticket`` (and everything before it) to be made durable; never blocks."""
+        with self._cond:
+            if ticket > self._want:
+                self._want = ticket
+                self._cond.notify()
+
+    def idle(self) -> bool:
+        """Nothing asked for is still unsynced (or the flusher failed)."""
+        return self.synced >= self._want or self.error is not None
+
+    def wait_synced(self, timeout: float) -> None:
+        """Block until the running sync returns (or fails), or ``timeout`` seconds pass."""
+        with self._cond:
+            if not self.idle():
+                done = self.synced
+                self._cond.wait_for(lambda: self.synced != done or self.idle(), timeout)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Block until every requested ticket is durable.
+
+        Raises:
+            StorageFailure: (any error of the sync) the flusher failed.
+            TimeoutError: ``timeout`` passed first.
+        """
+        with self._cond:
+            if not self._cond.wait_for(self.idle, timeout):
+                raise TimeoutError("the journal sync did not finish in time")
+            if self.error is not None:
+                raise self.error
+
+    def close(self) -> None:
+        """Stop the thread after the sync it is running, if any (nothing new starts)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        journal = self.journal
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._closed and self._want <= self.synced:
+                    cond.wait()
+                if self._closed:
+                    return
+            try:
+                done = journal.sync()
+            except BaseException as e:  # noqa: BLE001 - handed to the loop, which stops
+                with cond:
+                    self.error = e
+                _log.debug("journal sync failed on the flusher thread: %s", e)
+                self.on_synced()
+                with cond:
+                    cond.notify_all()
+                return
+            with cond:
+                self.synced = done
+            # The loop may act on everything up to `done` now; the mark says so
+            # to other processes already (published inside sync()). Woken before
+            # the waiters (wait_synced), so one that wakes finds the byte there.
+            self.on_synced()
+            with cond:
+                cond.notify_all()
