@@ -229,6 +229,7 @@ class Snapshot(Record, tag="snp"):
     app: str = ""  # part 0: the runner's import string last recovered, for 'journaled step'
     last_at: float = 0.0  # time of the last record folded before it (ends abandoned attempts)
     hooks: bool = False  # hooks were in use: undelivered terminal runs are kept
+    order: int = 0  # part 0: the submission counter (archived runs took numbers too)
 
 
 AnyRecord = Union[Submitted, Leased, Released, StepDone, AttemptFailed, CancelRequested,

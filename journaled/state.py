@@ -380,6 +380,7 @@ class State:
             self.unhooked.clear()
             self.last_at = rec.last_at
             self.hooks_in_use = rec.hooks
+            self._order = rec.order
         for s in rec.runs:
             run = run_from_snapshot(s)
             self.runs[run.run_id] = run
@@ -619,13 +620,13 @@ class State:
             n = len(encode(snap))
             if part and size + n > part_bytes:
                 parts.append(Snapshot(now, part, len(parts), app=self.app, last_at=self.last_at,
-                                      hooks=hooks))
+                                      hooks=hooks, order=self._order if not parts else 0))
                 part, size = [], 0
             part.append(snap)
             size += n
         if part or not parts:
             parts.append(Snapshot(now, part, len(parts), app=self.app, last_at=self.last_at,
-                                  hooks=hooks))
+                                  hooks=hooks, order=self._order if not parts else 0))
         return parts
 
     def archivable(self, hooks: bool) -> list[Run]:
