@@ -131,6 +131,7 @@ async def _body(receive: Receive) -> bytes:
 app = App()
 
 if __name__ == "__main__":
-    import uvicorn  # the 'web' extra
+    import importlib
 
+    uvicorn = importlib.import_module("uvicorn")  # the 'web' extra (not needed to import us)
     uvicorn.run("examples.asgi_app:app", port=int(os.environ.get("PORT", "8000")))

@@ -169,8 +169,8 @@ class Client:
         self._local.conn = conn
         return conn
 
-    def _door_call(self, make: Callable[[int], Any], timeout: float | None = None
-                   ) -> tuple[bool, Any]:
+    def _door_call(self, make: Callable[[int], Any], timeout: float | None = None,
+                   run_id: str | None = None) -> tuple[bool, Any]:
         """``(True, answer)`` from the supervisor, or ``(False, None)``: serve it from the inbox.
 
         The inbox serves it when nothing listens, when the run is unknown to
@@ -179,7 +179,13 @@ class Client:
         an answer. Every request sent here is safe to send again that way:
         submissions and cancels are idempotent by run id, redrives act only on
         a dead run, and signals are at-least-once on both doors.
+
+        A ``run_id`` this client posted to the inbox and has not yet seen
+        journaled is served by the inbox path too: only it can tell this
+        client's own refused submission apart from another client's run.
         """
+        if run_id is not None and run_id in self._mine:
+            return False, None
         for _ in (1, 2):  # reconnect once: a supervisor may have restarted
             conn = self._door()
             if conn is None:
@@ -331,7 +337,7 @@ class Client:
         # The supervisor pushes the outcome once durable; a margin past its own
         # timeout in case it is too busy to say so.
         served, out = self._door_call(lambda i: Wait(i, run_id, limit),
-                                      None if limit is None else limit + 30.0) \
+                                      None if limit is None else limit + 30.0, run_id) \
             if isinstance(run_id, str) else (False, None)
         if served:
             return self.blobs.resolve_outcome(out)
@@ -451,7 +457,8 @@ class Client:
         A terminal status in the answer means the cancel lost the race.
         """
         check_run_id(run_id)
-        served, was = self._door_call(lambda i: Cancel(i, CancelMsg(run_id, reason, time.time())))
+        served, was = self._door_call(
+            lambda i: Cancel(i, CancelMsg(run_id, reason, time.time())), run_id=run_id)
         if served:
             return self.blobs.resolve_outcome(was)
         out = self.status(run_id)
@@ -469,7 +476,8 @@ class Client:
         check_run_id(run_id)
         check_signal_key(key)
         raw = check_bytes("the signal data", data)
-        served, _ = self._door_call(lambda i: Signal(i, SignalMsg(run_id, key, raw, time.time())))
+        served, _ = self._door_call(
+            lambda i: Signal(i, SignalMsg(run_id, key, raw, time.time())), run_id=run_id)
         if served:
             return
         out = self.status(run_id)
@@ -483,7 +491,8 @@ class Client:
         Raises ``RunNotDead`` for a run with no dead-lettered step.
         """
         check_run_id(run_id)
-        served, _ = self._door_call(lambda i: Retry(i, RedriveMsg(run_id, time.time())))
+        served, _ = self._door_call(lambda i: Retry(i, RedriveMsg(run_id, time.time())),
+                                    run_id=run_id)
         if served:
             return
         found = self._find(run_id)
