@@ -63,8 +63,9 @@ def test_workers_killed_at_each_blob_failpoint_retry_to_the_right_result(
     """``crash@2``: every worker process dies at its second blob write (its result or
     payload); the retry on a fresh worker gets one further, and no step fails twice.
 
-    One run and one worker (each process writes blobs in a known order): with several, a fresh worker could be handed two steps and
-    die at the second one's blob every time, which says nothing about blobs."""
+    One run and one worker, so each process writes blobs in a known order: with
+    several, a fresh worker could be handed two steps and die at the second one's
+    blob every time, which says nothing about blobs."""
     state = tmp_path / "state"
     client = Client(state)
     inputs = {"r0": os.urandom(200_000)}
