@@ -31,6 +31,7 @@ one row with the same content.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -303,6 +304,20 @@ class ArchiveWriter(_Reads):
             fsync_dir(self.path.parent)
             self._dir_synced = True
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, durable when the block ends (rolled back if it raises)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._sync_dir()
+
     def upsert(self, rows: Iterable[Row], counts: dict[str, int] | None = None) -> int:
         """Insert or replace ``rows`` in one transaction; durable on return.
 
@@ -312,9 +327,7 @@ class ArchiveWriter(_Reads):
         rows = list(rows)
         if not rows:
             return 0
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             if counts is not None:
                 ids = [r[0] for r in rows]
                 for i in range(0, len(ids), _IN_CHUNK):
@@ -326,26 +339,12 @@ class ArchiveWriter(_Reads):
                 for r in rows:
                     counts[r[1]] = counts.get(r[1], 0) + 1
             db.executemany(_UPSERT, rows)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self._sync_dir()
         return len(rows)
 
     def delete_finished_before(self, t: float) -> int:
         """Delete rows finished before ``t`` (retention); how many went."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             n = db.execute("DELETE FROM runs WHERE finished_at < ?", (float(t),)).rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self._sync_dir()
         return n
 
 
