@@ -64,6 +64,7 @@ class Flushing:
     state_lock: Any
     _recs: list[Record]
     _written: deque[_Turn]
+    _storage_broken: bool
     _flusher: Flusher | None
     _sync_wanted: int
     _unsent_n: dict[int, int]
@@ -75,6 +76,7 @@ class Flushing:
         Acknowledge nothing, stop every worker, let the caller exit (the
         turns still in ``_written`` are dropped by ``close``).
         """
+        self._storage_broken = True  # close must not sync (and report) again
         if self.pool is not None:
             for w in self.pool.workers:
                 self.pool.kill(w, "storage")
@@ -132,7 +134,7 @@ class Flushing:
         if fl is None:
             return
         try:
-            if fl.error is None and self._written:
+            if fl.error is None and self._written and not self._storage_broken:
                 with self.state_lock:
                     self._drain()
         except StorageFailure as e:

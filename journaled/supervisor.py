@@ -158,6 +158,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         # Turns written whose sync has not returned yet, oldest first; the
         # flusher (started after replay) syncs them while the loop goes on.
         self._written: deque[_Turn] = deque()
+        self._storage_broken = False  # a write or sync failed: nothing more is synced
         self._flusher: Flusher | None = None
         self._sync_wanted = 0  # ticket written, not yet handed to the flusher
         self._turned_at = 0.0  # monotonic start of the last turn (gather)

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from journaled.archive import Archive
 from journaled.client import Client
 from journaled.crashtest import ENV_APP, ENV_LOG, HOOK, WRAPPED, ExecLog, final_outcomes
 from journaled.tools import check
@@ -134,6 +135,15 @@ def _inject(fault: Fault, tmp: Path) -> Seen:
                 break
             time.sleep(0.01)
     seen.exit_code = proc.wait()
+    # What became durable before the fault, also if the supervisor died before the
+    # loop above looked: the journal, and the archive finished runs moved to.
+    seen.acked.update(client.refresh().runs)
+    reader = Archive(state).open_reader()
+    if reader is not None:
+        try:
+            seen.acked.update(reader.get_many(seen.inputs))
+        finally:
+            reader.close()
     with open(err, "rb") as f:
         f.seek(proc.err_start)  # type: ignore[attr-defined]
         seen.stderr = f.read().decode("utf-8", "replace")
