@@ -173,7 +173,25 @@ def step_rate(state: Path, n: int) -> dict[str, Any]:
             while ended[0] < n:
                 sup.cond.wait(1.0)
         dt = time.perf_counter() - t0
+        settle(rt)
     return {"steps_per_s": n / dt, "seconds": dt, "runtime_start_s": started}
+
+
+def settle(rt: Runtime, timeout: float = 120.0) -> None:
+    """Let the archiver take every finished run, then compact: the state is left as built.
+
+    Otherwise a rerun with ``--keep`` would measure the big state with the
+    last step-rate runs still in an uncompacted journal tail (a fresh
+    ``Client`` folds that tail: 8 MB of it doubled its peak RSS).
+    """
+    sup = rt.supervisor
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sup.state_lock:
+            if not any(r.terminal for r in sup.state.runs.values()):
+                break
+        time.sleep(0.2)
+    sup.compact()
 
 
 def measure_state(state: Path, rid: str, reps: int, limit: bool) -> dict:
