@@ -35,6 +35,9 @@ EXPECTED: dict[str, tuple[set[str], tuple[str, str] | None]] = {
     "submit_paths.py": ({"shape", "path", "runs", "vs_pool", "target"}, None),
     "peers.py": ({"shape", "system", "runs", "seconds", "runs_per_s", "not_succeeded"}, None),
     "scale.py": ({"what", "unit", "small", "big", "ratio", "target", "met"}, None),
+    "compaction_pause.py": ({"state", "turns", "compactions", "longest_compacting_turn_ms",
+                             "compacting_turn_max_cpu_ms", "longest_compact_call_ms",
+                             "longest_turn_ms", "p99_turn_ms"}, None),
     "soak.py": ({"kind", "runs", "seconds", "rss_mb", "worker_rss_mb", "journal_mb",
                  "runs_in_memory", "compactions"}, ("kind", "sample")),
 }
