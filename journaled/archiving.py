@@ -69,6 +69,7 @@ class Archiver:
         self.archived = 0
         self.deleted = 0
         self.counts: dict[str, int] = {}  # archive rows by status (counted once at start)
+        self.in_both: set[str] = set()  # committed here, not yet dropped from the journal
         self._writer: ArchiveWriter | None = None
         self._busy = False
         self._failing = False
@@ -181,12 +182,16 @@ class Archiver:
             failpoints.hit("archive.before_commit")
         counts = dict(self.counts)
         writer.upsert(rows, counts)  # synchronous=FULL: durable on return
-        self.counts = counts  # one assignment: readers on the loop see old or new
         self.archived += len(batch)
         if failpoints.ENABLED:
             failpoints.hit("archive.after_commit")
-        # Only now may the journal drop them (the loop writes Archived).
-        self.done.append([(s.run_id, s.finished_at or 0.0) for s in batch])
+        # Only now may the journal drop them (the loop writes Archived). Until it
+        # does they are in both: ``in_both`` keeps them from being counted twice.
+        ids = [(s.run_id, s.finished_at or 0.0) for s in batch]
+        with self._cond:
+            self.counts = counts
+            self.in_both.update(rid for rid, _ in ids)
+            self.done.append(ids)
         with self._cond:
             closed = self._closed
         if not closed:  # after close the wake pipe may be gone (or its fd reused)
@@ -297,6 +302,8 @@ class Archiving:
         while arch.done:
             done += arch.done.popleft()
         recs = self.state.archived(done, now)
+        with arch._cond:
+            arch.in_both.difference_update(rid for rid, _ in done)
         kept = {rid for rid, _ in done} - set(recs[0].run_ids if recs else ())
         self._archive_queued -= kept  # redriven since: archived again when they end
         return recs
@@ -304,9 +311,17 @@ class Archiving:
     def all_counts(self) -> dict[str, int]:
         """Runs by status, live and archived (what 'watch' and the status line show)."""
         counts = self.state.status_counts()
-        if self._archiver is not None:
-            for status, n in self._archiver.counts.items():
+        arch = self._archiver
+        if arch is not None:
+            with arch._cond:
+                archived, both = dict(arch.counts), list(arch.in_both)
+            for status, n in archived.items():
                 counts[status] = counts.get(status, 0) + n
+            runs = self.state.runs
+            for rid in both:  # in the archive already, still in the journal: count once
+                run = runs.get(rid)
+                if run is not None and run.terminal:
+                    counts[run.status] -= 1
         return counts
 
     def _archive_busy(self) -> bool:
