@@ -159,6 +159,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         # flusher (started after replay) syncs them while the loop goes on.
         self._written: deque[_Turn] = deque()
         self._flusher: Flusher | None = None
+        self._unanswered: list[tuple[Future, Any]] = []  # the flusher's, after it failed
         self._sync_wanted = 0  # ticket written, not yet handed to the flusher
         self._turned_at = 0.0  # monotonic start of the last turn (gather)
         self._unsent_n: dict[int, int] = {}  # slot -> leases in _written, not yet sent
@@ -312,6 +313,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         for turn in self._written:  # their sync failed or never ran: nothing was told
             for fut, _value in turn.futures:
                 fut.set(error=gone)
+        for fut, _value in self._unanswered:
+            fut.set(error=gone)
+        self._unanswered.clear()
         self._commands.clear()
         self._futures.clear()
         self._written.clear()
@@ -498,6 +502,10 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             # rejection): everything it rests on is durable already.
             self._act(turn)
             return
+        if turn.futures and not self._compact_requested and fl.answer_after(ticket, turn.futures):
+            # Answers need only durability: the flusher sets them right after
+            # the sync that covers this turn (one hand-off fewer per caller).
+            turn.futures = []
         # 2. Acts wait in order; 3. the flusher syncs (with every turn written
         # meanwhile) and wakes the loop, which acts next turn (_act_durable).
         if recs or turn.dispatch or turn.memo_acks or turn.acks or turn.futures:
