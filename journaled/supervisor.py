@@ -165,6 +165,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._unsent_n: dict[int, int] = {}  # slot -> leases in _written, not yet sent
         self._inbox_due = True  # the inbox watcher saw a change: scan it next turn
         self._poked = False  # someone asked for a full turn (_poke)
+        self._wake_pending = False  # a wake byte is in the pipe, not yet read by the loop
         self._stopping = False
         self._stop_now = False
         self._drain_deadline = 0.0
@@ -234,7 +235,12 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
     def wake(self) -> None:
         """Wake the loop for a full turn, from another thread (or a signal handler)."""
         self._poked = True
-        self._wake_synced()
+        if not self._wake_pending:
+            # One byte while a wake is pending: many callers in one turn cost one
+            # write (the loop clears the flag before it empties the pipe and
+            # only then looks at the commands, so no wake-up is lost).
+            self._wake_pending = True
+            self._wake_synced()
 
     def _wake_synced(self) -> None:
         """The flusher's wake: a sync ended; the turn may only act on it and wait again."""
@@ -374,6 +380,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         assert pool is not None
         woke = self._wake_r in ready
         if woke:
+            self._wake_pending = False  # before the read: a wake after it writes anew
             # Empty the pipe before looking at the flusher: a sync that ends after
             # this leaves a byte behind, so its wake-up is never lost.
             try:
