@@ -237,7 +237,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._poked = True
         if not self._wake_pending:
             # One byte while a wake is pending: many callers in one turn cost one
-            # write (the loop clears the flag before it empties the pipe and
+            # write (the loop clears the flag after it empties the pipe and
             # only then looks at the commands, so no wake-up is lost).
             self._wake_pending = True
             self._wake_synced()
@@ -380,7 +380,6 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         assert pool is not None
         woke = self._wake_r in ready
         if woke:
-            self._wake_pending = False  # before the read: a wake after it writes anew
             # Empty the pipe before looking at the flusher: a sync that ends after
             # this leaves a byte behind, so its wake-up is never lost.
             try:
@@ -390,6 +389,10 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                     pass
             except BlockingIOError:
                 pass
+            # After the read, not before: a waker that set the flag meanwhile may
+            # have had its byte read already. Anyone who skipped writing queued
+            # their work before they looked at the flag, so this turn sees it.
+            self._wake_pending = False
         acted = self._act_durable()  # earlier turns the flusher has synced since: act first
         if (acted and woke and len(ready) == 1 and not self._commands and not self._carry
                 and not self._inbox_due and not self._poked and not self._stopping
