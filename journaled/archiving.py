@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import failpoints
+from .api import RunOutcome
 from .archive import Archive, ArchiveWriter, CachedReader, Row, content_sha256, row_of
 from .errors import RunConflict
 from .records import Archived, HookDelivered, Record, Redriven, RunSnapshot, Terminated
@@ -341,6 +342,13 @@ class Archiving:
         if row is None or not row.dead:
             return []
         return self.state.restore(row.snapshot())
+
+    def _archived_outcome(self, run_id: str) -> RunOutcome | None:
+        """The outcome of a run the live state has dropped, from its archive row (or None)."""
+        if run_id in self.state.runs or not self.archive.exists():
+            return None
+        row = self.archive_reader.call("get", run_id)
+        return None if row is None else row.outcome()
 
     # ------------------------------------------------- idempotency across history
 

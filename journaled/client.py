@@ -341,6 +341,9 @@ class Client:
             if isinstance(run_id, str) else (False, None)
         if served:
             return self.blobs.resolve_outcome(out)
+        out = self._outcome(run_id)  # one look first: a watcher costs ~1 ms to set up
+        if out.status.terminal:
+            return self.blobs.resolve_outcome(out)
         watched: tuple[Path, ...] = ()
         watcher: DirWatcher | None = None
         try:

@@ -38,6 +38,7 @@ from .protocol import (
     Cancel,
     Err,
     Ok,
+    Outcome,
     Retry,
     Signal,
     Status,
@@ -64,6 +65,7 @@ class DoorIntake:
     wake: Callable[[], None]
     _signal_cancel: Callable[[str], None]
     status: Callable[[str], RunOutcome | None]
+    _archived_outcome: Callable[[str], RunOutcome | None]
 
     def _init_door(self, serve: bool) -> None:
         self._door_serve = serve
@@ -147,7 +149,7 @@ class DoorIntake:
                 elif t is Status:
                     out = self.status(req.run_id)
                     reply = outcome_reply(req.id, out) if out is not None else \
-                        self._unknown_run(req.id, req.run_id)
+                        self._gone_run(req.id, req.run_id)
                 else:
                     reply = Err(getattr(req, "id", 0), "ProtocolError",
                                 f"unexpected request {t.__name__}")
@@ -223,6 +225,20 @@ class DoorIntake:
         """
         return err_of(req_id, RunNotFound(run_id))
 
+    def _gone_run(self, req_id: int, run_id: str) -> Outcome | Err:
+        """A status or wait for a run the live state does not hold: its archived outcome.
+
+        A finished run leaves the live state soon after its end is durable,
+        so most waits on a run submitted a moment ago find it archived; read
+        here (one indexed SQLite lookup) rather than sending the client to
+        fold the journal and list the inbox for an answer the archive holds.
+        Not archived either: ``_unknown_run`` (it may wait in the inbox).
+        """
+        out = self._archived_outcome(run_id)
+        if out is not None:
+            return outcome_reply(req_id, out)
+        return self._unknown_run(req_id, run_id)
+
     def _door_wait(self, cid: int, req: Wait) -> None:
         door = self._door
         if door is None:
@@ -230,7 +246,7 @@ class DoorIntake:
         rid = req.run_id
         run = self.state.runs.get(rid)
         if run is None:
-            door.reply(cid, self._unknown_run(req.id, rid))
+            door.reply(cid, self._gone_run(req.id, rid))
             return
         with self._door_lock:
             if rid not in self.outcomes:
@@ -251,4 +267,4 @@ class DoorIntake:
                 # A run already gone from the live state (archived) reads as the client's
                 # own reads say.
                 door.reply(cid, outcome_reply(req_id, outcome_of(run)) if run is not None else
-                           self._unknown_run(req_id, rid))
+                           self._gone_run(req_id, rid))

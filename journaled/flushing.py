@@ -67,6 +67,7 @@ class Flushing:
     _storage_broken: bool
     _flusher: Flusher | None
     _sync_wanted: int
+    _unanswered: list[tuple[Future, Any]]
     _unsent_n: dict[int, int]
     _act: Callable[[_Turn], None]
 
@@ -142,6 +143,7 @@ class Flushing:
                       len(self._written), e)
         finally:
             fl.close()
+            self._unanswered += fl.take_unanswered()  # failed by close, after the door
             self._flusher = None
 
     def _unsent(self, w: Worker | None = None) -> bool:

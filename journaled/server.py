@@ -5,7 +5,11 @@ The thread only moves bytes. It accepts connections on
 ``SO_PEERCRED``), cuts frames, decodes requests and hands them to the
 supervisor loop in batches (a deque and one ``wake()`` per pass), then
 writes the answers the loop queues back (``reply``, from any thread, wakes
-this one through a socketpair). It never touches the state or the
+this one through a socketpair). An answer whose connection has nothing
+queued is written by the caller itself when this thread is between passes
+(a non-blocking ``send`` under the pass lock, never waiting for it), which
+spares the hand-off to this thread; what does not fit is left for it.
+It never touches the state or the
 journal, so nothing it does can stall a turn, and a slow client stalls
 only itself: its answers wait in a bounded buffer, and a client whose
 buffer passes the bound is dropped with a log line.
@@ -131,6 +135,9 @@ class DoorServer:
         self._wake_w.setblocking(False)
         self._woken = False
         self._stop = False
+        # Held by this thread for each pass; ``reply`` only ever tries it.
+        self._lock = threading.Lock()
+        self._dirty: set[int] = set()  # connections a direct reply left work for
         # (deadline, conn, request id, the wait's timeout): waits that may time out.
         self._timers: list[tuple[float, int, int, float]] = []
         self._listener: socket.socket | None = None
@@ -191,11 +198,50 @@ class DoorServer:
     # ------------------------------------------------------ other threads
 
     def reply(self, cid: int, msg: Any) -> None:
-        """Queue an answer (any thread); it is encoded and sent on the server thread."""
+        """Send an answer (any thread, never blocks): now if it can, else on the server thread."""
+        if not self._replies and self._lock.acquire(blocking=False):
+            try:
+                if self._reply_now(cid, msg):
+                    return
+            finally:
+                self._lock.release()
         self._replies.append((cid, msg))
         if not self._woken:
             self._woken = True
             self._poke()
+
+    def _reply_now(self, cid: int, msg: Any) -> bool:
+        """Write one answer straight to an idle connection (the pass lock held); False: queue it."""
+        c = self._conns.get(cid)
+        if c is None or c.out or c.closing:
+            return False
+        rid = getattr(msg, "id", 0)
+        if rid not in c.pending:
+            return True  # a wait that timed out meanwhile: its answer went already
+        try:
+            data = frame(msg)
+        except ValueError:
+            return False  # too big: the server thread says so
+        try:
+            n = c.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            return False  # the server thread sees the failure and drops the connection
+        del c.pending[rid]
+        poke = False
+        if n < len(data):
+            c.out.append(memoryview(data)[n:])
+            c.out_size += len(data) - n
+            poke = True
+        if not c.reading and not c.closing and len(c.pending) < MAX_IN_FLIGHT // 2:
+            poke = True  # it may read again
+        if poke:
+            self._dirty.add(cid)
+            if not self._woken:
+                self._woken = True
+                self._poke()
+        return True
 
     def _poke(self) -> None:
         try:
@@ -212,28 +258,34 @@ class DoorServer:
             if self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
             batch: list[tuple[int, Any]] = []
-            for key, events in sel.select(timeout):
-                obj = key.fileobj
-                if obj is self._listener:
-                    self._accept()
-                elif obj is self._wake_r:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except (BlockingIOError, OSError):
+            ready = sel.select(timeout)
+            with self._lock:
+                self._pass(ready, batch)
+
+    def _pass(self, ready: list[Any], batch: list[tuple[int, Any]]) -> None:
+        """What ``select`` reported, then the queued answers and timers (the pass lock held)."""
+        for key, events in ready:
+            obj = key.fileobj
+            if obj is self._listener:
+                self._accept()
+            elif obj is self._wake_r:
+                try:
+                    while self._wake_r.recv(4096):
                         pass
-                else:
-                    c: _Conn = key.data
-                    if events & selectors.EVENT_WRITE and c.cid in self._conns:
-                        self._flush(c)
-                    if events & selectors.EVENT_READ and c.cid in self._conns:
-                        self._read(c, batch)
-            if batch:
-                self._deliver(batch)
-            self._woken = False
-            self._send_replies()
-            if self._timers:
-                self._expire(time.monotonic())
+                except (BlockingIOError, OSError):
+                    pass
+            else:
+                c: _Conn = key.data
+                if events & selectors.EVENT_WRITE and c.cid in self._conns:
+                    self._flush(c)
+                if events & selectors.EVENT_READ and c.cid in self._conns:
+                    self._read(c, batch)
+        if batch:
+            self._deliver(batch)
+        self._woken = False
+        self._send_replies()
+        if self._timers:
+            self._expire(time.monotonic())
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -341,6 +393,11 @@ class DoorServer:
     def _send_replies(self) -> None:
         q = self._replies
         touched: dict[int, _Conn] = {}
+        while self._dirty:
+            cid = self._dirty.pop()
+            c = self._conns.get(cid)
+            if c is not None:
+                touched[cid] = c
         while q:
             cid, msg = q.popleft()
             c = self._conns.get(cid)

@@ -160,11 +160,13 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._written: deque[_Turn] = deque()
         self._storage_broken = False  # a write or sync failed: nothing more is synced
         self._flusher: Flusher | None = None
+        self._unanswered: list[tuple[Future, Any]] = []  # the flusher's, after it failed
         self._sync_wanted = 0  # ticket written, not yet handed to the flusher
         self._turned_at = 0.0  # monotonic start of the last turn (gather)
         self._unsent_n: dict[int, int] = {}  # slot -> leases in _written, not yet sent
         self._inbox_due = True  # the inbox watcher saw a change: scan it next turn
         self._poked = False  # someone asked for a full turn (_poke)
+        self._wake_pending = False  # a wake byte is in the pipe, not yet read by the loop
         self._stopping = False
         self._stop_now = False
         self._drain_deadline = 0.0
@@ -234,7 +236,12 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
     def wake(self) -> None:
         """Wake the loop for a full turn, from another thread (or a signal handler)."""
         self._poked = True
-        self._wake_synced()
+        if not self._wake_pending:
+            # One byte while a wake is pending: many callers in one turn cost one
+            # write (the loop clears the flag after it empties the pipe and
+            # only then looks at the commands, so no wake-up is lost).
+            self._wake_pending = True
+            self._wake_synced()
 
     def _wake_synced(self) -> None:
         """The flusher's wake: a sync ended; the turn may only act on it and wait again."""
@@ -313,6 +320,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         for turn in self._written:  # their sync failed or never ran: nothing was told
             for fut, _value in turn.futures:
                 fut.set(error=gone)
+        for fut, _value in self._unanswered:
+            fut.set(error=gone)
+        self._unanswered.clear()
         self._commands.clear()
         self._futures.clear()
         self._written.clear()
@@ -380,6 +390,10 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                     pass
             except BlockingIOError:
                 pass
+            # After the read, not before: a waker that set the flag meanwhile may
+            # have had its byte read already. Anyone who skipped writing queued
+            # their work before they looked at the flag, so this turn sees it.
+            self._wake_pending = False
         acted = self._act_durable()  # earlier turns the flusher has synced since: act first
         if (acted and woke and len(ready) == 1 and not self._commands and not self._carry
                 and not self._inbox_due and not self._poked and not self._stopping
@@ -499,6 +513,10 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             # rejection): everything it rests on is durable already.
             self._act(turn)
             return
+        if turn.futures and not self._compact_requested and fl.answer_after(ticket, turn.futures):
+            # Answers need only durability: the flusher sets them right after
+            # the sync that covers this turn (one hand-off fewer per caller).
+            turn.futures = []
         # 2. Acts wait in order; 3. the flusher syncs (with every turn written
         # meanwhile) and wakes the loop, which acts next turn (_act_durable).
         if recs or turn.dispatch or turn.memo_acks or turn.acks or turn.futures:

@@ -16,6 +16,12 @@ commit across turns, one fdatasync for many. The loop never blocks on the
 disk; it only acts (sends steps, answers callers) on turns whose ticket is
 at most ``synced``.
 
+Answers that need nothing but durability (a caller's Future: a submit's
+ids, a socket reply) can be left here with ``answer_after``: they are set
+on this thread right after the sync that covers their ticket, sparing the
+hand-off back to the loop and from it to the caller. Everything else (a
+step to a worker, an inbox ack, a hook) is still the loop's, in order.
+
 A failed sync (``StorageFailure``: fsyncgate, a full disk) is never retried
 and never swallowed here: it is kept in ``error``, the loop is woken, and
 the loop raises it; the thread stops, since nothing after a failed sync can
@@ -26,7 +32,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections import deque
+from typing import Any, Callable
 
 from .writer import Journal
 
@@ -52,6 +59,8 @@ class Flusher:
         self._want = journal.synced  # last ticket asked for
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
+        # (ticket, [(future, value)]) set once synced >= ticket; guarded by _cond.
+        self._answers: deque[tuple[int, list[tuple[Any, Any]]]] = deque()
         self._thread = threading.Thread(target=self._run, daemon=True, name="journaled-flusher")
         self._thread.start()
 
@@ -61,6 +70,37 @@ class Flusher:
             if ticket > self._want:
                 self._want = ticket
                 self._cond.notify()
+
+    def answer_after(self, ticket: int, futures: list[tuple[Any, Any]]) -> bool:
+        """Set each ``future.set(value)`` once ``ticket`` is durable, on this thread.
+
+        Returns False, keeping nothing, when ``ticket`` is synced already or the
+        flusher failed or closed: the caller sets them itself. Asked under the
+        lock the sync's end is published under, so none can fall between.
+        ``Future.set`` and its callbacks must be quick and thread-safe.
+        """
+        with self._cond:
+            if ticket <= self.synced or self.error is not None or self._closed:
+                return False
+            self._answers.append((ticket, futures))
+            return True
+
+    def _take_answers(self, upto: int) -> list[tuple[Any, Any]]:
+        """Under ``_cond``: the answers whose ticket is at most ``upto``."""
+        out: list[tuple[Any, Any]] = []
+        q = self._answers
+        while q and q[0][0] <= upto:
+            out += q.popleft()[1]
+        return out
+
+    def take_unanswered(self) -> list[tuple[Any, Any]]:
+        """After a failed sync or ``close``: the answers never set (the caller fails them).
+
+        Left to the caller so it can first close its doors: a socket client
+        whose connection drops unanswered resends through the inbox.
+        """
+        with self._cond:
+            return self._take_answers(1 << 62)
 
     def idle(self) -> bool:
         """Nothing asked for is still unsynced (or the flusher failed)."""
@@ -115,6 +155,10 @@ class Flusher:
                 return
             with cond:
                 self.synced = done
+                answers = self._take_answers(done)
+            # Durable, and the mark published: the callers may hear it now.
+            for fut, value in answers:
+                fut.set(value)
             # The loop may act on everything up to `done` now; the mark says so
             # to other processes already (published inside sync()). Woken before
             # the waiters (wait_synced), so one that wakes finds the byte there.

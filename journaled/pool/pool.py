@@ -4,14 +4,17 @@
 
     supervisor loop thread            sender thread i         worker i (forkserver child)
     ----------------------            ---------------         ---------------------------
-    send/cancel/stop/ack  -> outbox -> conn.send_bytes  ==>   reader thread -> queue
+    send/cancel/stop/ack  -> (room in the pipe: written at once, MSG_DONTWAIT)
+                          -> outbox -> sock.sendall      ==>   reader thread -> queue
     read_results()        <===================================  sender thread <- results
     pidfd[i] (or sentinel) <-- process exit (crash, kill, os._exit)
     cancel block: slot i: cancel seq (we write), running seq + progress (worker writes);
                   after the slots: the pool-wide "stopping" word (we write)
 
-The loop thread never blocks on a worker: every message to a worker goes
-through that worker's sender thread, and the worker reads its pipe on a
+The loop thread never blocks on a worker: a message to a worker is
+written at once only if all of it fits without waiting and nothing is
+queued ahead of it; anything else goes through that worker's sender
+thread, in order (``Sender``), and the worker reads its pipe on a
 thread of its own while it sends, so neither end can wait on the other
 however big the payloads (CPython's process pool: "this function never
 blocks"). Results are still read on the loop thread, straight off the pipe
@@ -45,6 +48,7 @@ from typing import Any
 from ..api import SLOT_SIZE, block_size, read_progress
 from ..blobs import ENV_THRESHOLD, value_size
 from ..state import WorkerResult
+from .nowait import DIRECT_MAX, header, send_nowait, socket_of
 from .wire import (
     CancelQueued,
     Dispatch,
@@ -83,29 +87,60 @@ class InFlight:
 
 
 class Sender:
-    """One thread per worker connection: sends queued messages in order, off the loop."""
+    """One thread per worker connection: sends what the loop could not write at once, in order.
+
+    ``send`` writes a small message straight to the pipe when nothing is
+    queued ahead of it and the socket has room (no thread hand-off, see
+    ``nowait``); anything else (a big message, a full pipe, the rest of a
+    partial write, everything behind it) goes to the thread, so the loop
+    never blocks and messages leave in the order they were sent.
+    """
 
     def __init__(self, conn: Connection, name: str) -> None:
         self.conn = conn
-        self.q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.sock = socket_of(conn)
+        self.q: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
         self.broken = False
-        self._queued = 0  # messages put; ``flush`` waits until ``_sent`` catches up
+        self._queued = 0  # pieces put; ``flush`` waits until ``_sent`` catches up
         self._sent = 0
         self._done = threading.Condition()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
+    def send(self, data: bytes) -> None:
+        """Send one message (framed as ``Connection.send_bytes`` does); never blocks."""
+        if self.broken:
+            return
+        head = header(len(data))
+        if self._queued == self._sent and len(data) <= DIRECT_MAX:
+            # The thread is idle (it counts a piece sent only once written), so
+            # nothing can be ahead of this one.
+            frame = head + data
+            try:
+                n = send_nowait(self.sock, frame)
+            except OSError:
+                self.broken = True  # the worker is gone; its exit is seen by the loop
+                return
+            if n < len(frame):
+                self._put(memoryview(frame)[n:])
+            return
+        self._put(head)
+        self._put(data)
+
     def put(self, data: bytes) -> None:
-        if not self.broken:
-            self._queued += 1
-            self.q.put(data)
+        """The old name of ``send``."""
+        self.send(data)
+
+    def _put(self, piece: bytes | memoryview) -> None:
+        self._queued += 1
+        self.q.put(piece)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every message put so far has left for the pipe (or the peer died).
+        """Wait until every message sent so far has left for the pipe (or the peer died).
 
         Only failpoint runs call it, so that a kill aimed "after dispatch" lands
-        after the bytes really left this process, as it did before sends moved
-        to this thread; the loop itself never waits on a worker.
+        after the bytes really left this process; the loop itself never waits
+        on a worker. A direct write has left when ``send`` returns.
         """
         target = self._queued
         with self._done:
@@ -117,7 +152,7 @@ class Sender:
             if data is None:
                 return
             try:
-                self.conn.send_bytes(data)
+                self.sock.sendall(data)
             except (OSError, ValueError):
                 self.broken = True  # the worker is gone; its exit is seen by the loop
                 with self._done:
@@ -133,12 +168,11 @@ class Sender:
         self.thread.join(timeout=0.2)
         if self.thread.is_alive():
             try:
-                s = socket.socket(fileno=os.dup(self.conn.fileno()))
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
+                self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             self.thread.join(timeout=2)
+        self.sock.close()
 
 
 class Worker:
@@ -193,7 +227,7 @@ class Worker:
     def post(self, msg: Any) -> None:
         """Queue one message for the worker; never blocks, never raises for a dead worker."""
         if self.sender is not None:
-            self.sender.put(to_worker_enc.encode(msg))
+            self.sender.send(to_worker_enc.encode(msg))
 
     @property
     def pid(self) -> int | None:

@@ -7,6 +7,11 @@ Three threads, so no pipe can fill up with both ends waiting on each other
     main    : pops one step at a time, runs it, files its result
     sender  : results (batched, capped in bytes) and control answers -> conn
 
+A small result due at once (nothing else queued here) is written by the
+main thread itself when the pipe has room and the sender is idle, which
+saves a thread hand-off per step; what does not fit goes to the sender,
+ahead of anything later (``nowait``).
+
 The reader never waits for anything but the pipe, so the supervisor's
 sends always drain, even while this process is in the middle of a big
 ``send_bytes`` of its own. Which queued step runs and which is revoked or
@@ -51,6 +56,7 @@ from ..blobs import BlobRef, BlobStore, as_bytes_view
 from ..errors import BlobMissing, InputTooLarge
 from ..limits import check_size, cut_text
 from ..state import WorkerResult
+from .nowait import DIRECT_MAX, header, send_nowait, socket_of
 from .wire import (
     BATCH_BYTES,
     CancelQueued,
@@ -301,6 +307,9 @@ class WorkerLoop:
         self.out_bytes = 0
         self.held_since = 0.0
         self.urgent = False  # a control message waits: send at once
+        self.sock = socket_of(conn)  # the main thread's direct writes (MSG_DONTWAIT)
+        self.sending = False  # one writer at a time: the sender or the main thread
+        self.rest: memoryview | None = None  # a direct write's unsent tail: goes first
 
     # ----------------------------------------------------- reader thread
 
@@ -370,7 +379,11 @@ class WorkerLoop:
         while True:
             with self.cv:
                 while True:
-                    if self.outbox:
+                    if self.rest is not None and not self.sending:
+                        break
+                    if self.sending:
+                        self.cv.wait()  # the main thread is writing
+                    elif self.outbox:
                         left = self._due()
                         if left <= 0:
                             break
@@ -379,14 +392,36 @@ class WorkerLoop:
                         return
                     else:
                         self.cv.wait()
-                entries, self.outbox = self.outbox, []
-                self.out_bytes = 0
-                self.urgent = False
+                rest, self.rest = self.rest, None
+                entries: list[Any] = []
+                if rest is None:
+                    entries, self.outbox = self.outbox, []
+                    self.out_bytes = 0
+                    self.urgent = False
+                self.sending = True
             try:
+                if rest is not None:
+                    self.sock.sendall(rest)
                 for msg in _batches(entries):
                     enc_send(enc(msg))
             except OSError:
                 os._exit(0)  # the supervisor is gone
+            with self.cv:
+                self.sending = False
+                self.cv.notify_all()
+
+    def _send_direct(self, entries: list[Any], enc: Callable[[Any], bytes]) -> None:
+        """Write ``entries`` from the main thread without blocking (``sending`` is ours)."""
+        frame = b"".join(header(len(b)) + b for b in map(enc, _batches(entries)))
+        try:
+            n = send_nowait(self.sock, frame)
+        except OSError:
+            os._exit(0)  # the supervisor is gone
+        with self.cv:
+            self.sending = False
+            if n < len(frame):
+                self.rest = memoryview(frame)[n:]  # the sender writes it before anything else
+            self.cv.notify_all()
 
     # --------------------------------------------------------- main thread
 
@@ -399,6 +434,9 @@ class WorkerLoop:
         sender.start()
         cv = self.cv
         clock = time.perf_counter
+        from msgspec.msgpack import Encoder
+
+        enc = Encoder().encode  # the main thread's own (the sender has one)
         while True:
             with cv:
                 while not self.queue and not self.stopping:
@@ -429,11 +467,21 @@ class WorkerLoop:
             del step, item  # drop the runner's objects before waiting for more work
             if failpoints.ENABLED:
                 failpoints.hit("worker.after_step")
+            direct: list[Any] | None = None
             with cv:
                 self.running = 0
                 _U64.pack_into(self.buf, self.run_off, 0)
                 self._result(seq, res, clock() - started)
-                cv.notify_all()
+                if (not self.sending and self.rest is None and self.out_bytes <= DIRECT_MAX
+                        and self._due() <= 0):
+                    direct, self.outbox = self.outbox, []
+                    self.out_bytes = 0
+                    self.urgent = False
+                    self.sending = True
+                else:
+                    cv.notify_all()
+            if direct is not None:
+                self._send_direct(direct, enc)
         with cv:
             self.finished = True
             cv.notify_all()
