@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import failpoints
 from .api import RunOutcome
@@ -177,6 +177,16 @@ class Archiver:
         if self._writer is not None:
             self._writer.close()
 
+    def counted(self) -> tuple[dict[str, int], list[str]]:
+        """Rows by status, and the ids among them the journal still holds (one view)."""
+        with self._cond:
+            return dict(self.counts), list(self.in_both)
+
+    def dropped(self, run_ids: Iterable[str]) -> None:
+        """The journal's ``Archived`` for these is applied: they are in the archive only."""
+        with self._cond:
+            self.in_both.difference_update(run_ids)
+
     def _commit(self, writer: ArchiveWriter, batch: list[RunSnapshot]) -> None:
         rows: list[Row] = [row_of(s) for s in batch]
         if failpoints.ENABLED:
@@ -303,8 +313,7 @@ class Archiving:
         while arch.done:
             done += arch.done.popleft()
         recs = self.state.archived(done, now)
-        with arch._cond:
-            arch.in_both.difference_update(rid for rid, _ in done)
+        arch.dropped(rid for rid, _ in done)
         kept = {rid for rid, _ in done} - set(recs[0].run_ids if recs else ())
         self._archive_queued -= kept  # redriven since: archived again when they end
         return recs
@@ -314,8 +323,7 @@ class Archiving:
         counts = self.state.status_counts()
         arch = self._archiver
         if arch is not None:
-            with arch._cond:
-                archived, both = dict(arch.counts), list(arch.in_both)
+            archived, both = arch.counted()
             for status, n in archived.items():
                 counts[status] = counts.get(status, 0) + n
             runs = self.state.runs
