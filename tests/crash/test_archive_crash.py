@@ -13,10 +13,7 @@ and that ``verify`` finds no run with two outcomes.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -25,39 +22,17 @@ import pytest
 from journaled import replay
 from journaled.archive import Archive as RunArchive
 from journaled.client import Client
-from journaled.crashtest import ENV_APP, ENV_LOG, HOOK, WRAPPED, Archive, ExecLog, final_outcomes
+from journaled.crashtest import Archive, ExecLog, final_outcomes
 from journaled.records import Terminated
 from journaled.tools import check
 from tests.apps.reference import primes_below
+from tests.crash.test_crash_points import supervise
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = "examples.primes:runner"
 INPUTS = [b"20000", b"30000", b"40000"]
 RUN_IDS = [f"ar-{i}" for i in range(len(INPUTS))]
 EXPECTED = {rid: str(primes_below(int(d))).encode() for rid, d in zip(RUN_IDS, INPUTS,
                                                                        strict=True)}
 TIMEOUT = 60.0
-
-
-def supervise(state: Path, log: Path, failpoints: str, power_loss: bool) -> int:
-    env = dict(os.environ)
-    env.pop("JOURNALED_STATE", None)
-    env.update({ENV_APP: APP, ENV_LOG: str(log), "JOURNALED_FAILPOINTS": failpoints,
-                "JOURNALED_SIMULATE_POWER_LOSS": "1" if power_loss else "0",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))})
-    err = state.parent / f"{state.name}.stderr"
-    with open(err, "ab") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "journaled.cli", "run", WRAPPED, "--state", str(state),
-             "--until-idle", "-w", "2", "--backoff", "0.05", "--on-terminal", HOOK],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f,
-            start_new_session=True)
-    try:
-        return proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail(f"the supervisor hung; its output:\n{err.read_text()[-4000:]}")
 
 
 def archived_ids(state: Path) -> set[str]:
@@ -79,7 +54,7 @@ def test_kill_at_an_archive_failpoint_loses_nothing(point: str, power_loss: bool
     state, log = tmp_path / "state", tmp_path / "exec.log"
     Client(state).submit_many(INPUTS, run_ids=RUN_IDS)
     history = Archive(state)  # every durable journal record, across compactions
-    first = supervise(state, log, f"{point}=crash@1", power_loss)
+    first = supervise(state, log, f"{point}=crash@1", point, power_loss, TIMEOUT)
     assert first == -signal.SIGKILL, f"{point} must be reached and kill the supervisor ({first})"
     history.update()
 
@@ -96,7 +71,8 @@ def test_kill_at_an_archive_failpoint_loses_nothing(point: str, power_loss: bool
             "Archived durable: its runs are only in the archive (a later batch may be in both)"
     assert check(state).ok, check(state).violations
 
-    assert supervise(state, log, "", power_loss) == 0, "the clean restart runs to idle"
+    assert supervise(state, log, "", "clean restart", power_loss, TIMEOUT) == 0, \
+        "the clean restart runs to idle"
     history.update()
     final = final_outcomes(state)
     ends = Counter(r.run_id for r in history.records if type(r) is Terminated)

@@ -139,12 +139,17 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _supervise(state: Path, log: Path, failpoints: str, label: str) -> int:
-    """One ``journaled run --until-idle`` in power-loss mode; its exit code (-9: killed)."""
+def supervise(state: Path, log: Path, failpoints: str, label: str, power_loss: bool = True,
+              timeout: float = SUPERVISOR_TIMEOUT) -> int:
+    """One ``journaled run --until-idle`` (in power-loss mode unless told); its exit code.
+
+    0 or -9 (killed at a failpoint); anything else, or a hang, fails the test.
+    """
     env = dict(os.environ)
     env.pop("JOURNALED_STATE", None)
     env.update({ENV_APP: APP, ENV_LOG: str(log), "JOURNALED_FAILPOINTS": failpoints,
-                "JOURNALED_SIMULATE_POWER_LOSS": "1", "PYTHONFAULTHANDLER": "1",
+                "JOURNALED_SIMULATE_POWER_LOSS": "1" if power_loss else "0",
+                "PYTHONFAULTHANDLER": "1",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))})
     err = state.parent / f"{state.name}.stderr"
     with open(err, "ab") as f:
@@ -156,7 +161,7 @@ def _supervise(state: Path, log: Path, failpoints: str, label: str) -> int:
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f,
             start_new_session=True)
     try:
-        code = proc.wait(timeout=SUPERVISOR_TIMEOUT)
+        code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         _fail_on_hang(proc, err, f"the supervisor ({label})")
     if code not in (0, -signal.SIGKILL):
@@ -172,7 +177,7 @@ def _one(case: Case, nth: int, tmp: Path) -> Recovery:
         post(state, CompactMsg(0.0))
     archive = Archive(state)
     action = "exit" if case.expect == WORKER_DIED else "crash"
-    first = _supervise(state, log, f"{case.point}={action}@{nth}", f"{case.point} @{nth}")
+    first = supervise(state, log, f"{case.point}={action}@{nth}", f"{case.point} @{nth}")
     archive.update()
     inbox = sorted(n for n in os.listdir(state / "inbox") if not n.startswith("."))
     torn = verify(state / "journal").torn is not None
@@ -180,7 +185,7 @@ def _one(case: Case, nth: int, tmp: Path) -> Recovery:
         assert first == -signal.SIGKILL, (
             f"failpoint {case.point}=crash@{nth} must be reached and kill the supervisor, "
             f"but it exited with {first}")
-        assert _supervise(state, log, "", "clean restart") == 0
+        assert supervise(state, log, "", "clean restart") == 0
         archive.update()
     else:
         assert first == 0, "a worker's death must not stop the supervisor"
