@@ -219,6 +219,10 @@ class _Reads:
         """Rows by status."""
         return dict(self._db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status"))
 
+    def count_dead(self) -> int:
+        """Dead-lettered rows (the metrics' dead-letter gauge)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM runs WHERE dead = 1").fetchone()[0])
+
     def blob_refs(self) -> set[str]:
         """Every sha256 an archived row references out of line (the blob sweep keeps them).
 

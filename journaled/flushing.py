@@ -70,6 +70,7 @@ class Flushing:
     _unanswered: list[tuple[Future, Any]]
     _unsent_n: dict[int, int]
     _act: Callable[[_Turn], None]
+    metrics: Any  # journaled.metrics.Metrics
 
     def _storage_failed(self) -> None:
         """fsyncgate: nothing after a failed write or sync can be trusted.
@@ -111,6 +112,8 @@ class Flushing:
             # only leaves acts for replay to redo.
             self._act(written.popleft())
             acted = True
+        if acted:
+            self.metrics.acted()  # steps per sync
         return acted
 
     def _drain(self) -> None:

@@ -69,6 +69,8 @@ from .journal import Flusher, Journal, StateLock
 from .knobs import warn_test_knobs
 from .leasing import Leasing
 from .live import LivePublisher, clear_status
+from .metrics import Metrics
+from .metrics_http import final_sample, publish
 from .pool import Dispatch, Pool, Worker
 from .records import CancelRequested, Record, Redriven, Terminated, encode
 from .state import RUNNING, Policy, State, outcome_of
@@ -138,6 +140,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self.state = State(self.policy)
         self.journal = Journal(self.state_dir / "journal", unsafe_no_fsync=unsafe_no_fsync)
         self.lock = StateLock(self.state_dir)
+        # Counters folded from durable turns, gauges sampled once a second (metrics.py).
+        self.metrics = Metrics()
+        self.journal.on_sync = self.metrics.observe_sync  # the flusher thread's
         self.pool: Pool | None = None
         self.inbox: Inbox | None = None
         self._init_intake()  # the command queue, the reload flags
@@ -293,6 +298,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
     def close(self) -> None:
         self._last_sync()  # the last turn's sync and its acts (its answers included)
         self._close_door()  # then: clients not yet answered resend through the inbox
+        if self._flusher is not None:
+            final_sample(self)  # the counters as it stops, for 'metrics --once'
         if self._hooks is not None:
             self._hooks.close()  # hooks not yet delivered are owed to the next start
         self._close_archiver()  # runs not yet archived stay finished in the journal
@@ -454,6 +461,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._commit(recs)
         if mono >= self._status_due:
             self._write_status(mono)
+        publish(self, mono)  # metrics gauges and STATE/metrics.json, once a second
         if self._respawn_at:
             self._respawn_due(mono)
         if self._compaction_due(mono):
@@ -575,6 +583,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                 failpoints.hit("supervisor.after_dispatch")
 
     def _after_commit(self, recs: list[Record]) -> None:
+        self.metrics.observe(recs)
         self._hooks_delivered()
         self._archive_after_commit(recs)  # durably finished (and hooked): to the archiver
         pool = self.pool

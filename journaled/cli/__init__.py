@@ -271,6 +271,7 @@ main: click.Group = click.group(
 # names stay importable from ``journaled.cli`` as they were before the split.
 from ..crashtest import crashtest as _crashtest  # noqa: E402
 from ..watch import watch as _watch  # noqa: E402
+from .metrics import metrics_cmd  # noqa: E402, F401
 from .reads import dead, result, runs, status, wait  # noqa: E402
 from .serve import run  # noqa: E402
 from .tools import compact, log, repair, step_cmd, verify  # noqa: E402

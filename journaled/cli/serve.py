@@ -57,13 +57,20 @@ from . import fail, handles_errors, main, state_option
                    "workers read and write them directly.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object per log line, for log shippers.")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+              metavar="PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, "
+                   "printed at start).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address the metrics server binds to (0.0.0.0: every interface).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every terminal run.")
 @state_option
 @handles_errors
 def run(app: str, workers: int | None, executor: str, max_attempts: int, max_abandons: int,
         step_timeout: float, replay_outputs: bool, cancel_grace: float, drain_timeout: float,
         reload: bool, until_idle: bool, backoff: float, hook: str | None, retention: float,
-        blob_threshold: int, log_format: str, verbose: bool, state: Path) -> None:
+        blob_threshold: int, metrics_port: int | None, metrics_host: str, log_format: str,
+        verbose: bool, state: Path) -> None:
     """Run the supervisor for APP (``module:function``) in the foreground.
 
     APP is imported from the current directory, like ``uvicorn app:app``; the
@@ -119,6 +126,15 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
                      reload_dir=os.getcwd() if reload else None, executor=executor,
                      blob_threshold=blob_threshold)
 
+    metrics = None
+    if metrics_port is not None:
+        from ..metrics_http import MetricsServer
+
+        metrics = MetricsServer(sup, metrics_port, metrics_host)
+        try:
+            metrics.bind()  # before the supervisor starts: a taken port changes nothing
+        except OSError as e:
+            fail(f"cannot serve metrics on {metrics_host}:{metrics_port}: {e.strerror or e}")
     drain = Drain(sup)
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -131,6 +147,8 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     try:
         sup.start()
     except ConnectionError as e:
+        if metrics is not None:
+            metrics.close()
         fail(str(e))
     workers = len(sup.pool.workers) if sup.pool is not None else workers
     # This process is the supervisor: what replay built lives as long as it does,
@@ -142,6 +160,10 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
         f"worker{'s' if workers != 1 else ''} on {state} "
         f"(journal {sup.journal.size_bytes / 1e6:.1f} MB, {len(sup.state.runs)} runs known, "
         f"{sup.recovered_runs} resumed, {counts['pending']} pending)", err=True)
+    if metrics is not None:
+        metrics.start()
+        click.echo(f"journaled: metrics at http://{metrics.host}:{metrics.port}/metrics",
+                   err=True)
     ticker = None
     if sys.stderr.isatty() and log_format == "text":
         ticker = StatusLine(sup)
@@ -151,6 +173,8 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     finally:
         if ticker is not None:
             ticker.stop()
+        if metrics is not None:
+            metrics.close()
         drain.finish()
     counts = sup.all_counts()  # archived runs too
     click.echo(f"journaled: stopped ({counts['succeeded']} succeeded, {counts['failed']} failed, "

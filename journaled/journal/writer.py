@@ -10,6 +10,7 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Callable
 
 from journaled import failpoints
 from journaled.durable import fsync_dir, make_dirs
@@ -80,6 +81,8 @@ class Journal:
         self.torn: TornTail | None = None
         self.records_written = 0
         self.syncs = 0
+        # Called with each fdatasync's seconds, on the syncing thread (metrics).
+        self.on_sync: Callable[[float], None] | None = None
         self.bytes_written = 0
         self._scan: Scan | None = None
         self._nums: list[int] = []  # live segment numbers, oldest first
@@ -366,6 +369,8 @@ class Journal:
         start = time.monotonic()
         os.fdatasync(self._fd)
         took = time.monotonic() - start
+        if self.on_sync is not None:
+            self.on_sync(took)
         if took > SLOW_SYNC_SECONDS:
             _log.warning("slow fdatasync: %d ms on %s", took * 1000, path.name)
 
