@@ -320,15 +320,11 @@ def archive_gauges(state_dir: Path, reader: Any = None) -> ArchiveGauges:
     return ArchiveGauges(sum(counts.values()), size, dead)
 
 
-def offline_sample(state_dir: Path) -> Sample:
-    """The sample with no supervisor running: gauges from the journal and the archive.
+def read_counts(client: Any) -> tuple[dict[str, int], int]:
+    """Runs by status as a reader sees them (journal, archive, inbox), and how many
+    wait in the inbox; for readers only (``metrics --once``, the dashboard)."""
+    from .inbox import pending_submissions
 
-    Counters come from the last supervisor's ``metrics.json`` (as it stopped),
-    zero when there is none; ``up`` is False.
-    """
-    from .client import Client
-
-    client = Client(state_dir, use_socket=False)
     state = client.refresh()
     counts = dict.fromkeys(STATUSES, 0)
     for run in state.runs.values():
@@ -337,13 +333,29 @@ def offline_sample(state_dir: Path) -> Sample:
     for status, n in arch_counts.items():
         if status in counts:
             counts[status] += n
-    from .inbox import pending_submissions
+    if arch_counts:  # archived, its Archived record not yet journaled: count it once
+        ended = [rid for rid, r in state.runs.items() if r.terminal]
+        for rid in client._archive.call("identities", ended) or {} if ended else ():
+            counts[state.runs[rid].status] -= 1
+    pending = sum(1 for rid in pending_submissions(client.state_dir) if rid not in state.runs)
+    counts["pending"] += pending
+    return counts, pending
 
-    pending = [rid for rid in pending_submissions(state_dir) if rid not in state.runs]
-    counts["pending"] += len(pending)
+
+def offline_sample(state_dir: Path, client: Any = None) -> Sample:
+    """The sample with no supervisor running: gauges from the journal and the archive.
+
+    Counters come from the last supervisor's ``metrics.json`` (as it stopped),
+    zero when there is none; ``up`` is False.
+    """
+    from .client import Client
+
+    client = client or Client(state_dir, use_socket=False)
+    counts, pending = read_counts(client)
+    state = client.state
     now = time.time()
     ready, waiting, flying, oldest, dead = depths(state.runs.values(), now)
-    g = Gauges(now, counts, ready + len(pending), waiting, flying, oldest, 0, 0.0, 0,
+    g = Gauges(now, counts, ready + pending, waiting, flying, oldest, 0, 0.0, 0,
                _journal_bytes(state_dir))
     last = read_sample(state_dir)
     arch = archive_gauges(state_dir, client._archive)

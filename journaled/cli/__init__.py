@@ -275,6 +275,7 @@ from .metrics import metrics_cmd  # noqa: E402, F401
 from .reads import dead, result, runs, status, wait  # noqa: E402
 from .serve import run  # noqa: E402
 from .tools import compact, log, repair, step_cmd, verify  # noqa: E402
+from .ui import ui_cmd  # noqa: E402, F401
 from .writes import _parse_headers, cancel, retry, signal_cmd, submit  # noqa: E402
 
 main.add_command(_crashtest)
