@@ -31,7 +31,7 @@ def runner(step: Step) -> Any:
     if data.startswith(b"sleep:"):
         end = time.monotonic() + float(data[6:])
         while time.monotonic() < end:
-            if step.cancel_token.is_cancelled():
+            if step.cancel_token.is_cancelled() or step.cancel_token.stopping():
                 break
             time.sleep(0.02)
         return Succeed(b"slept")
