@@ -26,31 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,900")
-
-
-def browser(profile: str):  # -> selenium.webdriver.Chrome
-    """Headless chromium with a fresh profile; the flags keep it off the network."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for flag in CHROME_FLAGS:
-        opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={profile}")
-    binary = shutil.which("chromium") or shutil.which("chromium-browser") or \
-        shutil.which("google-chrome")
-    if binary:
-        opts.binary_location = binary
-    driver = shutil.which("chromedriver")
-    service = Service(executable_path=driver) if driver else Service()
-    d = webdriver.Chrome(options=opts, service=service)
-    d.set_page_load_timeout(30)
-    return d
-
 
 def shoot(d, url: str, path: Path) -> Path:
     """The whole page, not just the window: grow the window to the page's height first."""
@@ -101,6 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     from journaled.ui import make_server
+    from tests.e2e.ui_support import browser
 
     tmp = Path(tempfile.mkdtemp(prefix="journaled-shots-"))
     state = tmp / "state"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,3 +50,48 @@ class Dashboard:
     def close(self) -> None:
         self.srv.shutdown()
         self.srv.server_close()
+
+
+# Headless chromium that stays off the network (this machine's closed network
+# otherwise stalls it on its background fetches), with a fresh profile each time.
+CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,900")
+
+
+def chromium_binary() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def browser_missing() -> str | None:
+    """Why no browser test can run here, or None when chromium, its driver and selenium are."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install 'journaled[test]')"
+    if chromium_binary() is None:
+        return "chromium is not installed (Debian: apt-get install chromium)"
+    if shutil.which("chromedriver") is None:
+        return "chromedriver is not installed (Debian: apt-get install chromium-driver)"
+    return None
+
+
+def browser(profile: str):  # -> selenium.webdriver.Chrome
+    """Headless chromium driven by selenium, with ``profile`` as its fresh user-data-dir."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for flag in CHROME_FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={profile}")
+    opts.binary_location = chromium_binary() or ""
+    d = webdriver.Chrome(options=opts, service=Service(executable_path=shutil.which(
+        "chromedriver")))
+    d.set_page_load_timeout(30)
+    return d
