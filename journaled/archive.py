@@ -221,7 +221,9 @@ class _Reads:
 
     def count_dead(self) -> int:
         """Dead-lettered rows (the metrics' dead-letter gauge)."""
-        return int(self._db.execute("SELECT COUNT(*) FROM runs WHERE dead = 1").fetchone()[0])
+        # Only failed runs are dead: the status index narrows the scan to them.
+        return int(self._db.execute(
+            "SELECT COUNT(*) FROM runs WHERE status = 'failed' AND dead = 1").fetchone()[0])
 
     def blob_refs(self) -> set[str]:
         """Every sha256 an archived row references out of line (the blob sweep keeps them).
