@@ -11,15 +11,19 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import handles_errors, json_option, main, state_option
 
+if TYPE_CHECKING:
+    from ..metrics import Sample
+
 FRESH = 5.0  # seconds: an older metrics.json from a live pid means a hung loop: recompute
 
 
-def current_sample(state: Path):  # -> journaled.metrics.Sample
+def current_sample(state: Path) -> Sample:
     """The supervisor's own sample when one runs and publishes, else one read offline."""
     from ..live import lock_holder
     from ..metrics import archive_gauges, offline_sample, read_sample

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from html import escape
-from typing import Sequence
+from typing import Mapping, Sequence
 
 W, H = 640, 180  # the drawing; the page scales it to its column
 PAD_L, PAD_R, PAD_T, PAD_B = 48, 8, 10, 22
@@ -66,7 +66,7 @@ def _legend(keys: Sequence[str]) -> str:
     return f'<div class="legend">{items}</div>'
 
 
-def stacked_bars(title: str, labels: Sequence[str], series: dict[str, Sequence[float]],
+def stacked_bars(title: str, labels: Sequence[str], series: Mapping[str, Sequence[float]],
                  unit: str = "") -> str:
     """Bars per bucket, the series stacked in the order given."""
     n = len(labels)
@@ -93,7 +93,7 @@ def stacked_bars(title: str, labels: Sequence[str], series: dict[str, Sequence[f
     return "".join(out) + _legend(list(series))
 
 
-def lines(title: str, labels: Sequence[str], series: dict[str, Sequence[float | None]],
+def lines(title: str, labels: Sequence[str], series: Mapping[str, Sequence[float | None]],
           unit: str = "") -> str:
     """One polyline per series; ``None`` leaves a gap (no data in that bucket)."""
     n = len(labels)
@@ -115,8 +115,8 @@ def lines(title: str, labels: Sequence[str], series: dict[str, Sequence[float | 
                     out.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{color}"/>')
                 run = []
                 continue
-            x = PAD_L + inner_w * (i + 0.5) / max(n, 1)
-            y = PAD_T + inner_h * (1 - min(v, top) / top)
-            run.append(f"{x:.1f},{y:.1f}")
+            px = PAD_L + inner_w * (i + 0.5) / max(n, 1)
+            py = PAD_T + inner_h * (1 - min(v, top) / top)
+            run.append(f"{px:.1f},{py:.1f}")
     out.append("</svg>")
     return "".join(out) + _legend(list(series))
