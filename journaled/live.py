@@ -68,10 +68,15 @@ _dec = msgspec.json.Decoder(LiveStatus)
 
 
 def write_status(state_dir: Path, live: LiveStatus) -> None:
-    path = Path(state_dir) / STATUS_FILE
-    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+    replace_best_effort(Path(state_dir) / STATUS_FILE, _enc.encode(live))
+
+
+def replace_best_effort(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically (temp file + rename), never fsynced, errors ignored:
+    for views that the journal can always rebuild (this one, ``metrics.json``)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(_enc.encode(live))
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError:
         pass  # a live view is best effort; the journal is what counts

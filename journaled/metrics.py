@@ -36,6 +36,7 @@ from typing import Any, Iterable
 
 import msgspec
 
+from .live import replace_best_effort
 from .records import AttemptFailed, Leased, Released, StepDone, Submitted, Terminated
 
 METRICS_FILE = "metrics.json"
@@ -299,13 +300,7 @@ _dec = msgspec.json.Decoder(Sample)
 
 def write_sample(state_dir: Path, sample: Sample) -> None:
     """``STATE/metrics.json``, replaced atomically; best effort (never fsynced)."""
-    path = Path(state_dir) / METRICS_FILE
-    tmp = path.with_name(f".{METRICS_FILE}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(_enc.encode(sample))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    replace_best_effort(Path(state_dir) / METRICS_FILE, _enc.encode(sample))
 
 
 def read_sample(state_dir: Path) -> Sample | None:
