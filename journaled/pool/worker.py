@@ -128,7 +128,7 @@ def load_import_string(spec: str) -> Any:
             obj = getattr(obj, part)
         except AttributeError:
             raise ImportError(f"module {mod_name!r} has no attribute {attr!r}") from None
-    if not callable(obj) and not hasattr(obj, "run_step"):
+    if not callable(obj) and not hasattr(obj, "run_step") and not isinstance(obj, App):
         raise ImportError(f"{spec!r} is neither callable nor has a run_step method")
     return obj
 
