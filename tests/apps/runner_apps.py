@@ -192,3 +192,12 @@ def bytes_runner(step: Step) -> Succeed:
 
 
 multi = {"typed": typed_runner, "bytes": bytes_runner, "pipeline": pipeline}
+
+
+def unencodable(step: Step) -> Continue:
+    return Continue(object())
+
+
+def echo_type(step: Step) -> Succeed:
+    """What arrived, as msgpack: lets a test see a typed input decoded on demand."""
+    return Succeed({"raw": step.payload, "as_list": step.input(list)})
