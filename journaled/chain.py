@@ -22,14 +22,12 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-import msgspec
-
-from .api import Continue, Step, StepError, Succeed
+from .api import OUTCOME_TYPES, Continue, Step, StepError, Succeed
 from .typed import decode, first_param_type
 
 
 def _is_outcome(value: Any) -> bool:
-    return isinstance(value, msgspec.Struct) and type(value).__module__ == "journaled.api"
+    return isinstance(value, OUTCOME_TYPES)
 
 
 def _wants_step(fn: Callable[..., Any]) -> bool:
