@@ -103,7 +103,8 @@ def rerun_step(state: Path, run_id: str, step_number: int, app: str | None,
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        fn = resolve_runners(spec).get(got.runner)
+        table = resolve_runners(spec)
+        fn = table.get(got.runner)
     except (ImportError, ValueError) as e:
         raise JournaledError(f"cannot load {spec!r}: {e}") from None
     # Big payloads and memos are read from the state's blobs; a memo put here
@@ -111,6 +112,7 @@ def rerun_step(state: Path, run_id: str, step_number: int, app: str | None,
     blobs = BlobStore(state, threshold=1 << 62)
     step = Step(run_id, step_number, got.payload or b"", got.headers, got.attempt,
                 CancelToken(), None, got.signal, Memo(got.memo, None, blobs), blobs)
+    step.runner = table.name_of(got.runner)
     click.echo(f"re-running {spec} on run {run_id} step {step_number} (attempt "
                f"{got.attempt}, {value_size(got.payload, exact=True)} payload bytes); the "
                "journal is not touched", err=True)

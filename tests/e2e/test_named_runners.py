@@ -9,6 +9,7 @@ when the submission reaches it some other way (inbox file, socket).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ from journaled.run import run_from_snapshot
 from journaled.state import State
 from tests.apps import runner_apps
 
-from .helpers import ROOT, cli_env
+from .helpers import ROOT, cli_env, wait_for
 
 APPS = "tests.apps.runner_apps"
 
@@ -79,6 +80,10 @@ def test_journaled_run_serves_each_target_under_its_attribute_name(state_dir):
     assert "runner:    arrays" in st.stdout, st.stdout
     js = json.loads(cli("status", "r-arr", "--json", "--state", s).stdout)
     assert js["runner"] == "arrays"
+    # 'journaled step' re-runs a step with the runner the run named.
+    again = cli("step", "r-arr", "1", "--state", s)
+    assert again.returncode == 0, again.stderr
+    assert "arrays:1:arr+1:arrays" in again.stdout, again.stdout
 
 
 @pytest.mark.timeout(120)
@@ -151,3 +156,49 @@ def test_the_runner_name_survives_snapshot_archive_and_old_segments():
     old = msgspec.msgpack.encode(["sub", "r2", b"x", 1.0, {}, 0, 0, 0.0])
     rec = decode(old)
     assert isinstance(rec, Submitted) and rec.runner == ""
+
+
+RELOAD_APP = '''
+import journaled
+from journaled import Succeed
+
+app = journaled.App()
+
+@app.runner("a")
+def a(step):
+    return Succeed(b"a-VERSION:" + step.payload)
+
+@app.runner("b")
+def b(step):
+    return Succeed(b"b-VERSION:" + step.payload)
+'''
+
+
+@pytest.mark.timeout(120)
+def test_reload_restarts_workers_with_every_named_runner_new(tmp_path):
+    mod, state, err = tmp_path / "named_reload_app.py", tmp_path / "s", tmp_path / "err"
+    mod.write_text(RELOAD_APP.replace("VERSION", "1"))
+    with open(err, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "journaled.cli", "run",
+                                 "named_reload_app:app", "--reload", "-w", "1", "--state",
+                                 str(state)], cwd=tmp_path,
+                                env=cli_env(PYTHONPATH=f"{ROOT}:{tmp_path}"),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f,
+                                start_new_session=True)
+    try:
+        c = Client(state)
+        wait_for(lambda: (state / "serving.json").exists(), 60, "the supervisor to start")
+        assert c.wait(c.submit(b"x", runner="b"), timeout=60).result == b"b-1:x"
+        mod.write_text(RELOAD_APP.replace("VERSION", "2"))
+        wait_for(lambda: "code changed" in err.read_text(), 30, "the reload")
+
+        def served_new() -> bool:
+            return c.wait(c.submit(b"y", runner="b"), timeout=60).result == b"b-2:y"
+
+        wait_for(served_new, 60, "runner b's new code")
+        assert c.wait(c.submit(b"z", runner="a"), timeout=60).result == b"a-2:z"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, err.read_text()[-2000:]
