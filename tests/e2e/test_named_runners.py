@@ -8,6 +8,7 @@ when the submission reaches it some other way (inbox file, socket).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import sys
 import msgspec
 import pytest
 
-from journaled import Runtime
+from journaled import AsyncClient, Runtime
 from journaled.archive import ArchivedRun, row_of
 from journaled.client import Client
 from journaled.errors import SubmissionRejected, UnknownRunner
@@ -130,6 +131,15 @@ def test_runtime_with_a_dict_and_the_socket_door_refuses_what_it_does_not_serve(
         rid = c.submit(b"xyz", runner="bytes")
         assert c.wait(rid, timeout=30).result == b"zyx"
         assert rt._sup.state.runs[rid].runner == "bytes"
+
+        async def from_asyncio() -> bytes:
+            async with AsyncClient(state_dir) as ac:
+                with pytest.raises(UnknownRunner):
+                    await ac.submit(b"x", runner="nope")
+                got = await ac.wait(await ac.submit(b"async", runner="bytes"), timeout=30)
+                return got.result or b""
+
+        assert asyncio.run(from_asyncio()) == b"cnysa"
 
 
 @pytest.mark.timeout(120)
