@@ -2,8 +2,9 @@
 
 Every figure is durable one-step runs per second through a ``Runtime``;
 the baseline (a plain sync runner alone, the way journaled served runners
-before named runners existed) is measured in the same run, so the ratios
-mean something on a shared, noisy machine.
+before named runners existed) is measured in the same run, first and again
+last (how far those two differ says how noisy the machine was), so the
+ratios mean something on a shared machine.
 
     python benchmarks/runner_kinds.py [--quick] [--workers 2] [--runs N]
 """
@@ -60,6 +61,7 @@ def main() -> None:
         ("chain(one function)", kinds_apps.chain1, None, raw),
         ("async def runner", kinds_apps.async_noop, None, raw),
         ("@typed(Struct) in, Struct out", kinds_apps.typed_noop, None, [item] * n),
+        ("plain sync runner again (drift check)", kinds_apps.noop, None, raw),
     ]
     rows = []
     base = 0.0
