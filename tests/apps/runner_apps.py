@@ -141,8 +141,9 @@ async def async_runner(step: Step) -> Succeed | Continue:
     """``app`` header picks the behaviour; results are JSON."""
     what = step.headers.get("app", "ok")
     mark = step.headers.get("mark")
-    if mark:
-        Path(mark).write_text(str(os.getpid()))
+    if mark:  # atomically: the test reads the pid as soon as the file exists
+        Path(mark + ".tmp").write_text(str(os.getpid()))
+        os.replace(mark + ".tmp", mark)
     loop = asyncio.get_running_loop()
     _loops.add(id(loop))
     if what == "await":  # yields: a cancel reaches it through the task

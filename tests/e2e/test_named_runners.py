@@ -13,6 +13,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import msgspec
 import pytest
@@ -199,8 +200,15 @@ def test_reload_restarts_workers_with_every_named_runner_new(tmp_path):
         c = Client(state)
         wait_for(lambda: (state / "serving.json").exists(), 60, "the supervisor to start")
         assert c.wait(c.submit(b"x", runner="b"), timeout=60).result == b"b-1:x"
-        mod.write_text(RELOAD_APP.replace("VERSION", "2"))
-        wait_for(lambda: "code changed" in err.read_text(), 30, "the reload")
+        # Saved again each second until the watcher (started after the workers,
+        # so maybe not watching yet) says it saw a change.
+        deadline = time.monotonic() + 60
+        n = 0
+        while "code changed" not in err.read_text():
+            assert time.monotonic() < deadline, "the reload was never noticed"
+            n += 1
+            mod.write_text(RELOAD_APP.replace("VERSION", "2") + f"# save {n}\n")
+            time.sleep(1.0)
 
         def served_new() -> bool:
             return c.wait(c.submit(b"y", runner="b"), timeout=60).result == b"b-2:y"
