@@ -20,6 +20,9 @@ from .api import (
     StepError,
     Succeed,
 )
+from .app import App
+from .chain import chain
+from .typed import typed
 
 if TYPE_CHECKING:  # for type checkers only: at run time they load lazily (below)
     from .aio import AsyncClient
@@ -29,6 +32,7 @@ if TYPE_CHECKING:  # for type checkers only: at run time they load lazily (below
 __version__ = "0.1.0"
 
 __all__ = [
+    "App", "chain", "typed",
     "AsyncClient", "Attempt", "Cancel", "Cancelled", "CancelToken", "Client", "Continue",
     "ContinueAfter", "ContinueOnSignal", "DeadLetter", "Fail", "Memo", "Runtime", "RunOutcome",
     "RunStatus",

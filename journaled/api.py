@@ -21,7 +21,7 @@ RESERVED_HEADER_PREFIX = "journaled."
 class Continue(msgspec.Struct, frozen=True):
     """The run is not finished: step ``n + 1`` runs next with ``payload``."""
 
-    payload: bytes = b""
+    payload: Any = b""  # bytes, or a msgspec value (typed payloads)
 
 
 class ContinueAfter(msgspec.Struct, frozen=True):
@@ -31,7 +31,7 @@ class ContinueAfter(msgspec.Struct, frozen=True):
     survives supervisor restarts. ``delay`` is seconds or a ``timedelta``.
     """
 
-    payload: bytes = b""
+    payload: Any = b""  # bytes, or a msgspec value (typed payloads)
     delay: Union[float, timedelta] = 0.0
 
     def delay_seconds(self) -> float:
@@ -42,7 +42,7 @@ class ContinueAfter(msgspec.Struct, frozen=True):
 class Succeed(msgspec.Struct, frozen=True):
     """The run finished successfully with ``result``."""
 
-    result: bytes = b""
+    result: Any = b""  # bytes, or a msgspec value (typed payloads)
 
 
 class Fail(msgspec.Struct, frozen=True):
@@ -72,7 +72,7 @@ class ContinueOnSignal(msgspec.Struct, frozen=True):
     error. ``timeout`` is seconds or a ``timedelta``; ``None`` waits forever.
     """
 
-    payload: bytes = b""
+    payload: Any = b""  # bytes, or a msgspec value (typed payloads)
     key: str = ""
     timeout: Union[float, timedelta, None] = None
 
@@ -395,7 +395,7 @@ class Step:
     """
 
     __slots__ = ("run_id", "step_number", "_payload", "_ref", "_blobs", "headers", "job_id",
-                 "attempts", "cancel_token", "signal", "memo", "_progress")
+                 "attempts", "cancel_token", "signal", "memo", "_progress", "_type", "runner")
 
     def __init__(self, run_id: str, step_number: int, payload: Any,
                  headers: dict[str, str] | None = None, attempts: int = 1,
@@ -420,6 +420,8 @@ class Step:
         self.signal = signal
         self.memo = memo if memo is not None else Memo()
         self._progress = progress
+        self._type: Any = None  # what ``@journaled.typed`` declared for the input
+        self.runner = ""  # the name of the runner serving the run ("" outside a worker)
 
     @property
     def payload(self) -> bytes:
@@ -445,6 +447,21 @@ class Step:
         if self._payload is not None or self._ref is None:
             return memoryview(self.payload).toreadonly()
         return _blob_store(self._blobs).view(self._ref)
+
+    def input(self, type: Any = None) -> Any:
+        """The payload decoded (msgpack, validated) as ``type``: a Struct, dict, list...
+
+        Without ``type``, the one ``@journaled.typed`` declared. A payload that
+        does not fit raises a permanent ``StepError`` naming the field
+        (``... - at `$.qty```), which dead-letters the step unless caught.
+        """
+        from .typed import decode
+
+        tp = type if type is not None else self._type
+        if tp is None:
+            raise TypeError("step.input() needs a type: step.input(Order), or declare it "
+                            "with @journaled.typed(Order) on the runner")
+        return decode(tp, self.payload)
 
     def progress(self, done: float, total: float | None = None, message: str = "") -> None:
         """Report progress; cheap (a shared-memory write), never journaled."""

@@ -59,6 +59,7 @@ import msgspec
 
 from . import replay
 from .api import Attempt, DeadLetter, RunOutcome, RunStatus
+from .app import check_runner_name
 from .archive import ArchivedRun, CachedReader
 from .blobs import BlobRef, BlobStore, content_sha256, same_content, value_size
 from .connection import DoorConnection, DoorLost
@@ -94,7 +95,9 @@ from .inbox import (
 from .journal import JournalTailer, list_segments
 from .notify import DirWatcher
 from .protocol import MAX_FRAME, Cancel, Retry, Signal, Submit, Wait
+from .serving import check_served_runner
 from .state import Run, State, attempts_of, outcome_of
+from .typed import as_payload, decode_result
 
 __all__ = ["Client", "check_headers", "check_run_id", "new_run_id"]
 
@@ -312,9 +315,14 @@ class Client:
             raise RunNotTerminal(run_id, out.status.value)
         return out.result or b""  # type: ignore[return-value]
 
-    def result(self, run_id: str) -> bytes:
-        """The result bytes of a succeeded run; ``RunNotTerminal`` while it is live."""
-        return self.blobs.resolve(self._result_value(run_id)) or b""
+    def result(self, run_id: str, type: Any = None) -> Any:
+        """The result bytes of a succeeded run; ``RunNotTerminal`` while it is live.
+
+        With ``type`` (a Struct, ``dict``...) the msgpack result decoded as it,
+        validated (``msgspec.ValidationError`` if it does not fit).
+        """
+        data = self.blobs.resolve(self._result_value(run_id)) or b""
+        return data if type is None else decode_result(type, data)
 
     def result_view(self, run_id: str) -> memoryview:
         """The result as a read-only ``memoryview``: over an ``mmap`` of its blob for a big
@@ -389,10 +397,15 @@ class Client:
 
     # ------------------------------------------------------------- writing
 
-    def submit(self, input: bytes = b"", headers: dict[str, str] | None = None,
+    def submit(self, input: Any = b"", headers: dict[str, str] | None = None,
                run_id: str | None = None, *, priority: int = 0, max_attempts: int = 0,
-               step_timeout: float | timedelta | None = 0.0) -> str:
+               step_timeout: float | timedelta | None = 0.0, runner: str | None = None) -> str:
         """Queue a run; returns its id once the request is durable in the inbox.
+
+        ``input`` is bytes, or a msgspec Struct / dict / list... (encoded as
+        msgpack, for a runner that decodes it with ``step.input(T)``).
+        ``runner`` names the runner serving it (None: the supervisor's
+        default); one the supervisor does not serve raises ``UnknownRunner``.
 
         Re-submitting an id with the same input and headers is a no-op; with
         other input it raises ``RunConflict``. Bad types raise ``TypeError`` or
@@ -402,12 +415,12 @@ class Client:
         """
         return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
-                                step_timeout=step_timeout)[0]
+                                step_timeout=step_timeout, runner=runner)[0]
 
-    def submit_many(self, inputs: Iterable[bytes], headers: dict[str, str] | None = None,
+    def submit_many(self, inputs: Iterable[Any], headers: dict[str, str] | None = None,
                     run_ids: Sequence[str] | None = None, *, priority: int = 0,
-                    max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0
-                    ) -> list[str]:
+                    max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0,
+                    runner: str | None = None) -> list[str]:
         """Queue many runs with one inbox file and one fsync (a few for huge batches).
 
         All or nothing up to the inbox: every item is checked (and every
@@ -415,8 +428,10 @@ class Client:
         posted. The supervisor then takes each item on its own; see the
         module docstring for a conflict that races another client.
         """
+        if runner:
+            check_served_runner(self.state_dir, check_runner_name(runner))
         items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
-                                 self.blobs)
+                                 self.blobs, runner)
         if items and _frame_bytes(items) < MAX_FRAME - (64 << 10):
             # Durable in the journal on return. A broken connection falls through
             # to the inbox with the same ids: a no-op if the first try took.
@@ -536,10 +551,10 @@ def merge_dead(live: list[DeadLetter], archived: list[DeadLetter],
     return out if limit is None else out[:max(0, int(limit))]
 
 
-def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | None,
+def submit_msgs(inputs: Iterable[Any], headers: dict[str, str] | None,
                 run_ids: Sequence[str] | None, priority: int, max_attempts: int,
-                step_timeout: float | timedelta | None, blobs: BlobStore | None = None
-                ) -> tuple[list[SubmitMsg], list[str]]:
+                step_timeout: float | timedelta | None, blobs: BlobStore | None = None,
+                runner: str | None = None) -> tuple[list[SubmitMsg], list[str]]:
     """Checked submissions (one per distinct run id) and the id of every input, in order.
 
     A run id given twice with the same input and headers is one run; with
@@ -555,8 +570,10 @@ def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | None,
     prio = check_int("priority", priority)
     attempts = check_int("max_attempts", max_attempts, 0, (1 << 31) - 1)
     timeout = seconds("step_timeout", step_timeout)
+    name = check_runner_name(runner or "")
     now = time.time()
-    ins = list(inputs)
+    # Typed payloads: a Struct, dict, list... is msgpack-encoded here; bytes stay as they are.
+    ins = [as_payload("the input", data) for data in inputs]
     if run_ids is not None and len(run_ids) != len(ins):
         raise ValueError(f"got {len(ins)} inputs but {len(run_ids)} run ids")
     checked: list[tuple[str, Any]] = []
@@ -573,7 +590,7 @@ def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | None,
         seen[rid] = raw
         checked.append((rid, raw))
     # Every item passed: now the big inputs become blobs, durable before any message.
-    out = [SubmitMsg(rid, to_stored(raw, blobs), now, hdrs, prio, attempts, timeout)
+    out = [SubmitMsg(rid, to_stored(raw, blobs), now, hdrs, prio, attempts, timeout, name)
            for rid, raw in checked]
     return out, ids
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import pdb
 import sys
@@ -16,7 +17,8 @@ from .api import CancelToken, Memo, Signal, Step
 from .archive import Archive
 from .blobs import BlobStore, value_size
 from .errors import JournaledError, RunNotFound
-from .pool import load_import_string, resolve_runner, to_result
+from .pool import resolve_runners, to_result
+from .pool.aloop import run_async
 from .records import Archived, Leased
 from .state import Run, State
 
@@ -26,6 +28,7 @@ class StepInputs:
 
     def __init__(self) -> None:
         self.app = ""
+        self.runner = ""  # the run's runner name ("": the default)
         self.payload: Any = None  # bytes, or the BlobRef of a big payload
         self.headers: dict[str, str] = {}
         self.attempt = 1
@@ -39,6 +42,7 @@ def _inputs_of(run: Run, attempt: int) -> StepInputs:
     got = StepInputs()
     got.known = True
     got.payload = run.payload
+    got.runner = run.runner
     got.headers = dict(run.headers)
     got.attempt = max(attempt, 1)
     got.memo = dict(run.memos)
@@ -99,19 +103,23 @@ def rerun_step(state: Path, run_id: str, step_number: int, app: str | None,
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        fn = resolve_runner(load_import_string(spec))
-    except ImportError as e:
+        table = resolve_runners(spec)
+        fn = table.get(got.runner)
+    except (ImportError, ValueError) as e:
         raise JournaledError(f"cannot load {spec!r}: {e}") from None
     # Big payloads and memos are read from the state's blobs; a memo put here
     # stays in memory (no journal), so nothing new is written.
     blobs = BlobStore(state, threshold=1 << 62)
     step = Step(run_id, step_number, got.payload or b"", got.headers, got.attempt,
                 CancelToken(), None, got.signal, Memo(got.memo, None, blobs), blobs)
+    step.runner = table.name_of(got.runner)
     click.echo(f"re-running {spec} on run {run_id} step {step_number} (attempt "
                f"{got.attempt}, {value_size(got.payload, exact=True)} payload bytes); the "
                "journal is not touched", err=True)
     try:
         out = fn(step)
+        if inspect.iscoroutine(out):
+            out = run_async(out, step.cancel_token)
     except BaseException:  # noqa: BLE001 - show the runner's own traceback
         if use_pdb:
             traceback.print_exc()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .api import RunOutcome
+from .app import RunnerTable
 from .archiving import check_archived
 from .blobs import same_content
 from .errors import JournaledError, RunConflict, RunNotDead, RunNotFound
@@ -66,6 +67,7 @@ class DoorIntake:
     _signal_cancel: Callable[[str], None]
     status: Callable[[str], RunOutcome | None]
     _archived_outcome: Callable[[str], RunOutcome | None]
+    runner_table: RunnerTable
 
     def _init_door(self, serve: bool) -> None:
         self._door_serve = serve
@@ -179,6 +181,7 @@ class DoorIntake:
         archived: set[str] = set()
         for m in req.items:
             check_message(m)
+            self.runner_table.check(m.runner)
             old = state.runs.get(m.run_id)
             prev = (old.input, old.headers) if old is not None else seen.get(m.run_id)
             if prev is not None and not (same_content(prev[0], m.input)
@@ -192,7 +195,7 @@ class DoorIntake:
                 continue
             # The client's clock, as from the inbox: submitted_at is when it was asked.
             self._recs += state.submit(m.run_id, m.input, m.at, m.headers, m.priority,
-                                       m.max_attempts, m.step_timeout)
+                                       m.max_attempts, m.step_timeout, runner=m.runner)
         return Ok(req.id, len(req.items))
 
     def _door_cancel(self, req: Cancel, now: float) -> Any:

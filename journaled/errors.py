@@ -177,3 +177,17 @@ class BlobMissing(JournaledError):
         self.path = path
         super().__init__(f"blob {sha256} ({size:,} bytes) is missing or damaged at {path}: "
                          f"{why}")
+
+
+class UnknownRunner(JournaledError, ValueError):
+    """Permanent: the run names a runner this supervisor does not serve.
+
+    Refused at submit (by the client, from ``STATE/serving.json``, and again
+    by the supervisor when it takes the submission up).
+    """
+
+    def __init__(self, runner: str, served: list[str] | str) -> None:
+        self.runner = runner
+        self.served = served if isinstance(served, str) else ", ".join(served)
+        super().__init__(f"unknown runner {runner!r}: this supervisor serves "
+                         f"{self.served or 'no named runners'}")

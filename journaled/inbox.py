@@ -37,6 +37,7 @@ from typing import Callable, Union
 import msgspec
 
 from . import failpoints
+from .app import check_runner_name
 from .blobs import BlobRef, BlobStore, as_bytes_view
 from .durable import fsync_dir, make_dirs
 from .errors import InputTooLarge, InvalidRunId
@@ -53,6 +54,7 @@ class SubmitMsg(msgspec.Struct, frozen=True, tag="submit", omit_defaults=True):
     priority: int = 0
     max_attempts: int = 0
     step_timeout: float = 0.0
+    runner: str = ""  # "": the supervisor's default runner
 
 
 class CancelMsg(msgspec.Struct, frozen=True, tag="cancel"):
@@ -224,6 +226,7 @@ def check_message(msg: Message) -> None:
         check_int("priority", msg.priority)
         check_int("max_attempts", msg.max_attempts, 0, (1 << 31) - 1)
         seconds("step_timeout", msg.step_timeout)
+        check_runner_name(msg.runner)
     elif isinstance(msg, CancelMsg):
         if not isinstance(msg.reason, str):
             raise TypeError(f"the cancel reason must be a str, got {type(msg.reason).__name__}")

@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from .app import RunnerTable
 from .archiving import check_archived
 from .blobs import same_content
 from .errors import JournaledError, RunConflict
@@ -92,6 +93,7 @@ class Intake:
     _restore_archived: Callable[[str], list[Record]]
     _archived_identities: Callable[[list[str]], dict[str, tuple[str, dict[str, str]]]]
     reload_dir: Path | None
+    runner_table: RunnerTable
 
     def _init_intake(self) -> None:
         self._commands: deque[tuple[str, tuple[Any, ...], Future]] = deque()
@@ -124,7 +126,8 @@ class Intake:
                     # archive (history) and the batch's own duplicates before any is applied.
                     batch: dict[str, tuple[Any, dict[str, str]]] = {}
                     archived: set[str] = set()
-                    for rid, data, hdrs, *_ in args[0]:
+                    for rid, data, hdrs, *rest in args[0]:
+                        self.runner_table.check(rest[3] if len(rest) > 3 else "")
                         old = state.runs.get(rid)
                         seen = (old.input, old.headers) if old is not None else batch.get(rid)
                         if seen is not None and not (same_content(seen[0], data)
@@ -133,10 +136,10 @@ class Intake:
                         if old is None and check_archived(known, rid, data, hdrs):
                             archived.add(rid)  # finished long ago with this input: no-op
                         batch[rid] = (data, dict(hdrs or {}))
-                    for rid, data, hdrs, prio, attempts, timeout in args[0]:
+                    for rid, data, hdrs, prio, attempts, timeout, *more in args[0]:
                         if rid not in archived:
                             self._recs += state.submit(rid, data, now, hdrs, prio, attempts,
-                                                       timeout)
+                                                       timeout, runner=more[0] if more else "")
                     self._futures.append((fut, [item[0] for item in args[0]]))
                 elif kind == "cancel":
                     run_id, reason = args
@@ -200,12 +203,13 @@ class Intake:
                     known: dict[str, tuple[str, dict[str, str]]]) -> list[Record]:
         # The clients' checks again: a file from elsewhere must not crash us later.
         check_message(m)
+        self.runner_table.check(m.runner)  # the client's serving.json may be stale or absent
         if m.run_id not in self.state.runs and check_archived(known, m.run_id, m.input,
                                                               m.headers):
             return []  # archived with this input: a duplicate, like a live one
         # The client's clock: submitted_at must not change when a pending run is taken up.
         return self.state.submit(m.run_id, m.input, m.at, m.headers, m.priority, m.max_attempts,
-                                 m.step_timeout)
+                                 m.step_timeout, runner=m.runner)
 
     def _watch_code(self) -> None:
         """--reload: flag a worker restart when a .py file under the app's directory changes."""

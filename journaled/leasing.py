@@ -88,7 +88,7 @@ class Leasing:
                 items.append(Dispatch(pool.next_seq(), run.run_id, run.step, rec.attempt,
                                       run.payload, run.headers,
                                       Signal(*woken) if woken is not None else None,
-                                      run.memos or None))
+                                      run.memos or None, run.runner))
             self._dispatch.append((w, items))
 
     def _steal(self, mono: float) -> bool:

@@ -34,6 +34,7 @@ class Submitted(Record, tag="sub"):
     priority: int = 0
     max_attempts: int = 0  # 0: the supervisor's default
     step_timeout: float = 0.0  # 0: the supervisor's default
+    runner: str = ""  # the named runner serving the run ("": the supervisor's default)
 
 
 class Leased(Record, tag="lea"):
@@ -206,6 +207,7 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
     memos: dict[str, Value] = {}
     history: list[list] = []  # [step, attempt, worker, started, finished, outcome, error, tb]
     order: int = 0  # submission order: ready runs of one priority go oldest run first
+    runner: str = ""
 
 
 class Restored(Record, tag="rst"):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, NoReturn, Sequence
 
 from .api import Attempt, DeadLetter, RunOutcome, RunStatus
+from .app import check_runner_name, spec_modules
 from .blobs import DEFAULT_THRESHOLD
 from .client import Client, dead_letter, merge_dead, merge_runs, pending_outcome, submit_msgs
 from .errors import (
@@ -49,6 +50,7 @@ from .inbox import (
 from .limits import MAX_TEXT, check_size
 from .state import Policy, Run, attempts_of, outcome_of
 from .supervisor import DAY, Future, Supervisor
+from .typed import decode_result
 
 
 class Runtime:
@@ -56,8 +58,11 @@ class Runtime:
 
     Args:
         state_dir: state directory (``str`` or path-like), created 0700.
-        runner: ``runner(step)`` function or object with ``run_step(step)``;
-            it must be importable by worker processes (module level).
+        runner: ``runner(step)`` function or object with ``run_step(step)``
+            (``async def`` too, or a ``journaled.chain``); or several named
+            ones, as an ``App`` or a ``{name: runner}`` dict (a run without a
+            ``runner=`` name goes to ``default`` if there is one, else the
+            first). They must be importable by worker processes (module level).
         workers: worker processes.
         max_attempts: failures a step may have before it is dead-lettered.
         step_timeout: seconds a step may run before it is killed (None: no limit).
@@ -93,8 +98,7 @@ class Runtime:
         policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
                         step_timeout=seconds("step_timeout", step_timeout),
                         backoff_base=backoff_base, backoff_cap=backoff_cap)
-        mod = getattr(runner, "__module__", None) or type(runner).__module__
-        preload = [mod] if mod and mod != "__main__" else None
+        preload = [m for m in spec_modules(runner) if m != "__main__"] or None
         self.state_dir = Path(state_dir)
         self._sup = Supervisor(self.state_dir, runner, workers=workers, policy=policy,
                                on_terminal=on_terminal, cancel_grace=cancel_grace,
@@ -179,21 +183,21 @@ class Runtime:
                 raise JournaledError("the supervisor stopped before this was durable; "
                                      "it may or may not take effect after a restart")
 
-    def submit(self, input: bytes = b"", headers: dict[str, str] | None = None,
+    def submit(self, input: Any = b"", headers: dict[str, str] | None = None,
                run_id: str | None = None, *, priority: int = 0, max_attempts: int = 0,
-               step_timeout: float | timedelta | None = 0.0) -> str:
+               step_timeout: float | timedelta | None = 0.0, runner: str | None = None) -> str:
         """Start a run; returns its id once the submission is durable.
 
         Same checks and errors as ``Client.submit``.
         """
         return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
-                                step_timeout=step_timeout)[0]
+                                step_timeout=step_timeout, runner=runner)[0]
 
-    def submit_many(self, inputs: Iterable[bytes], headers: dict[str, str] | None = None,
+    def submit_many(self, inputs: Iterable[Any], headers: dict[str, str] | None = None,
                     run_ids: Sequence[str] | None = None, *, priority: int = 0,
-                    max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0
-                    ) -> list[str]:
+                    max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0,
+                    runner: str | None = None) -> list[str]:
         """Start many runs with one journal sync; all or nothing.
 
         Every item (and every duplicate id inside the batch) is checked before
@@ -203,10 +207,12 @@ class Runtime:
         self._check()
         # Big inputs are written as blobs here, on the caller's thread, before
         # the supervisor sees the command: it only ever gets their refs.
+        if runner:
+            self._sup.runner_table.check(check_runner_name(runner))
         msgs, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
-                                self.blobs)
-        items = [(m.run_id, m.input, m.headers, m.priority, m.max_attempts, m.step_timeout)
-                 for m in msgs]
+                                self.blobs, runner)
+        items = [(m.run_id, m.input, m.headers, m.priority, m.max_attempts, m.step_timeout,
+                  m.runner) for m in msgs]
         self._await(self._sup.call("submit_many", items))
         return ids
 
@@ -346,8 +352,10 @@ class Runtime:
             raise RunNotTerminal(run_id, out.status.value)
         return out.result or b""
 
-    def result(self, run_id: str) -> bytes:
-        return self.blobs.resolve(self._result_value(run_id)) or b""
+    def result(self, run_id: str, type: Any = None) -> Any:
+        """As ``Client.result``: bytes, or with ``type`` the msgpack result decoded as it."""
+        data = self.blobs.resolve(self._result_value(run_id)) or b""
+        return data if type is None else decode_result(type, data)
 
     def result_view(self, run_id: str) -> memoryview:
         """As ``Client.result_view``: zero-copy over an ``mmap`` for a big result."""

@@ -413,7 +413,7 @@ class State:
 
     def submit(self, run_id: str, input: bytes | BlobRef, now: float,
                headers: dict[str, str] | None = None, priority: int = 0, max_attempts: int = 0,
-               step_timeout: float = 0.0) -> list[Record]:
+               step_timeout: float = 0.0, *, runner: str = "") -> list[Record]:
         """A new run; nothing for a duplicate, ``RunConflict`` for a clash."""
         old = self.runs.get(run_id)
         hdrs = dict(headers or {})
@@ -422,7 +422,7 @@ class State:
                 return []
             raise RunConflict(run_id)
         return self._commit([Submitted(run_id, input, now, hdrs, priority, max_attempts,
-                                       step_timeout)])
+                                       step_timeout, runner=runner)])
 
     def due_runs(self, now: float, limit: int) -> list[Run]:
         """Up to ``limit`` runs ready to lease now, highest priority first, FIFO within one."""

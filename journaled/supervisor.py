@@ -55,6 +55,7 @@ from typing import Any, Callable, TypeVar, cast
 
 from . import failpoints, replay
 from .api import RunOutcome, RunStatus
+from .app import load_table
 from .archiving import Archiving
 from .blobs import DEFAULT_THRESHOLD, BlobStore, check_threshold
 from .compaction import Compaction
@@ -73,6 +74,7 @@ from .metrics import Metrics
 from .metrics_http import final_sample, publish
 from .pool import Dispatch, Pool, Worker
 from .records import CancelRequested, Record, Redriven, Terminated, encode
+from .serving import write_serving
 from .state import RUNNING, Policy, State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
@@ -123,6 +125,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self.state_dir = Path(state_dir)
         self.policy = policy or Policy()
         self.runner = runner
+        # The names served (each worker loads the same table from the same spec).
+        self.runner_table = load_table(import_string or runner)
         self.workers = workers
         self.on_terminal = on_terminal
         self.cancel_grace = cancel_grace
@@ -206,6 +210,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             self._flusher = Flusher(self.journal, self._wake_synced)
             self._start_archiver()  # finished runs the replay left (or a 0.2 state's)
             self.inbox = Inbox(self.state_dir)
+            # Clients refuse an unknown runner from this file; we check again at fold.
+            write_serving(self.state_dir, runners=self.runner_table.names,
+                          default_runner=self.runner_table.default)
             self.pool = make_executor(self.executor, self.import_string or self.runner,
                                       self.workers, self.preload, state_dir=self.state_dir,
                                       blob_threshold=self.blob_threshold)

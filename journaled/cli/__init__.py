@@ -43,6 +43,7 @@ from ..errors import (
     StateLocked,
     StorageFailure,
     SubmissionRejected,
+    UnknownRunner,
 )
 
 DEFAULT_STATE = ".journaled"
@@ -57,7 +58,7 @@ def _exit_code(e: JournaledError) -> int:
     if isinstance(e, (JournalCorrupt, StorageFailure)):
         return 1
     if isinstance(e, (InvalidRunId, RunConflict, RunNotFound, RunNotLive, StateLocked,
-                      InputTooLarge, SubmissionRejected, RunNotDead)):
+                      InputTooLarge, SubmissionRejected, RunNotDead, UnknownRunner)):
         return 2
     return 1
 

@@ -57,7 +57,8 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
     if as_json:
         data = outcome_json(out)
         if run is not None:
-            data.update(step=run.step, attempt=run.attempt, failures=run.failures,
+            data.update(runner=getattr(run, "runner", ""),
+                        step=run.step, attempt=run.attempt, failures=run.failures,
                         dead=run.dead, traceback=run.traceback or None,
                         history=[msgspec.structs.asdict(a) for a in client.history(run_id)])
         data["supervisor"] = msgspec.structs.asdict(sup)
@@ -66,6 +67,8 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
     click.echo(f"run {out.run_id}: {out.status.value}")
     if not out.status.terminal:
         click.echo(f"  supervisor: {sup.message}")
+    if run is not None and getattr(run, "runner", ""):
+        click.echo(f"  runner:    {run.runner}")
     click.echo(f"  steps:     {out.steps}")
     click.echo(f"  submitted: {_when(out.submitted_at)}")
     if out.finished_at:

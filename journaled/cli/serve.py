@@ -19,7 +19,7 @@ from . import fail, handles_errors, main, state_option
 
 
 @main.command()
-@click.argument("app")
+@click.argument("targets", nargs=-1, required=True, metavar="APP...")
 @click.option("-w", "--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: CPU count; on Dask: the cluster's threads).")
 @click.option("--executor", default="local", show_default=True, metavar="local|dask://HOST:PORT",
@@ -66,15 +66,26 @@ from . import fail, handles_errors, main, state_option
 @click.option("-v", "--verbose", is_flag=True, help="Log every terminal run.")
 @state_option
 @handles_errors
-def run(app: str, workers: int | None, executor: str, max_attempts: int, max_abandons: int,
-        step_timeout: float, replay_outputs: bool, cancel_grace: float, drain_timeout: float,
-        reload: bool, until_idle: bool, backoff: float, hook: str | None, retention: float,
-        blob_threshold: int, metrics_port: int | None, metrics_host: str, log_format: str,
-        verbose: bool, state: Path) -> None:
+def run(targets: tuple[str, ...], workers: int | None, executor: str, max_attempts: int,
+        max_abandons: int, step_timeout: float, replay_outputs: bool, cancel_grace: float,
+        drain_timeout: float, reload: bool, until_idle: bool, backoff: float, hook: str | None,
+        retention: float, blob_threshold: int, metrics_port: int | None, metrics_host: str,
+        log_format: str, verbose: bool, state: Path) -> None:
     """Run the supervisor for APP (``module:function``) in the foreground.
 
     APP is imported from the current directory, like ``uvicorn app:app``; the
-    function is called once per step in a worker process. Ctrl-C (or SIGTERM)
+    function is called once per step in a worker process.
+
+    \b
+    Several runners, one state directory (pick one per run with
+    'journaled submit --runner NAME'):
+      journaled run app:images app:arrays     runners "images" and "arrays"
+      journaled run thumbs=app:images         served under the name "thumbs"
+      journaled run app:app                   every runner of a journaled.App
+    A run submitted without --runner goes to the runner named "default" if
+    there is one, else to the first one given.
+
+    Ctrl-C (or SIGTERM)
     stops leasing and lets running steps finish for --drain-timeout; a second
     Ctrl-C stops at once. Nothing is lost either way.
 
@@ -83,6 +94,7 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     2 bad APP, bad options, or the state directory is locked by another supervisor.
     """
     from .. import failpoints
+    from ..app import load_table, spec_modules
     from ..console import Drain, JsonLog, StatusLine
     from ..pool import load_import_string
     from ..state import Policy
@@ -98,15 +110,20 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     on_terminal = None
-    for spec in filter(None, (app, hook)):
+    app = " ".join(targets)
+    for spec in filter(None, (*targets, hook)):
         try:
-            obj = load_import_string(spec)
-        except ImportError as e:
+            obj = load_import_string(spec) if spec is hook else load_table(spec)
+        except (ImportError, ValueError) as e:
             fail(f"cannot load {spec!r}: {e}")
         except Exception as e:  # noqa: BLE001 - the user's module failed while importing
             fail(f"importing {spec!r} raised {type(e).__name__}: {e}")
         if spec is hook:
             on_terminal = obj
+    try:
+        table = load_table(app)
+    except ValueError as e:  # a name given twice across the targets
+        fail(str(e))
     if executor != "local" and not executor.startswith("dask://"):
         fail(f"unknown executor {executor!r}: use 'local' or 'dask://HOST:PORT'")
     if executor.startswith("dask://"):
@@ -121,7 +138,7 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     sup = Supervisor(state, app, workers=workers, policy=policy, cancel_grace=cancel_grace,
                      drain_timeout=drain_timeout,
                      # Preloading in the forkserver would pin the old code across reloads.
-                     preload=None if reload else [app.partition(":")[0]],
+                     preload=None if reload else spec_modules(app),
                      import_string=app, on_terminal=on_terminal, retention=retention,
                      reload_dir=os.getcwd() if reload else None, executor=executor,
                      blob_threshold=blob_threshold)
@@ -156,7 +173,10 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     gc.freeze()
     counts = sup.state.status_counts()
     click.echo(
-        f"journaled {__version__}: supervising {app} with {workers} "
+        f"journaled {__version__}: supervising {app}"
+        + (f" (runners {', '.join(table.names)}; default {table.default})"
+           if len(table.names) > 1 else "")
+        + f" with {workers} "
         f"worker{'s' if workers != 1 else ''} on {state} "
         f"(journal {sup.journal.size_bytes / 1e6:.1f} MB, {len(sup.state.runs)} runs known, "
         f"{sup.recovered_runs} resumed, {counts['pending']} pending)", err=True)

@@ -44,12 +44,15 @@ def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Override the supervisor's --max-attempts for this run.")
 @click.option("--step-timeout", type=click.FloatRange(min=0), default=None,
               help="Override the supervisor's --step-timeout for this run.")
+@click.option("--runner", default=None, metavar="NAME",
+              help="The named runner for this run (see 'journaled run --help'); default: "
+                   "the supervisor's default runner. An unknown name is refused.")
 @json_option
 @state_option
 @handles_errors
 def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], input_file: Any,
            each_line: Any, priority: int, max_attempts: int | None,
-           step_timeout: float | None, as_json: bool, state: Path) -> None:
+           step_timeout: float | None, runner: str | None, as_json: bool, state: Path) -> None:
     """Submit a run with INPUT (text; '-' reads stdin); prints its run id.
 
     The submission is durable when this returns, whether or not a supervisor
@@ -59,7 +62,7 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
     if given > 1:
         fail("give the input once: INPUT, --input-file or --each-line")
     opts: dict[str, Any] = dict(priority=priority, max_attempts=max_attempts or 0,
-                                step_timeout=step_timeout or 0.0)
+                                step_timeout=step_timeout or 0.0, runner=runner)
     hdrs = _parse_headers(headers)
     client = _client(state)
     with user_input():

@@ -25,8 +25,9 @@ from typing import Any
 import msgspec
 
 from ..api import SLOT_SIZE, CancelToken, Memo, Step
+from ..errors import UnknownRunner
 from ..pool.wire import Dispatch
-from ..pool.worker import resolve_runner, run_one
+from ..pool.worker import resolve_runners, run_one
 from ..state import WorkerResult
 from .dask_guard import RERUN, task_key
 
@@ -84,11 +85,16 @@ def run_task(spec: str, ns: str, blob: bytes) -> bytes:
             return pack(0.0, WorkerResult("cancelled", error="cancelled before it started"))
         _live[key] = token
     try:
-        fn = _runners.get(spec)
-        if fn is None:
-            fn = _runners[spec] = resolve_runner(spec)
+        table = _runners.get(spec)
+        if table is None:
+            table = _runners[spec] = resolve_runners(spec)
+        try:
+            fn = table.get(item.runner)
+        except UnknownRunner as e:  # served before a restart, not any more
+            return pack(0.0, WorkerResult("error", permanent=True, error=str(e)))
         step = Step(item.run_id, item.step, item.payload, item.headers, item.attempt, token,
                     None, item.signal, Memo(item.memo, _no_memo))
+        step.runner = table.name_of(item.runner)
         t0 = time.perf_counter()
         res = run_one(fn, step)
         return pack(time.perf_counter() - t0, res)

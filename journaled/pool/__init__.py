@@ -36,7 +36,14 @@ from .wire import (
     to_worker_dec,
     to_worker_enc,
 )
-from .worker import load_import_string, resolve_runner, run_one, to_result, worker_main
+from .worker import (
+    load_import_string,
+    resolve_runner,
+    resolve_runners,
+    run_one,
+    to_result,
+    worker_main,
+)
 
 # Old private names some executors used.
 _to_worker_dec = to_worker_dec
@@ -47,6 +54,7 @@ __all__ = [
     "BATCH_BYTES", "DEPTH_BYTES", "CancelQueued", "Dispatch", "DispatchBatch", "Feeder",
     "FromWorker", "InFlight", "MemoAck", "MemoPutMsg", "Pool", "Ready", "ResultBatch", "Revoke",
     "Revoked", "Sender", "Stop", "ToWorker", "Worker", "WorkerChannels", "fault_tail",
-    "from_worker_dec", "load_import_string", "read_results", "resolve_runner", "run_one",
+    "from_worker_dec", "load_import_string", "read_results", "resolve_runner", "resolve_runners",
+    "run_one",
     "to_result", "to_worker_dec", "to_worker_enc", "worker_main",
 ]

@@ -37,6 +37,7 @@ class Dispatch(msgspec.Struct, frozen=True, array_like=True):
     headers: dict[str, str]
     signal: Union[Signal, None] = None
     memo: Union[dict[str, Union[bytes, BlobRef]], None] = None
+    runner: str = ""  # the run's runner name ("": the default)
 
 
 class DispatchBatch(msgspec.Struct, frozen=True, array_like=True, tag="d"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import faulthandler
 import functools
 import importlib
+import inspect
 import mmap
 import os
 import signal
@@ -52,10 +53,13 @@ from ..api import (
     Succeed,
     write_progress,
 )
+from ..app import App, RunnerTable, load_table
 from ..blobs import BlobRef, BlobStore, as_bytes_view
-from ..errors import BlobMissing, InputTooLarge
+from ..errors import BlobMissing, InputTooLarge, UnknownRunner
 from ..limits import check_size, cut_text
 from ..state import WorkerResult
+from ..typed import declared_type, encode_outcome
+from .aloop import run_async
 from .nowait import DIRECT_MAX, header, send_nowait, socket_of
 from .wire import (
     BATCH_BYTES,
@@ -84,9 +88,25 @@ def resolve_runner(spec: Any) -> Callable[[Step], Any]:
         obj = load_import_string(spec)
     else:
         obj = spec
-    if hasattr(obj, "run_step"):
-        return obj.run_step
-    return obj
+    if isinstance(obj, App):  # one runner wanted (``journaled step``): the default
+        return resolve_runner(load_table(obj).get(""))
+    fn = obj.run_step if hasattr(obj, "run_step") else obj
+    tp = declared_type(obj)
+    return fn if tp is None else functools.partial(_typed_call, fn, tp)
+
+
+def _typed_call(fn: Callable[[Step], Any], tp: Any, step: Step) -> Any:
+    """``@typed`` runners: ``step.input()`` knows the type; step 0's input is checked first."""
+    step._type = tp
+    if step.step_number == 0:
+        step.input()  # a bad input is a permanent error naming the field, before any work
+    return fn(step)
+
+
+def resolve_runners(spec: Any) -> RunnerTable:
+    """Every runner of a spec (``journaled.app``), each as a callable taking a ``Step``."""
+    table = load_table(spec)
+    return RunnerTable({name: resolve_runner(obj) for name, obj in table.runners.items()})
 
 
 def load_import_string(spec: str) -> Any:
@@ -108,7 +128,7 @@ def load_import_string(spec: str) -> Any:
             obj = getattr(obj, part)
         except AttributeError:
             raise ImportError(f"module {mod_name!r} has no attribute {attr!r}") from None
-    if not callable(obj) and not hasattr(obj, "run_step"):
+    if not callable(obj) and not hasattr(obj, "run_step") and not isinstance(obj, App):
         raise ImportError(f"{spec!r} is neither callable nor has a run_step method")
     return obj
 
@@ -142,8 +162,9 @@ def to_result(out: Any, blobs: BlobStore | None = None) -> WorkerResult:
     the worker, and only its ref goes back; without a blob store one over
     ``limits.MAX_VALUE`` is a permanent error: it must never reach the journal.
     """
-    t = type(out)
     try:
+        out = encode_outcome(out)  # a typed payload or result becomes msgpack bytes
+        t = type(out)
         if t is Continue:
             if isinstance(out.payload, _BYTES_LIKE):
                 return WorkerResult("continue", _value("Continue.payload", out.payload, blobs))
@@ -194,7 +215,10 @@ def run_one(fn: Callable[[Step], Any], step: Step, blobs: BlobStore | None = Non
             ) -> WorkerResult:
     """Call the runner once; every exception (a failed blob write too) becomes text."""
     try:
-        return to_result(fn(step), blobs)
+        out = fn(step)
+        if inspect.iscoroutine(out):  # an async runner: on this process's event loop
+            out = run_async(out, step.cancel_token)
+        return to_result(out, blobs)
     except StepError as e:
         return WorkerResult("error", error=cut_text(e.message), traceback=_user_traceback(e),
                             permanent=bool(e.permanent))
@@ -276,7 +300,7 @@ def worker_main(slot: int, conn: Connection, alive: Connection, block: str, runn
     threading.Thread(target=_watch_supervisor, args=(alive,), daemon=True,
                      name="journaled-watchdog").start()
     buf = _attach(block)
-    fn = resolve_runner(runner)
+    fn = resolve_runners(runner)
     # Blobs of this state directory; the threshold comes from the supervisor
     # (JOURNALED_BLOB_THRESHOLD in the environment it gave us).
     blobs = BlobStore(state_dir) if state_dir is not None else None
@@ -289,9 +313,12 @@ def worker_main(slot: int, conn: Connection, alive: Connection, block: str, runn
 class WorkerLoop:
     """The state the three threads share, guarded by one condition variable."""
 
-    def __init__(self, slot: int, conn: Connection, buf: Any, fn: Callable[[Step], Any],
-                 stop_at: int = -1, blobs: BlobStore | None = None) -> None:
-        self.slot, self.conn, self.buf, self.fn, self.stop_at = slot, conn, buf, fn, stop_at
+    def __init__(self, slot: int, conn: Connection, buf: Any,
+                 fn: Callable[[Step], Any] | RunnerTable, stop_at: int = -1,
+                 blobs: BlobStore | None = None) -> None:
+        # Runners by name (one runner: a table of one, the default).
+        self.table = fn if isinstance(fn, RunnerTable) else RunnerTable({"default": fn})
+        self.slot, self.conn, self.buf, self.stop_at = slot, conn, buf, stop_at
         self.blobs = blobs
         self.cancel_off = slot * SLOT_SIZE
         self.run_off = slot * SLOT_SIZE + 8
@@ -463,7 +490,13 @@ class WorkerLoop:
                         _Progress(self.buf, self.slot, seq), item.signal,
                         Memo(item.memo, functools.partial(self._put_memo, seq), self.blobs),
                         self.blobs)
-            res = run_one(self.fn, step, self.blobs)
+            step.runner = self.table.name_of(item.runner)
+            try:
+                fn = self.table.get(item.runner)
+            except UnknownRunner as e:  # served before this restart, not any more
+                res = WorkerResult("error", permanent=True, error=str(e))
+            else:
+                res = run_one(fn, step, self.blobs)
             del step, item  # drop the runner's objects before waiting for more work
             if failpoints.ENABLED:
                 failpoints.hit("worker.after_step")
