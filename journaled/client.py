@@ -94,6 +94,8 @@ from .inbox import (
 from .journal import JournalTailer, list_segments
 from .notify import DirWatcher
 from .protocol import MAX_FRAME, Cancel, Retry, Signal, Submit, Wait
+from .quotas import check_fits, check_key, check_resources
+from .serving import limits_for_submit
 from .state import Run, State, attempts_of, outcome_of
 
 __all__ = ["Client", "check_headers", "check_run_id", "new_run_id"]
@@ -391,22 +393,27 @@ class Client:
 
     def submit(self, input: bytes = b"", headers: dict[str, str] | None = None,
                run_id: str | None = None, *, priority: int = 0, max_attempts: int = 0,
-               step_timeout: float | timedelta | None = 0.0) -> str:
+               step_timeout: float | timedelta | None = 0.0,
+               resources: dict[str, float] | None = None, key: str | None = None) -> str:
         """Queue a run; returns its id once the request is durable in the inbox.
 
         Re-submitting an id with the same input and headers is a no-op; with
         other input it raises ``RunConflict``. Bad types raise ``TypeError`` or
         ``ValueError``, values over the limits ``InputTooLarge``, in each case
         before anything is queued. ``step_timeout`` is seconds or a
-        ``timedelta`` (0 or None: the supervisor's limit).
+        ``timedelta`` (0 or None: the supervisor's limit). ``resources``
+        (``{"gpu": 1}``) are held while a step runs, against the supervisor's
+        ``--limit``s (more than a limit: ``OverLimit``); ``key`` names a tenant
+        for ``--key-concurrency`` and ``--rate`` (keys are served in turn).
         """
         return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
-                                step_timeout=step_timeout)[0]
+                                step_timeout=step_timeout, resources=resources, key=key)[0]
 
     def submit_many(self, inputs: Iterable[bytes], headers: dict[str, str] | None = None,
                     run_ids: Sequence[str] | None = None, *, priority: int = 0,
-                    max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0
+                    max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0,
+                    resources: dict[str, float] | None = None, key: str | None = None
                     ) -> list[str]:
         """Queue many runs with one inbox file and one fsync (a few for huge batches).
 
@@ -416,7 +423,8 @@ class Client:
         module docstring for a conflict that races another client.
         """
         items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
-                                 self.blobs)
+                                 self.blobs, resources=resources, key=key,
+                                 limits=limits_for_submit(self.state_dir))
         if items and _frame_bytes(items) < MAX_FRAME - (64 << 10):
             # Durable in the journal on return. A broken connection falls through
             # to the inbox with the same ids: a no-op if the first try took.
@@ -538,14 +546,17 @@ def merge_dead(live: list[DeadLetter], archived: list[DeadLetter],
 
 def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | None,
                 run_ids: Sequence[str] | None, priority: int, max_attempts: int,
-                step_timeout: float | timedelta | None, blobs: BlobStore | None = None
-                ) -> tuple[list[SubmitMsg], list[str]]:
+                step_timeout: float | timedelta | None, blobs: BlobStore | None = None, *,
+                resources: dict[str, float] | None = None, key: str | None = None,
+                limits: dict[str, float] | None = None) -> tuple[list[SubmitMsg], list[str]]:
     """Checked submissions (one per distinct run id) and the id of every input, in order.
 
     A run id given twice with the same input and headers is one run; with
     other input it is ``RunConflict``, raised before anything is queued.
     Inputs over ``blobs``' threshold are written as blobs (durably) once every
     item passed its checks, so the messages carry refs, never big bytes.
+    ``limits`` (the supervisor's, from ``STATE/serving.json``): a run asking
+    for more raises ``OverLimit`` here, before anything is queued.
     """
     if isinstance(inputs, (bytes, bytearray, memoryview, str)):
         raise TypeError("inputs must be a list of bytes (for one input use submit())")
@@ -555,6 +566,8 @@ def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | None,
     prio = check_int("priority", priority)
     attempts = check_int("max_attempts", max_attempts, 0, (1 << 31) - 1)
     timeout = seconds("step_timeout", step_timeout)
+    res = check_resources(resources)
+    k = check_key(key)
     now = time.time()
     ins = list(inputs)
     if run_ids is not None and len(run_ids) != len(ins):
@@ -571,9 +584,12 @@ def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | None,
                 raise RunConflict(rid)
             continue
         seen[rid] = raw
+        if limits:
+            check_fits(rid, res, limits)
         checked.append((rid, raw))
     # Every item passed: now the big inputs become blobs, durable before any message.
-    out = [SubmitMsg(rid, to_stored(raw, blobs), now, hdrs, prio, attempts, timeout)
+    out = [SubmitMsg(rid, to_stored(raw, blobs), now, hdrs, prio, attempts, timeout,
+                     resources=res, key=k)
            for rid, raw in checked]
     return out, ids
 

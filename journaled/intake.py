@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from . import quotas
 from .archiving import check_archived
 from .blobs import same_content
 from .errors import JournaledError, RunConflict
@@ -133,10 +134,12 @@ class Intake:
                         if old is None and check_archived(known, rid, data, hdrs):
                             archived.add(rid)  # finished long ago with this input: no-op
                         batch[rid] = (data, dict(hdrs or {}))
-                    for rid, data, hdrs, prio, attempts, timeout in args[0]:
+                    for rid, *_, res, _key in args[0]:
+                        quotas.check_fits(rid, res, state.quotas.limits)  # none or all
+                    for rid, data, hdrs, prio, attempts, timeout, res, key in args[0]:
                         if rid not in archived:
                             self._recs += state.submit(rid, data, now, hdrs, prio, attempts,
-                                                       timeout)
+                                                       timeout, resources=res, key=key)
                     self._futures.append((fut, [item[0] for item in args[0]]))
                 elif kind == "cancel":
                     run_id, reason = args
@@ -205,7 +208,7 @@ class Intake:
             return []  # archived with this input: a duplicate, like a live one
         # The client's clock: submitted_at must not change when a pending run is taken up.
         return self.state.submit(m.run_id, m.input, m.at, m.headers, m.priority, m.max_attempts,
-                                 m.step_timeout)
+                                 m.step_timeout, resources=m.resources, key=m.key)
 
     def _watch_code(self) -> None:
         """--reload: flag a worker restart when a .py file under the app's directory changes."""

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import dispatch
+from . import dispatch, quotas
 from .api import Signal
 from .errors import JournaledError
 from .pool import Dispatch, InFlight, Pool, Worker
@@ -52,6 +52,7 @@ class Leasing:
     reload_dir: Path | None
     _written: Any  # the supervisor's turns waiting for their sync
     _unsent_views: Callable[[Worker], tuple[dispatch.StepView, ...]]
+    quotas: quotas.Quotas
 
     def _init_leasing(self) -> None:
         self.steps_done = 0
@@ -61,6 +62,9 @@ class Leasing:
         self._respawn_at: dict[int, float] = {}  # slot -> monotonic respawn time (back-off)
         self._respawn_delay = 0.0
         self.reloads = 0
+        self._buckets = quotas.Buckets()  # --rate: in memory only (a restart refills them)
+        self._quota_wake: float | None = None  # monotonic: a rate-limited key gets a token
+        self._over_warned: set[str] = set()  # keys logged as waiting for a higher --limit
 
     # -------------------------------------------------------- who gets work
 
@@ -68,6 +72,7 @@ class Leasing:
         pool = self.pool
         assert pool is not None
         state = self.state
+        self._quota_wake = None
         due = state.next_due()
         if not state.has_ready() and (due is None or due > now):
             if not self._steal(mono):
@@ -75,9 +80,12 @@ class Leasing:
         recs = self._recs
         by_slot = {w.slot: w for w in pool.workers}
         plan = dispatch.lease_plan([self._view(w) for w in pool.workers], state.ready_count())
+        # What leased steps hold is recomputed from the state (never journaled), so
+        # nothing a crash abandoned stays held.
+        gate = quotas.Gate(self.quotas, state.in_flight.values, self._buckets, mono)
         for slot, want in plan:
             w = by_slot[slot]
-            runs = state.due_runs(now, want)
+            runs = state.due_runs(now, want, gate)
             if not runs:
                 break
             items = []
@@ -90,6 +98,11 @@ class Leasing:
                                       Signal(*woken) if woken is not None else None,
                                       run.memos or None))
             self._dispatch.append((w, items))
+        self._quota_wake = gate.wake
+        for key in gate.over - self._over_warned:
+            self._over_warned.add(key)
+            log.warning("runs%s ask for more than a --limit allows; they wait for a "
+                        "supervisor with higher limits", f" of key {key!r}" if key else "")
 
     def _steal(self, mono: float) -> bool:
         """An idle worker and nothing ready: take back steps queued behind a long one.
@@ -331,4 +344,6 @@ class Leasing:
         if self._stopping and not self._shutdown_cancelled:
             times.append(self._drain_deadline)
         times.extend(self._respawn_at.values())
+        if self._quota_wake is not None:
+            times.append(self._quota_wake)
         return times

@@ -34,6 +34,8 @@ class Submitted(Record, tag="sub"):
     priority: int = 0
     max_attempts: int = 0  # 0: the supervisor's default
     step_timeout: float = 0.0  # 0: the supervisor's default
+    resources: dict[str, float] = {}  # name -> amount held while a step is leased (quotas)
+    key: str = ""  # concurrency/rate key ("": none); keys are served round-robin
 
 
 class Leased(Record, tag="lea"):
@@ -206,6 +208,8 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
     memos: dict[str, Value] = {}
     history: list[list] = []  # [step, attempt, worker, started, finished, outcome, error, tb]
     order: int = 0  # submission order: ready runs of one priority go oldest run first
+    resources: dict[str, float] = {}
+    key: str = ""
 
 
 class Restored(Record, tag="rst"):

@@ -24,6 +24,7 @@ class Run:
         "status", "leased", "worker", "leased_at", "cancel_reason", "result", "error",
         "finished_at", "hook_delivered", "dead", "traceback", "kind", "seq",
         "wait_key", "signals", "woken", "used_keys", "memos", "history", "order",
+        "resources", "key",
     )
 
     def __init__(self, rec: Submitted, seq: int) -> None:
@@ -62,6 +63,8 @@ class Run:
         # error, traceback]; lists, not Structs, because the fold fills them in later.
         self.history: list[list] = []
         self.order = 0  # submission order: the ready queue serves older runs first
+        self.resources = rec.resources  # held while a step is leased (journaled.quotas)
+        self.key = rec.key
 
     @property
     def terminal(self) -> bool:
@@ -84,12 +87,13 @@ def run_to_snapshot(r: Run) -> RunSnapshot:
         r.step, r.payload, r.attempt, r.failures, r.abandons, r.due_at, r.status,
         r.cancel_reason, r.result, r.error, r.finished_at, r.hook_delivered, r.dead, r.traceback,
         r.seq, r.leased, r.worker, r.leased_at, r.kind, r.wait_key, r.signals, r.woken,
-        r.used_keys, r.memos, r.history, r.order)
+        r.used_keys, r.memos, r.history, r.order, resources=r.resources, key=r.key)
 
 
 def run_from_snapshot(s: RunSnapshot) -> Run:
     run = Run(Submitted(s.run_id, s.input, s.submitted_at, s.headers, s.priority,
-                        s.max_attempts, s.step_timeout), s.seq)
+                        s.max_attempts, s.step_timeout, resources=s.resources, key=s.key),
+              s.seq)
     run.step, run.payload, run.attempt = s.step, s.payload, s.attempt
     run.failures, run.abandons, run.due_at, run.status = s.failures, s.abandons, s.due_at, s.status
     run.cancel_reason, run.result, run.error = s.cancel_reason, s.result, s.error

@@ -47,6 +47,7 @@ from .inbox import (
     seconds,
 )
 from .limits import MAX_TEXT, check_size
+from .quotas import make_quotas
 from .state import Policy, Run, attempts_of, outcome_of
 from .supervisor import DAY, Future, Supervisor
 
@@ -75,6 +76,10 @@ class Runtime:
         blob_threshold: inputs, payloads, results and memo values longer than
             this many bytes are stored once under ``STATE/blobs/`` and the
             journal holds only their hash and size (default 64 KiB).
+        limits: resource name -> the most leased steps may hold at once
+            (``--limit``); a name with no limit is unlimited.
+        key_concurrency: most leased steps per run key (0: no limit).
+        rates: run key (``"*"``: every key) -> steps per second it may start.
 
     Use it as a context manager; leaving the block drains and stops.
     """
@@ -87,7 +92,9 @@ class Runtime:
                  retention: float = 7 * DAY, unsafe_no_fsync: bool = False,
                  replay_outputs: bool = True, executor: str = "local",
                  call_timeout: float | None = None,
-                 blob_threshold: int = DEFAULT_THRESHOLD) -> None:
+                 blob_threshold: int = DEFAULT_THRESHOLD,
+                 limits: dict[str, float] | None = None, key_concurrency: int = 0,
+                 rates: dict[str, float] | None = None) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
@@ -100,7 +107,8 @@ class Runtime:
                                on_terminal=on_terminal, cancel_grace=cancel_grace,
                                drain_timeout=drain_timeout, preload=preload,
                                retention=retention, unsafe_no_fsync=unsafe_no_fsync,
-                               executor=executor, blob_threshold=blob_threshold)
+                               executor=executor, blob_threshold=blob_threshold,
+                               quotas=make_quotas(limits, key_concurrency, rates))
         self.blobs = self._sup.blobs
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -181,18 +189,21 @@ class Runtime:
 
     def submit(self, input: bytes = b"", headers: dict[str, str] | None = None,
                run_id: str | None = None, *, priority: int = 0, max_attempts: int = 0,
-               step_timeout: float | timedelta | None = 0.0) -> str:
+               step_timeout: float | timedelta | None = 0.0,
+               resources: dict[str, float] | None = None, key: str | None = None) -> str:
         """Start a run; returns its id once the submission is durable.
 
-        Same checks and errors as ``Client.submit``.
+        Same checks and errors as ``Client.submit`` (``OverLimit`` for more
+        than this runtime's ``limits`` allow).
         """
         return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
-                                step_timeout=step_timeout)[0]
+                                step_timeout=step_timeout, resources=resources, key=key)[0]
 
     def submit_many(self, inputs: Iterable[bytes], headers: dict[str, str] | None = None,
                     run_ids: Sequence[str] | None = None, *, priority: int = 0,
-                    max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0
+                    max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0,
+                    resources: dict[str, float] | None = None, key: str | None = None
                     ) -> list[str]:
         """Start many runs with one journal sync; all or nothing.
 
@@ -204,9 +215,10 @@ class Runtime:
         # Big inputs are written as blobs here, on the caller's thread, before
         # the supervisor sees the command: it only ever gets their refs.
         msgs, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
-                                self.blobs)
-        items = [(m.run_id, m.input, m.headers, m.priority, m.max_attempts, m.step_timeout)
-                 for m in msgs]
+                                self.blobs, resources=resources, key=key,
+                                limits=self._sup.quotas.limits)
+        items = [(m.run_id, m.input, m.headers, m.priority, m.max_attempts, m.step_timeout,
+                  m.resources, m.key) for m in msgs]
         self._await(self._sup.call("submit_many", items))
         return ids
 

@@ -70,7 +70,9 @@ from .knobs import warn_test_knobs
 from .leasing import Leasing
 from .live import LivePublisher, clear_status
 from .pool import Dispatch, Pool, Worker
+from .quotas import NO_QUOTAS, Quotas
 from .records import CancelRequested, Record, Redriven, Terminated, encode
+from .serving import write_serving
 from .state import RUNNING, Policy, State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
@@ -115,7 +117,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                  compact_bytes: int = 16 << 20, unsafe_no_fsync: bool = False,
                  import_string: str = "", reload_dir: str | os.PathLike[str] | None = None,
                  executor: str = "local", blob_threshold: int = DEFAULT_THRESHOLD,
-                 serve_socket: bool = True) -> None:
+                 serve_socket: bool = True, quotas: Quotas | None = None) -> None:
         if workers < 1 and executor in ("", "local"):
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.state_dir = Path(state_dir)
@@ -136,6 +138,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self.blobs = BlobStore(self.state_dir, self.blob_threshold)
         self.reload_dir = Path(reload_dir) if reload_dir is not None else None
         self.state = State(self.policy)
+        # --limit, --key-concurrency, --rate: checked at submit (the state) and at lease.
+        self.quotas = quotas or NO_QUOTAS
+        self.state.quotas = self.quotas
         self.journal = Journal(self.state_dir / "journal", unsafe_no_fsync=unsafe_no_fsync)
         self.lock = StateLock(self.state_dir)
         self.pool: Pool | None = None
@@ -195,6 +200,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self.lock.acquire()
         try:
             self._replay()
+            self._write_serving()  # before the inbox and the door take any submission
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
@@ -218,6 +224,14 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         except BaseException:
             self.close()
             raise
+
+    def _write_serving(self) -> None:
+        """``STATE/serving.json``: the limits clients check at submit (best effort)."""
+        try:
+            write_serving(self.state_dir, self.quotas.serving())
+        except OSError as e:
+            log.warning("cannot write %s: %s; clients will not check limits at submit",
+                        self.state_dir / "serving.json", e)
 
     def _replay(self) -> None:
         state = self.state

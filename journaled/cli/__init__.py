@@ -36,6 +36,7 @@ from ..errors import (
     InvalidRunId,
     JournalCorrupt,
     JournaledError,
+    OverLimit,
     RunConflict,
     RunNotDead,
     RunNotFound,
@@ -57,7 +58,7 @@ def _exit_code(e: JournaledError) -> int:
     if isinstance(e, (JournalCorrupt, StorageFailure)):
         return 1
     if isinstance(e, (InvalidRunId, RunConflict, RunNotFound, RunNotLive, StateLocked,
-                      InputTooLarge, SubmissionRejected, RunNotDead)):
+                      InputTooLarge, SubmissionRejected, RunNotDead, OverLimit)):
         return 2
     return 1
 

@@ -57,13 +57,24 @@ from . import fail, handles_errors, main, state_option
                    "workers read and write them directly.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object per log line, for log shippers.")
+@click.option("--limit", "limits", multiple=True, metavar="NAME=N",
+              help="Resource limit (repeatable): leased steps together hold at most N of "
+                   "NAME (runs name theirs at submit: --resource gpu=1). A resource with no "
+                   "--limit is unlimited; a run asking for more than N is refused at submit.")
+@click.option("--key-concurrency", type=click.IntRange(min=0), default=0, show_default=True,
+              help="At most N leased steps per run key (submit --key K; 0: no limit). "
+                   "Ready runs of different keys take turns either way.")
+@click.option("--rate", "rates", multiple=True, metavar="KEY=N/s",
+              help="Steps per second a run key may start (repeatable; N/s, N/m or N/h; "
+                   "KEY '*' is every key without its own rate, e.g. --rate '*=5/s').")
 @click.option("-v", "--verbose", is_flag=True, help="Log every terminal run.")
 @state_option
 @handles_errors
 def run(app: str, workers: int | None, executor: str, max_attempts: int, max_abandons: int,
         step_timeout: float, replay_outputs: bool, cancel_grace: float, drain_timeout: float,
         reload: bool, until_idle: bool, backoff: float, hook: str | None, retention: float,
-        blob_threshold: int, log_format: str, verbose: bool, state: Path) -> None:
+        blob_threshold: int, log_format: str, limits: tuple[str, ...], key_concurrency: int,
+        rates: tuple[str, ...], verbose: bool, state: Path) -> None:
     """Run the supervisor for APP (``module:function``) in the foreground.
 
     APP is imported from the current directory, like ``uvicorn app:app``; the
@@ -78,11 +89,17 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     from .. import failpoints
     from ..console import Drain, JsonLog, StatusLine
     from ..pool import load_import_string
+    from ..quotas import make_quotas, parse_pair, parse_rate
     from ..state import Policy
     from ..supervisor import Supervisor
 
     if failpoints.ENV_ERROR is not None:
         fail(failpoints.ENV_ERROR)
+    try:
+        quotas = make_quotas(dict(parse_pair("--limit", t) for t in limits), key_concurrency,
+                             dict(parse_rate(t) for t in rates))
+    except ValueError as e:
+        fail(str(e))
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLog() if log_format == "json"
@@ -117,7 +134,7 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
                      preload=None if reload else [app.partition(":")[0]],
                      import_string=app, on_terminal=on_terminal, retention=retention,
                      reload_dir=os.getcwd() if reload else None, executor=executor,
-                     blob_threshold=blob_threshold)
+                     blob_threshold=blob_threshold, quotas=quotas)
 
     drain = Drain(sup)
 
