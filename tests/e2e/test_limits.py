@@ -11,51 +11,17 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from journaled import Client
 from journaled.errors import OverLimit, SubmissionRejected
 from journaled.inbox import SubmitMsg, post
-from journaled.records import AttemptFailed, Leased, Released, StepDone, Submitted, Terminated
+from journaled.records import Leased
 from tests.apps import limits_apps
-from tests.e2e.helpers import ROOT, cli_env, journal_records, wait_for
+from tests.e2e.helpers import ROOT, cli_env, journal_records, most_held, wait_for
 
 APP = "tests.apps.limits_apps:hold"
-
-
-def most_held(state: Path) -> tuple[dict[str, float], dict[str, int], list[str]]:
-    """Fold the journal: the most of each resource and per key ever leased at once, and
-    the order steps were leased in (run ids)."""
-    res: dict[str, dict[str, float]] = {}
-    keys: dict[str, str] = {}
-    open_: set[str] = set()
-    peak: dict[str, float] = {}
-    peak_key: dict[str, int] = {}
-    order: list[str] = []
-    for rec in journal_records(state):
-        if isinstance(rec, Submitted):
-            res[rec.run_id], keys[rec.run_id] = dict(rec.resources), rec.key
-        elif isinstance(rec, Leased):
-            open_.add(rec.run_id)
-            order.append(rec.run_id)
-        elif isinstance(rec, (StepDone, AttemptFailed, Released, Terminated)):
-            open_.discard(rec.run_id)
-        else:
-            continue
-        now: dict[str, float] = {}
-        per_key: dict[str, int] = {}
-        for rid in open_:
-            for k, v in res[rid].items():
-                now[k] = now.get(k, 0.0) + v
-            if keys[rid]:
-                per_key[keys[rid]] = per_key.get(keys[rid], 0) + 1
-        for k, v in now.items():
-            peak[k] = max(peak.get(k, 0.0), v)
-        for k, n in per_key.items():
-            peak_key[k] = max(peak_key.get(k, 0), n)
-    return peak, peak_key, order
 
 
 @pytest.mark.timeout(60)
