@@ -53,6 +53,9 @@ class Leasing:
     _written: Any  # the supervisor's turns waiting for their sync
     _unsent_views: Callable[[Worker], tuple[dispatch.StepView, ...]]
     quotas: quotas.Quotas
+    _unsent: Callable[[Worker], bool]
+    _recycle_workers: Callable[[Callable[[Worker], bool]], None]
+    _oom_of: Callable[..., tuple[int, str] | None]
 
     def _init_leasing(self) -> None:
         self.steps_done = 0
@@ -73,6 +76,7 @@ class Leasing:
         assert pool is not None
         state = self.state
         self._quota_wake = None
+        self._recycle_workers(self._unsent)  # --max-steps-per-worker, --max-worker-rss
         due = state.next_due()
         if not state.has_ready() and (due is None or due > now):
             if not self._steal(mono):
@@ -138,6 +142,7 @@ class Leasing:
                 continue
             recs += complete(item.run_id, item.attempt, res, now, rng())
         self.steps_done += len(done)
+        w.steps_run += len(done)
 
     def _worker_messages(self, w: Worker) -> None:
         """Memo puts: journaled this turn, acknowledged to the worker after the commit."""
@@ -225,6 +230,7 @@ class Leasing:
         pid = w.pid
         code = pool.reap(w)
         died = self._death_message(w, pid, code)
+        oom = self._oom_of(w, pid, code, reason, running)
         w.outstanding.clear()
         state = self.state
         rng = self._rng.random
@@ -250,6 +256,12 @@ class Leasing:
                 self._recs += state.complete(item.run_id, item.attempt, WorkerResult(
                     "timeout", error=f"step timed out after {limit:g} s (step_timeout="
                     f"{limit:g}) and its worker was killed"), now, rng())
+            elif oom is not None and item.seq == running:  # FAIL_DIED, for memory
+                log.warning("worker %d (pid %s) %s in run %s step %d attempt %d; respawning",
+                            w.slot, pid, oom[1], item.run_id, step, item.attempt)
+                self._recs += state.complete(item.run_id, item.attempt, WorkerResult(
+                    "oom", error=f"worker {oom[1]} during the step", peak_rss=oom[0]),
+                    now, rng())
             else:  # FAIL_DIED
                 log.warning("%s in run %s step %d attempt %d%s", died, item.run_id, step,
                             item.attempt, "" if self._stopping else "; respawning")

@@ -82,7 +82,7 @@ class StepDone(Record, tag="don"):
 class AttemptFailed(Record, tag="fai"):
     """An attempt failed and will be retried at ``retry_at``. Replay: a failure is counted.
 
-    ``kind`` is ``error``, ``timeout`` or ``worker_died``.
+    ``kind`` is ``error``, ``timeout``, ``worker_died`` or ``oom``.
     """
 
     run_id: str
@@ -93,6 +93,7 @@ class AttemptFailed(Record, tag="fai"):
     at: float
     retry_at: float
     traceback: str = ""
+    peak_rss: int = 0  # kind oom: the worker's peak resident bytes during the step
 
 
 class CancelRequested(Record, tag="can"):
@@ -120,6 +121,7 @@ class Terminated(Record, tag="end"):
     dead: bool = False
     traceback: str = ""
     kind: str = ""
+    peak_rss: int = 0  # kind oom: the worker's peak resident bytes during the step
 
 
 class HookDelivered(Record, tag="hok"):

@@ -116,5 +116,6 @@ def outcome_of(run: Run) -> RunOutcome:
 
 def attempts_of(run: Run) -> list[Attempt]:
     """The run's attempt history in its public form."""
-    return [Attempt(h[0], h[1], h[2], h[3], h[4], h[5], h[6] or "", h[7] or "")
+    return [Attempt(h[0], h[1], h[2], h[3], h[4], h[5], h[6] or "", h[7] or "",
+                    h[8] if len(h) > 8 else 0)
             for h in run.history]

@@ -47,6 +47,7 @@ from .inbox import (
     seconds,
 )
 from .limits import MAX_TEXT, check_size
+from .pool.hygiene import Hygiene
 from .quotas import make_quotas
 from .state import Policy, Run, attempts_of, outcome_of
 from .supervisor import DAY, Future, Supervisor
@@ -80,6 +81,12 @@ class Runtime:
             (``--limit``); a name with no limit is unlimited.
         key_concurrency: most leased steps per run key (0: no limit).
         rates: run key (``"*"``: every key) -> steps per second it may start.
+        threads_per_worker: BLAS/OpenMP threads per worker (0: left alone; so
+            are they when any of ``OMP_NUM_THREADS`` and friends is set).
+        max_steps_per_worker: replace a worker after this many steps (0: never).
+        max_worker_rss: MB; a busy worker over it is killed (the step's attempt
+            is ``oom``), an idle one replaced (0: no limit).
+        pin_workers: pin each worker to one CPU, round-robin.
 
     Use it as a context manager; leaving the block drains and stops.
     """
@@ -94,7 +101,9 @@ class Runtime:
                  call_timeout: float | None = None,
                  blob_threshold: int = DEFAULT_THRESHOLD,
                  limits: dict[str, float] | None = None, key_concurrency: int = 0,
-                 rates: dict[str, float] | None = None) -> None:
+                 rates: dict[str, float] | None = None, threads_per_worker: int = 1,
+                 max_steps_per_worker: int = 0, max_worker_rss: float = 0.0,
+                 pin_workers: bool = False) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
@@ -108,7 +117,9 @@ class Runtime:
                                drain_timeout=drain_timeout, preload=preload,
                                retention=retention, unsafe_no_fsync=unsafe_no_fsync,
                                executor=executor, blob_threshold=blob_threshold,
-                               quotas=make_quotas(limits, key_concurrency, rates))
+                               quotas=make_quotas(limits, key_concurrency, rates),
+                               hygiene=Hygiene(threads_per_worker, max_steps_per_worker,
+                                               max_worker_rss, pin_workers))
         self.blobs = self._sup.blobs
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None

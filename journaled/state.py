@@ -55,7 +55,8 @@ from .run import (  # noqa: F401 - re-exported: callers import these from here
     run_to_snapshot,
 )
 
-_FAILED_AS = {"timeout": "timed_out", "worker_died": "worker_died", "error": "retried"}
+_FAILED_AS = {"timeout": "timed_out", "worker_died": "worker_died", "error": "retried",
+              "oom": "oom"}
 
 
 class Policy(msgspec.Struct, frozen=True):
@@ -83,6 +84,7 @@ class WorkerResult(msgspec.Struct, frozen=True, array_like=True, omit_defaults=T
     traceback: str = ""
     permanent: bool = False
     key: str = ""  # with kind "continue": park until this signal key (delay = timeout)
+    peak_rss: int = 0  # kind "oom": the worker's peak resident bytes (the supervisor's view)
 
 
 def remaining_delay(due_at: float, now: float) -> float:
@@ -180,13 +182,15 @@ class State:
         self._make_ready(run)
 
     def _end_attempt(self, run: Run, at: float, outcome: str, error: str = "",
-                     tb: str = "") -> None:
+                     tb: str = "", peak_rss: int = 0) -> None:
         h = run.history
         if h and h[-1][4] is None:
             h[-1][4] = at
             h[-1][5] = outcome
             h[-1][6] = error
             h[-1][7] = tb
+            if peak_rss:
+                h[-1][8:] = [peak_rss]
 
     def _leased(self, rec: Leased) -> None:
         self._saw(rec.at)
@@ -272,7 +276,7 @@ class State:
         run = self.runs[rec.run_id]
         self._unlease(run)
         self._end_attempt(run, rec.at, _FAILED_AS.get(rec.kind, "retried"), rec.error,
-                          rec.traceback)
+                          rec.traceback, rec.peak_rss)
         run.failures += 1
         run.error = rec.error
         run.traceback = rec.traceback
@@ -297,7 +301,7 @@ class State:
             how = ("cancelled" if rec.status == CANCELLED else
                    "dead_lettered" if rec.dead else "completed")
             self._end_attempt(run, rec.at, how, rec.error or "" if rec.dead else "",
-                              rec.traceback)
+                              rec.traceback, rec.peak_rss)
         self._unlease(run)
         run.step = rec.step
         run.result = rec.result
@@ -549,10 +553,10 @@ class State:
             return self._commit([Terminated(
                 run_id, FAILED, now, step, attempt,
                 error=f"step {step} dead-lettered ({why}): {res.error}", dead=True,
-                traceback=res.traceback, kind=kind)])
+                traceback=res.traceback, kind=kind, peak_rss=res.peak_rss)])
         retry_at = now + backoff(run.failures + 1, self.policy, jitter)
         return self._commit([AttemptFailed(run_id, step, attempt, kind, res.error, now, retry_at,
-                                           res.traceback)])
+                                           res.traceback, res.peak_rss)])
 
     def signal(self, run_id: str, key: str, data: bytes, now: float) -> list[Record]:
         """Wake the run parked on ``key``, or buffer the signal until it parks there."""

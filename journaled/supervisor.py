@@ -70,8 +70,10 @@ from .knobs import warn_test_knobs
 from .leasing import Leasing
 from .live import LivePublisher, clear_status
 from .pool import Dispatch, Pool, Worker
+from .pool.hygiene import Hygiene
 from .quotas import NO_QUOTAS, Quotas
 from .records import CancelRequested, Record, Redriven, Terminated, encode
+from .recycling import Recycling
 from .serving import write_serving
 from .state import RUNNING, Policy, State, outcome_of
 
@@ -102,7 +104,7 @@ def _holding_state_lock(fn: F) -> F:
     return cast(F, locked)
 
 
-class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFiring,
+class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublisher, HookFiring,
                  Archiving, Flushing):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
@@ -117,7 +119,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                  compact_bytes: int = 16 << 20, unsafe_no_fsync: bool = False,
                  import_string: str = "", reload_dir: str | os.PathLike[str] | None = None,
                  executor: str = "local", blob_threshold: int = DEFAULT_THRESHOLD,
-                 serve_socket: bool = True, quotas: Quotas | None = None) -> None:
+                 serve_socket: bool = True, quotas: Quotas | None = None,
+                 hygiene: Hygiene | None = None) -> None:
         if workers < 1 and executor in ("", "local"):
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.state_dir = Path(state_dir)
@@ -141,6 +144,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         # --limit, --key-concurrency, --rate: checked at submit (the state) and at lease.
         self.quotas = quotas or NO_QUOTAS
         self.state.quotas = self.quotas
+        self.hygiene = hygiene or Hygiene()  # BLAS caps, recycling, RSS limit, pinning
         self.journal = Journal(self.state_dir / "journal", unsafe_no_fsync=unsafe_no_fsync)
         self.lock = StateLock(self.state_dir)
         self.pool: Pool | None = None
@@ -149,6 +153,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._init_door(serve_socket)  # STATE/supervisor.sock, started by start()
         self._init_compaction()  # when to compact next, and its counters
         self._init_leasing()  # kills, respawn back-off, steps done
+        self._init_recycling()  # the RSS monitor (started with the pool), recycle counts
         self._init_live()  # when the live view is next published
         self._init_hooks()  # the hook thread, started with the first hook to fire
         self._init_archiving()  # the archive thread, started after replay
@@ -209,10 +214,12 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             self.inbox = Inbox(self.state_dir)
             self.pool = make_executor(self.executor, self.import_string or self.runner,
                                       self.workers, self.preload, state_dir=self.state_dir,
-                                      blob_threshold=self.blob_threshold)
+                                      blob_threshold=self.blob_threshold,
+                                      hygiene=self.hygiene)
             if hasattr(self.pool, "on_ready"):
                 self.pool.on_ready = self._poke  # a remote executor came back: lease again
             self.pool.start()
+            self._start_rss_monitor(self.wake)  # --max-worker-rss
             self._wait_map = self.pool.wait_objects()
             self.inbox.watch(self._inbox_changed)
             if self.reload_dir is not None:
@@ -314,6 +321,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._reload_stop.set()
         if self.inbox is not None:
             self.inbox.close()
+        self._stop_rss_monitor()
         if self.pool is not None:
             self.pool.close()
             self.pool = None

@@ -88,8 +88,9 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
         for a in hist:
             took = f"{(a.finished_at - a.started_at) * 1000:.0f} ms" if a.finished_at else "…"
             err = f"  {a.error}" if a.error else ""
+            rss = f", peak RSS {a.peak_rss / (1 << 20):.0f} MB" if a.peak_rss else ""
             click.echo(f"    step {a.step} attempt {a.attempt} on worker {a.worker}: "
-                       f"{a.outcome} ({took}){err}")
+                       f"{a.outcome} ({took}{rss}){err}")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -67,6 +67,20 @@ from . import fail, handles_errors, main, state_option
 @click.option("--rate", "rates", multiple=True, metavar="KEY=N/s",
               help="Steps per second a run key may start (repeatable; N/s, N/m or N/h; "
                    "KEY '*' is every key without its own rate, e.g. --rate '*=5/s').")
+@click.option("--threads-per-worker", type=click.IntRange(min=0), default=1, show_default=True,
+              help="BLAS/OpenMP threads per worker (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, "
+                   "MKL_NUM_THREADS, NUMEXPR_NUM_THREADS, VECLIB_MAXIMUM_THREADS), so N workers "
+                   "never run N x N threads; 0, or any of them set in the environment: "
+                   "left alone.")
+@click.option("--max-steps-per-worker", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Replace a worker after N steps (between steps; 0: never). For leaky code.")
+@click.option("--max-worker-rss", type=click.FloatRange(min=0), default=0, show_default=True,
+              metavar="MB",
+              help="A worker over MB resident memory is killed mid-step (the step gets a counted "
+                   "attempt of kind 'oom' with its peak RSS) or replaced between steps (0: no "
+                   "limit). Checked about every 100 ms.")
+@click.option("--pin-workers", is_flag=True,
+              help="Pin each worker to one CPU (round-robin over the CPUs this process may use).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every terminal run.")
 @state_option
 @handles_errors
@@ -74,7 +88,8 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
         step_timeout: float, replay_outputs: bool, cancel_grace: float, drain_timeout: float,
         reload: bool, until_idle: bool, backoff: float, hook: str | None, retention: float,
         blob_threshold: int, log_format: str, limits: tuple[str, ...], key_concurrency: int,
-        rates: tuple[str, ...], verbose: bool, state: Path) -> None:
+        rates: tuple[str, ...], threads_per_worker: int, max_steps_per_worker: int,
+        max_worker_rss: float, pin_workers: bool, verbose: bool, state: Path) -> None:
     """Run the supervisor for APP (``module:function``) in the foreground.
 
     APP is imported from the current directory, like ``uvicorn app:app``; the
@@ -89,6 +104,7 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
     from .. import failpoints
     from ..console import Drain, JsonLog, StatusLine
     from ..pool import load_import_string
+    from ..pool.hygiene import Hygiene
     from ..quotas import make_quotas, parse_pair, parse_rate
     from ..state import Policy
     from ..supervisor import Supervisor
@@ -134,7 +150,9 @@ def run(app: str, workers: int | None, executor: str, max_attempts: int, max_aba
                      preload=None if reload else [app.partition(":")[0]],
                      import_string=app, on_terminal=on_terminal, retention=retention,
                      reload_dir=os.getcwd() if reload else None, executor=executor,
-                     blob_threshold=blob_threshold, quotas=quotas)
+                     blob_threshold=blob_threshold, quotas=quotas,
+                     hygiene=Hygiene(threads_per_worker, max_steps_per_worker, max_worker_rss,
+                                     pin_workers))
 
     drain = Drain(sup)
 

@@ -1,0 +1,28 @@
+"""A runner whose module imports numpy at the top: the forkserver loads BLAS before any fork.
+
+So its thread cap must already be in the forkserver's environment when the
+module is preloaded there (``journaled.pool.hygiene``), not only in the worker's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from journaled import Step, Succeed
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+def report(step: Step) -> Succeed:
+    from threadpoolctl import threadpool_info
+
+    a = np.ones((300, 300))
+    a @ a  # BLAS has started its pool now
+    out = {v: os.environ.get(v) for v in THREAD_VARS}
+    out["blas"] = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    out["cpus"] = len(os.sched_getaffinity(0))
+    return Succeed(json.dumps(out).encode())
