@@ -118,10 +118,14 @@ def apply_in_worker() -> None:
         want = int(os.environ.get(ENV_THREADS, "1"))
     except ValueError:
         return
-    if want <= 0 or os.environ.get(THREAD_VARS[0]) != str(want):
-        return  # not ours to size (the user's settings, or no cap)
+    if want > 0 and os.environ.get(THREAD_VARS[0]) != str(want):
+        return  # the user's settings: not ours to size
+    if want <= 0:
+        if FORKSERVER_THREADS is None:
+            return  # left alone, and the forkserver left them alone too
+        want = len(os.sched_getaffinity(0))  # what the libraries take when left alone
     if FORKSERVER_THREADS == want:
-        return  # loaded in the forkserver with this cap already; later loads read the env
+        return  # loaded in the forkserver with this count already; later loads read the env
     try:
         from threadpoolctl import threadpool_limits  # type: ignore[import-not-found]
     except ImportError:
