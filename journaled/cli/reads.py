@@ -59,6 +59,7 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
         if run is not None:
             data.update(step=run.step, attempt=run.attempt, failures=run.failures,
                         dead=run.dead, traceback=run.traceback or None,
+                        resources=getattr(run, "resources", {}), key=getattr(run, "key", ""),
                         history=[msgspec.structs.asdict(a) for a in client.history(run_id)])
         data["supervisor"] = msgspec.structs.asdict(sup)
         click.echo(json.dumps(data))
@@ -70,6 +71,9 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
     click.echo(f"  submitted: {_when(out.submitted_at)}")
     if out.finished_at:
         click.echo(f"  finished:  {_when(out.finished_at)}")
+    if run is not None and (getattr(run, "resources", None) or getattr(run, "key", "")):
+        held = " ".join(f"{k}={v:g}" for k, v in run.resources.items()) or "none"
+        click.echo(f"  resources: {held}" + (f"  key: {run.key}" if run.key else ""))
     if run is not None and run.wait_key and run.woken is None and out.status.value == "waiting":
         until = f", times out {_when(run.due_at)}" if run.due_at else ", no timeout"
         click.echo(f"  parked:    on signal {run.wait_key!r}{until}; send it with "

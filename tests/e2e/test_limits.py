@@ -66,14 +66,15 @@ def test_cli_limits_keys_rates_and_refusals(tmp_path):
         assert not check or p.returncode == 0, p.stderr
         return p
 
-    for i in range(3):
-        cli("submit", "0.05", "--resource", "gpu=1", "--key", "t1", "--run-id", f"g{i}")
-    for i in range(3):
-        cli("submit", "0", "--key", "t2", "--run-id", f"r{i}")
+    cli("submit", "0.05", "--resource", "gpu=1", "--key", "t1", "--run-id", "g0")
+    Client(state).submit_many([b"0.05"] * 2, run_ids=["g1", "g2"], resources={"gpu": 1},
+                              key="t1")
+    Client(state).submit_many([b"0"] * 3, run_ids=["r0", "r1", "r2"], key="t2")
     p = cli("run", APP, "-w", "3", "--until-idle", "--limit", "gpu=1", "--key-concurrency", "2",
             "--rate", "t2=20/s", "--rate", "*=1000/s")
     peak, peak_key, _ = most_held(state)
     assert peak == {"gpu": 1.0} and peak_key["t1"] == 1 and peak_key["t2"] <= 2
+    assert "resources: gpu=1  key: t1" in cli("status", "g0").stdout
     served = json.loads((state / "serving.json").read_text())
     assert served["limits"] == {"gpu": 1.0} and served["key_concurrency"] == 2
     assert served["rates"] == {"t2": 20.0, "*": 1000.0}
