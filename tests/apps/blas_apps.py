@@ -25,4 +25,7 @@ def report(step: Step) -> Succeed:
     out = {v: os.environ.get(v) for v in THREAD_VARS}
     out["blas"] = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     out["cpus"] = len(os.sched_getaffinity(0))
+    from journaled.pool import hygiene
+
+    out["forkserver_threads"] = hygiene.FORKSERVER_THREADS  # capped there, before numpy loaded
     return Succeed(json.dumps(out).encode())

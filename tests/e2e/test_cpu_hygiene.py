@@ -42,8 +42,10 @@ def test_blas_is_capped_in_workers_even_when_the_forkserver_loaded_numpy(tmp_pat
     got = _cli_report(tmp_path, "default")
     assert [got[k] for k in CAPS] == ["1"] * 5
     assert got["blas"] == [1], "numpy was loaded in the forkserver before the cap: not capped"
+    assert got["forkserver_threads"] == 1, "the forkserver loaded numpy with no cap"
     got = _cli_report(tmp_path, "two", "--threads-per-worker", "2")
     assert [got[k] for k in CAPS] == ["2"] * 5 and got["blas"] == [2]
+    assert got["forkserver_threads"] == 2
     if got["cpus"] >= 2:  # the user's setting wins, and no other variable is touched
         got = _cli_report(tmp_path, "user", OPENBLAS_NUM_THREADS="2")
         assert got["OPENBLAS_NUM_THREADS"] == "2" and got["OMP_NUM_THREADS"] is None
