@@ -134,9 +134,12 @@ class Intake:
                         if old is None and check_archived(known, rid, data, hdrs):
                             archived.add(rid)  # finished long ago with this input: no-op
                         batch[rid] = (data, dict(hdrs or {}))
-                    for rid, *_, res, _key in args[0]:
-                        quotas.check_fits(rid, res, state.quotas.limits)  # none or all
-                    for rid, data, hdrs, prio, attempts, timeout, res, key in args[0]:
+                    # (id, input, headers, priority, attempts, timeout[, resources, key])
+                    items = [(*item, None, "")[:8] for item in args[0]]
+                    for rid, *_, res, _key in items:
+                        quotas.check_fits(rid, quotas.check_resources(res),
+                                          state.quotas.limits)  # none or all
+                    for rid, data, hdrs, prio, attempts, timeout, res, key in items:
                         if rid not in archived:
                             self._recs += state.submit(rid, data, now, hdrs, prio, attempts,
                                                        timeout, resources=res, key=key)
