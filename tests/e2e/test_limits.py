@@ -7,6 +7,7 @@ resource and per key), since the journal is the order of its decisions.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -15,9 +16,10 @@ import time
 import pytest
 
 from journaled import Client
+from journaled.aio import AsyncClient
 from journaled.errors import OverLimit, SubmissionRejected
 from journaled.inbox import SubmitMsg, post
-from journaled.records import Leased
+from journaled.records import Leased, Submitted
 from tests.apps import limits_apps
 from tests.e2e.helpers import ROOT, cli_env, journal_records, most_held, wait_for
 
@@ -108,3 +110,30 @@ def test_rate_limit_spaces_the_steps_of_a_key(runtime, state_dir):
     # Another key is not held back by that one's rate.
     assert max(leased[r] for r in fast) < at[-1]
     wait_for(lambda: rt.status(ids[-1]).status.value == "succeeded")
+
+
+@pytest.mark.timeout(60)
+def test_client_over_the_socket_carries_resources_and_key(runtime, state_dir):
+    rt = runtime(limits_apps.hold, workers=2, limits={"gpu": 1})
+    client = Client(state_dir)
+    with pytest.raises(OverLimit):  # refused by the client from STATE/serving.json
+        client.submit(b"0", resources={"gpu": 3})
+    ids = client.submit_many([b"0.1"] * 3, resources={"gpu": 1}, key="k")
+    for rid in ids:
+        assert client.wait(rid, 30).status.value == "succeeded"
+    run = rt.supervisor.state.runs.get(ids[0])
+    assert run is None or (run.resources == {"gpu": 1.0} and run.key == "k")
+    peak, peak_key, _ = most_held(state_dir)
+    assert peak == {"gpu": 1.0} and peak_key == {"k": 1}
+
+    async def via_async() -> str:
+        async with AsyncClient(state_dir) as ac:
+            with pytest.raises(OverLimit):
+                await ac.submit(b"0", resources={"gpu": 2})
+            rid = await ac.submit(b"0", resources={"gpu": 0.5}, key="a")
+            assert (await ac.wait(rid, 30)).status.value == "succeeded"
+            return rid
+
+    rid = asyncio.run(via_async())
+    sub = [r for r in journal_records(state_dir) if isinstance(r, Submitted) and r.run_id == rid]
+    assert [(r.resources, r.key) for r in sub] == [({"gpu": 0.5}, "a")]
