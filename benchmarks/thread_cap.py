@@ -61,9 +61,9 @@ def one(threads: int, n: int, reps: int, runs: int, workers: int) -> dict:
 
 
 def child(threads: int, args: argparse.Namespace) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                        "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")}
+    from journaled.pool.hygiene import THREAD_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     p = subprocess.run([sys.executable, __file__, "--child", str(threads), "--n", str(args.n),
                         "--reps-per-step", str(args.reps_per_step), "--runs", str(args.runs),

@@ -12,9 +12,7 @@ import os
 import numpy as np
 
 from journaled import Step, Succeed
-
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+from journaled.pool.hygiene import THREAD_VARS
 
 
 def report(step: Step) -> Succeed:

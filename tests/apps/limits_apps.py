@@ -12,21 +12,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 from journaled import Step, Succeed
+from journaled.pool.hygiene import THREAD_VARS
+from tests.apps.state_apps import _mark
 
 _STEPS = 0
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 
 def hold(step: Step) -> Succeed:
-    mark = step.headers.get("mark")
-    if mark:
-        tmp = Path(f"{mark}.{os.getpid()}.tmp")
-        tmp.write_text(str(os.getpid()))
-        os.replace(tmp, mark)
+    _mark(step)
     time.sleep(float(step.payload or b"0"))
     return Succeed(str(os.getpid()).encode())
 

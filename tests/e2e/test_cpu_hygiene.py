@@ -14,11 +14,11 @@ from types import SimpleNamespace
 import pytest
 
 from journaled import Client
-from journaled.pool.hygiene import MB, RssMonitor, rss_bytes, thread_env
+from journaled.pool.hygiene import MB, THREAD_VARS, RssMonitor, rss_bytes, thread_env
 from tests.apps import limits_apps
 from tests.e2e.helpers import ROOT, cli_env, wait_for
 
-CAPS = limits_apps.THREAD_VARS
+CAPS = THREAD_VARS
 
 
 def _cli_report(tmp: Path, name: str, *args: str, **env: str) -> dict:
