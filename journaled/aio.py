@@ -60,7 +60,7 @@ from .protocol import (
     reply_decoder,
 )
 from .server import short_path
-from .serving import check_served_runner
+from .serving import check_served_runner, limits_for_submit
 
 __all__ = ["AsyncClient"]
 
@@ -218,22 +218,26 @@ class AsyncClient:
     async def submit(self, input: Any = b"", headers: dict[str, str] | None = None,
                      run_id: str | None = None, *, priority: int = 0, max_attempts: int = 0,
                      step_timeout: float | timedelta | None = 0.0,
-                     runner: str | None = None) -> str:
+                     runner: str | None = None, resources: dict[str, float] | None = None,
+                     key: str | None = None) -> str:
         """As ``Client.submit``: the run's id, once its submission is durable."""
         return (await self.submit_many([input], headers,
                                        [run_id] if run_id is not None else None,
                                        priority=priority, max_attempts=max_attempts,
-                                       step_timeout=step_timeout, runner=runner))[0]
+                                       step_timeout=step_timeout, runner=runner,
+                                       resources=resources, key=key))[0]
 
     async def submit_many(self, inputs: Iterable[Any], headers: dict[str, str] | None = None,
                           run_ids: Sequence[str] | None = None, *, priority: int = 0,
                           max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0,
-                          runner: str | None = None) -> list[str]:
+                          runner: str | None = None, resources: dict[str, float] | None = None,
+                          key: str | None = None) -> list[str]:
         """As ``Client.submit_many``: all or nothing, one group commit."""
         if runner:
             check_served_runner(self.state_dir, check_runner_name(runner))
         items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
-                                 runner=runner)
+                                 runner=runner, resources=resources, key=key,
+                                 limits=limits_for_submit(self.state_dir))
         if items and _frame_bytes(items) < MAX_FRAME - (64 << 10):
             served, _ = await self._call(lambda i: Submit(i, items))
             if served:
@@ -241,7 +245,7 @@ class AsyncClient:
         # The same ids through the inbox: a no-op for any the socket already took.
         same = [m.run_id for m in items]
         opts = dict(priority=priority, max_attempts=max_attempts, step_timeout=step_timeout,
-                    runner=runner)
+                    runner=runner, resources=resources, key=key)
         await self._inbox(lambda c: c.submit_many([m.input for m in items], headers, same,
                                                   **opts))
         return ids

@@ -99,8 +99,8 @@ class Attempt(msgspec.Struct, frozen=True):
     """One delivery of one step, as ``Client.history`` reports it.
 
     ``outcome`` is ``running``, ``completed``, ``retried``, ``dead_lettered``,
-    ``timed_out``, ``worker_died``, ``abandoned`` (a supervisor crash) or
-    ``cancelled``. Times are wall-clock seconds since the epoch.
+    ``timed_out``, ``worker_died``, ``oom`` (killed for memory), ``abandoned``
+    (a supervisor crash) or ``cancelled``. Times are wall-clock seconds since the epoch.
     """
 
     step: int
@@ -111,6 +111,7 @@ class Attempt(msgspec.Struct, frozen=True):
     outcome: str = "running"
     error: str = ""
     traceback: str = ""
+    peak_rss: int = 0  # outcome oom (or dead-lettered for memory): peak resident bytes
 
 
 class Memo:

@@ -95,7 +95,8 @@ from .inbox import (
 from .journal import JournalTailer, list_segments
 from .notify import DirWatcher
 from .protocol import MAX_FRAME, Cancel, Retry, Signal, Submit, Wait
-from .serving import check_served_runner
+from .quotas import check_fits, check_key, check_resources
+from .serving import check_served_runner, limits_for_submit
 from .state import Run, State, attempts_of, outcome_of
 from .typed import as_payload, decode_result
 
@@ -399,7 +400,8 @@ class Client:
 
     def submit(self, input: Any = b"", headers: dict[str, str] | None = None,
                run_id: str | None = None, *, priority: int = 0, max_attempts: int = 0,
-               step_timeout: float | timedelta | None = 0.0, runner: str | None = None) -> str:
+               step_timeout: float | timedelta | None = 0.0, runner: str | None = None,
+               resources: dict[str, float] | None = None, key: str | None = None) -> str:
         """Queue a run; returns its id once the request is durable in the inbox.
 
         ``input`` is bytes, or a msgspec Struct / dict / list... (encoded as
@@ -411,16 +413,21 @@ class Client:
         other input it raises ``RunConflict``. Bad types raise ``TypeError`` or
         ``ValueError``, values over the limits ``InputTooLarge``, in each case
         before anything is queued. ``step_timeout`` is seconds or a
-        ``timedelta`` (0 or None: the supervisor's limit).
+        ``timedelta`` (0 or None: the supervisor's limit). ``resources``
+        (``{"gpu": 1}``) are held while a step runs, against the supervisor's
+        ``--limit``s (more than a limit: ``OverLimit``); ``key`` names a tenant
+        for ``--key-concurrency`` and ``--rate`` (keys are served in turn).
         """
         return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
-                                step_timeout=step_timeout, runner=runner)[0]
+                                step_timeout=step_timeout, runner=runner,
+                                resources=resources, key=key)[0]
 
     def submit_many(self, inputs: Iterable[Any], headers: dict[str, str] | None = None,
                     run_ids: Sequence[str] | None = None, *, priority: int = 0,
                     max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0,
-                    runner: str | None = None) -> list[str]:
+                    runner: str | None = None, resources: dict[str, float] | None = None,
+                    key: str | None = None) -> list[str]:
         """Queue many runs with one inbox file and one fsync (a few for huge batches).
 
         All or nothing up to the inbox: every item is checked (and every
@@ -431,7 +438,8 @@ class Client:
         if runner:
             check_served_runner(self.state_dir, check_runner_name(runner))
         items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
-                                 self.blobs, runner)
+                                 self.blobs, runner, resources=resources, key=key,
+                                 limits=limits_for_submit(self.state_dir))
         if items and _frame_bytes(items) < MAX_FRAME - (64 << 10):
             # Durable in the journal on return. A broken connection falls through
             # to the inbox with the same ids: a no-op if the first try took.
@@ -554,13 +562,17 @@ def merge_dead(live: list[DeadLetter], archived: list[DeadLetter],
 def submit_msgs(inputs: Iterable[Any], headers: dict[str, str] | None,
                 run_ids: Sequence[str] | None, priority: int, max_attempts: int,
                 step_timeout: float | timedelta | None, blobs: BlobStore | None = None,
-                runner: str | None = None) -> tuple[list[SubmitMsg], list[str]]:
+                runner: str | None = None, *, resources: dict[str, float] | None = None,
+                key: str | None = None,
+                limits: dict[str, float] | None = None) -> tuple[list[SubmitMsg], list[str]]:
     """Checked submissions (one per distinct run id) and the id of every input, in order.
 
     A run id given twice with the same input and headers is one run; with
     other input it is ``RunConflict``, raised before anything is queued.
     Inputs over ``blobs``' threshold are written as blobs (durably) once every
     item passed its checks, so the messages carry refs, never big bytes.
+    ``limits`` (the supervisor's, from ``STATE/serving.json``): a run asking
+    for more raises ``OverLimit`` here, before anything is queued.
     """
     if isinstance(inputs, (bytes, bytearray, memoryview, str)):
         raise TypeError("inputs must be a list of bytes (for one input use submit())")
@@ -571,6 +583,8 @@ def submit_msgs(inputs: Iterable[Any], headers: dict[str, str] | None,
     attempts = check_int("max_attempts", max_attempts, 0, (1 << 31) - 1)
     timeout = seconds("step_timeout", step_timeout)
     name = check_runner_name(runner or "")
+    res = check_resources(resources)
+    k = check_key(key)
     now = time.time()
     # Typed payloads: a Struct, dict, list... is msgpack-encoded here; bytes stay as they are.
     ins = [as_payload("the input", data) for data in inputs]
@@ -588,9 +602,12 @@ def submit_msgs(inputs: Iterable[Any], headers: dict[str, str] | None,
                 raise RunConflict(rid)
             continue
         seen[rid] = raw
+        if limits:
+            check_fits(rid, res, limits)
         checked.append((rid, raw))
     # Every item passed: now the big inputs become blobs, durable before any message.
-    out = [SubmitMsg(rid, to_stored(raw, blobs), now, hdrs, prio, attempts, timeout, name)
+    out = [SubmitMsg(rid, to_stored(raw, blobs), now, hdrs, prio, attempts, timeout, name,
+                     resources=res, key=k)
            for rid, raw in checked]
     return out, ids
 

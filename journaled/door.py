@@ -27,6 +27,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from . import quotas
 from .api import RunOutcome
 from .app import RunnerTable
 from .archiving import check_archived
@@ -190,12 +191,14 @@ class DoorIntake:
             if old is None and check_archived(known, m.run_id, m.input, m.headers):
                 archived.add(m.run_id)  # finished long ago with this input: a no-op
             seen[m.run_id] = (m.input, m.headers)
+            quotas.check_fits(m.run_id, m.resources, state.quotas.limits)  # none or all
         for m in req.items:
             if m.run_id in archived:
                 continue
             # The client's clock, as from the inbox: submitted_at is when it was asked.
             self._recs += state.submit(m.run_id, m.input, m.at, m.headers, m.priority,
-                                       m.max_attempts, m.step_timeout, runner=m.runner)
+                                       m.max_attempts, m.step_timeout, runner=m.runner,
+                                       resources=m.resources, key=m.key)
         return Ok(req.id, len(req.items))
 
     def _door_cancel(self, req: Cancel, now: float) -> Any:

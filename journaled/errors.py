@@ -191,3 +191,16 @@ class UnknownRunner(JournaledError, ValueError):
         self.served = served if isinstance(served, str) else ", ".join(served)
         super().__init__(f"unknown runner {runner!r}: this supervisor serves "
                          f"{self.served or 'no named runners'}")
+class OverLimit(JournaledError, ValueError):
+    """Permanent: a run asks for more of a resource than the supervisor's ``--limit`` allows.
+
+    Refused at submit (by the client when ``STATE/serving.json`` is there,
+    and by the supervisor when it takes the submission), because such a run
+    could never be leased.
+    """
+
+    def __init__(self, run_id: str, why: str) -> None:
+        self.run_id = run_id
+        self.why = why
+        super().__init__(f"run {run_id!r} asks for {why}: it could never run; ask for less "
+                         "or restart the supervisor with a higher --limit")

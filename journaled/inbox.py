@@ -42,6 +42,7 @@ from .blobs import BlobRef, BlobStore, as_bytes_view
 from .durable import fsync_dir, make_dirs
 from .errors import InputTooLarge, InvalidRunId
 from .limits import MAX_BODY, MAX_HEADERS, MAX_TEXT, check_size
+from .quotas import check_key, check_resources
 
 log = logging.getLogger("journaled.inbox")
 
@@ -55,6 +56,8 @@ class SubmitMsg(msgspec.Struct, frozen=True, tag="submit", omit_defaults=True):
     max_attempts: int = 0
     step_timeout: float = 0.0
     runner: str = ""  # "": the supervisor's default runner
+    resources: dict[str, float] = {}
+    key: str = ""
 
 
 class CancelMsg(msgspec.Struct, frozen=True, tag="cancel"):
@@ -227,6 +230,8 @@ def check_message(msg: Message) -> None:
         check_int("max_attempts", msg.max_attempts, 0, (1 << 31) - 1)
         seconds("step_timeout", msg.step_timeout)
         check_runner_name(msg.runner)
+        check_resources(msg.resources)
+        check_key(msg.key)
     elif isinstance(msg, CancelMsg):
         if not isinstance(msg.reason, str):
             raise TypeError(f"the cancel reason must be a str, got {type(msg.reason).__name__}")

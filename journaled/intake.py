@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from . import quotas
 from .app import RunnerTable
 from .archiving import check_archived
 from .blobs import same_content
@@ -127,7 +128,7 @@ class Intake:
                     batch: dict[str, tuple[Any, dict[str, str]]] = {}
                     archived: set[str] = set()
                     for rid, data, hdrs, *rest in args[0]:
-                        self.runner_table.check(rest[3] if len(rest) > 3 else "")
+                        self.runner_table.check(rest[5] if len(rest) > 5 else "")
                         old = state.runs.get(rid)
                         seen = (old.input, old.headers) if old is not None else batch.get(rid)
                         if seen is not None and not (same_content(seen[0], data)
@@ -136,10 +137,16 @@ class Intake:
                         if old is None and check_archived(known, rid, data, hdrs):
                             archived.add(rid)  # finished long ago with this input: no-op
                         batch[rid] = (data, dict(hdrs or {}))
-                    for rid, data, hdrs, prio, attempts, timeout, *more in args[0]:
+                    # (id, input, headers, priority, attempts, timeout[, resources, key, runner])
+                    items = [(*item, None, "", "")[:9] for item in args[0]]
+                    for rid, *_, res, _key, _runner in items:
+                        quotas.check_fits(rid, quotas.check_resources(res),
+                                          state.quotas.limits)  # none or all
+                    for rid, data, hdrs, prio, attempts, timeout, res, key, runner in items:
                         if rid not in archived:
                             self._recs += state.submit(rid, data, now, hdrs, prio, attempts,
-                                                       timeout, runner=more[0] if more else "")
+                                                       timeout, runner=runner, resources=res,
+                                                       key=key)
                     self._futures.append((fut, [item[0] for item in args[0]]))
                 elif kind == "cancel":
                     run_id, reason = args
@@ -209,7 +216,8 @@ class Intake:
             return []  # archived with this input: a duplicate, like a live one
         # The client's clock: submitted_at must not change when a pending run is taken up.
         return self.state.submit(m.run_id, m.input, m.at, m.headers, m.priority, m.max_attempts,
-                                 m.step_timeout, runner=m.runner)
+                                 m.step_timeout, runner=m.runner, resources=m.resources,
+                                 key=m.key)
 
     def _watch_code(self) -> None:
         """--reload: flag a worker restart when a .py file under the app's directory changes."""

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import dispatch
+from . import dispatch, quotas
 from .api import Signal
 from .errors import JournaledError
 from .pool import Dispatch, InFlight, Pool, Worker
@@ -52,6 +52,10 @@ class Leasing:
     reload_dir: Path | None
     _written: Any  # the supervisor's turns waiting for their sync
     _unsent_views: Callable[[Worker], tuple[dispatch.StepView, ...]]
+    quotas: quotas.Quotas
+    _unsent: Callable[[Worker], bool]
+    _recycle_workers: Callable[[Callable[[Worker], bool]], None]
+    _oom_of: Callable[..., tuple[int, str] | None]
 
     def _init_leasing(self) -> None:
         self.steps_done = 0
@@ -61,6 +65,9 @@ class Leasing:
         self._respawn_at: dict[int, float] = {}  # slot -> monotonic respawn time (back-off)
         self._respawn_delay = 0.0
         self.reloads = 0
+        self._buckets = quotas.Buckets()  # --rate: in memory only (a restart refills them)
+        self._quota_wake: float | None = None  # monotonic: a rate-limited key gets a token
+        self._over_warned: set[str] = set()  # keys logged as waiting for a higher --limit
 
     # -------------------------------------------------------- who gets work
 
@@ -68,6 +75,8 @@ class Leasing:
         pool = self.pool
         assert pool is not None
         state = self.state
+        self._quota_wake = None
+        self._recycle_workers(self._unsent)  # --max-steps-per-worker, --max-worker-rss
         due = state.next_due()
         if not state.has_ready() and (due is None or due > now):
             if not self._steal(mono):
@@ -75,9 +84,12 @@ class Leasing:
         recs = self._recs
         by_slot = {w.slot: w for w in pool.workers}
         plan = dispatch.lease_plan([self._view(w) for w in pool.workers], state.ready_count())
+        # What leased steps hold is recomputed from the state (never journaled), so
+        # nothing a crash abandoned stays held.
+        gate = quotas.Gate(self.quotas, state.in_flight.values, self._buckets, mono)
         for slot, want in plan:
             w = by_slot[slot]
-            runs = state.due_runs(now, want)
+            runs = state.due_runs(now, want, gate)
             if not runs:
                 break
             items = []
@@ -90,6 +102,11 @@ class Leasing:
                                       Signal(*woken) if woken is not None else None,
                                       run.memos or None, run.runner))
             self._dispatch.append((w, items))
+        self._quota_wake = gate.wake
+        for key in gate.over - self._over_warned:
+            self._over_warned.add(key)
+            log.warning("runs%s ask for more than a --limit allows; they wait for a "
+                        "supervisor with higher limits", f" of key {key!r}" if key else "")
 
     def _steal(self, mono: float) -> bool:
         """An idle worker and nothing ready: take back steps queued behind a long one.
@@ -125,6 +142,7 @@ class Leasing:
                 continue
             recs += complete(item.run_id, item.attempt, res, now, rng())
         self.steps_done += len(done)
+        w.steps_run += len(done)
 
     def _worker_messages(self, w: Worker) -> None:
         """Memo puts: journaled this turn, acknowledged to the worker after the commit."""
@@ -212,6 +230,7 @@ class Leasing:
         pid = w.pid
         code = pool.reap(w)
         died = self._death_message(w, pid, code)
+        oom = self._oom_of(w, pid, code, reason, running)
         w.outstanding.clear()
         state = self.state
         rng = self._rng.random
@@ -237,6 +256,12 @@ class Leasing:
                 self._recs += state.complete(item.run_id, item.attempt, WorkerResult(
                     "timeout", error=f"step timed out after {limit:g} s (step_timeout="
                     f"{limit:g}) and its worker was killed"), now, rng())
+            elif oom is not None and item.seq == running:  # FAIL_DIED, for memory
+                log.warning("worker %d (pid %s) %s in run %s step %d attempt %d; respawning",
+                            w.slot, pid, oom[1], item.run_id, step, item.attempt)
+                self._recs += state.complete(item.run_id, item.attempt, WorkerResult(
+                    "oom", error=f"worker {oom[1]} during the step", peak_rss=oom[0]),
+                    now, rng())
             else:  # FAIL_DIED
                 log.warning("%s in run %s step %d attempt %d%s", died, item.run_id, step,
                             item.attempt, "" if self._stopping else "; respawning")
@@ -331,4 +356,6 @@ class Leasing:
         if self._stopping and not self._shutdown_cancelled:
             times.append(self._drain_deadline)
         times.extend(self._respawn_at.values())
+        if self._quota_wake is not None:
+            times.append(self._quota_wake)
         return times

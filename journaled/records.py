@@ -35,6 +35,8 @@ class Submitted(Record, tag="sub"):
     max_attempts: int = 0  # 0: the supervisor's default
     step_timeout: float = 0.0  # 0: the supervisor's default
     runner: str = ""  # the named runner serving the run ("": the supervisor's default)
+    resources: dict[str, float] = {}  # name -> amount held while a step is leased (quotas)
+    key: str = ""  # concurrency/rate key ("": none); keys are served round-robin
 
 
 class Leased(Record, tag="lea"):
@@ -81,7 +83,7 @@ class StepDone(Record, tag="don"):
 class AttemptFailed(Record, tag="fai"):
     """An attempt failed and will be retried at ``retry_at``. Replay: a failure is counted.
 
-    ``kind`` is ``error``, ``timeout`` or ``worker_died``.
+    ``kind`` is ``error``, ``timeout``, ``worker_died`` or ``oom``.
     """
 
     run_id: str
@@ -92,6 +94,7 @@ class AttemptFailed(Record, tag="fai"):
     at: float
     retry_at: float
     traceback: str = ""
+    peak_rss: int = 0  # kind oom: the worker's peak resident bytes during the step
 
 
 class CancelRequested(Record, tag="can"):
@@ -119,6 +122,7 @@ class Terminated(Record, tag="end"):
     dead: bool = False
     traceback: str = ""
     kind: str = ""
+    peak_rss: int = 0  # kind oom: the worker's peak resident bytes during the step
 
 
 class HookDelivered(Record, tag="hok"):
@@ -208,6 +212,8 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
     history: list[list] = []  # [step, attempt, worker, started, finished, outcome, error, tb]
     order: int = 0  # submission order: ready runs of one priority go oldest run first
     runner: str = ""
+    resources: dict[str, float] = {}
+    key: str = ""
 
 
 class Restored(Record, tag="rst"):

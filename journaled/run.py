@@ -25,6 +25,7 @@ class Run:
         "finished_at", "hook_delivered", "dead", "traceback", "kind", "seq",
         "wait_key", "signals", "woken", "used_keys", "memos", "history", "order",
         "runner",
+        "resources", "key",
     )
 
     def __init__(self, rec: Submitted, seq: int) -> None:
@@ -64,6 +65,8 @@ class Run:
         self.history: list[list] = []
         self.order = 0  # submission order: the ready queue serves older runs first
         self.runner = rec.runner  # "": the supervisor's default runner
+        self.resources = rec.resources  # held while a step is leased (journaled.quotas)
+        self.key = rec.key
 
     @property
     def terminal(self) -> bool:
@@ -86,12 +89,13 @@ def run_to_snapshot(r: Run) -> RunSnapshot:
         r.step, r.payload, r.attempt, r.failures, r.abandons, r.due_at, r.status,
         r.cancel_reason, r.result, r.error, r.finished_at, r.hook_delivered, r.dead, r.traceback,
         r.seq, r.leased, r.worker, r.leased_at, r.kind, r.wait_key, r.signals, r.woken,
-        r.used_keys, r.memos, r.history, r.order, r.runner)
+        r.used_keys, r.memos, r.history, r.order, r.runner, resources=r.resources, key=r.key)
 
 
 def run_from_snapshot(s: RunSnapshot) -> Run:
     run = Run(Submitted(s.run_id, s.input, s.submitted_at, s.headers, s.priority,
-                        s.max_attempts, s.step_timeout, runner=s.runner), s.seq)
+                        s.max_attempts, s.step_timeout, runner=s.runner,
+                        resources=s.resources, key=s.key), s.seq)
     run.step, run.payload, run.attempt = s.step, s.payload, s.attempt
     run.failures, run.abandons, run.due_at, run.status = s.failures, s.abandons, s.due_at, s.status
     run.cancel_reason, run.result, run.error = s.cancel_reason, s.result, s.error
@@ -114,5 +118,6 @@ def outcome_of(run: Run) -> RunOutcome:
 
 def attempts_of(run: Run) -> list[Attempt]:
     """The run's attempt history in its public form."""
-    return [Attempt(h[0], h[1], h[2], h[3], h[4], h[5], h[6] or "", h[7] or "")
+    return [Attempt(h[0], h[1], h[2], h[3], h[4], h[5], h[6] or "", h[7] or "",
+                    h[8] if len(h) > 8 else 0)
             for h in run.history]

@@ -48,6 +48,8 @@ from .inbox import (
     seconds,
 )
 from .limits import MAX_TEXT, check_size
+from .pool.hygiene import Hygiene
+from .quotas import make_quotas
 from .state import Policy, Run, attempts_of, outcome_of
 from .supervisor import DAY, Future, Supervisor
 from .typed import decode_result
@@ -80,6 +82,16 @@ class Runtime:
         blob_threshold: inputs, payloads, results and memo values longer than
             this many bytes are stored once under ``STATE/blobs/`` and the
             journal holds only their hash and size (default 64 KiB).
+        limits: resource name -> the most leased steps may hold at once
+            (``--limit``); a name with no limit is unlimited.
+        key_concurrency: most leased steps per run key (0: no limit).
+        rates: run key (``"*"``: every key) -> steps per second it may start.
+        threads_per_worker: BLAS/OpenMP threads per worker (0: left alone; so
+            are they when any of ``OMP_NUM_THREADS`` and friends is set).
+        max_steps_per_worker: replace a worker after this many steps (0: never).
+        max_worker_rss: MB; a busy worker over it is killed (the step's attempt
+            is ``oom``), an idle one replaced (0: no limit).
+        pin_workers: pin each worker to one CPU, round-robin.
 
     Use it as a context manager; leaving the block drains and stops.
     """
@@ -92,7 +104,11 @@ class Runtime:
                  retention: float = 7 * DAY, unsafe_no_fsync: bool = False,
                  replay_outputs: bool = True, executor: str = "local",
                  call_timeout: float | None = None,
-                 blob_threshold: int = DEFAULT_THRESHOLD) -> None:
+                 blob_threshold: int = DEFAULT_THRESHOLD,
+                 limits: dict[str, float] | None = None, key_concurrency: int = 0,
+                 rates: dict[str, float] | None = None, threads_per_worker: int = 1,
+                 max_steps_per_worker: int = 0, max_worker_rss: float = 0.0,
+                 pin_workers: bool = False) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         policy = Policy(max_attempts=max_attempts, max_abandons=max_abandons,
@@ -104,7 +120,10 @@ class Runtime:
                                on_terminal=on_terminal, cancel_grace=cancel_grace,
                                drain_timeout=drain_timeout, preload=preload,
                                retention=retention, unsafe_no_fsync=unsafe_no_fsync,
-                               executor=executor, blob_threshold=blob_threshold)
+                               executor=executor, blob_threshold=blob_threshold,
+                               quotas=make_quotas(limits, key_concurrency, rates),
+                               hygiene=Hygiene(threads_per_worker, max_steps_per_worker,
+                                               max_worker_rss, pin_workers))
         self.blobs = self._sup.blobs
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -185,19 +204,23 @@ class Runtime:
 
     def submit(self, input: Any = b"", headers: dict[str, str] | None = None,
                run_id: str | None = None, *, priority: int = 0, max_attempts: int = 0,
-               step_timeout: float | timedelta | None = 0.0, runner: str | None = None) -> str:
+               step_timeout: float | timedelta | None = 0.0, runner: str | None = None,
+               resources: dict[str, float] | None = None, key: str | None = None) -> str:
         """Start a run; returns its id once the submission is durable.
 
-        Same checks and errors as ``Client.submit``.
+        Same checks and errors as ``Client.submit`` (``OverLimit`` for more
+        than this runtime's ``limits`` allow).
         """
         return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
-                                step_timeout=step_timeout, runner=runner)[0]
+                                step_timeout=step_timeout, runner=runner,
+                                resources=resources, key=key)[0]
 
     def submit_many(self, inputs: Iterable[Any], headers: dict[str, str] | None = None,
                     run_ids: Sequence[str] | None = None, *, priority: int = 0,
                     max_attempts: int = 0, step_timeout: float | timedelta | None = 0.0,
-                    runner: str | None = None) -> list[str]:
+                    runner: str | None = None, resources: dict[str, float] | None = None,
+                    key: str | None = None) -> list[str]:
         """Start many runs with one journal sync; all or nothing.
 
         Every item (and every duplicate id inside the batch) is checked before
@@ -210,9 +233,10 @@ class Runtime:
         if runner:
             self._sup.runner_table.check(check_runner_name(runner))
         msgs, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
-                                self.blobs, runner)
+                                self.blobs, runner, resources=resources, key=key,
+                                limits=self._sup.quotas.limits)
         items = [(m.run_id, m.input, m.headers, m.priority, m.max_attempts, m.step_timeout,
-                  m.runner) for m in msgs]
+                  m.resources, m.key, m.runner) for m in msgs]
         self._await(self._sup.call("submit_many", items))
         return ids
 

@@ -1,11 +1,11 @@
-"""``STATE/serving.json``: what the supervisor last started with accepts.
+"""``STATE/serving.json``: what the last supervisor started accepts, for clients to check.
 
-Written atomically at start-up (temp file, fsync, rename, fsync dir), read
-by clients so they refuse an unknown runner (or an over-limit run) at
-submit, before anything is queued. The supervisor checks again when it
-takes the submission up, so a stale or missing file never lets a bad run
-in; it only moves the refusal from the caller to the rejected list.
-Each part adds its own keys (``runners``; ``limits``, ``key_concurrency``).
+Written atomically at start-up, whole (``{"runners": [...], "default_runner": ...,
+"limits": {...}, "key_concurrency": N, "rates": {...}}``), so no key of an older
+supervisor outlives it. A client refuses an unknown runner or an over-limit run
+at submit when the file is there; the supervisor refuses it again when it takes
+the submission up, so a stale or missing file is never unsafe: it only moves the
+refusal from the caller to the rejected list.
 """
 
 from __future__ import annotations
@@ -17,35 +17,49 @@ from typing import Any
 
 from .durable import fsync_dir
 
-NAME = "serving.json"
+SERVING_FILE = "serving.json"
+NAME = SERVING_FILE  # the runners part's name for it
 
 
-def write_serving(state_dir: Path, **keys: Any) -> None:
-    """Merge ``keys`` into the file, atomically (a crash leaves the old or the new one)."""
-    path = Path(state_dir) / NAME
-    data = read_serving(state_dir) or {}
-    data.update(keys)
-    tmp = path.with_name(f".{NAME}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+def write_serving(state_dir: Path, parts: dict[str, Any] | None = None, **keys: Any) -> None:
+    """Replace the file with ``parts`` and ``keys``, atomically and durably."""
+    path = Path(state_dir) / SERVING_FILE
+    data = {**(parts or {}), **keys}
+    tmp = path.with_name(f".{SERVING_FILE}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
     fsync_dir(path.parent)
 
 
-def read_serving(state_dir: Path) -> dict[str, Any] | None:
-    """The file's contents, or None when it is missing or unreadable (then nothing is refused)."""
+_cache: dict[str, tuple[int, dict[str, Any]]] = {}
+
+
+def read_serving(state_dir: Path) -> dict[str, Any]:
+    """The file's contents ({} when missing or unreadable), re-read only when it changed."""
+    path = Path(state_dir) / SERVING_FILE
     try:
-        data = json.loads((Path(state_dir) / NAME).read_bytes())
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        return {}
+    hit = _cache.get(str(path))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
     except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        return {}
+    data = data if isinstance(data, dict) else {}
+    _cache[str(path)] = (stamp, data)
+    return data
 
 
 def served_runners(state_dir: Path) -> list[str] | None:
-    data = read_serving(state_dir)
-    names = data.get("runners") if data is not None else None
+    """The runner names the last supervisor serves (None: not known)."""
+    names = read_serving(state_dir).get("runners")
     if isinstance(names, list) and all(isinstance(n, str) for n in names):
         return names
     return None
@@ -60,3 +74,15 @@ def check_served_runner(state_dir: Path, name: str) -> None:
         from .errors import UnknownRunner
 
         raise UnknownRunner(name, names)
+
+
+def served_limits(state_dir: Path) -> dict[str, float]:
+    """The ``--limit`` values the last supervisor started with ({}: none known)."""
+    limits = read_serving(state_dir).get("limits")
+    if not isinstance(limits, dict):
+        return {}
+    return {k: float(v) for k, v in limits.items()
+            if isinstance(k, str) and isinstance(v, (int, float))}
+
+
+limits_for_submit = served_limits  # one stat per submit: read_serving caches by mtime

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Union
 
 import msgspec
 
+from . import quotas
 from .blobs import BlobRef, same_content
 from .errors import RunConflict, RunNotFound, RunNotLive
 from .limits import SNAPSHOT_PART
@@ -54,7 +55,8 @@ from .run import (  # noqa: F401 - re-exported: callers import these from here
     run_to_snapshot,
 )
 
-_FAILED_AS = {"timeout": "timed_out", "worker_died": "worker_died", "error": "retried"}
+_FAILED_AS = {"timeout": "timed_out", "worker_died": "worker_died", "error": "retried",
+              "oom": "oom"}
 
 
 class Policy(msgspec.Struct, frozen=True):
@@ -82,6 +84,7 @@ class WorkerResult(msgspec.Struct, frozen=True, array_like=True, omit_defaults=T
     traceback: str = ""
     permanent: bool = False
     key: str = ""  # with kind "continue": park until this signal key (delay = timeout)
+    peak_rss: int = 0  # kind "oom": the worker's peak resident bytes (the supervisor's view)
 
 
 def remaining_delay(due_at: float, now: float) -> float:
@@ -119,6 +122,10 @@ class State:
         # an offline compaction, which has no hook to ask, keeps what is still owed.
         self.hooks_in_use = False
         self.records_applied = 0
+        # Ready runs with a key or resources wait here, served in turn (journaled.quotas);
+        # the limits they are checked against at submit are the supervisor's.
+        self.fair = quotas.FairQueues()
+        self.quotas = quotas.NO_QUOTAS
         self._apply: dict[type, Callable[[Record], None]] = {
             Submitted: self._submitted, Leased: self._leased, Released: self._released,
             StepDone: self._step_done, AttemptFailed: self._attempt_failed,
@@ -146,7 +153,14 @@ class State:
     def _make_ready(self, run: Run) -> None:
         self._seq += 1
         run.seq = self._seq
-        heapq.heappush(self._ready, (-run.priority, run.order, run.seq, run.run_id))
+        self._queue(run)
+
+    def _queue(self, run: Run) -> None:
+        entry = (-run.priority, run.order, run.seq, run.run_id)
+        if run.key or run.resources:
+            self.fair.push(run.key, quotas.shape_of(run.resources), entry)
+        else:
+            heapq.heappush(self._ready, entry)
 
     def _saw(self, at: float) -> None:
         if at > self.last_at:
@@ -168,13 +182,15 @@ class State:
         self._make_ready(run)
 
     def _end_attempt(self, run: Run, at: float, outcome: str, error: str = "",
-                     tb: str = "") -> None:
+                     tb: str = "", peak_rss: int = 0) -> None:
         h = run.history
         if h and h[-1][4] is None:
             h[-1][4] = at
             h[-1][5] = outcome
             h[-1][6] = error
             h[-1][7] = tb
+            if peak_rss:
+                h[-1][8:] = [peak_rss]
 
     def _leased(self, rec: Leased) -> None:
         self._saw(rec.at)
@@ -260,7 +276,7 @@ class State:
         run = self.runs[rec.run_id]
         self._unlease(run)
         self._end_attempt(run, rec.at, _FAILED_AS.get(rec.kind, "retried"), rec.error,
-                          rec.traceback)
+                          rec.traceback, rec.peak_rss)
         run.failures += 1
         run.error = rec.error
         run.traceback = rec.traceback
@@ -285,7 +301,7 @@ class State:
             how = ("cancelled" if rec.status == CANCELLED else
                    "dead_lettered" if rec.dead else "completed")
             self._end_attempt(run, rec.at, how, rec.error or "" if rec.dead else "",
-                              rec.traceback)
+                              rec.traceback, rec.peak_rss)
         self._unlease(run)
         run.step = rec.step
         run.result = rec.result
@@ -375,6 +391,7 @@ class State:
             self.runs.clear()
             self.in_flight.clear()
             self._ready.clear()
+            self.fair.clear()
             self._timers.clear()
             self._attention.clear()
             self.unhooked.clear()
@@ -402,7 +419,7 @@ class State:
                 if run.due_at or not run.wait_key:
                     heapq.heappush(self._timers, (run.due_at, run.run_id))
             else:
-                heapq.heappush(self._ready, (-run.priority, run.order, run.seq, run.run_id))
+                self._queue(run)
 
     # ------------------------------------------------------------- commands
 
@@ -413,19 +430,31 @@ class State:
 
     def submit(self, run_id: str, input: bytes | BlobRef, now: float,
                headers: dict[str, str] | None = None, priority: int = 0, max_attempts: int = 0,
-               step_timeout: float = 0.0, *, runner: str = "") -> list[Record]:
-        """A new run; nothing for a duplicate, ``RunConflict`` for a clash."""
+               step_timeout: float = 0.0, *, runner: str = "",
+               resources: dict[str, float] | None = None, key: str = "") -> list[Record]:
+        """A new run; nothing for a duplicate, ``RunConflict`` for a clash.
+
+        ``OverLimit`` for a run asking for more than a limit in ``self.quotas``
+        allows: it could never be leased.
+        """
         old = self.runs.get(run_id)
         hdrs = dict(headers or {})
         if old is not None:
             if same_content(old.input, input) and old.headers == hdrs:
                 return []
             raise RunConflict(run_id)
+        res = quotas.check_resources(resources)
+        quotas.check_fits(run_id, res, self.quotas.limits)
         return self._commit([Submitted(run_id, input, now, hdrs, priority, max_attempts,
-                                       step_timeout, runner=runner)])
+                                       step_timeout, runner=runner, resources=res,
+                                       key=quotas.check_key(key))])
 
-    def due_runs(self, now: float, limit: int) -> list[Run]:
-        """Up to ``limit`` runs ready to lease now, highest priority first, FIFO within one."""
+    def due_runs(self, now: float, limit: int, gate: quotas.Gate | None = None) -> list[Run]:
+        """Up to ``limit`` runs ready to lease now, highest priority first, FIFO within one.
+
+        With runs that carry a key or resources, ``gate`` admits them (limits,
+        per-key concurrency, rates) and keys take turns (``quotas.FairQueues``).
+        """
         timers = self._timers
         while timers and timers[0][0] <= now:
             due, rid = heapq.heappop(timers)
@@ -433,6 +462,8 @@ class State:
             if run is not None and run.status == WAITING and run.due_at == due and not run.leased:
                 if run.cancel_reason is None:
                     self._make_ready(run)
+        if self.fair:
+            return self.fair.take(limit, self._ready_run, gate or quotas.ADMIT_ALL, self._ready)
         out: list[Run] = []
         ready = self._ready
         runs = self.runs
@@ -445,21 +476,29 @@ class State:
             out.append(run)
         return out
 
+    def _ready_run(self, entry: tuple[int, int, int, str]) -> Run | None:
+        """The run a ready-queue entry stands for, if it is still ready (entries are lazy)."""
+        run = self.runs.get(entry[3])
+        if (run is None or run.seq != entry[2] or run.leased or run.terminal
+                or run.cancel_reason is not None):
+            return None
+        return run
+
     def next_due(self) -> float | None:
         """Wall-clock time of the earliest timer, if any (may be stale: harmless)."""
         return self._timers[0][0] if self._timers else None
 
     def has_ready(self) -> bool:
-        return bool(self._ready)
+        return bool(self._ready) or bool(self.fair)
 
     def ready_count(self) -> int:
         """Entries in the ready queue (an upper bound: some may be stale)."""
-        return len(self._ready)
+        return len(self._ready) + len(self.fair)
 
     def requeue(self, runs: Iterable[Run]) -> None:
         """Put runs taken by ``due_runs`` but not leased back in line, order kept."""
         for run in runs:
-            heapq.heappush(self._ready, (-run.priority, run.order, run.seq, run.run_id))
+            self._queue(run)
 
     def lease(self, run: Run, worker: int, now: float) -> Leased:
         rec = Leased(run.run_id, run.step, run.attempt + 1, worker, now)
@@ -515,10 +554,10 @@ class State:
             return self._commit([Terminated(
                 run_id, FAILED, now, step, attempt,
                 error=f"step {step} dead-lettered ({why}): {res.error}", dead=True,
-                traceback=res.traceback, kind=kind)])
+                traceback=res.traceback, kind=kind, peak_rss=res.peak_rss)])
         retry_at = now + backoff(run.failures + 1, self.policy, jitter)
         return self._commit([AttemptFailed(run_id, step, attempt, kind, res.error, now, retry_at,
-                                           res.traceback)])
+                                           res.traceback, res.peak_rss)])
 
     def signal(self, run_id: str, key: str, data: bytes, now: float) -> list[Record]:
         """Wake the run parked on ``key``, or buffer the signal until it parks there."""
@@ -660,7 +699,7 @@ class State:
         does not keep ``--until-idle`` from exiting; the signal, when it comes,
         waits in the inbox for the next supervisor.
         """
-        if self.in_flight or self._ready:
+        if self.in_flight or self._ready or self.fair:
             return False
         return all(r.terminal or (r.wait_key and r.woken is None and r.status == WAITING
                                   and not r.due_at) for r in self.runs.values())

@@ -73,7 +73,10 @@ from .live import LivePublisher, clear_status
 from .metrics import Metrics
 from .metrics_http import final_sample, publish
 from .pool import Dispatch, Pool, Worker
+from .pool.hygiene import Hygiene
+from .quotas import NO_QUOTAS, Quotas
 from .records import CancelRequested, Record, Redriven, Terminated, encode
+from .recycling import Recycling
 from .serving import write_serving
 from .state import RUNNING, Policy, State, outcome_of
 
@@ -104,7 +107,7 @@ def _holding_state_lock(fn: F) -> F:
     return cast(F, locked)
 
 
-class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFiring,
+class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublisher, HookFiring,
                  Archiving, Flushing):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
@@ -119,7 +122,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                  compact_bytes: int = 16 << 20, unsafe_no_fsync: bool = False,
                  import_string: str = "", reload_dir: str | os.PathLike[str] | None = None,
                  executor: str = "local", blob_threshold: int = DEFAULT_THRESHOLD,
-                 serve_socket: bool = True) -> None:
+                 serve_socket: bool = True, quotas: Quotas | None = None,
+                 hygiene: Hygiene | None = None) -> None:
         if workers < 1 and executor in ("", "local"):
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.state_dir = Path(state_dir)
@@ -142,6 +146,10 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self.blobs = BlobStore(self.state_dir, self.blob_threshold)
         self.reload_dir = Path(reload_dir) if reload_dir is not None else None
         self.state = State(self.policy)
+        # --limit, --key-concurrency, --rate: checked at submit (the state) and at lease.
+        self.quotas = quotas or NO_QUOTAS
+        self.state.quotas = self.quotas
+        self.hygiene = hygiene or Hygiene()  # BLAS caps, recycling, RSS limit, pinning
         self.journal = Journal(self.state_dir / "journal", unsafe_no_fsync=unsafe_no_fsync)
         self.lock = StateLock(self.state_dir)
         # Counters folded from durable turns, gauges sampled once a second (metrics.py).
@@ -153,6 +161,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._init_door(serve_socket)  # STATE/supervisor.sock, started by start()
         self._init_compaction()  # when to compact next, and its counters
         self._init_leasing()  # kills, respawn back-off, steps done
+        self._init_recycling()  # the RSS monitor (started with the pool), recycle counts
         self._init_live()  # when the live view is next published
         self._init_hooks()  # the hook thread, started with the first hook to fire
         self._init_archiving()  # the archive thread, started after replay
@@ -204,21 +213,21 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self.lock.acquire()
         try:
             self._replay()
+            self._write_serving()  # before the inbox and the door take any submission
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
             self._flusher = Flusher(self.journal, self._wake_synced)
             self._start_archiver()  # finished runs the replay left (or a 0.2 state's)
             self.inbox = Inbox(self.state_dir)
-            # Clients refuse an unknown runner from this file; we check again at fold.
-            write_serving(self.state_dir, runners=self.runner_table.names,
-                          default_runner=self.runner_table.default)
             self.pool = make_executor(self.executor, self.import_string or self.runner,
                                       self.workers, self.preload, state_dir=self.state_dir,
-                                      blob_threshold=self.blob_threshold)
+                                      blob_threshold=self.blob_threshold,
+                                      hygiene=self.hygiene)
             if hasattr(self.pool, "on_ready"):
                 self.pool.on_ready = self._poke  # a remote executor came back: lease again
             self.pool.start()
+            self._start_rss_monitor(self.wake)  # --max-worker-rss
             self._wait_map = self.pool.wait_objects()
             self.inbox.watch(self._inbox_changed)
             if self.reload_dir is not None:
@@ -230,6 +239,17 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         except BaseException:
             self.close()
             raise
+
+    def _write_serving(self) -> None:
+        """``STATE/serving.json``: the runners and limits clients check at submit (best
+        effort: the supervisor checks again when it folds a submission)."""
+        try:
+            write_serving(self.state_dir, self.quotas.serving(),
+                          runners=self.runner_table.names,
+                          default_runner=self.runner_table.default)
+        except OSError as e:
+            log.warning("cannot write %s: %s; clients will not check limits at submit",
+                        self.state_dir / "serving.json", e)
 
     def _replay(self) -> None:
         state = self.state
@@ -314,6 +334,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._reload_stop.set()
         if self.inbox is not None:
             self.inbox.close()
+        self._stop_rss_monitor()
         if self.pool is not None:
             self.pool.close()
             self.pool = None

@@ -39,6 +39,8 @@ EXPECTED: dict[str, tuple[set[str], tuple[str, str] | None]] = {
                              "compacting_turn_max_cpu_ms", "longest_compact_call_ms",
                              "longest_turn_ms", "p99_turn_ms"}, None),
     "metrics_cost.py": ({"what", "records", "ns_per_record", "vs_fold"}, None),
+    "thread_cap.py": ({"config", "workers", "blas_threads_per_worker", "runs", "seconds",
+                       "runs_per_s", "speedup"}, None),
     "soak.py": ({"kind", "runs", "seconds", "rss_mb", "worker_rss_mb", "journal_mb",
                  "runs_in_memory", "compactions"}, ("kind", "sample")),
 }

@@ -36,6 +36,7 @@ from ..errors import (
     InvalidRunId,
     JournalCorrupt,
     JournaledError,
+    OverLimit,
     RunConflict,
     RunNotDead,
     RunNotFound,
@@ -58,7 +59,8 @@ def _exit_code(e: JournaledError) -> int:
     if isinstance(e, (JournalCorrupt, StorageFailure)):
         return 1
     if isinstance(e, (InvalidRunId, RunConflict, RunNotFound, RunNotLive, StateLocked,
-                      InputTooLarge, SubmissionRejected, RunNotDead, UnknownRunner)):
+                      InputTooLarge, SubmissionRejected, RunNotDead, UnknownRunner,
+                      OverLimit)):
         return 2
     return 1
 

@@ -60,6 +60,7 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
             data.update(runner=getattr(run, "runner", ""),
                         step=run.step, attempt=run.attempt, failures=run.failures,
                         dead=run.dead, traceback=run.traceback or None,
+                        resources=getattr(run, "resources", {}), key=getattr(run, "key", ""),
                         history=[msgspec.structs.asdict(a) for a in client.history(run_id)])
         data["supervisor"] = msgspec.structs.asdict(sup)
         click.echo(json.dumps(data))
@@ -73,6 +74,9 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
     click.echo(f"  submitted: {_when(out.submitted_at)}")
     if out.finished_at:
         click.echo(f"  finished:  {_when(out.finished_at)}")
+    if run is not None and (getattr(run, "resources", None) or getattr(run, "key", "")):
+        held = " ".join(f"{k}={v:g}" for k, v in run.resources.items()) or "none"
+        click.echo(f"  resources: {held}" + (f"  key: {run.key}" if run.key else ""))
     if run is not None and run.wait_key and run.woken is None and out.status.value == "waiting":
         until = f", times out {_when(run.due_at)}" if run.due_at else ", no timeout"
         click.echo(f"  parked:    on signal {run.wait_key!r}{until}; send it with "
@@ -91,8 +95,9 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
         for a in hist:
             took = f"{(a.finished_at - a.started_at) * 1000:.0f} ms" if a.finished_at else "…"
             err = f"  {a.error}" if a.error else ""
+            rss = f", peak RSS {a.peak_rss / (1 << 20):.0f} MB" if a.peak_rss else ""
             click.echo(f"    step {a.step} attempt {a.attempt} on worker {a.worker}: "
-                       f"{a.outcome} ({took}){err}")
+                       f"{a.outcome} ({took}{rss}){err}")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

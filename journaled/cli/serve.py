@@ -63,6 +63,30 @@ from . import fail, handles_errors, main, state_option
                    "printed at start).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,
               help="Address the metrics server binds to (0.0.0.0: every interface).")
+@click.option("--limit", "limits", multiple=True, metavar="NAME=N",
+              help="Resource limit (repeatable): leased steps together hold at most N of "
+                   "NAME (runs name theirs at submit: --resource gpu=1). A resource with no "
+                   "--limit is unlimited; a run asking for more than N is refused at submit.")
+@click.option("--key-concurrency", type=click.IntRange(min=0), default=0, show_default=True,
+              help="At most N leased steps per run key (submit --key K; 0: no limit). "
+                   "Ready runs of different keys take turns either way.")
+@click.option("--rate", "rates", multiple=True, metavar="KEY=N/s",
+              help="Steps per second a run key may start (repeatable; N/s, N/m or N/h; "
+                   "KEY '*' is every key without its own rate, e.g. --rate '*=5/s').")
+@click.option("--threads-per-worker", type=click.IntRange(min=0), default=1, show_default=True,
+              help="BLAS/OpenMP threads per worker (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, "
+                   "MKL_NUM_THREADS, NUMEXPR_NUM_THREADS, VECLIB_MAXIMUM_THREADS), so N workers "
+                   "never run N x N threads; 0, or any of them set in the environment: "
+                   "left alone.")
+@click.option("--max-steps-per-worker", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Replace a worker after N steps (between steps; 0: never). For leaky code.")
+@click.option("--max-worker-rss", type=click.FloatRange(min=0), default=0, show_default=True,
+              metavar="MB",
+              help="A worker over MB resident memory is killed mid-step (the step gets a counted "
+                   "attempt of kind 'oom' with its peak RSS) or replaced between steps (0: no "
+                   "limit). Checked about every 100 ms.")
+@click.option("--pin-workers", is_flag=True,
+              help="Pin each worker to one CPU (round-robin over the CPUs this process may use).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every terminal run.")
 @state_option
 @handles_errors
@@ -70,7 +94,9 @@ def run(targets: tuple[str, ...], workers: int | None, executor: str, max_attemp
         max_abandons: int, step_timeout: float, replay_outputs: bool, cancel_grace: float,
         drain_timeout: float, reload: bool, until_idle: bool, backoff: float, hook: str | None,
         retention: float, blob_threshold: int, metrics_port: int | None, metrics_host: str,
-        log_format: str, verbose: bool, state: Path) -> None:
+        log_format: str, limits: tuple[str, ...], key_concurrency: int,
+        rates: tuple[str, ...], threads_per_worker: int, max_steps_per_worker: int,
+        max_worker_rss: float, pin_workers: bool, verbose: bool, state: Path) -> None:
     """Run the supervisor for APP (``module:function``) in the foreground.
 
     APP is imported from the current directory, like ``uvicorn app:app``; the
@@ -97,11 +123,18 @@ def run(targets: tuple[str, ...], workers: int | None, executor: str, max_attemp
     from ..app import load_table, spec_modules
     from ..console import Drain, JsonLog, StatusLine
     from ..pool import load_import_string
+    from ..pool.hygiene import Hygiene
+    from ..quotas import make_quotas, parse_pair, parse_rate
     from ..state import Policy
     from ..supervisor import Supervisor
 
     if failpoints.ENV_ERROR is not None:
         fail(failpoints.ENV_ERROR)
+    try:
+        quotas = make_quotas(dict(parse_pair("--limit", t) for t in limits), key_concurrency,
+                             dict(parse_rate(t) for t in rates))
+    except ValueError as e:
+        fail(str(e))
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLog() if log_format == "json"
@@ -141,7 +174,9 @@ def run(targets: tuple[str, ...], workers: int | None, executor: str, max_attemp
                      preload=None if reload else spec_modules(app),
                      import_string=app, on_terminal=on_terminal, retention=retention,
                      reload_dir=os.getcwd() if reload else None, executor=executor,
-                     blob_threshold=blob_threshold)
+                     blob_threshold=blob_threshold, quotas=quotas,
+                     hygiene=Hygiene(threads_per_worker, max_steps_per_worker, max_worker_rss,
+                                     pin_workers))
 
     metrics = None
     if metrics_port is not None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from ..quotas import parse_pair
 from . import _client, fail, handles_errors, json_option, main, state_option, user_input
 
 
@@ -47,12 +48,18 @@ def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--runner", default=None, metavar="NAME",
               help="The named runner for this run (see 'journaled run --help'); default: "
                    "the supervisor's default runner. An unknown name is refused.")
+@click.option("--resource", "resources", multiple=True, metavar="NAME=N",
+              help="Held while a step of the run is leased, against 'journaled run "
+                   "--limit NAME=M' (repeatable; more than a limit allows is refused).")
+@click.option("--key", help="Run key (a tenant, a user) for --key-concurrency and --rate; "
+                            "keys are served in turn.")
 @json_option
 @state_option
 @handles_errors
 def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], input_file: Any,
            each_line: Any, priority: int, max_attempts: int | None,
-           step_timeout: float | None, runner: str | None, as_json: bool, state: Path) -> None:
+           step_timeout: float | None, runner: str | None, resources: tuple[str, ...],
+           key: str | None, as_json: bool, state: Path) -> None:
     """Submit a run with INPUT (text; '-' reads stdin); prints its run id.
 
     The submission is durable when this returns, whether or not a supervisor
@@ -61,8 +68,13 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
     given = sum(x is not None for x in (input, input_file, each_line))
     if given > 1:
         fail("give the input once: INPUT, --input-file or --each-line")
+    try:
+        res = dict(parse_pair("--resource", t) for t in resources)
+    except ValueError as e:
+        fail(str(e))
     opts: dict[str, Any] = dict(priority=priority, max_attempts=max_attempts or 0,
-                                step_timeout=step_timeout or 0.0, runner=runner)
+                                step_timeout=step_timeout or 0.0, runner=runner,
+                                resources=res or None, key=key)
     hdrs = _parse_headers(headers)
     client = _client(state)
     with user_input():

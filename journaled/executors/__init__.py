@@ -14,13 +14,14 @@ from typing import Any
 
 
 def make_executor(spec: str, runner: Any, workers: int, preload: list[str] | None,
-                  state_dir: Any = None, blob_threshold: int | None = None) -> Any:
+                  state_dir: Any = None, blob_threshold: int | None = None,
+                  hygiene: Any = None) -> Any:
     """``local`` or ``dask://HOST:PORT``; ``ValueError`` names what is accepted."""
     from ..pool import Pool
 
     if spec in ("", "local"):
         return Pool(runner, workers, preload=preload, state_dir=state_dir,
-                    blob_threshold=blob_threshold)
+                    blob_threshold=blob_threshold, hygiene=hygiene)
     if spec.startswith("dask://"):
         from .dask import DaskExecutor
 

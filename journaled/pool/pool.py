@@ -48,6 +48,7 @@ from typing import Any
 from ..api import SLOT_SIZE, block_size, read_progress
 from ..blobs import ENV_THRESHOLD, value_size
 from ..state import WorkerResult
+from .hygiene import Hygiene, prepare_forkserver, worker_env
 from .nowait import DIRECT_MAX, header, send_nowait, socket_of
 from .wire import (
     CancelQueued,
@@ -197,6 +198,7 @@ class Worker:
         self.revoking: set[int] = set()  # asked back with Revoke, no answer yet
         self.spawn_error = ""  # why the last start failed (a retry is pending)
         self.spawn_failures = 0
+        self.steps_run = 0
 
     def attach(self, proc: Any, conn: Connection | None, alive_w: Connection | None) -> None:
         """A fresh process behind this slot: nothing in flight, nothing learned yet."""
@@ -208,6 +210,7 @@ class Worker:
         self.stopping = False
         self.avg_step = 0.0
         self.ever_ran = False
+        self.steps_run = 0  # steps this process ran (--max-steps-per-worker)
         self.memo_puts.clear()
         self.revoking.clear()
 
@@ -402,7 +405,7 @@ class Pool(WorkerChannels):
     def __init__(self, runner: Any, workers: int, preload: list[str] | None = None,
                  max_depth: int = 256, batch_target: float = 0.01,
                  state_dir: str | os.PathLike[str] | None = None,
-                 blob_threshold: int | None = None) -> None:
+                 blob_threshold: int | None = None, hygiene: Hygiene | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.runner = runner
@@ -414,7 +417,10 @@ class Pool(WorkerChannels):
         self.ctx = multiprocessing.get_context("forkserver")
         # The forkserver ignores SIGINT/SIGTERM from its start (see quiet.py); it
         # is started, or restarted after a kill, by the next spawn.
-        self.ctx.set_forkserver_preload(["journaled.pool.quiet", *(preload or [])])
+        # hygiene before the user's modules: it caps BLAS/OpenMP pools before they load.
+        self.hygiene = hygiene or Hygiene()
+        self.ctx.set_forkserver_preload(["journaled.pool.quiet", "journaled.pool.hygiene",
+                                         *(preload or [])])
         if self.state_dir is not None:
             self.dir = os.path.join(self.state_dir, "workers")
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -447,6 +453,7 @@ class Pool(WorkerChannels):
         return path
 
     def start(self) -> None:
+        prepare_forkserver(self.hygiene)  # read by the forkserver if this starts it
         for w in self.workers:
             self._spawn(w)
 
@@ -489,6 +496,7 @@ class Pool(WorkerChannels):
         env = dict(os.environ)
         if self.blob_threshold is not None:
             env[ENV_THRESHOLD] = str(self.blob_threshold)  # workers write blobs over it
+        env.update(worker_env(self.hygiene, w.slot, env))  # thread caps, the CPU to pin to
         proc = self.ctx.Process(
             target=worker_main, name=f"journaled-worker-{w.slot}",
             args=(w.slot, child, alive_r, self.block_path, self.runner, env,

@@ -60,6 +60,7 @@ from ..limits import check_size, cut_text
 from ..state import WorkerResult
 from ..typed import declared_type, encode_outcome
 from .aloop import run_async
+from .hygiene import apply_in_worker
 from .nowait import DIRECT_MAX, header, send_nowait, socket_of
 from .wire import (
     BATCH_BYTES,
@@ -301,6 +302,7 @@ def worker_main(slot: int, conn: Connection, alive: Connection, block: str, runn
                      name="journaled-watchdog").start()
     buf = _attach(block)
     fn = resolve_runners(runner)
+    apply_in_worker()  # after the runner's imports: pin the CPU, size loaded BLAS pools
     # Blobs of this state directory; the threshold comes from the supervisor
     # (JOURNALED_BLOB_THRESHOLD in the environment it gave us).
     blobs = BlobStore(state_dir) if state_dir is not None else None

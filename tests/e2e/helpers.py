@@ -49,3 +49,50 @@ def cli_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+def most_held(state: Path) -> tuple[dict[str, float], dict[str, int], list[str]]:
+    """Fold the journal in order: the most of each resource and the most steps per run key
+    ever leased at once, and the run id of every lease in order.
+
+    The journal is the order of the supervisor's decisions, so this is what it decided;
+    a ``Recovered`` record (a restart) ends every open lease, as replay does.
+    """
+    from journaled.records import (
+        AttemptFailed,
+        Leased,
+        Recovered,
+        Released,
+        StepDone,
+        Submitted,
+        Terminated,
+    )
+
+    res: dict[str, dict[str, float]] = {}
+    keys: dict[str, str] = {}
+    open_: set[str] = set()
+    peak: dict[str, float] = {}
+    peak_key: dict[str, int] = {}
+    order: list[str] = []
+    for rec in journal_records(state):
+        if isinstance(rec, Submitted):
+            res[rec.run_id], keys[rec.run_id] = dict(rec.resources), rec.key
+        elif isinstance(rec, Leased):
+            open_.add(rec.run_id)
+            order.append(rec.run_id)
+        elif isinstance(rec, (StepDone, AttemptFailed, Released, Terminated)):
+            open_.discard(rec.run_id)
+        elif isinstance(rec, Recovered):
+            open_.clear()
+        now: dict[str, float] = {}
+        per_key: dict[str, int] = {}
+        for rid in open_:
+            for k, v in res[rid].items():
+                now[k] = now.get(k, 0.0) + v
+            if keys[rid]:
+                per_key[keys[rid]] = per_key.get(keys[rid], 0) + 1
+        for k, v in now.items():
+            peak[k] = max(peak.get(k, 0.0), v)
+        for k, n in per_key.items():
+            peak_key[k] = max(peak_key.get(k, 0), n)
+    return peak, peak_key, order
