@@ -33,12 +33,12 @@ class RunConflict(JournaledError):
 
 
 class InvalidRunId(JournaledError):
-    """Permanent: the id breaks the 1-128 chars of [A-Za-z0-9._:-] rule."""
+    """Permanent: the id breaks the 1-128 chars of [A-Za-z0-9._:@~-] rule."""
 
     def __init__(self, run_id: object) -> None:
         self.run_id = run_id
         super().__init__(
-            f"invalid run id {run_id!r}: use 1-128 characters of letters, digits and . _ : -"
+            f"invalid run id {run_id!r}: use 1-128 characters of letters, digits and . _ : @ ~ -"
         )
 
 

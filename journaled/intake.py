@@ -25,8 +25,11 @@ from .inbox import (
     BatchMsg,
     CancelMsg,
     CompactMsg,
+    ForkMsg,
     Inbox,
+    PauseMsg,
     RedriveMsg,
+    ScheduleMsg,
     SignalMsg,
     SubmitMsg,
     check_message,
@@ -92,6 +95,7 @@ class Intake:
     _restore_archived: Callable[[str], list[Record]]
     _archived_identities: Callable[[list[str]], dict[str, tuple[str, dict[str, str]]]]
     reload_dir: Path | None
+    _ops_message: Callable[[Any, float], list[Record]]
 
     def _init_intake(self) -> None:
         self._commands: deque[tuple[str, tuple[Any, ...], Future]] = deque()
@@ -153,8 +157,15 @@ class Intake:
                     self._recs += self._restore_archived(args[0])
                     self._recs += state.redrive(args[0], now)
                     self._futures.append((fut, None))
+                elif kind == "ops":  # schedules, pause/resume, fork (operating.py)
+                    self._recs += self._ops_message(args[0], now)
+                    self._futures.append((fut, None))
                 else:
                     raise ValueError(f"unknown command {kind!r}")
+            except (TypeError, ValueError) as e:
+                if kind != "ops":
+                    raise
+                fut.set(error=e)
             except JournaledError as e:
                 fut.set(error=e)
 
@@ -191,7 +202,11 @@ class Intake:
                     self._compact_requested = True
                 elif isinstance(msg, SignalMsg):
                     self._recs += state.signal(msg.run_id, msg.key, msg.data, now)
+                elif isinstance(msg, (ScheduleMsg, PauseMsg, ForkMsg)):
+                    self._recs += self._ops_message(msg, now)
             except (JournaledError, TypeError, ValueError) as e:
+                if isinstance(msg, ForkMsg):  # its new id: 'status' says why, not "not found"
+                    self.inbox.reject_run(msg.run_id, str(e), path.name)
                 self.inbox.reject(path, str(e))
                 continue
             self._acks.append(path)
