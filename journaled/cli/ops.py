@@ -50,7 +50,7 @@ def schedule() -> None:
     in one commit: a crash neither repeats a tick nor skips one beyond what
     --catch-up says (none: skip ticks missed while down; one: run only the
     latest missed; all: run each, at most 1,000). Needs croniter:
-    pip install 'journaled[schedules]'.
+    pip install 'journaled[schedules]'. Every subcommand takes --state DIR.
     """
 
 
