@@ -14,6 +14,8 @@ are never read again by a run past them, so none are copied.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .blobs import BlobRef
 from .records import Forked
 from .run import SUCCEEDED, Run
@@ -49,7 +51,7 @@ def fork_record(src: Run, run_id: str, step: int, payload: bytes | BlobRef | Non
                 f"run {src.run_id} has no payload recorded for step {step} (it ran before "
                 "journaled kept per-step payloads, or its trail was over the size bound); "
                 "give one with --input-file")
-    memos = dict(src.memos) if not given and step == src.step else {}
+    memos: dict[str, Any] = dict(src.memos) if not given and step == src.step else {}
     if step == 0:
         return Forked(run_id, src.run_id, 0, payload, payload, now, dict(src.headers),
                       src.priority, src.max_attempts, src.step_timeout, memos, [])

@@ -49,7 +49,7 @@ class ScheduleNotFound(JournaledError):
 
 def _croniter() -> Any:
     try:
-        from croniter import croniter
+        from croniter import croniter  # type: ignore[import-untyped]
     except ImportError:
         raise CronUnavailable() from None
     return croniter

@@ -87,3 +87,5 @@ def test_fork_cli_through_the_inbox_and_journaled_run(state_dir, tmp_path):
     assert not [r for r in journal_records(state_dir)
                 if type(r) is Submitted and r.run_id == "cli-src~fork1"], \
         "a fork is its own record, not a submission of step 0"
+    verify = cli("verify")
+    assert verify.returncode == 0, f"verify must accept a journal with a fork: {verify.stdout!r}"
