@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from .api import Attempt, RunOutcome, RunStatus
 from .blobs import value_size
-from .limits import MAX_VALUE
 from .records import RunSnapshot, Submitted
 
 PENDING, RUNNING, WAITING = "pending", "running", "waiting"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 # Payloads kept per step for 'fork' (inline bytes together, a blob ref its ref's size):
-# past this a step's entry is None, so one run's snapshot stays within a record.
-TRAIL_BYTES = MAX_VALUE
+# past this a step's entry is None: a run's snapshot (and archive row) grows by at most this.
+TRAIL_BYTES = 1 << 20
 
 
 class Run:

@@ -480,6 +480,7 @@ class State:
         pauses = self.pauses
         if pauses.all:
             return out  # every run keeps its place in line
+        paused_keys = pauses.keys  # empty (falsy) unless a key is paused: one check per run
         held: list[tuple[int, int, int, str]] = []
         while ready and len(out) < limit:
             entry = heapq.heappop(ready)
@@ -487,7 +488,7 @@ class State:
             if (run is None or run.seq != entry[2] or run.leased or run.terminal
                     or run.cancel_reason is not None):
                 continue
-            if pauses and pauses.holds(run):
+            if paused_keys and pauses.holds(run):
                 held.append(entry)  # paused: back in line as it was, after this pass
                 continue
             out.append(run)

@@ -234,3 +234,20 @@ def test_a_fork_from_the_step_the_source_stopped_at_keeps_its_memos():
     assert fork_record(st.runs["m"], "m~fork1", 0, None, T0).memos == {"seen": b"v"}
     assert fork_record(st.runs["m"], "m~fork1", 0, b"new", T0).memos == {}, \
         "a given payload is new work: the old memos do not apply"
+
+
+@pytest.mark.timeout(10)
+def test_the_trail_is_bounded_and_a_step_past_the_bound_needs_its_payload_given():
+    from journaled.run import TRAIL_BYTES
+
+    st = State()
+    st.submit("big", b"in", T0)
+    run = st.runs["big"]
+    chunk = b"x" * (TRAIL_BYTES // 2 + 1)
+    for _ in range(3):
+        run.keep_payload(chunk)
+    assert run.trail[0] == chunk and run.trail[1:] == [None, None], \
+        "past TRAIL_BYTES a step's entry is None: the snapshot stays bounded"
+    run.step = 3
+    with pytest.raises(ValueError, match="size bound"):
+        fork_record(run, "x", 2, None, T0)
