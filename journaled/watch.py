@@ -300,13 +300,13 @@ def render(snap: Snapshot, width: int = 100) -> str:
         out.append(f"supervisor pid {sup.pid}  {sup.app}  {sup.workers} "
                    f"worker{'s' if sup.workers != 1 else ''}  "
                    f"up {_duration(sup.uptime)}  journal {_bytes(sup.journal_bytes)}{stop}")
+        out.append(f"throughput  {_rate(snap.steps_per_s)} steps/s  "
+                   f"{_rate(snap.syncs_per_s)} syncs/s  "
+                   f"({sup.steps_done:,} steps, {sup.syncs:,} syncs since start)")
     if snap.paused:
         what = "all runs" if snap.paused.get("all") else \
             "keys " + ", ".join(snap.paused.get("keys", []))
         out.append(f"PAUSED: no new steps leased for {what} ('journaled resume' to go on)")
-        out.append(f"throughput  {_rate(snap.steps_per_s)} steps/s  "
-                   f"{_rate(snap.syncs_per_s)} syncs/s  "
-                   f"({sup.steps_done:,} steps, {sup.syncs:,} syncs since start)")
     out.append("")
     total = sum(snap.counts.values())
     out.append("runs  " + "  ".join(f"{s} {snap.counts.get(s, 0)}" for s in STATUSES)
