@@ -89,3 +89,17 @@ def test_fork_cli_through_the_inbox_and_journaled_run(state_dir, tmp_path):
         "a fork is its own record, not a submission of step 0"
     verify = cli("verify")
     assert verify.returncode == 0, f"verify must accept a journal with a fork: {verify.stdout!r}"
+
+
+@pytest.mark.timeout(40)
+def test_fork_of_a_live_run_while_its_step_runs(runtime, state_dir, tmp_path):
+    rt = runtime(ops_apps.runner)
+    mark = tmp_path / "running"
+    rid = rt.submit(b"L", {"steps": "2", "sleep": "1", "mark": str(mark)}, "live")
+    wait_for(mark.exists, 10, "step 0 of the live run to start")
+    assert not rt.status(rid).status.terminal, "the source is live when it is forked"
+    with pytest.raises(ValueError, match="reached step 0 only"):
+        rt.fork(rid, 1)
+    fid = rt.fork(rid, 0, new_run_id="live-copy")
+    assert rt.wait(fid, timeout=15).result == b"L|0|1"
+    assert rt.wait(rid, timeout=15).result == b"L|0|1", "the source runs on, untouched"
