@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .blobs import BlobRef
-from .records import Forked
-from .run import SUCCEEDED, Run
+from .blobs import BlobRef, value_size
+from .records import Forked, Submitted
+from .run import PENDING, RUNNING, SUCCEEDED, Run
 
 FORK_SUFFIX = "~fork"
 
@@ -60,6 +60,17 @@ def fork_record(src: Run, run_id: str, step: int, payload: bytes | BlobRef | Non
     trail.append(payload)
     return Forked(run_id, src.run_id, step, src.input, payload, now, dict(src.headers),
                   src.priority, src.max_attempts, src.step_timeout, memos, trail)
+
+
+def forked_run(rec: Forked) -> Run:
+    """The run a ``Forked`` record starts (the state gives it its place in line)."""
+    run = Run(Submitted(rec.run_id, rec.input, rec.at, rec.headers, rec.priority,
+                        rec.max_attempts, rec.step_timeout), 0)
+    run.step, run.payload = rec.step, rec.payload
+    run.memos, run.trail = dict(rec.memos), list(rec.trail)
+    run.trail_bytes = sum(value_size(v) for v in run.trail)
+    run.status = RUNNING if rec.step else PENDING
+    return run
 
 
 def fork_ids(source: str, n: int = 1) -> str:

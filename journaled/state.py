@@ -18,6 +18,7 @@ import msgspec
 
 from .blobs import BlobRef, same_content
 from .errors import RunConflict, RunNotFound, RunNotLive
+from .forking import forked_run
 from .limits import SNAPSHOT_PART
 from .pausing import Pauses
 from .records import (
@@ -384,11 +385,7 @@ class State:
     def _forked(self, rec: Forked) -> None:
         if rec.run_id in self.runs:
             return
-        run = Run(Submitted(rec.run_id, rec.input, rec.at, rec.headers, rec.priority,
-                            rec.max_attempts, rec.step_timeout), 0)
-        run.step, run.payload = rec.step, rec.payload
-        run.memos, run.trail = dict(rec.memos), list(rec.trail)
-        run.status = RUNNING if rec.step else PENDING
+        run = forked_run(rec)
         self._order += 1
         run.order = self._order
         self.runs[rec.run_id] = run
