@@ -94,7 +94,7 @@ from .inbox import (
 from .journal import JournalTailer, list_segments
 from .notify import DirWatcher
 from .ops_client import OpsCalls
-from .protocol import MAX_FRAME, Cancel, Retry, Signal, Submit, Wait
+from .protocol import MAX_FRAME, Cancel, Ops, Retry, Signal, Submit, Wait
 from .state import Run, State, attempts_of, outcome_of
 
 __all__ = ["Client", "check_headers", "check_run_id", "new_run_id"]
@@ -492,7 +492,10 @@ class Client(OpsCalls):
     # Operator calls (ops_client.OpsCalls): through the inbox, read from the journal.
 
     def _send_ops(self, msg: Any) -> None:
-        post(self.state_dir, msg)  # durable when this returns; acted on by the supervisor
+        """Over the socket (answered once journaled, with its error), else one inbox file."""
+        served, _ = self._door_call(lambda i: Ops(i, msg))
+        if not served:
+            post(self.state_dir, msg)  # durable when this returns; acted on at the next read
 
     def _ops_state(self) -> State:
         return self.refresh()

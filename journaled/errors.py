@@ -177,3 +177,19 @@ class BlobMissing(JournaledError):
         self.path = path
         super().__init__(f"blob {sha256} ({size:,} bytes) is missing or damaged at {path}: "
                          f"{why}")
+
+
+class CronUnavailable(JournaledError):
+    """Permanent until installed: schedules need ``croniter`` (the ``schedules`` extra)."""
+
+    def __init__(self) -> None:
+        super().__init__("schedules need the croniter package: pip install "
+                         "'journaled[schedules]'  (or: pip install croniter)")
+
+
+class ScheduleNotFound(JournaledError):
+    """Permanent: no schedule has this name ('journaled schedule list' shows them)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no schedule named {name!r} ('journaled schedule list' shows them)")

@@ -24,27 +24,13 @@ from typing import Any, Callable, NamedTuple
 
 import msgspec
 
-from .errors import JournaledError
+from .errors import CronUnavailable, ScheduleNotFound
 from .records import Record, Schedule, ScheduleChanged, ScheduleCursor, ScheduleSet
 
 CATCH_UP = ("none", "one", "all")
 MAX_CATCH_UP = 1000  # ticks one catch-up may submit (the most recent); older ones are skipped
 MAX_GRACE = 60.0  # a tick later than this (or half its period) counts as missed
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-INSTALL = "pip install 'journaled[schedules]'  (or: pip install croniter)"
-
-
-class CronUnavailable(JournaledError):
-    """``croniter`` is not installed: schedules need the ``schedules`` extra."""
-
-    def __init__(self) -> None:
-        super().__init__(f"schedules need the croniter package: {INSTALL}")
-
-
-class ScheduleNotFound(JournaledError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no schedule named {name!r}")
-        self.name = name
 
 
 def _croniter() -> Any:

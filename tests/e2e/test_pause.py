@@ -81,3 +81,18 @@ def test_pause_and_resume_from_the_cli_show_in_status_runs_and_watch(runtime, st
     kinds = [(r.key, r.paused, r.all) for r in journal_records(state_dir)
              if type(r) is DispatchPaused]
     assert kinds == [("", True, True), ("k-other", True, False), ("", False, True)]
+
+
+@pytest.mark.timeout(30)
+def test_client_operator_calls_go_over_the_socket_and_return_once_journaled(runtime, state_dir):
+    runtime(ops_apps.runner)
+    client = Client(state_dir)
+    client.pause("k9")
+    assert client.paused() == {"all": False, "keys": ["k9"]}, \
+        "answered over the socket only once the pause is durable in the journal"
+    client.schedule_add("sock", "0 0 1 1 *", b"")
+    assert [s.name for s in client.schedules()] == ["sock"]
+    assert not [n for n in (state_dir / "inbox").iterdir() if n.is_file()], \
+        "nothing went through the inbox"
+    with pytest.raises(ValueError, match="reached step 0 only"):
+        client.fork(client.submit(b"", {"steps": "1", "sleep": "5"}, "slow"), 3)
