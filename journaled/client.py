@@ -94,7 +94,8 @@ from .inbox import (
 )
 from .journal import JournalTailer, list_segments
 from .notify import DirWatcher
-from .protocol import MAX_FRAME, Cancel, Retry, Signal, Submit, Wait
+from .ops_client import OpsCalls
+from .protocol import MAX_FRAME, Cancel, Ops, Retry, Signal, Submit, Wait
 from .quotas import check_fits, check_key, check_resources
 from .serving import check_served_runner, limits_for_submit
 from .state import Run, State, attempts_of, outcome_of
@@ -130,7 +131,7 @@ def pending_outcome(msg: SubmitMsg) -> RunOutcome:
     return RunOutcome(msg.run_id, RunStatus.PENDING, None, None, 0, msg.at, None)
 
 
-class Client:
+class Client(OpsCalls):
     """Talk to a state directory from any process.
 
     Args:
@@ -510,6 +511,26 @@ class Client:
         if out.status.terminal:
             raise RunNotLive(run_id, out.status.value)
         post(self.state_dir, SignalMsg(run_id, key, raw, time.time()))
+
+    # Operator calls (ops_client.OpsCalls): through the inbox, read from the journal.
+
+    def _send_ops(self, msg: Any) -> None:
+        """Over the socket (answered once journaled, with its error), else one inbox file."""
+        served, _ = self._door_call(lambda i: Ops(i, msg))
+        if not served:
+            post(self.state_dir, msg)  # durable when this returns; acted on at the next read
+
+    def _ops_state(self) -> State:
+        return self.refresh()
+
+    def _ops_run(self, run_id: str) -> Run | None:
+        try:
+            found = self._find(run_id)
+        except RunNotFound:
+            return None
+        if not isinstance(found, Run):
+            raise ValueError(f"run {run_id} has not started yet (it waits in the inbox)")
+        return found
 
     def retry(self, run_id: str) -> None:
         """Redrive a dead-lettered run's step as a new attempt series.

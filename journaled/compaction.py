@@ -171,3 +171,4 @@ def _run_values(runs: Iterable[Any]) -> Iterator[object]:
         yield r.payload
         yield r.result
         yield r.memos
+        yield from r.trail  # payloads kept for 'fork' (ops): their blobs stay while the run does

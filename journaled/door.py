@@ -40,6 +40,7 @@ from .protocol import (
     Cancel,
     Err,
     Ok,
+    Ops,
     Outcome,
     Retry,
     Signal,
@@ -69,6 +70,7 @@ class DoorIntake:
     status: Callable[[str], RunOutcome | None]
     _archived_outcome: Callable[[str], RunOutcome | None]
     runner_table: RunnerTable
+    _ops_message: Callable[[Any, float], list[Record]]
 
     def _init_door(self, serve: bool) -> None:
         self._door_serve = serve
@@ -149,6 +151,9 @@ class DoorIntake:
                     reply = Ok(req.id)
                 elif t is Retry:
                     reply = self._door_retry(req, now)
+                elif t is Ops:  # schedules, pause/resume, fork (operating.py)
+                    self._recs += self._ops_message(req.msg, now)
+                    reply = Ok(req.id)
                 elif t is Status:
                     out = self.status(req.run_id)
                     reply = outcome_reply(req.id, out) if out is not None else \

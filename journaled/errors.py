@@ -33,12 +33,12 @@ class RunConflict(JournaledError):
 
 
 class InvalidRunId(JournaledError):
-    """Permanent: the id breaks the 1-128 chars of [A-Za-z0-9._:-] rule."""
+    """Permanent: the id breaks the 1-128 chars of [A-Za-z0-9._:@~-] rule."""
 
     def __init__(self, run_id: object) -> None:
         self.run_id = run_id
         super().__init__(
-            f"invalid run id {run_id!r}: use 1-128 characters of letters, digits and . _ : -"
+            f"invalid run id {run_id!r}: use 1-128 characters of letters, digits and . _ : @ ~ -"
         )
 
 
@@ -191,6 +191,8 @@ class UnknownRunner(JournaledError, ValueError):
         self.served = served if isinstance(served, str) else ", ".join(served)
         super().__init__(f"unknown runner {runner!r}: this supervisor serves "
                          f"{self.served or 'no named runners'}")
+
+
 class OverLimit(JournaledError, ValueError):
     """Permanent: a run asks for more of a resource than the supervisor's ``--limit`` allows.
 
@@ -204,3 +206,19 @@ class OverLimit(JournaledError, ValueError):
         self.why = why
         super().__init__(f"run {run_id!r} asks for {why}: it could never run; ask for less "
                          "or restart the supervisor with a higher --limit")
+
+
+class CronUnavailable(JournaledError):
+    """Permanent until installed: schedules need ``croniter`` (the ``schedules`` extra)."""
+
+    def __init__(self) -> None:
+        super().__init__("schedules need the croniter package: pip install "
+                         "'journaled[schedules]'  (or: pip install croniter)")
+
+
+class ScheduleNotFound(JournaledError):
+    """Permanent: no schedule has this name ('journaled schedule list' shows them)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no schedule named {name!r} ('journaled schedule list' shows them)")

@@ -71,6 +71,8 @@ POINTS: dict[str, str] = {
     "worker.after_step": "worker: runner returned, result not yet sent",
     "blobs.before_fsync": "a blob's temp file is written, not yet fsynced (nothing names it)",
     "blobs.after_fsync": "a blob's temp file is fsynced, not yet renamed into place",
+    "schedule.before_tick_commit": "a tick's Submitted and cursor are built, not yet written",
+    "schedule.after_tick_commit": "a tick's Submitted and cursor are durable",
 }
 
 ACTIONS = ("crash", "exit", "error", "enospc", "short-write", "skip", "delay:MS")

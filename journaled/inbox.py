@@ -84,13 +84,47 @@ class CompactMsg(msgspec.Struct, frozen=True, tag="compact"):
     at: float
 
 
+class ScheduleMsg(msgspec.Struct, frozen=True, tag="schedule", omit_defaults=True):
+    """Add (or redefine), pause, resume or remove the schedule ``name`` (``action``)."""
+
+    name: str
+    action: str
+    at: float
+    cron: str = ""
+    input: bytes = b""
+    headers: dict[str, str] = {}
+    catch_up: str = "one"
+    tz: str = "UTC"
+
+
+class PauseMsg(msgspec.Struct, frozen=True, tag="pause", omit_defaults=True):
+    """Pause (``paused``) or resume dispatch of runs with ``key``, or of all runs."""
+
+    paused: bool
+    at: float
+    key: str = ""
+    all: bool = False
+
+
+class ForkMsg(msgspec.Struct, frozen=True, tag="fork", omit_defaults=True):
+    """Start ``run_id`` at ``step`` of ``source`` (``payload`` None: the recorded one)."""
+
+    run_id: str
+    source: str
+    step: int
+    at: float
+    payload: Union[bytes, BlobRef, None] = None
+
+
 class BatchMsg(msgspec.Struct, frozen=True, tag="batch"):
     """Many submissions in one file: one fsync for all of them."""
 
     items: list[SubmitMsg]
 
 
-Message = Union[SubmitMsg, CancelMsg, RedriveMsg, CompactMsg, SignalMsg, BatchMsg]
+Message = Union[SubmitMsg, CancelMsg, RedriveMsg, CompactMsg, SignalMsg, BatchMsg,
+                ScheduleMsg, PauseMsg, ForkMsg]
+SCHEDULE_ACTIONS = ("add", "pause", "resume", "remove")
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(Message)
 
@@ -98,7 +132,8 @@ _dec = msgspec.msgpack.Decoder(Message)
 # it cannot be anything we wrote (writers split batches below this).
 MAX_FILE = MAX_BODY
 _I64 = 1 << 63
-_RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# '@' for schedule ticks (NAME@2026-12-01T02:00:00Z), '~' for forks (RUN~fork1).
+_RUN_ID = re.compile(r"[A-Za-z0-9._:@~-]{1,128}")
 
 
 def inbox_dir(state_dir: Path) -> Path:
@@ -113,7 +148,7 @@ def rejected_runs_dir(state_dir: Path) -> Path:
 
 
 def check_run_id(run_id: object) -> str:
-    """``run_id`` if it is 1-128 chars of ``[A-Za-z0-9._:-]``, else ``InvalidRunId``."""
+    """``run_id`` if it is 1-128 chars of ``[A-Za-z0-9._:@~-]``, else ``InvalidRunId``."""
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         raise InvalidRunId(run_id)
     return run_id
@@ -222,7 +257,21 @@ def check_message(msg: Message) -> None:
         return
     if isinstance(msg, CompactMsg):
         return
+    if isinstance(msg, ScheduleMsg):
+        check_schedule(msg)
+        return
+    if isinstance(msg, PauseMsg):
+        if not isinstance(msg.key, str) or (not msg.all and not msg.key):
+            raise ValueError("pause/resume needs a key or all")
+        check_size("the pause key", msg.key, MAX_TEXT)
+        return
     check_run_id(msg.run_id)
+    if isinstance(msg, ForkMsg):
+        check_run_id(msg.source)
+        check_int("the fork step", msg.step, 0, (1 << 31) - 1)
+        if msg.payload is not None:
+            check_value("the fork payload", msg.payload)
+        return
     if isinstance(msg, SubmitMsg):
         check_value("the input", msg.input)
         check_headers(msg.headers)
@@ -239,6 +288,20 @@ def check_message(msg: Message) -> None:
     elif isinstance(msg, SignalMsg):
         check_signal_key(msg.key)
         check_bytes("the signal data", msg.data)
+
+
+def check_schedule(msg: ScheduleMsg) -> None:
+    """A schedule message's checks (an ``add``'s cron needs croniter: ``CronUnavailable``)."""
+    from .schedules import check_catch_up, check_cron, check_name
+
+    check_name(msg.name)
+    if msg.action not in SCHEDULE_ACTIONS:
+        raise ValueError(f"bad schedule action {msg.action!r}")
+    if msg.action == "add":
+        check_cron(msg.cron, msg.tz)
+        check_catch_up(msg.catch_up)
+        check_bytes("the schedule input", msg.input)
+        check_headers(msg.headers)
 
 
 def encode_checked(msg: Message) -> bytes:

@@ -27,8 +27,11 @@ from .inbox import (
     BatchMsg,
     CancelMsg,
     CompactMsg,
+    ForkMsg,
     Inbox,
+    PauseMsg,
     RedriveMsg,
+    ScheduleMsg,
     SignalMsg,
     SubmitMsg,
     check_message,
@@ -95,6 +98,7 @@ class Intake:
     _archived_identities: Callable[[list[str]], dict[str, tuple[str, dict[str, str]]]]
     reload_dir: Path | None
     runner_table: RunnerTable
+    _ops_message: Callable[[Any, float], list[Record]]
 
     def _init_intake(self) -> None:
         self._commands: deque[tuple[str, tuple[Any, ...], Future]] = deque()
@@ -163,8 +167,15 @@ class Intake:
                     self._recs += self._restore_archived(args[0])
                     self._recs += state.redrive(args[0], now)
                     self._futures.append((fut, None))
+                elif kind == "ops":  # schedules, pause/resume, fork (operating.py)
+                    self._recs += self._ops_message(args[0], now)
+                    self._futures.append((fut, None))
                 else:
                     raise ValueError(f"unknown command {kind!r}")
+            except (TypeError, ValueError) as e:
+                if kind != "ops":
+                    raise
+                fut.set(error=e)
             except JournaledError as e:
                 fut.set(error=e)
 
@@ -201,7 +212,11 @@ class Intake:
                     self._compact_requested = True
                 elif isinstance(msg, SignalMsg):
                     self._recs += state.signal(msg.run_id, msg.key, msg.data, now)
+                elif isinstance(msg, (ScheduleMsg, PauseMsg, ForkMsg)):
+                    self._recs += self._ops_message(msg, now)
             except (JournaledError, TypeError, ValueError) as e:
+                if isinstance(msg, ForkMsg):  # its new id: 'status' says why, not "not found"
+                    self.inbox.reject_run(msg.run_id, str(e), path.name)
                 self.inbox.reject(path, str(e))
                 continue
             self._acks.append(path)

@@ -27,7 +27,7 @@ import msgspec
 from . import errors
 from .api import RunOutcome
 from .blobs import BlobRef
-from .inbox import CancelMsg, RedriveMsg, SignalMsg, SubmitMsg
+from .inbox import CancelMsg, ForkMsg, PauseMsg, RedriveMsg, ScheduleMsg, SignalMsg, SubmitMsg
 
 VERSION = 1
 MAX_FRAME = 16 << 20
@@ -82,7 +82,14 @@ class Status(msgspec.Struct, frozen=True, tag="status", array_like=True):
     run_id: str
 
 
-Request = Union[Hello, Submit, Cancel, Signal, Retry, Wait, Status]
+class Ops(msgspec.Struct, frozen=True, tag="ops", array_like=True):
+    """A schedule, pause/resume or fork message (issue 15); ``Ok`` once its records are durable."""
+
+    id: int
+    msg: Union[ScheduleMsg, PauseMsg, ForkMsg]
+
+
+Request = Union[Hello, Submit, Cancel, Signal, Retry, Wait, Status, Ops]
 
 
 # ------------------------------------------------------------------- replies

@@ -299,7 +299,7 @@ class FairQueues:
         return list(self._turn)
 
     def take(self, limit: int, valid: Callable[[Entry], Any], gate: Gate,
-             plain: list[Entry] | None = None) -> list[Any]:
+             plain: list[Entry] | None = None, paused: Iterable[str] = ()) -> list[Any]:
         """Up to ``limit`` runs ``gate`` admits: keys in turn, best entry of each key first.
 
         Within one pass what is held only grows, so a refused shape or key
@@ -308,7 +308,7 @@ class FairQueues:
         if plain:
             self._turn.setdefault("", None)
         out: list[Any] = []
-        blocked_keys: set[str] = set()
+        blocked_keys: set[str] = set(paused)  # a paused key keeps its place in line
         blocked: set[tuple[str, Shape]] = set()
         while len(out) < limit:
             chosen = None

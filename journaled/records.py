@@ -214,6 +214,8 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
     runner: str = ""
     resources: dict[str, float] = {}
     key: str = ""
+    # The payload that entered each step 1..step (fork from step N), bounded (run.TRAIL_BYTES).
+    trail: list[Union[bytes, BlobRef, None]] = []
 
 
 class Restored(Record, tag="rst"):
@@ -238,11 +240,95 @@ class Snapshot(Record, tag="snp"):
     last_at: float = 0.0  # time of the last record folded before it (ends abandoned attempts)
     hooks: bool = False  # hooks were in use: undelivered terminal runs are kept
     order: int = 0  # part 0: the submission counter (archived runs took numbers too)
+    schedules: list["Schedule"] = []  # part 0: every schedule with its cursor
+    paused: list[str] = []  # part 0: dispatch paused for these keys ("*": all; see pausing)
+
+
+class Schedule(msgspec.Struct, array_like=True, omit_defaults=True):
+    """One schedule as the state holds it (and a snapshot keeps it): definition and cursor.
+
+    ``cursor`` is the last tick handled (submitted, or skipped by the
+    catch-up policy), epoch seconds; ticks after it are still owed.
+    """
+
+    name: str
+    cron: str
+    input: bytes
+    created_at: float
+    cursor: float
+    headers: dict[str, str] = {}
+    catch_up: str = "one"
+    tz: str = "UTC"
+    paused: bool = False
+
+
+class ScheduleSet(Record, tag="sst"):
+    """A schedule was added (or redefined). Replay: it exists; its first tick is after ``at``."""
+
+    name: str
+    cron: str
+    input: bytes
+    at: float
+    headers: dict[str, str] = {}
+    catch_up: str = "one"
+    tz: str = "UTC"
+
+
+class ScheduleChanged(Record, tag="sch"):
+    """A schedule was paused, resumed or removed (``action``). Replay: so it stays."""
+
+    name: str
+    action: str
+    at: float
+
+
+class ScheduleCursor(Record, tag="scu"):
+    """Ticks up to ``tick`` are handled. Written in the same batch as those ticks' ``Submitted``,
+    after them: a torn batch keeps a submission without its cursor (the id makes the
+    re-submit a no-op), never a cursor without its submission (a skipped tick)."""
+
+    name: str
+    tick: float
+    at: float
+
+
+class DispatchPaused(Record, tag="dpa"):
+    """No new step of matching runs is leased while paused (``key``; ``all``: every run)."""
+
+    key: str
+    paused: bool
+    at: float
+    all: bool = False
+
+
+class Forked(Record, tag="frk"):
+    """A new run that starts at ``step`` with ``payload``, copied from ``source``'s history.
+
+    Replay: the run exists, ready at ``step``, with ``memos`` as that step's memos and the
+    source's trail up to ``step``; the source run is untouched.
+    """
+
+    run_id: str
+    source: str
+    step: int
+    input: Value
+    payload: Value
+    at: float
+    headers: dict[str, str] = {}
+    priority: int = 0
+    max_attempts: int = 0
+    step_timeout: float = 0.0
+    memos: dict[str, Value] = {}
+    trail: list[Union[bytes, BlobRef, None]] = []
+    runner: str = ""  # the source's runner, resources and key carry over
+    resources: dict[str, float] = {}
+    key: str = ""
 
 
 AnyRecord = Union[Submitted, Leased, Released, StepDone, AttemptFailed, CancelRequested,
                   Terminated, HookDelivered, Recovered, Redriven, SignalSent, MemoPut, Snapshot,
-                  Archived, Restored]
+                  Archived, Restored, ScheduleSet, ScheduleChanged, ScheduleCursor,
+                  DispatchPaused, Forked]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyRecord)

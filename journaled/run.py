@@ -8,11 +8,15 @@ in place. A snapshot copies it to a ``RunSnapshot`` record and back;
 from __future__ import annotations
 
 from .api import Attempt, RunOutcome, RunStatus
+from .blobs import value_size
 from .records import RunSnapshot, Submitted
 
 PENDING, RUNNING, WAITING = "pending", "running", "waiting"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+# Payloads kept per step for 'fork' (inline bytes together, a blob ref its ref's size):
+# past this a step's entry is None: a run's snapshot (and archive row) grows by at most this.
+TRAIL_BYTES = 1 << 20
 
 
 class Run:
@@ -26,6 +30,7 @@ class Run:
         "wait_key", "signals", "woken", "used_keys", "memos", "history", "order",
         "runner",
         "resources", "key",
+        "trail", "trail_bytes",
     )
 
     def __init__(self, rec: Submitted, seq: int) -> None:
@@ -67,6 +72,18 @@ class Run:
         self.runner = rec.runner  # "": the supervisor's default runner
         self.resources = rec.resources  # held while a step is leased (journaled.quotas)
         self.key = rec.key
+        # trail[k - 1]: the payload that entered step k (None once over TRAIL_BYTES).
+        self.trail: list = []
+        self.trail_bytes = 0
+
+    def keep_payload(self, payload: object) -> None:
+        """Remember the payload entering the next step, for 'fork' (bounded)."""
+        n = value_size(payload)  # type: ignore[arg-type]
+        if self.trail_bytes + n > TRAIL_BYTES:
+            self.trail.append(None)
+            return
+        self.trail_bytes += n
+        self.trail.append(payload)
 
     @property
     def terminal(self) -> bool:
@@ -89,7 +106,8 @@ def run_to_snapshot(r: Run) -> RunSnapshot:
         r.step, r.payload, r.attempt, r.failures, r.abandons, r.due_at, r.status,
         r.cancel_reason, r.result, r.error, r.finished_at, r.hook_delivered, r.dead, r.traceback,
         r.seq, r.leased, r.worker, r.leased_at, r.kind, r.wait_key, r.signals, r.woken,
-        r.used_keys, r.memos, r.history, r.order, r.runner, resources=r.resources, key=r.key)
+        r.used_keys, r.memos, r.history, r.order, r.runner, resources=r.resources, key=r.key,
+        trail=r.trail)
 
 
 def run_from_snapshot(s: RunSnapshot) -> Run:
@@ -106,6 +124,8 @@ def run_from_snapshot(s: RunSnapshot) -> Run:
     run.used_keys, run.memos = list(s.used_keys), dict(s.memos)
     run.history = [list(h) for h in s.history]
     run.order = s.order
+    run.trail = list(s.trail)
+    run.trail_bytes = sum(value_size(v) for v in run.trail)
     return run
 
 

@@ -48,14 +48,15 @@ from .inbox import (
     seconds,
 )
 from .limits import MAX_TEXT, check_size
+from .ops_client import OpsCalls
 from .pool.hygiene import Hygiene
 from .quotas import make_quotas
-from .state import Policy, Run, attempts_of, outcome_of
+from .state import Policy, Run, State, attempts_of, outcome_of, run_from_snapshot, run_to_snapshot
 from .supervisor import DAY, Future, Supervisor
 from .typed import decode_result
 
 
-class Runtime:
+class Runtime(OpsCalls):
     """Run a supervisor in this process.
 
     Args:
@@ -412,6 +413,30 @@ class Runtime:
                     if r.dead and r.run_id in sup.outcomes]
         rows = sup.archive_reader.call("runs", "failed", None, limit, True) or []
         return merge_dead(live, [r.dead_letter() for r in rows], limit)
+
+    # Operator calls (ops_client.OpsCalls): queued commands, answered once durable.
+
+    def _send_ops(self, msg: Any) -> None:
+        self._check()
+        self._await(self._sup.call("ops", msg))
+
+    def _ops_state(self) -> State:
+        """Copies of the schedules and pauses, taken under the state lock."""
+        out = State()
+        with self._sup.state_lock:
+            live = self._sup.state
+            out.schedules.restore(live.schedules.snapshot())
+            out.pauses.restore(live.pauses.snapshot())
+        return out
+
+    def _ops_run(self, run_id: str) -> Run | None:
+        with self._sup.state_lock:
+            run = self._sup.state.runs.get(run_id)
+            if run is not None:
+                return run_from_snapshot(run_to_snapshot(run))  # a copy: the loop mutates it
+        if run_id in pending_submissions(self.state_dir):
+            raise ValueError(f"run {run_id} has not started yet (it waits in the inbox)")
+        return self._archived(run_id)
 
     def client(self) -> Client:
         """A file-based client on the same state directory."""

@@ -19,11 +19,15 @@ import msgspec
 from . import quotas
 from .blobs import BlobRef, same_content
 from .errors import RunConflict, RunNotFound, RunNotLive
+from .forking import forked_run
 from .limits import SNAPSHOT_PART
+from .pausing import Pauses
 from .records import (
     Archived,
     AttemptFailed,
     CancelRequested,
+    DispatchPaused,
+    Forked,
     HookDelivered,
     Leased,
     MemoPut,
@@ -54,6 +58,7 @@ from .run import (  # noqa: F401 - re-exported: callers import these from here
     run_from_snapshot,
     run_to_snapshot,
 )
+from .schedules import Schedules
 
 _FAILED_AS = {"timeout": "timed_out", "worker_died": "worker_died", "error": "retried",
               "oom": "oom"}
@@ -133,7 +138,12 @@ class State:
             HookDelivered: self._hook_delivered, Recovered: self._recovered,
             Redriven: self._redriven, SignalSent: self._signal_sent, MemoPut: self._memo_put,
             Snapshot: self._snapshot, Archived: self._archived, Restored: self._restored,
+            DispatchPaused: self._dispatch_paused, Forked: self._forked,
         }
+        # Operations (issue 15): schedules and pauses fold in their own pure modules.
+        self.schedules = Schedules()
+        self.pauses = Pauses()
+        self._apply.update(self.schedules.handlers())
 
     # ----------------------------------------------------------------- fold
 
@@ -247,6 +257,7 @@ class State:
             self._end_attempt(run, rec.at, "completed")
         run.step = rec.step + 1
         run.payload = rec.payload
+        run.keep_payload(rec.payload)
         run.attempt = run.failures = run.abandons = 0
         run.due_at = rec.due_at
         run.woken = None
@@ -384,6 +395,18 @@ class State:
             run.hook_delivered = True  # its hook ran before it was archived
             self.runs[run.run_id] = run
 
+    def _dispatch_paused(self, rec: DispatchPaused) -> None:
+        self.pauses.apply(rec)
+
+    def _forked(self, rec: Forked) -> None:
+        if rec.run_id in self.runs:
+            return
+        run = forked_run(rec)
+        self._order += 1
+        run.order = self._order
+        self.runs[rec.run_id] = run
+        self._make_ready(run)
+
     def _snapshot(self, rec: Snapshot) -> None:
         if rec.app:
             self.app = rec.app
@@ -398,6 +421,8 @@ class State:
             self.last_at = rec.last_at
             self.hooks_in_use = rec.hooks
             self._order = rec.order
+            self.schedules.restore(rec.schedules)
+            self.pauses.restore(rec.paused)
         for s in rec.runs:
             run = run_from_snapshot(s)
             self.runs[run.run_id] = run
@@ -449,11 +474,25 @@ class State:
                                        step_timeout, runner=runner, resources=res,
                                        key=quotas.check_key(key))])
 
+    def ops(self, recs: list[Record]) -> list[Record]:
+        """Apply records built by the operations modules (schedules, pauses, forks)."""
+        return self._commit(recs)
+
+    def fork(self, rec: Forked) -> list[Record]:
+        """A forked run; nothing for the same fork again, ``RunConflict`` for a taken id."""
+        old = self.runs.get(rec.run_id)
+        if old is not None:
+            if same_content(old.input, rec.input) and old.headers == rec.headers:
+                return []
+            raise RunConflict(rec.run_id)
+        return self._commit([rec])
+
     def due_runs(self, now: float, limit: int, gate: quotas.Gate | None = None) -> list[Run]:
         """Up to ``limit`` runs ready to lease now, highest priority first, FIFO within one.
 
         With runs that carry a key or resources, ``gate`` admits them (limits,
         per-key concurrency, rates) and keys take turns (``quotas.FairQueues``).
+        Paused runs (all, or by key) keep their place in line.
         """
         timers = self._timers
         while timers and timers[0][0] <= now:
@@ -462,18 +501,29 @@ class State:
             if run is not None and run.status == WAITING and run.due_at == due and not run.leased:
                 if run.cancel_reason is None:
                     self._make_ready(run)
-        if self.fair:
-            return self.fair.take(limit, self._ready_run, gate or quotas.ADMIT_ALL, self._ready)
         out: list[Run] = []
+        pauses = self.pauses
+        if pauses.all:
+            return out  # every run keeps its place in line
+        if self.fair:
+            return self.fair.take(limit, self._ready_run, gate or quotas.ADMIT_ALL, self._ready,
+                                  paused=pauses.keys)
         ready = self._ready
         runs = self.runs
+        paused_keys = pauses.keys  # empty (falsy) unless a key is paused: one check per run
+        held: list[tuple[int, int, int, str]] = []
         while ready and len(out) < limit:
-            _, _, seq, rid = heapq.heappop(ready)
-            run = runs.get(rid)
-            if (run is None or run.seq != seq or run.leased or run.terminal
+            entry = heapq.heappop(ready)
+            run = runs.get(entry[3])
+            if (run is None or run.seq != entry[2] or run.leased or run.terminal
                     or run.cancel_reason is not None):
                 continue
+            if paused_keys and pauses.holds(run):
+                held.append(entry)  # paused: back in line as it was, after this pass
+                continue
             out.append(run)
+        for entry in held:
+            heapq.heappush(ready, entry)
         return out
 
     def _ready_run(self, entry: tuple[int, int, int, str]) -> Run | None:
@@ -659,14 +709,22 @@ class State:
             n = len(encode(snap))
             if part and size + n > part_bytes:
                 parts.append(Snapshot(now, part, len(parts), app=self.app, last_at=self.last_at,
-                                      hooks=hooks, order=self._order if not parts else 0))
+                                      hooks=hooks, order=self._order if not parts else 0,
+                                      **self._ops_snapshot(not parts)))
                 part, size = [], 0
             part.append(snap)
             size += n
         if part or not parts:
             parts.append(Snapshot(now, part, len(parts), app=self.app, last_at=self.last_at,
-                                  hooks=hooks, order=self._order if not parts else 0))
+                                  hooks=hooks, order=self._order if not parts else 0,
+                                  **self._ops_snapshot(not parts)))
         return parts
+
+    def _ops_snapshot(self, first: bool) -> dict:
+        """Part 0 carries the schedules and pauses (they are not runs)."""
+        if not first:
+            return {}
+        return {"schedules": self.schedules.snapshot(), "paused": self.pauses.snapshot()}
 
     def archivable(self, hooks: bool) -> list[Run]:
         """Finished runs ready for the archive: hook delivered, or no hook configured."""
@@ -699,7 +757,9 @@ class State:
         does not keep ``--until-idle`` from exiting; the signal, when it comes,
         waits in the inbox for the next supervisor.
         """
-        if self.in_flight or self._ready or self.fair:
+        pauses = self.pauses
+        if self.in_flight or ((self._ready or self.fair) and not pauses):
             return False
         return all(r.terminal or (r.wait_key and r.woken is None and r.status == WAITING
-                                  and not r.due_at) for r in self.runs.values())
+                                  and not r.due_at) or (pauses and pauses.holds(r))
+                   for r in self.runs.values())

@@ -72,11 +72,13 @@ from .leasing import Leasing
 from .live import LivePublisher, clear_status
 from .metrics import Metrics
 from .metrics_http import final_sample, publish
+from .operating import Operating
 from .pool import Dispatch, Pool, Worker
 from .pool.hygiene import Hygiene
 from .quotas import NO_QUOTAS, Quotas
 from .records import CancelRequested, Record, Redriven, Terminated, encode
 from .recycling import Recycling
+from .scheduling import Scheduling
 from .serving import write_serving
 from .state import RUNNING, Policy, State, outcome_of
 
@@ -108,7 +110,7 @@ def _holding_state_lock(fn: F) -> F:
 
 
 class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublisher, HookFiring,
-                 Archiving, Flushing):
+                 Archiving, Flushing, Scheduling, Operating):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
     # Seconds a turn may wait for a running sync before folding what arrived
@@ -165,6 +167,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         self._init_live()  # when the live view is next published
         self._init_hooks()  # the hook thread, started with the first hook to fire
         self._init_archiving()  # the archive thread, started after replay
+        self._init_scheduling()  # schedule ticks: the next one's time, cached
         self._wake_r, self._wake_w = -1, -1
         self._recs: list[Record] = []
         self._carry: list[Record] = []  # records made after a commit, for the next one
@@ -470,6 +473,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
             self._drop_unsent(w, now)
             self._worker_died(w, now)
         self._deadlines(mono, now)
+        recs += self._schedule_ticks(now)  # before leasing: a tick's run may start this turn
         recs += self.state.reconcile(now)
         reload = self._reload.is_set() and not self._stopping
         if reload and not self._unsent():
@@ -504,6 +508,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         due = self.state.next_due()
         if due is not None:
             times.append(mono + max(0.0, due - now))
+        tick = self._schedule_due()
+        if tick is not None:
+            times.append(mono + max(0.0, tick - now))
         times += self._worker_timers(mono)
         # The live view, busy or idle: its age is how 'watch' tells a hung loop.
         times.append(self._status_due)
@@ -612,6 +619,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
 
     def _after_commit(self, recs: list[Record]) -> None:
         self.metrics.observe(recs)
+        if failpoints.ENABLED:
+            self._schedule_committed(recs)
         self._hooks_delivered()
         self._archive_after_commit(recs)  # durably finished (and hooked): to the archiver
         pool = self.pool

@@ -22,6 +22,7 @@ from .errors import JournalCorrupt
 from .journal import Journal, StateLock, VerifyReport, verify
 from .records import (
     Archived,
+    Forked,
     MemoPut,
     Record,
     Redriven,
@@ -80,7 +81,8 @@ def check(state_dir: Path) -> Check:
             elif t is Archived:
                 for rid in rec.run_ids:  # gone to the archive: it may end there only once
                     ends.pop(rid, None)
-            elif t is not Submitted and hasattr(rec, "run_id") and rec.run_id not in state.runs:
+            elif (t is not Submitted and t is not Forked and hasattr(rec, "run_id")
+                  and rec.run_id not in state.runs):
                 out.violations.append(f"{seg} at byte {off}: {t.__name__} for run "
                                       f"{rec.run_id}, which was never submitted")
                 continue
@@ -135,7 +137,8 @@ def check_archive(state_dir: Path, state: State, out: Check) -> None:
 
 # Record fields that may name a blob (snapshots: their runs' fields, below).
 _NAMING: dict[type, tuple[str, ...]] = {Submitted: ("input",), StepDone: ("payload",),
-                                        Terminated: ("result",), MemoPut: ("value",)}
+                                        Terminated: ("result",), MemoPut: ("value",),
+                                        Forked: ("input", "payload", "memos")}
 
 
 def _check_blobs(state_dir: Path, state: State, named: set[str], out: Check) -> None:

@@ -108,6 +108,7 @@ class Snapshot(msgspec.Struct):
     # running | hung | starting | none, with the supervisor's pid and its status's age:
     # a hung supervisor (lock held, status stale) is not a dead one.
     health: Health | None = None
+    paused: dict = {}  # {"all": bool, "keys": [...]}: dispatch paused (journaled pause)
 
 
 # ------------------------------------------------------------------ collect
@@ -218,8 +219,9 @@ class Collector:
         else:
             self._samples.clear()
             self._pid = None
+        pauses = self.client.state.pauses
         return Snapshot(str(self.state_dir), now, sup, counts, flights, steps_rate,
-                        syncs_rate, recent, dead_rows, hl)
+                        syncs_rate, recent, dead_rows, hl, pauses.describe() if pauses else {})
 
 
 def collect(state_dir: str | os.PathLike[str]) -> Snapshot:
@@ -301,6 +303,10 @@ def render(snap: Snapshot, width: int = 100) -> str:
         out.append(f"throughput  {_rate(snap.steps_per_s)} steps/s  "
                    f"{_rate(snap.syncs_per_s)} syncs/s  "
                    f"({sup.steps_done:,} steps, {sup.syncs:,} syncs since start)")
+    if snap.paused:
+        what = "all runs" if snap.paused.get("all") else \
+            "keys " + ", ".join(snap.paused.get("keys", []))
+        out.append(f"PAUSED: no new steps leased for {what} ('journaled resume' to go on)")
     out.append("")
     total = sum(snap.counts.values())
     out.append("runs  " + "  ".join(f"{s} {snap.counts.get(s, 0)}" for s in STATUSES)

@@ -11,6 +11,7 @@ imported at the bottom of this file:
 - ``serve``: ``run``, the supervisor in the foreground;
 - ``writes``: ``submit``, ``cancel``, ``retry``, ``signal`` (through the inbox);
 - ``reads``: ``status``, ``runs``, ``result``, ``wait``, ``dead``;
+- ``ops``: ``schedule ...``, ``pause``, ``resume``, ``fork`` (operators, through the inbox);
 - ``tools``: ``step``, ``verify``, ``repair``, ``log``, ``compact`` (the journal itself);
 - ``crashtest`` and ``watch`` come from their own packages.
 """
@@ -275,6 +276,7 @@ main: click.Group = click.group(
 from ..crashtest import crashtest as _crashtest  # noqa: E402
 from ..watch import watch as _watch  # noqa: E402
 from .metrics import metrics_cmd  # noqa: E402, F401
+from .ops import fork, pause_cmd, resume_cmd, schedule  # noqa: E402
 from .reads import dead, result, runs, status, wait  # noqa: E402
 from .serve import run  # noqa: E402
 from .tools import compact, log, repair, step_cmd, verify  # noqa: E402
@@ -285,8 +287,9 @@ main.add_command(_crashtest)
 main.add_command(_watch)
 
 __all__ = [
-    "DEFAULT_STATE", "BadInput", "cancel", "compact", "dead", "fail", "handles_errors",
-    "json_option", "log", "main", "outcome_json", "repair", "result", "retry", "run", "runs",
+    "DEFAULT_STATE", "BadInput", "cancel", "compact", "dead", "fail", "fork", "handles_errors",
+    "json_option", "log", "main", "outcome_json", "pause_cmd", "repair", "resume_cmd",
+    "schedule", "result", "retry", "run", "runs",
     "signal_cmd", "state_option", "status", "step_cmd", "submit", "user_input", "verify",
     "wait", "_parse_headers",
 ]

@@ -54,6 +54,7 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
     # lock, stopped publishing its status) or none at all.
     sup = health(state)
     run = client._run(run_id)  # live or archived; None while it waits in the inbox
+    held = bool(run is not None and not run.terminal and client.state.pauses.holds(run))
     if as_json:
         data = outcome_json(out)
         if run is not None:
@@ -63,13 +64,16 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
                         resources=getattr(run, "resources", {}), key=getattr(run, "key", ""),
                         history=[msgspec.structs.asdict(a) for a in client.history(run_id)])
         data["supervisor"] = msgspec.structs.asdict(sup)
+        data["paused"] = held
         click.echo(json.dumps(data))
         return
-    click.echo(f"run {out.run_id}: {out.status.value}")
+    click.echo(f"run {out.run_id}: {out.status.value}{' (paused)' if held else ''}")
     if not out.status.terminal:
         click.echo(f"  supervisor: {sup.message}")
     if run is not None and getattr(run, "runner", ""):
         click.echo(f"  runner:    {run.runner}")
+    if held:
+        click.echo("  dispatch:  paused: no new step is leased until 'journaled resume'")
     click.echo(f"  steps:     {out.steps}")
     click.echo(f"  submitted: {_when(out.submitted_at)}")
     if out.finished_at:
@@ -153,10 +157,16 @@ def runs(status_: str | None, since: float | None, limit: int, as_json: bool,
     journaled runs --status failed --since 2h
     journaled runs --since 2026-12-01 --limit 0 --json
     """
-    outs = _client(state).runs(status_, since, limit or None)
+    client = _client(state)
+    outs = client.runs(status_, since, limit or None)
+    pauses = client.state.pauses
     if as_json:
-        click.echo(json.dumps([outcome_json(o) for o in outs]))
+        click.echo(json.dumps([{**outcome_json(o), "paused": _held(client, o)} if pauses
+                               else outcome_json(o) for o in outs]))
         return
+    if pauses:
+        click.echo(f"dispatch paused for {_paused_text(pauses)}: 'journaled resume' to go on",
+                   err=True)
     if not outs:
         click.echo("no runs" + (f" with status {status_}" if status_ else "")
                    + (f" since {_when(since)}" if since is not None else ""))
@@ -166,8 +176,19 @@ def runs(status_: str | None, since: float | None, limit: int, as_json: bool,
                f"{'FINISHED':<19}  RESULT / ERROR")
     for o in outs:
         tail = _short(o.result) if o.result is not None else (o.error or "")
-        click.echo(f"{o.run_id:<{w}}  {o.status.value:<9}  {o.steps:>5}  "
+        shown = "paused" if pauses and _held(client, o) else o.status.value
+        click.echo(f"{o.run_id:<{w}}  {shown:<9}  {o.steps:>5}  "
                    f"{_when(o.submitted_at):<19}  {_when(o.finished_at):<19}  {tail}")
+
+
+def _held(client: Any, o: Any) -> bool:
+    """Whether a listed run is held by a dispatch pause (live and not finished)."""
+    run = client.state.runs.get(o.run_id)
+    return bool(run is not None and not run.terminal and client.state.pauses.holds(run))
+
+
+def _paused_text(pauses: Any) -> str:
+    return "all runs" if pauses.all else "keys " + ", ".join(sorted(pauses.keys))
 
 
 @main.command()

@@ -34,7 +34,7 @@ def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @main.command()
 @click.argument("input", required=False)
-@click.option("--run-id", help="Your own id (1-128 of A-Z a-z 0-9 . _ : -); idempotent.")
+@click.option("--run-id", help="Your own id (1-128 of A-Z a-z 0-9 . _ : @ ~ -); idempotent.")
 @click.option("-H", "--header", "headers", multiple=True, metavar="KEY=VALUE",
               help="Metadata every step sees in step.headers (repeatable).")
 @click.option("--input-file", type=click.File("rb"), help="Read the input bytes from a file.")
