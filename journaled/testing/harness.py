@@ -293,6 +293,12 @@ class Harness:
                 break
             if due > self.clock.now():
                 self.clock.advance(due - self.clock.now())
+            else:
+                # Idle with a timer due: a stale one (its run was cancelled or
+                # moved on). Pop it as a turn would, or it hides the next one.
+                self._live().state.due_runs(self.clock.now(), 0)
+                if self._live().state.next_due() == due:
+                    break
             ran += self.run_until_idle()
         else:
             raise HarnessError("timers keep falling due; does a runner delay forever?")

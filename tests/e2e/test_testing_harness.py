@@ -225,3 +225,42 @@ def test_the_journaled_harness_fixture_in_a_pytest_run(tmp_path: Path) -> None:
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100)
     assert "1 failed, 1 passed" in out.stdout, out.stdout + out.stderr
     assert "test_it_fails_when_it_should" in out.stdout
+
+
+expensive_calls: list[str] = []
+
+
+def memoized(step: Step) -> Any:
+    seen.append((step.run_id, step.step_number, step.attempts))
+    cached = step.memo.get("sub")
+    if cached is None:
+        expensive_calls.append(step.run_id)
+        cached = b"computed"
+        step.memo.put("sub", cached)  # returns once durable: the harness turns meanwhile
+    return Succeed(cached)
+
+
+@pytest.mark.timeout(30)
+def test_a_memo_put_is_durable_across_a_crash_and_the_hook_sees_the_outcome() -> None:
+    expensive_calls.clear()
+    hooked: list[tuple[str, str]] = []
+    with Harness(memoized, on_terminal=lambda o: hooked.append((o.run_id, o.status.value))
+                 ) as h:
+        rid = h.submit(b"")
+        h.crash_after(lambda call: call.step == 0)  # after the put, before the result
+        h.run_until_idle()
+        assert h.result(rid) == b"computed"
+        assert [a for _, _, a in seen] == [1, 2]
+        assert expensive_calls == [rid]  # the retry found the memo the first attempt put
+        assert (rid, "succeeded") in hooked
+
+
+@pytest.mark.timeout(30)
+def test_advance_steps_past_the_timer_of_a_cancelled_run() -> None:
+    with Harness(delayed) as h:
+        gone, kept = h.submit(b"g"), h.submit(b"k")
+        h.run_until_idle()
+        h.cancel(gone)  # its timer stays in the heap, stale
+        h.advance(7200)
+        assert h.status(gone).status == RunStatus.CANCELLED
+        assert h.result(kept) == b"k..done"
