@@ -31,6 +31,17 @@ def _lines(data: bytes) -> Iterator[bytes]:
             yield ln
 
 
+def _pairs(specs: tuple[str, ...], flag: str, shape: str, example: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` options split once at the first '='; a bad one is a one-line error."""
+    out = []
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            _fail(f"bad {flag} {spec!r}: use {shape}, e.g. {flag} {example}")
+        out.append((key, value))
+    return out
+
+
 @click.command("crashtest")
 @click.argument("app", required=False)
 @click.option("--runs", type=click.IntRange(min=1), default=None,
@@ -127,18 +138,8 @@ def crashtest(app: str | None, runs: int | None, kills: int, seed: int | None, i
     if seed is None:
         seed = random.randrange(1_000_000)
     inputs = list(_lines(input_file.read())) if input_file is not None else None
-    sigs = []
-    for spec in signals:
-        key, sep, data = spec.partition("=")
-        if not sep or not key:
-            _fail(f"bad --signal {spec!r}: use KEY=DATA, e.g. --signal approve=yes")
-        sigs.append((key, data.encode()))
-    hdrs: dict[str, str] = {}
-    for spec in headers:
-        key, sep, value = spec.partition("=")
-        if not sep or not key:
-            _fail(f"bad -H {spec!r}: use KEY=VALUE, e.g. -H tenant=acme")
-        hdrs[key] = value
+    sigs = [(k, v.encode()) for k, v in _pairs(signals, "--signal", "KEY=DATA", "approve=yes")]
+    hdrs = dict(_pairs(headers, "-H", "KEY=VALUE", "tenant=acme"))
     try:
         check_headers(hdrs)
     except (TypeError, InputTooLarge) as e:
