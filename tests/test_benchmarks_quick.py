@@ -38,6 +38,8 @@ EXPECTED: dict[str, tuple[set[str], tuple[str, str] | None]] = {
     "compaction_pause.py": ({"state", "turns", "compactions", "longest_compacting_turn_ms",
                              "compacting_turn_max_cpu_ms", "longest_compact_call_ms",
                              "longest_turn_ms", "p99_turn_ms"}, None),
+    "harness.py": ({"what", "runs", "done", "simulated_s", "seconds", "steps_per_s",
+                    "vs_runtime"}, None),
     "soak.py": ({"kind", "runs", "seconds", "rss_mb", "worker_rss_mb", "journal_mb",
                  "runs_in_memory", "compactions"}, ("kind", "sample")),
 }
