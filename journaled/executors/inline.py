@@ -109,6 +109,7 @@ class InlineExecutor(WorkerChannels):
         self.pump: Callable[[], None] | None = None  # runs a supervisor turn (memo puts)
         self.after_step: Callable[[Step, WorkerResult], None] | None = None
         self.steps_run = 0
+        self._escaped: BaseException | None = None  # raised by the runner, for the caller
 
     # ------------------------------------------------------------ lifecycle
 
@@ -177,15 +178,31 @@ class InlineExecutor(WorkerChannels):
                     Memo(item.memo, functools.partial(self._put_memo, w, seq), self.blobs),
                     self.blobs)
         started = time.perf_counter()
-        res = run_one(self.fn, step, self.blobs)
+        res = run_one(self._call, step, self.blobs)
         busy = time.perf_counter() - started
         _U64.pack_into(self.buf, slot * SLOT_SIZE + 8, 0)
+        escaped, self._escaped = self._escaped, None
+        if escaped is not None:
+            raise escaped  # the step's result is never reported: as a kill mid-step
         self.steps_run += 1
         if self.after_step is not None:
             self.after_step(step, res)  # may raise: the result is then never reported
         w.avg_step = busy if w.avg_step <= 0 else 0.7 * w.avg_step + 0.3 * busy
         self._answer(w, seq, res)
         return 1
+
+    def _call(self, step: Step) -> Any:
+        """The runner; Ctrl-C and pytest's own outcomes (``pytest.fail``, ``skip``) are
+        the test's, not the step's: they leave the harness instead of becoming a retry."""
+        try:
+            return self.fn(step)
+        except KeyboardInterrupt as e:
+            self._escaped = e
+            raise
+        except BaseException as e:
+            if any(c.__module__.startswith("_pytest") for c in type(e).__mro__):
+                self._escaped = e
+            raise
 
     def _answer(self, w: Worker, seq: int, res: WorkerResult) -> None:
         self._done[w.slot].append((seq, res))

@@ -264,3 +264,16 @@ def test_advance_steps_past_the_timer_of_a_cancelled_run() -> None:
         h.advance(7200)
         assert h.status(gone).status == RunStatus.CANCELLED
         assert h.result(kept) == b"k..done"
+
+
+def calls_pytest_fail(step: Step) -> Any:
+    pytest.fail("the runner saw something the test forbids")
+
+
+@pytest.mark.timeout(30)
+def test_pytest_fail_inside_an_inline_step_fails_the_test_not_the_step() -> None:
+    with Harness(calls_pytest_fail) as h:
+        rid = h.submit(b"")
+        with pytest.raises(pytest.fail.Exception, match="forbids"):
+            h.run_until_idle()
+        assert h.history(rid)[0].outcome == "running"  # never reported as a failure
