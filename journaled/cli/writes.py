@@ -62,6 +62,14 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
 
     The submission is durable when this returns, whether or not a supervisor
     is running; one that is not yet running picks it up when it starts.
+
+    \b
+    A batch, one run per line; a line starting with '{' carries its own
+    input, headers (over the -H ones) and run id; a bad line submits nothing:
+      journaled submit --each-line runs.txt -H source=nightly
+      runs.txt:  order-7
+                 {"input": "order-8", "headers": {"tenant": "acme"}, "run_id": "o-8"}
+                 {"input_b64": "AAEC"}
     """
     given = sum(x is not None for x in (input, input_file, each_line))
     if given > 1:
