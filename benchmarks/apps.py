@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from journaled import Cancel, Continue, Fail, Succeed
+from journaled import Cancel, Continue, ContinueAfter, Fail, Succeed
 
 
 def noop(step):  # type: ignore[no-untyped-def]
@@ -123,3 +123,10 @@ def noop_or_fail(step):  # type: ignore[no-untyped-def]
     if step.payload.startswith(b"fail"):
         return Fail("asked to fail")
     return Succeed(b"ok")
+
+
+def delayed_steps(step):  # type: ignore[no-untyped-def]
+    """Three steps, each after ``headers["delay"]`` seconds (benchmarks/harness.py)."""
+    if step.step_number < 2:
+        return ContinueAfter(step.payload, float(step.headers.get("delay", "0")))
+    return Succeed(step.payload)

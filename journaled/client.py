@@ -580,7 +580,7 @@ def merge_dead(live: list[DeadLetter], archived: list[DeadLetter],
     return out if limit is None else out[:max(0, int(limit))]
 
 
-def submit_msgs(inputs: Iterable[Any], headers: dict[str, str] | None,
+def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | Sequence[dict[str, str]] | None,
                 run_ids: Sequence[str] | None, priority: int, max_attempts: int,
                 step_timeout: float | timedelta | None, blobs: BlobStore | None = None,
                 runner: str | None = None, *, resources: dict[str, float] | None = None,
@@ -594,12 +594,15 @@ def submit_msgs(inputs: Iterable[Any], headers: dict[str, str] | None,
     item passed its checks, so the messages carry refs, never big bytes.
     ``limits`` (the supervisor's, from ``STATE/serving.json``): a run asking
     for more raises ``OverLimit`` here, before anything is queued.
+    ``headers`` is every item's, or a list with one dict per input
+    (``submit --each-line`` JSON lines).
     """
     if isinstance(inputs, (bytes, bytearray, memoryview, str)):
         raise TypeError("inputs must be a list of bytes (for one input use submit())")
     if isinstance(run_ids, str):
         raise TypeError("run_ids must be a list of str (for one id use submit())")
-    hdrs = check_headers(headers)
+    each = [check_headers(h) for h in headers] if isinstance(headers, (list, tuple)) else None
+    hdrs = check_headers(headers) if each is None else {}
     prio = check_int("priority", priority)
     attempts = check_int("max_attempts", max_attempts, 0, (1 << 31) - 1)
     timeout = seconds("step_timeout", step_timeout)
@@ -611,7 +614,9 @@ def submit_msgs(inputs: Iterable[Any], headers: dict[str, str] | None,
     ins = [as_payload("the input", data) for data in inputs]
     if run_ids is not None and len(run_ids) != len(ins):
         raise ValueError(f"got {len(ins)} inputs but {len(run_ids)} run ids")
-    checked: list[tuple[str, Any]] = []
+    if each is not None and len(each) != len(ins):
+        raise ValueError(f"got {len(ins)} inputs but {len(each)} header dicts")
+    checked: list[tuple[str, Any, dict[str, str]]] = []
     ids: list[str] = []
     seen: dict[str, Any] = {}
     for i, data in enumerate(ins):
@@ -625,11 +630,11 @@ def submit_msgs(inputs: Iterable[Any], headers: dict[str, str] | None,
         seen[rid] = raw
         if limits:
             check_fits(rid, res, limits)
-        checked.append((rid, raw))
+        checked.append((rid, raw, hdrs if each is None else each[i]))
     # Every item passed: now the big inputs become blobs, durable before any message.
-    out = [SubmitMsg(rid, to_stored(raw, blobs), now, hdrs, prio, attempts, timeout, name,
+    out = [SubmitMsg(rid, to_stored(raw, blobs), now, h, prio, attempts, timeout, name,
                      resources=res, key=k)
-           for rid, raw in checked]
+           for rid, raw, h in checked]
     return out, ids
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .api import RunOutcome
 from .archive import Archive
 from .blobs import BlobStore, refs_of
+from .clock import Clock
 from .errors import StorageFailure
 from .journal import Journal
 from .records import encode
@@ -44,6 +45,7 @@ class Compaction:
     state_dir: Path
     policy: Policy
     journal: Journal
+    clock: Clock
     retention: float
     compact_bytes: int
     on_terminal: Callable[[RunOutcome], Any] | None
@@ -58,7 +60,7 @@ class Compaction:
         self._snapshot_bytes = 0  # size of the last snapshot written: the next trigger is 2x
         self._compact_after = 0.0  # monotonic: no automatic retry of a failed compaction before
         self.retention_check = RETENTION_CHECK  # seconds between retention checks
-        self._retention_checked = time.monotonic()
+        self._retention_checked = self.clock.monotonic()
         self.blob_grace = BLOB_GRACE  # a blob this young is never swept, whatever the retention
         self.blobs_swept = 0
         self._sweeper: threading.Thread | None = None
@@ -81,8 +83,8 @@ class Compaction:
             # Retention is the archive's now (finished runs leave the journal
             # through it): its rows past retention go on the archiver thread.
             self._retention_checked = mono
-            self._expire_archive(time.time())
-            self._sweep_blobs(time.time())
+            self._expire_archive(self.clock.now())
+            self._sweep_blobs(time.time())  # against file mtimes: the real clock
         return False
 
     def _compact(self, now: float | None = None) -> bool:
@@ -92,7 +94,7 @@ class Compaction:
         (a run too large for a record, say) is logged and the old journal,
         which is still valid, stays in use; only a ``StorageFailure`` stops us.
         """
-        now = time.time() if now is None else now
+        now = self.clock.now() if now is None else now
         self._compact_requested = False
         try:
             parts = self.state.snapshot(now, self.retention, hooks=self.on_terminal is not None)
@@ -106,7 +108,7 @@ class Compaction:
         except Exception as e:  # noqa: BLE001 - the old journal is intact: keep serving
             self.compaction_failures += 1
             wait = min(900.0, 60.0 * 2 ** min(self.compaction_failures - 1, 4))
-            self._compact_after = time.monotonic() + wait
+            self._compact_after = self.clock.monotonic() + wait
             log.error("compaction failed; keeping the old journal, which is still valid, "
                       "and retrying in %.0f s: %s: %s", wait, type(e).__name__, e)
             return False

@@ -19,12 +19,12 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from . import dispatch, quotas
 from .api import Signal
+from .clock import Clock
 from .errors import JournaledError
 from .pool import Dispatch, InFlight, Pool, Worker
 from .records import Record
@@ -41,6 +41,7 @@ class Leasing:
     policy: Policy
     pool: Pool | None
     cancel_grace: float
+    clock: Clock
     _recs: list[Record]
     _dispatch: list[tuple[Worker, list[Dispatch]]]
     _memo_acks: list[tuple[Worker, int]]
@@ -159,7 +160,7 @@ class Leasing:
     def _signal_cancel(self, run_id: str) -> None:
         pool = self.pool
         assert pool is not None
-        mono = time.monotonic()
+        mono = self.clock.monotonic()
         # Set before the CancelRequested record is synced: the token is advisory,
         # and whatever the step answers is journaled after that record anyway.
         for w in pool.workers:
@@ -220,7 +221,7 @@ class Leasing:
         assert pool is not None
         try:
             while w.conn is not None and w.conn.poll(0):
-                self._results(w, pool.read(w, time.monotonic()), now)
+                self._results(w, pool.read(w, self.clock.monotonic()), now)
         except (EOFError, OSError):
             pass
         view = self._view(w)
@@ -297,7 +298,7 @@ class Leasing:
             self._respawn_delay = min(5.0, max(0.5, 2 * self._respawn_delay))
             log.warning("%s at start-up (does the code import?); retrying in %.1f s",
                         died, self._respawn_delay)
-            self._respawn_at[w.slot] = time.monotonic() + self._respawn_delay
+            self._respawn_at[w.slot] = self.clock.monotonic() + self._respawn_delay
             return
         elif code is not None and code > 0:
             self._startup_deaths += 1
@@ -309,7 +310,7 @@ class Leasing:
         else:
             self._respawn_delay = min(5.0, max(0.1, 2 * self._respawn_delay))
             log.warning("%s at start-up; respawning in %.1f s", died, self._respawn_delay)
-            self._respawn_at[w.slot] = time.monotonic() + self._respawn_delay
+            self._respawn_at[w.slot] = self.clock.monotonic() + self._respawn_delay
             return
         if not self._stopping:
             pool.respawn(w)

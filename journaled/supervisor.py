@@ -58,6 +58,7 @@ from .api import RunOutcome, RunStatus
 from .app import load_table
 from .archiving import Archiving
 from .blobs import DEFAULT_THRESHOLD, BlobStore, check_threshold
+from .clock import SYSTEM_CLOCK, Clock
 from .compaction import Compaction
 from .door import DoorIntake
 from .errors import JournaledError, StorageFailure
@@ -125,10 +126,13 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
                  import_string: str = "", reload_dir: str | os.PathLike[str] | None = None,
                  executor: str = "local", blob_threshold: int = DEFAULT_THRESHOLD,
                  serve_socket: bool = True, quotas: Quotas | None = None,
-                 hygiene: Hygiene | None = None) -> None:
+                 hygiene: Hygiene | None = None, clock: Clock | None = None) -> None:
         if workers < 1 and executor in ("", "local"):
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.state_dir = Path(state_dir)
+        # Every due time (delays, back-offs, signal timeouts, step limits) is
+        # read from here: journaled.testing passes a FakeClock.
+        self.clock: Clock = clock or SYSTEM_CLOCK
         self.policy = policy or Policy()
         self.runner = runner
         # The names served (each worker loads the same table from the same spec).
@@ -236,7 +240,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
             if self.reload_dir is not None:
                 threading.Thread(target=self._watch_code, daemon=True,
                                  name="journaled-reload").start()
-            self._read_inbox(time.time())
+            self._read_inbox(self.clock.now())
             self._start_door()  # after replay: every answer it gives rests on the journal
             self.wake()  # the first turn must lease what replay and the inbox left ready
         except BaseException:
@@ -259,7 +263,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         # The one reader: an undecodable record is JournalCorrupt with its place.
         replay.apply_all(state, replay.records(self.journal))
         self.journal.open_for_append()
-        now = time.time()
+        now = self.clock.now()
         live = sum(1 for r in state.runs.values() if not r.terminal)
         self.recovered_runs = live
         recs = state.recover(now, os.getpid(), self.import_string)
@@ -298,7 +302,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
             self._stop_now = True
         else:
             self._stopping = True
-            self._drain_deadline = time.monotonic() + self.drain_timeout
+            self._drain_deadline = self.clock.monotonic() + self.drain_timeout
             if self.pool is not None:
                 self.pool.set_stopping()  # the shutdown notice: step.cancel_token.stopping()
         self.wake()
@@ -442,8 +446,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
             # timers this skips are in the next wait's timeout.
             return
         self._poked = False
-        now = time.time()
-        mono = time.monotonic()
+        now = self.clock.now()
+        mono = self.clock.monotonic()
         recs = self._recs
         if self._carry:
             recs += self._carry
@@ -502,8 +506,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
     def _next_timeout(self) -> float | None:
         if self._carry or self._commands or self._door_in:
             return 0.0
-        now = time.time()
-        mono = time.monotonic()
+        now = self.clock.now()
+        mono = self.clock.monotonic()
         times: list[float] = []  # monotonic
         due = self.state.next_due()
         if due is not None:
@@ -603,7 +607,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         if sends and pool is not None:
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.before_dispatch")
-            mono = time.monotonic()
+            mono = self.clock.monotonic()
             for w, items in sends:
                 try:
                     pool.send(w, items, mono)

@@ -41,6 +41,8 @@ EXPECTED: dict[str, tuple[set[str], tuple[str, str] | None]] = {
     "metrics_cost.py": ({"what", "records", "ns_per_record", "vs_fold"}, None),
     "thread_cap.py": ({"config", "workers", "blas_threads_per_worker", "runs", "seconds",
                        "runs_per_s", "speedup"}, None),
+    "harness.py": ({"what", "runs", "done", "simulated_s", "seconds", "steps_per_s",
+                    "vs_runtime"}, None),
     "soak.py": ({"kind", "runs", "seconds", "rss_mb", "worker_rss_mb", "journal_mb",
                  "runs_in_memory", "compactions"}, ("kind", "sample")),
 }

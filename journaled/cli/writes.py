@@ -18,8 +18,10 @@ from typing import Any
 
 import click
 
+from ..client import new_run_id
 from ..quotas import parse_pair
 from . import _client, fail, handles_errors, json_option, main, state_option, user_input
+from .lines import parse_lines
 
 
 def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -39,7 +41,13 @@ def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Metadata every step sees in step.headers (repeatable).")
 @click.option("--input-file", type=click.File("rb"), help="Read the input bytes from a file.")
 @click.option("--each-line", type=click.File("rb"),
-              help="Submit one run per non-empty line of this file ('-': stdin), one fsync.")
+              help="Submit one run per non-empty line of this file ('-': stdin), all or "
+                   "none, one fsync. A line starting with '{' is a JSON object: "
+                   '{"input": "text" | "input_b64": "...", "headers": {...}, "run_id": "..."}.')
+@click.option("--line-format", type=click.Choice(["auto", "text", "json"]), default="auto",
+              show_default=True,
+              help="--each-line: 'auto' reads a line starting with '{' as JSON and any other "
+                   "as text; 'text' sends every line as it is; 'json' wants JSON on every line.")
 @click.option("--priority", type=int, default=0, help="Higher runs first.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=None,
               help="Override the supervisor's --max-attempts for this run.")
@@ -57,13 +65,21 @@ def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
 @state_option
 @handles_errors
 def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], input_file: Any,
-           each_line: Any, priority: int, max_attempts: int | None,
+           each_line: Any, line_format: str, priority: int, max_attempts: int | None,
            step_timeout: float | None, runner: str | None, resources: tuple[str, ...],
            key: str | None, as_json: bool, state: Path) -> None:
     """Submit a run with INPUT (text; '-' reads stdin); prints its run id.
 
     The submission is durable when this returns, whether or not a supervisor
     is running; one that is not yet running picks it up when it starts.
+
+    \b
+    A batch, one run per line; a line starting with '{' carries its own
+    input, headers (over the -H ones) and run id; a bad line submits nothing:
+      journaled submit --each-line runs.txt -H source=nightly
+      runs.txt:  order-7
+                 {"input": "order-8", "headers": {"tenant": "acme"}, "run_id": "o-8"}
+                 {"input_b64": "AAEC"}
     """
     given = sum(x is not None for x in (input, input_file, each_line))
     if given > 1:
@@ -72,6 +88,8 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
         res = dict(parse_pair("--resource", t) for t in resources)
     except ValueError as e:
         fail(str(e))
+    if line_format != "auto" and each_line is None:
+        fail("--line-format is for --each-line")
     opts: dict[str, Any] = dict(priority=priority, max_attempts=max_attempts or 0,
                                 step_timeout=step_timeout or 0.0, runner=runner,
                                 resources=res or None, key=key)
@@ -81,8 +99,13 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
         if each_line is not None:
             if run_id:
                 fail("--run-id cannot be used with --each-line (each run gets its own id)")
-            lines = [ln.rstrip(b"\r\n") for ln in each_line.read().splitlines()]
-            ids = client.submit_many([ln for ln in lines if ln.strip()], hdrs, **opts)
+            # Every line is checked before any run is sent: a bad one submits nothing.
+            items = parse_lines(each_line.read(), line_format, hdrs)
+            # Ids only when a line names one: given ids cost a look at the state.
+            rids = None if all(it.run_id is None for it in items) else \
+                [it.run_id or new_run_id() for it in items]
+            ids = client.submit_many([it.input for it in items], [it.headers for it in items],
+                                     rids, **opts) if items else []
         else:
             if input == "-":
                 data = sys.stdin.buffer.read()

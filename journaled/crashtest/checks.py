@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .archive import Archive, Outcome, failures_per_step, short
+from .diff import describe
 from .execlog import Line
 from .reader import Seen
 
@@ -51,6 +52,22 @@ class Violation:
 def _norm_error(err: str | None) -> str | None:
     # A worker's pid is the one fact of an error that no rerun can repeat.
     return None if err is None else re.sub(r"pid \d+", "pid N", err)
+
+
+def mismatch(rid: str, got: Outcome, ref: Outcome) -> str:
+    """Check (b)'s message: the outcomes, then where a result or error first differs."""
+    if got.status == ref.status:
+        head = f"run {rid} ended {got.status} like the crash-free reference, but"
+        parts = []
+        if got.result != ref.result:
+            parts.append(describe("its result", got.result, ref.result))
+        if _norm_error(got.error) != _norm_error(ref.error):
+            parts.append(describe("its error", got.error, ref.error))
+        return f"{head} " + "\n".join(parts)
+    msg = f"run {rid} ended {got.show()}, but the crash-free reference ended {ref.show()}"
+    if got.result is not None and ref.result is not None and got.result != ref.result:
+        msg += "\n" + describe("the result", got.result, ref.result)
+    return msg
 
 
 def check_exec_log(lines: list[Line]) -> list[Violation]:
@@ -161,8 +178,7 @@ def check_round(lines: list[Line], archive: Archive, final: dict[str, Outcome | 
             continue
         if (got.status, got.result, _norm_error(got.error)) != (
                 ref.status, ref.result, _norm_error(ref.error)):
-            out.append(Violation("b", rid, f"run {rid} ended {got.show()}, but the "
-                                           f"crash-free reference ended {ref.show()}"))
+            out.append(Violation("b", rid, mismatch(rid, got, ref)))
     # (c), (d) from the exec log; (c) says when a Released lease explains the reuse
     released = {(r.run_id, r.step, r.attempt) for r in archive.records if type(r) is Released}
     for v in check_exec_log(lines):
@@ -180,10 +196,12 @@ def check_round(lines: list[Line], archive: Archive, final: dict[str, Outcome | 
         got = final.get(ln.run_id)
         if got is None or (ln.status, ln.result) != (got.status, got.result):
             shown = got.show() if got is not None else "not finished"
+            where = "" if got is None or ln.result == got.result else "\n" + describe(
+                "the result", ln.result, got.result, got_name="reported", ref_name="final")
             out.append(Violation("e", ln.run_id, (
                 f"on_terminal reported run {ln.run_id} {ln.status} result="
                 f"{short(ln.result)} (exec-log line {ln.index + 1}), but the final outcome "
-                f"is {shown}")))
+                f"is {shown}{where}")))
     # (f) failures per step
     for (rid, step), n in sorted(failures_per_step(archive.records).items()):
         if n > max_attempts:

@@ -12,6 +12,8 @@ from typing import Any, NoReturn
 
 import click
 
+from ..errors import InputTooLarge
+from ..inbox import check_headers
 from .driver import Aborted, Config, CrashTest, UsageError
 from .plan import AIM_POINTS
 from .report import format_report
@@ -27,6 +29,17 @@ def _lines(data: bytes) -> Iterator[bytes]:
         ln = ln.rstrip(b"\r\n")
         if ln.strip():
             yield ln
+
+
+def _pairs(specs: tuple[str, ...], flag: str, shape: str, example: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` options split once at the first '='; a bad one is a one-line error."""
+    out = []
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            _fail(f"bad {flag} {spec!r}: use {shape}, e.g. {flag} {example}")
+        out.append((key, value))
+    return out
 
 
 @click.command("crashtest")
@@ -57,6 +70,12 @@ def _lines(data: bytes) -> Iterator[bytes]:
 @click.option("--signal", "signals", multiple=True, metavar="KEY=DATA",
               help="Send this signal to every run right after it is submitted (repeatable), "
                    "for workflows that wait with ContinueOnSignal.")
+@click.option("-H", "--header", "headers", multiple=True, metavar="KEY=VALUE",
+              help="A header on every run it submits (repeatable), for runners that "
+                   "read step.headers.")
+@click.option("--runner", "runner_name", default=None, metavar="NAME",
+              help="Submit every run to this named runner of APP (a supervisor serving "
+                   "several runners).")
 @click.option("--payload-bytes", type=click.IntRange(min=0), default=0, show_default=True,
               help="Carry this many extra bytes in every Continue payload (checked on the "
                    "next step), e.g. 65536 for a torture with 64 KB payloads.")
@@ -71,7 +90,8 @@ def _lines(data: bytes) -> Iterator[bytes]:
 def crashtest(app: str | None, runs: int | None, kills: int, seed: int | None, input_file: Any,
               workers: int, kill_workers: bool, power_loss: bool, max_attempts: int,
               timeout: float, keep: bool, as_json: bool, list_failpoints: bool,
-              signals: tuple[str, ...], payload_bytes: int, kill_helpers: bool, reader: bool,
+              signals: tuple[str, ...], headers: tuple[str, ...], runner_name: str | None,
+              payload_bytes: int, kill_helpers: bool, reader: bool,
               scratch: Path | None) -> None:
     """Crash-test APP (``module:function``): kill -9 it at random and check every run.
 
@@ -118,16 +138,19 @@ def crashtest(app: str | None, runs: int | None, kills: int, seed: int | None, i
     if seed is None:
         seed = random.randrange(1_000_000)
     inputs = list(_lines(input_file.read())) if input_file is not None else None
-    sigs = []
-    for spec in signals:
-        key, sep, data = spec.partition("=")
-        if not sep or not key:
-            _fail(f"bad --signal {spec!r}: use KEY=DATA, e.g. --signal approve=yes")
-        sigs.append((key, data.encode()))
+    sigs = [(k, v.encode()) for k, v in _pairs(signals, "--signal", "KEY=DATA", "approve=yes")]
+    hdrs = dict(_pairs(headers, "-H", "KEY=VALUE", "tenant=acme"))
+    try:
+        check_headers(hdrs)
+    except (TypeError, InputTooLarge) as e:
+        _fail(f"bad -H: {e}")
+    if runner_name is not None and not runner_name:
+        _fail("--runner needs a name, e.g. --runner images")
     cfg = Config(app=app, runs=runs, kills=kills, seed=seed, inputs=inputs, workers=workers,
                  kill_workers=kill_workers, power_loss=power_loss, max_attempts=max_attempts,
                  timeout=timeout, keep=keep, signals=sigs, scratch=scratch,
-                 payload_bytes=payload_bytes, kill_helpers=kill_helpers, readers=reader)
+                 payload_bytes=payload_bytes, kill_helpers=kill_helpers, readers=reader,
+                 headers=hdrs, runner=runner_name)
     test = CrashTest(cfg)
 
     def on_term(signum: int, frame: Any) -> None:

@@ -190,7 +190,9 @@ class CrashTest(Planner, Supervising):
         from ..client import Client
 
         client = Client(state)
-        client.submit_many(inputs, run_ids=ids)
+        # --runner only when given: a keyword that older clients do not take.
+        named: dict[str, Any] = {"runner": self.cfg.runner} if self.cfg.runner else {}
+        client.submit_many(inputs, self.cfg.headers or None, run_ids=ids, **named)
         # Signals go in right behind the submissions: the journal buffers each
         # until its run waits on the key, so workflows that park get woken.
         for rid in ids:

@@ -82,6 +82,8 @@ class Config:
     payload_bytes: int = 0  # padding carried in every Continue payload
     kill_helpers: bool = False  # also kill the forkserver and the resource tracker
     readers: bool = True  # run a reader process beside each crash round (check h)
+    headers: dict[str, str] = field(default_factory=dict)  # -H: on every run submitted
+    runner: str | None = None  # --runner: the named runner every run is submitted to
 
 
 @dataclass

@@ -102,7 +102,7 @@ def format_report(rep: dict[str, Any]) -> str:
         for kind, vs in by_kind.items():
             out.append(f"check ({kind}) failed: {CHECKS[kind]} ({len(vs)} violation(s))")
             for v in vs[:20]:
-                out.append(f"  {v['message']}")
+                out.append("  " + v["message"].replace("\n", "\n    "))  # a diff's lines
             if len(vs) > 20:
                 out.append(f"  ... {len(vs) - 20} more")
         for rid, lines in rep["records"].items():

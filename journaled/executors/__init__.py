@@ -16,9 +16,14 @@ from typing import Any
 def make_executor(spec: str, runner: Any, workers: int, preload: list[str] | None,
                   state_dir: Any = None, blob_threshold: int | None = None,
                   hygiene: Any = None) -> Any:
-    """``local`` or ``dask://HOST:PORT``; ``ValueError`` names what is accepted."""
+    """``local`` or ``dask://HOST:PORT``; ``ValueError`` names what is accepted.
+
+    An executor object (``journaled.testing``'s inline one) is used as it is.
+    """
     from ..pool import Pool
 
+    if not isinstance(spec, str):
+        return spec
     if spec in ("", "local"):
         return Pool(runner, workers, preload=preload, state_dir=state_dir,
                     blob_threshold=blob_threshold, hygiene=hygiene)
