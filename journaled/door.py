@@ -16,6 +16,11 @@ durable runs ``_door_terminated``. A run the live state does not know is
 answered by ``_unknown_run``: the one place that decides what such a run
 reads as (today ``RunNotFound``, which makes the client look for it in the
 inbox and, once the archive lands, there).
+
+A finished run soon leaves the live state for the archive, so the wait a
+client sends right after its submits mostly finds it gone; the last
+``RECENT_MAX`` ends (small results only) are kept in memory for those,
+sparing an SQLite lookup on the loop per wait (``_door_recent``).
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
 from .api import RunOutcome
 from .archiving import check_archived
-from .blobs import same_content
+from .blobs import same_content, value_size
 from .errors import JournaledError, RunConflict, RunNotDead, RunNotFound
 from .inbox import check_message
 from .intake import Future
@@ -53,6 +59,9 @@ from .state import State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
 
+RECENT_MAX = 4096  # ends kept for waits that come after the run left the live state
+RECENT_RESULT_MAX = 4096  # bytes: a bigger result is read from the archive
+
 
 class DoorIntake:
     """Mixed into the supervisor: the socket server's lifecycle and its requests."""
@@ -66,6 +75,7 @@ class DoorIntake:
     _signal_cancel: Callable[[str], None]
     status: Callable[[str], RunOutcome | None]
     _archived_outcome: Callable[[str], RunOutcome | None]
+    retention: float
 
     def _init_door(self, serve: bool) -> None:
         self._door_serve = serve
@@ -77,6 +87,8 @@ class DoorIntake:
         # Taken by the loop to look-and-subscribe and by the commit path to
         # publish an end, so a wait never falls between the two.
         self._door_lock = threading.Lock()
+        # run id -> its durable end, newest last (RECENT_MAX); read under the state lock.
+        self._door_recent: dict[str, RunOutcome] = {}
 
     def _start_door(self) -> None:
         if not self._door_serve:
@@ -234,7 +246,12 @@ class DoorIntake:
         fold the journal and list the inbox for an answer the archive holds.
         Not archived either: ``_unknown_run`` (it may wait in the inbox).
         """
-        out = self._archived_outcome(run_id)
+        out = self._door_recent.get(run_id)
+        if out is not None and (out.finished_at is None
+                                or time.time() - out.finished_at >= self.retention):
+            out = None  # past retention: what the archive says (gone) wins
+        if out is None:
+            out = self._archived_outcome(run_id)
         if out is not None:
             return outcome_reply(req_id, out)
         return self._unknown_run(req_id, run_id)
@@ -257,7 +274,20 @@ class DoorIntake:
     def _door_terminated(self, run_ids: list[str]) -> None:
         """Called by the commit path once these runs' ``Terminated`` are durable."""
         door = self._door
-        if door is None or not self._door_waits:
+        if door is None:
+            return
+        recent = self._door_recent
+        runs = self.state.runs
+        for rid in run_ids:
+            run = runs.get(rid)
+            if run is not None and run.terminal:
+                out = outcome_of(run)
+                if out.result is None or value_size(out.result) <= RECENT_RESULT_MAX:
+                    recent.pop(rid, None)  # a redriven run's new end goes to the back
+                    recent[rid] = out
+        while len(recent) > RECENT_MAX:
+            del recent[next(iter(recent))]
+        if not self._door_waits:
             return
         with self._door_lock:
             got = [(rid, self._door_waits.pop(rid)) for rid in run_ids if rid in self._door_waits]

@@ -13,6 +13,14 @@ first (``_act_durable``). Crash windows, in order:
    read again and found a duplicate);
 3. acted on: as before pipelining.
 
+Who acts: the flusher thread itself, right after its sync, whenever it can
+take the state lock without waiting (the loop is blocked in its wait, not
+in a turn): the step reaches its worker and the waiter hears of its run's
+end one thread hop sooner (``_act_on_flusher``). When the lock is taken
+(a turn runs, a reader looks), the flusher leaves the acts to the loop,
+which it wakes either way. Both act oldest first under the same lock, so
+the write-ahead order holds whoever acts.
+
 Leases whose sync is still running are steps the worker has not heard of:
 they count toward its depth (``_unsent_views``), a Stop waits for them, and
 a worker that dies first has them released, never charged (``_drop_unsent``).
@@ -70,6 +78,29 @@ class Flushing:
     _unanswered: list[tuple[Future, Any]]
     _unsent_n: dict[int, int]
     _act: Callable[[_Turn], None]
+    _flusher_acted: bool
+    _act_error: BaseException | None
+
+    def _act_on_flusher(self) -> None:
+        """The flusher's ``on_durable``: do the synced turns' acts now, on its thread.
+
+        Only if the state lock is free (never waits for a turn: the flusher
+        must not stall behind the loop); otherwise the loop acts when the
+        wake-up that follows reaches it. A failure is kept for the loop to
+        raise, as if it had acted itself.
+        """
+        if not self._written:
+            return
+        lock = self.state_lock
+        if not lock.acquire(blocking=False):
+            return
+        try:
+            if self._act_error is None and self._act_durable():
+                self._flusher_acted = True  # the loop's wake-up has nothing more to do
+        except BaseException as e:  # noqa: BLE001 - raised by the loop (_act_durable)
+            self._act_error = e
+        finally:
+            lock.release()
 
     def _storage_failed(self) -> None:
         """fsyncgate: nothing after a failed write or sync can be trusted.
@@ -102,6 +133,8 @@ class Flushing:
         if fl.error is not None:
             self._storage_failed()
             raise fl.error
+        if self._act_error is not None:
+            raise self._act_error  # the flusher thread failed at an act of ours
         written = self._written
         synced = fl.synced
         acted = False

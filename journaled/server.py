@@ -63,6 +63,10 @@ OUT_LIMIT = 2 * MAX_FRAME + (1 << 20)
 MAX_IN_FLIGHT = 4096
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _READ = 256 << 10
+# One receive buffer for the thread: ``recv(_READ)`` allocated (mmap'd, past
+# malloc's threshold) and shrank a 256 KiB bytes object per read.
+_RECV_BUF = bytearray(_READ)
+_RECV_VIEW = memoryview(_RECV_BUF)
 
 
 def short_path(path: Path) -> tuple[str, int]:
@@ -317,16 +321,16 @@ class DoorServer:
 
     def _read(self, c: _Conn, batch: list[tuple[int, Any]]) -> None:
         try:
-            data = c.sock.recv(_READ)
+            got = c.sock.recv_into(_RECV_VIEW)  # only the server thread reads
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            got = 0
+        if not got:
             self._drop(c, None)
             return
         buf = c.inbuf
-        buf += data
+        buf += _RECV_VIEW[:got]
         at = 0
         n = len(buf)
         while n - at >= HEADER:

@@ -161,6 +161,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._storage_broken = False  # a write or sync failed: nothing more is synced
         self._flusher: Flusher | None = None
         self._unanswered: list[tuple[Future, Any]] = []  # the flusher's, after it failed
+        self._flusher_acted = False  # the flusher did a sync's acts itself (_act_on_flusher)
+        self._act_error: BaseException | None = None  # ...and one of them failed
         self._sync_wanted = 0  # ticket written, not yet handed to the flusher
         self._turned_at = 0.0  # monotonic start of the last turn (gather)
         self._unsent_n: dict[int, int] = {}  # slot -> leases in _written, not yet sent
@@ -198,7 +200,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
-            self._flusher = Flusher(self.journal, self._wake_synced)
+            self._flusher = Flusher(self.journal, self._wake_synced, self._act_on_flusher)
             self._start_archiver()  # finished runs the replay left (or a 0.2 state's)
             self.inbox = Inbox(self.state_dir)
             self.pool = make_executor(self.executor, self.import_string or self.runner,
@@ -337,7 +339,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         pool = self.pool
         assert pool is not None
         if timeout is None:
-            timeout = self._next_timeout()
+            with self.state_lock:  # the flusher may be acting (sending steps) meanwhile
+                timeout = self._next_timeout()
         objs = list(self._wait_map)
         objs.append(self._wake_r)
         self._request_sync()
@@ -395,6 +398,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             # their work before they looked at the flag, so this turn sees it.
             self._wake_pending = False
         acted = self._act_durable()  # earlier turns the flusher has synced since: act first
+        if self._flusher_acted:
+            acted, self._flusher_acted = True, False
         if (acted and woke and len(ready) == 1 and not self._commands and not self._carry
                 and not self._inbox_due and not self._poked and not self._stopping
                 and not self._door_pending()
@@ -468,7 +473,12 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         due = self.state.next_due()
         if due is not None:
             times.append(mono + max(0.0, due - now))
-        times += self._worker_timers(mono)
+        pool = self.pool
+        if (self._respawn_at or self._stopping or self._unsent() or pool is None
+                or any(w.outstanding for w in pool.workers)):
+            # With nothing in flight no deadline, steal or respawn is due: most
+            # turns of a quiet loop (and of a serial caller) skip building the views.
+            times += self._worker_timers(mono)
         # The live view, busy or idle: its age is how 'watch' tells a hung loop.
         times.append(self._status_due)
         times.append(self._retention_checked + self.retention_check)
