@@ -1,8 +1,10 @@
 """The socket's side of the supervisor loop (a mixin): fold requests, answer once durable.
 
-The server thread (``server.DoorServer``) hands requests over in batches;
-each turn folds every waiting one into the state next to the commands and
-the inbox files, so requests from all connections share the turn's one
+The server (``server.DoorServer``, inline: its epoll fd is in the loop's
+wait set) reads and decodes requests on the loop's own thread, right
+before the turn folds them (``_serve_door``): no hand-off from a server
+thread. Each turn folds every waiting one into the state next to the
+commands and the inbox files, so requests from all connections share the turn's one
 write and sync. Every answer goes through an ``intake.Future`` resolved by
 the commit path once the turn's records are durable (whoever owns that
 path), and the Future's callback queues it to the server thread: nothing
@@ -93,8 +95,8 @@ class DoorIntake:
     def _start_door(self) -> None:
         if not self._door_serve:
             return
-        server = DoorServer(self.state_dir / SOCKET_NAME, self._door_deliver,
-                            self._door_forget, self.status)
+        server = DoorServer(self.state_dir / SOCKET_NAME, self._door_in.extend,
+                            self._door_forget, self.status, inline=True)
         try:
             server.start()
         except OSError as e:  # clients fall back to the inbox: slower, never wrong
@@ -110,10 +112,6 @@ class DoorIntake:
 
     # --------------------------------------------------- server thread side
 
-    def _door_deliver(self, batch: list[tuple[int, Any]]) -> None:
-        self._door_in.extend(batch)
-        self.wake()
-
     def _door_forget(self, gone: list[tuple[int, int, str]]) -> None:
         self._door_forgotten.extend(gone)  # dropped at the next turn; no hurry
 
@@ -121,6 +119,18 @@ class DoorIntake:
 
     def _door_pending(self) -> bool:
         return bool(self._door_in)
+
+    def _door_fd(self) -> int:
+        """The server's fd for the loop's wait set (-1: not serving)."""
+        return self._door.fileno() if self._door is not None else -1
+
+    def _door_timer(self) -> float | None:
+        return self._door.next_timer() if self._door is not None else None
+
+    def _serve_door(self, mono: float) -> None:
+        """One server pass on the loop (its fd was ready or a wait's timer is due)."""
+        if self._door is not None:
+            self._door.serve_now()
 
     def _run_door_requests(self, now: float) -> None:
         """Fold every request the server handed over into this turn's records."""

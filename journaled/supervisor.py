@@ -165,6 +165,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._act_error: BaseException | None = None  # ...and one of them failed
         self._sync_wanted = 0  # ticket written, not yet handed to the flusher
         self._turned_at = 0.0  # monotonic start of the last turn (gather)
+        self._door_busy = False  # the last turn folded socket requests (gather)
         self._unsent_n: dict[int, int] = {}  # slot -> leases in _written, not yet sent
         self._inbox_due = True  # the inbox watcher saw a change: scan it next turn
         self._poked = False  # someone asked for a full turn (_poke)
@@ -343,10 +344,15 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                 timeout = self._next_timeout()
         objs = list(self._wait_map)
         objs.append(self._wake_r)
+        door_fd = self._door_fd()
+        if door_fd >= 0:
+            objs.append(door_fd)  # the socket's requests are read on this thread (door.py)
         self._request_sync()
         fl = self._flusher
-        if fl is not None and self.gather > 0 and self._commands and not fl.idle():
-            # A sync is running and commands keep coming (load): let them gather
+        if (fl is not None and self.gather > 0 and (self._commands or self._door_busy)
+                and not fl.idle()):
+            # A sync is running and commands (or socket requests: the last turn
+            # had some) keep coming (load): let them gather
             # into one turn, folded when the sync returns, or after `gather`
             # seconds if it is slow (a slow disk still overlaps with the folding
             # and writing). An idle loop never waits here.
@@ -400,13 +406,18 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         acted = self._act_durable()  # earlier turns the flusher has synced since: act first
         if self._flusher_acted:
             acted, self._flusher_acted = True, False
-        if (acted and woke and len(ready) == 1 and not self._commands and not self._carry
-                and not self._inbox_due and not self._poked and not self._stopping
-                and not self._door_pending()
+        door_fd = self._door_fd()
+        door_ready = door_fd >= 0 and door_fd in ready
+        if door_ready or self._door_timer_due():
+            self._serve_door(time.monotonic())  # requests land in _door_in for this turn
+        if (((acted and woke) or door_ready) and len(ready) == 1 and not self._commands
+                and not self._carry and not self._inbox_due and not self._poked
+                and not self._stopping and not self._door_pending()
                 and not self._reload.is_set()):
-            # Only the flusher's wake-up: its acts were the whole turn. Back to the
-            # wait at once, so the threads just answered get the GIL sooner; the
-            # timers this skips are in the next wait's timeout.
+            # Only the flusher's wake-up (its acts were the whole turn), or socket
+            # traffic that brought no request: back to the wait at once, so the
+            # threads just answered get the GIL sooner; the timers this skips
+            # are in the next wait's timeout.
             return
         self._poked = False
         now = time.time()
@@ -418,7 +429,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         recs += self._archived_records(now)  # the archive committed them: drop from the journal
         dead: list[Worker] = []
         for obj in ready:
-            if obj == self._wake_r:
+            if obj == self._wake_r or obj == door_fd:
                 continue
             what, w = self._wait_map[obj]
             if what == "conn":
@@ -432,7 +443,10 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                 dead.append(w)
         if woke:
             self._run_commands(now)
+        self._door_busy = self._door_pending()  # under load: gather the next turn (turn)
+        if woke or door_ready or self._door_busy:
             self._run_door_requests(now)
+        if woke:
             if self._inbox_due:  # only when a file landed: a socket wake lists no directory
                 self._inbox_due = False  # a change after this sets it again
                 self._read_inbox(now)
@@ -464,6 +478,10 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         if self._compaction_due(mono):
             self.compact(now)
 
+    def _door_timer_due(self) -> bool:
+        t = self._door_timer()
+        return t is not None and t <= time.monotonic()
+
     def _next_timeout(self) -> float | None:
         if self._carry or self._commands or self._door_in:
             return 0.0
@@ -481,6 +499,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             times += self._worker_timers(mono)
         # The live view, busy or idle: its age is how 'watch' tells a hung loop.
         times.append(self._status_due)
+        t = self._door_timer()
+        if t is not None:
+            times.append(t)  # a socket wait that may time out: a server pass is due
         times.append(self._retention_checked + self.retention_check)
         if not times:
             return None
