@@ -84,7 +84,7 @@ def test_kill_9_mid_submit_loses_no_acknowledged_submission_and_duplicates_none(
         before = 0
         for share in (2, 5):  # in eighths: kill, restart, kill again further on
             # Kill once a good share went through the socket, while the rest is in flight.
-            wait_for(lambda: len(_acked(acks)) >= total * share // 8, 120,
+            wait_for(lambda n=total * share // 8: len(_acked(acks)) >= n, 120,
                      f"{share}/8 of the submissions to be acknowledged")
             os.kill(sup.pid, signal.SIGKILL)
             sup.wait()
