@@ -12,6 +12,7 @@ too: a change only flags a worker restart for the next turn.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import threading
 from collections import deque
@@ -38,19 +39,29 @@ log = logging.getLogger("journaled.supervisor")
 
 
 class Future:
-    """A result handed from the supervisor thread to a caller once it is durable."""
+    """A result handed from the supervisor thread to a caller once it is durable.
 
-    __slots__ = ("_ev", "value", "error", "_callbacks")
+    A bare lock, held until ``set``: a caller blocks on one ``acquire``
+    (``threading.Event`` costs a Condition and a waiter lock per wait). The
+    first ``set`` wins; later ones are ignored.
+    """
+
+    __slots__ = ("_lock", "_done", "value", "error", "_callbacks")
 
     def __init__(self) -> None:
-        self._ev = threading.Event()
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()  # released by set()
+        self._done = False
         self.value: Any = None
         self.error: BaseException | None = None
         self._callbacks: list[Callable[[Future], None]] | None = None
 
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        if self._done:
+            return
         self.value, self.error = value, error
-        self._ev.set()
+        self._done = True  # after the value: a reader that sees it finds the value
+        self._lock.release()
         if self._callbacks is not None:
             for cb in self._callbacks:
                 cb(self)
@@ -61,16 +72,21 @@ class Future:
         Add it before the Future can be set (the supervisor adds it when it
         queues the Future); ``cb`` must be quick and must not raise.
         """
-        if self._ev.is_set():
+        if self._done:
             cb(self)
             return
         if self._callbacks is None:
             self._callbacks = []
         self._callbacks.append(cb)
 
+    def done(self) -> bool:
+        return self._done
+
     def result(self, timeout: float | None = None) -> Any:
-        if not self._ev.wait(timeout):
-            raise TimeoutError("the supervisor did not answer in time")
+        if not self._done:
+            if not self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+                raise TimeoutError("the supervisor did not answer in time")
+            self._lock.release()  # for any other caller waiting on the same answer
         if self.error is not None:
             raise self.error
         return self.value

@@ -183,6 +183,10 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self.state_lock = threading.RLock()
         self._lock_depth = 0  # how deep the method holding it nests (_holding_state_lock)
         self.cond = threading.Condition(self.state_lock)
+        # run id -> Events of in-process waiters (Runtime.wait), set once its end is
+        # durable: one wake per waiter of that run, not every waiter per commit.
+        # Changed and read with the state lock held.
+        self.run_waiters: dict[str, list[threading.Event]] = {}
         self.recovered_runs = 0
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
         self._sel: selectors.BaseSelector | None = None  # _select's epoll set
@@ -331,6 +335,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._written.clear()
         self.stopped.set()
         with self.cond:
+            for evs in self.run_waiters.values():
+                for ev in evs:
+                    ev.set()  # they look again and find the supervisor stopped
             self.cond.notify_all()
 
     # ----------------------------------------------------------------- turn
@@ -626,6 +633,11 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
             self.outcomes.add(rid)
             log.info("run %s %s after %d steps", rid, run.status, run.steps)
         self._door_terminated(terminated)  # after outcomes: a wait never falls between
+        waiters = self.run_waiters
+        if waiters:
+            for rid in terminated:
+                for ev in waiters.get(rid, ()):
+                    ev.set()
         with self.cond:
             self.cond.notify_all()
         if self.on_terminal is not None:
