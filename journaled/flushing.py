@@ -80,27 +80,34 @@ class Flushing:
     _act: Callable[[_Turn], None]
     _flusher_acted: bool
     _act_error: BaseException | None
+    _loop_needs_wake: Callable[[], bool]
 
-    def _act_on_flusher(self) -> None:
+    def _act_on_flusher(self) -> bool:
         """The flusher's ``on_durable``: do the synced turns' acts now, on its thread.
 
         Only if the state lock is free (never waits for a turn: the flusher
         must not stall behind the loop); otherwise the loop acts when the
         wake-up that follows reaches it. A failure is kept for the loop to
         raise, as if it had acted itself.
+
+        Returns True when the loop need not wake at all (``_loop_needs_wake``
+        says nothing is left for it): a quiet serial caller's runs then cost
+        no loop turn for their syncs.
         """
         if not self._written:
-            return
+            return False
         lock = self.state_lock
         if not lock.acquire(blocking=False):
-            return
+            return False
         try:
             if self._act_error is None and self._act_durable():
                 self._flusher_acted = True  # the loop's wake-up has nothing more to do
+                return not self._loop_needs_wake()
         except BaseException as e:  # noqa: BLE001 - raised by the loop (_act_durable)
             self._act_error = e
         finally:
             lock.release()
+        return False
 
     def _storage_failed(self) -> None:
         """fsyncgate: nothing after a failed write or sync can be trusted.

@@ -162,6 +162,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._flusher: Flusher | None = None
         self._unanswered: list[tuple[Future, Any]] = []  # the flusher's, after it failed
         self._flusher_acted = False  # the flusher did a sync's acts itself (_act_on_flusher)
+        self._until_idle = False  # run(until_idle=True): every sync's end is a turn
+        self._timed_sent = False  # a step with a deadline was sent (its timer: a turn)
         self._act_error: BaseException | None = None  # ...and one of them failed
         self._sync_wanted = 0  # ticket written, not yet handed to the flusher
         self._turned_at = 0.0  # monotonic start of the last turn (gather)
@@ -277,6 +279,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
 
     def run(self, until_idle: bool = False) -> None:
         """Turn until stopped (or, with ``until_idle``, until nothing is left to do)."""
+        self._until_idle = until_idle
         try:
             while True:
                 self.turn()
@@ -593,9 +596,24 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         for fut, value in turn.futures:
             fut.set(value)
 
+    def _loop_needs_wake(self) -> bool:
+        """After the flusher acted: must the loop still turn (rather than sleep on)?
+
+        Yes when something is left that only a turn does: records to write
+        (hook deliveries), turns still waiting, a stop or an idle check in
+        progress, or a step sent with a deadline the loop's timeout must now
+        cover. Otherwise the loop's wait already covers everything else.
+        """
+        timed, self._timed_sent = self._timed_sent, False
+        return bool(timed or self._written or self._carry or self._stopping
+                    or self._until_idle or self._poked or self._compact_requested)
+
     def _send_dispatches(self, sends: list[tuple[Worker, list[Dispatch]]]) -> None:
         pool = self.pool
         if sends and pool is not None:
+            if not self._timed_sent:
+                limit = self._step_limit
+                self._timed_sent = any(limit(d.run_id) for _w, items in sends for d in items)
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.before_dispatch")
             mono = time.monotonic()
@@ -625,6 +643,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                 self.outcomes.discard(rec.run_id)  # live again: the old end no longer holds
             elif t is CancelRequested and pool is not None:
                 self._signal_cancel(rec.run_id)
+                self._timed_sent = True  # its kill after the grace is a loop timer
         if not terminated:
             return
         state = self.state

@@ -55,11 +55,12 @@ class Flusher:
         on_durable: called on the flusher thread after each successful sync,
             once ``synced`` is published and before the answers and
             ``on_synced``: acts that may not wait for the loop. It must not
-            block (nor raise).
+            block (nor raise). True: it did everything the sync called for,
+            so ``on_synced`` is skipped (the loop is not woken for nothing).
     """
 
     def __init__(self, journal: Journal, on_synced: Callable[[], None],
-                 on_durable: Callable[[], None] | None = None) -> None:
+                 on_durable: Callable[[], bool] | None = None) -> None:
         self.journal = journal
         self.on_synced = on_synced
         self.on_durable = on_durable
@@ -165,15 +166,17 @@ class Flusher:
             with cond:
                 self.synced = done
                 answers = self._take_answers(done)
+            quiet = False
             if self.on_durable is not None:
                 # Steps to workers first: they start while the callers are answered.
-                self.on_durable()
+                quiet = self.on_durable()
             # Durable, and the mark published: the callers may hear it now.
             for fut, value in answers:
                 fut.set(value)
             # The loop may act on everything up to `done` now; the mark says so
             # to other processes already (published inside sync()). Woken before
             # the waiters (wait_synced), so one that wakes finds the byte there.
-            self.on_synced()
+            if not quiet:
+                self.on_synced()
             with cond:
                 cond.notify_all()
