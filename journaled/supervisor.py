@@ -349,15 +349,15 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         """One pass: wait, act on what the flusher synced, fold, lease, write."""
         pool = self.pool
         assert pool is not None
-        if timeout is None:
-            with self.state_lock:  # the flusher may be acting (sending steps) meanwhile
+        with self.state_lock:  # the flusher may act, a caller may fold (_fold_here) meanwhile
+            if timeout is None:
                 timeout = self._next_timeout()
+            self._request_sync()
         objs = list(self._wait_map)
         objs.append(self._wake_r)
         door_fd = self._door_fd()
         if door_fd >= 0:
             objs.append(door_fd)  # the socket's requests are read on this thread (door.py)
-        self._request_sync()
         fl = self._flusher
         if (fl is not None and self.gather > 0 and (self._commands or self._door_busy)
                 and not fl.idle()):
