@@ -3,6 +3,7 @@
 ::
 
       Client / CLI ──files──> inbox/ ──watchfiles──┐
+      Client / CLI ──STATE/supervisor.sock─────────┤ (read on the loop: door.py)
       Runtime.submit/cancel ──command queue────────┤ (wake pipe)
                                                    v
     ┌───────────────── one turn ──────────────────────────────────────────┐
@@ -17,10 +18,15 @@
             │ request(ticket)                    ^ wake pipe
             v                                    │
     flusher thread: ONE fdatasync for every turn written since the last,
-    publish the synced mark, wake the loop (journal/flusher.py)
+    publish the synced mark, then (if the loop is between turns) do the
+    synced turns' acts itself, and wake the loop only if a turn is still
+    needed (journal/flusher.py, flushing.py)
 
 The loop never waits on the disk: turn N+1 folds and writes while turn
-N's sync runs, and one sync covers every turn written meanwhile.
+N's sync runs, and one sync covers every turn written meanwhile. A quiet
+``Runtime.submit`` folds, leases and writes on its own thread when the
+loop is between turns and no sync runs (``Intake._fold_here``): the same
+turn code under the same lock, one hand-off fewer.
 
 Write-ahead rule: nothing leaves this process (a step to a worker, a
 result to a waiter, a hook, an inbox deletion, a terminal count in the
