@@ -127,6 +127,10 @@ class DoorIntake:
     def _door_timer(self) -> float | None:
         return self._door.next_timer() if self._door is not None else None
 
+    def _door_timer_due(self) -> bool:
+        t = self._door_timer()
+        return t is not None and t <= time.monotonic()
+
     def _serve_door(self, mono: float) -> None:
         """One server pass on the loop (its fd was ready or a wait's timer is due)."""
         if self._door is not None:

@@ -80,7 +80,24 @@ class Flushing:
     _act: Callable[[_Turn], None]
     _flusher_acted: bool
     _act_error: BaseException | None
-    _loop_needs_wake: Callable[[], bool]
+    _timed_sent: bool
+    _carry: list[Record]
+    _stopping: bool
+    _until_idle: bool
+    _poked: bool
+    _compact_requested: bool
+
+    def _loop_needs_wake(self) -> bool:
+        """After the flusher acted: must the loop still turn (rather than sleep on)?
+
+        Yes when something is left that only a turn does: records to write
+        (hook deliveries), turns still waiting, a stop or an idle check in
+        progress, or a step sent with a deadline (or a cancel's grace) the
+        loop's timeout must now cover. Otherwise its wait covers the rest.
+        """
+        timed, self._timed_sent = self._timed_sent, False
+        return bool(timed or self._written or self._carry or self._stopping
+                    or self._until_idle or self._poked or self._compact_requested)
 
     def _act_on_flusher(self) -> bool:
         """The flusher's ``on_durable``: do the synced turns' acts now, on its thread.

@@ -494,10 +494,6 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         if self._compaction_due(mono):
             self.compact(now)
 
-    def _door_timer_due(self) -> bool:
-        t = self._door_timer()
-        return t is not None and t <= time.monotonic()
-
     def _next_timeout(self) -> float | None:
         if self._carry or self._commands or self._door_in:
             return 0.0
@@ -601,18 +597,6 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
         self._after_commit(turn.recs)
         for fut, value in turn.futures:
             fut.set(value)
-
-    def _loop_needs_wake(self) -> bool:
-        """After the flusher acted: must the loop still turn (rather than sleep on)?
-
-        Yes when something is left that only a turn does: records to write
-        (hook deliveries), turns still waiting, a stop or an idle check in
-        progress, or a step sent with a deadline the loop's timeout must now
-        cover. Otherwise the loop's wait already covers everything else.
-        """
-        timed, self._timed_sent = self._timed_sent, False
-        return bool(timed or self._written or self._carry or self._stopping
-                    or self._until_idle or self._poked or self._compact_requested)
 
     def _send_dispatches(self, sends: list[tuple[Worker, list[Dispatch]]]) -> None:
         pool = self.pool

@@ -291,8 +291,8 @@ from .serve import run  # noqa: E402
 from .tools import compact, log, repair, step_cmd, verify  # noqa: E402
 from .writes import _parse_headers, cancel, retry, signal_cmd, submit  # noqa: E402
 
-main.lazy = {"crashtest": ("journaled.crashtest", "crashtest"),
-             "watch": ("journaled.watch", "watch")}
+JournaledGroup.lazy = {"crashtest": ("journaled.crashtest", "crashtest"),
+                       "watch": ("journaled.watch", "watch")}
 
 __all__ = [
     "DEFAULT_STATE", "BadInput", "cancel", "compact", "dead", "fail", "handles_errors",
