@@ -9,17 +9,16 @@ loop never blocks here (every socket is non-blocking). Threaded (the
 default): the same passes on a thread of its own, which hands requests to
 the loop through ``deliver``.
 
-The passes only move bytes. It accepts connections on
+The passes only move bytes. They accept connections on
 ``STATE/supervisor.sock`` (mode 0600; a peer with another uid is refused by
-``SO_PEERCRED``), cuts frames, decodes requests and hands them to the
-supervisor loop in batches (a deque and one ``wake()`` per pass), then
-writes the answers the loop queues back (``reply``, from any thread, wakes
-this one through a socketpair). An answer whose connection has nothing
-queued is written by the caller itself when this thread is between passes
-(a non-blocking ``send`` under the pass lock, never waiting for it), which
-spares the hand-off to this thread; what does not fit is left for it.
-It never touches the state or the
-journal, so nothing it does can stall a turn, and a slow client stalls
+``SO_PEERCRED``), cut frames, decode requests and hand them to the
+supervisor loop in batches (``deliver``, once per pass), then write the
+answers queued back (``reply``, from any thread, makes the server's fd
+readable through a socketpair, so the next pass runs). An answer whose
+connection has nothing queued is written by the replying thread itself
+when no pass runs (a non-blocking ``send`` under the pass lock, never
+waiting for it); what does not fit is left for the next pass. A pass never
+touches the state or the journal and never blocks, so a slow client stalls
 only itself: its answers wait in a bounded buffer, and a client whose
 buffer passes the bound is dropped with a log line.
 
