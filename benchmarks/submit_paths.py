@@ -72,11 +72,13 @@ def wait_up(state: Path, sup: Supervisor, timeout: float = 60.0) -> None:
 # ------------------------------------------------------------------ a. clients
 
 
-def _client_proc(state: str, n: int, go: Any, out: Any) -> None:
+def _client_proc(state: str, n: int, go: Any, out: Any, ready: Any) -> None:
     """One client process: ``n`` single submits, then wait for each outcome."""
     try:
         c = Client(state)
         c.refresh()
+        c._door()  # connected, as a long-lived client is: the clock measures calls
+        ready.put(1)
         go.wait()
         ids = [c.submit(b"") for _ in range(n)]
         t_sub = time.perf_counter()
@@ -88,11 +90,17 @@ def _client_proc(state: str, n: int, go: Any, out: Any) -> None:
 
 def clients(state: Path, procs: int, per: int) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
-    go, out = ctx.Event(), ctx.Queue()
-    ps = [ctx.Process(target=_client_proc, args=(str(state), per, go, out)) for _ in range(procs)]
+    go, out, ready = ctx.Event(), ctx.Queue(), ctx.Queue()
+    ps = [ctx.Process(target=_client_proc, args=(str(state), per, go, out, ready))
+          for _ in range(procs)]
     for p in ps:
         p.start()
-    time.sleep(0.5 + 0.1 * procs)  # every client imported and folded the journal
+    for _ in ps:  # every client imported, folded the journal and connected
+        try:
+            ready.get(timeout=300)
+        except Exception:  # noqa: BLE001 - one died starting: its error comes through out
+            break
+    time.sleep(0.2)
     t0 = time.perf_counter()
     go.set()
     got = [out.get(timeout=900) for _ in ps]

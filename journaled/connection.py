@@ -57,6 +57,10 @@ class DoorConnection:
         self._ids = itertools.count(1)
         self._buf = bytearray()
         self._early: dict[int, Any] = {}  # answers that came before their turn was asked
+        # Read into one buffer: recv(1 MiB) allocated (and shrank) a 1 MiB object per read.
+        self._rbuf = bytearray(64 << 10)
+        self._rview = memoryview(self._rbuf)
+        self._timed = True  # a timeout may be set on the socket (open's)
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], timeout: float = 5.0
@@ -166,12 +170,14 @@ class DoorConnection:
                 if left <= 0:
                     raise TimeoutError("the supervisor did not answer in time")
                 self.sock.settimeout(left)
-            else:
+                self._timed = True
+            elif self._timed:  # a syscall each: only when a timed read came before
                 self.sock.settimeout(None)
+                self._timed = False
             try:
-                data = self.sock.recv(1 << 20)
+                got = self.sock.recv_into(self._rview)
             except TimeoutError:
                 raise TimeoutError("the supervisor did not answer in time") from None
-            if not data:
+            if not got:
                 raise EOFError("the supervisor closed the connection")
-            buf += data
+            buf += self._rview[:got]

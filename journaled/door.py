@@ -1,8 +1,10 @@
 """The socket's side of the supervisor loop (a mixin): fold requests, answer once durable.
 
-The server thread (``server.DoorServer``) hands requests over in batches;
-each turn folds every waiting one into the state next to the commands and
-the inbox files, so requests from all connections share the turn's one
+The server (``server.DoorServer``, inline: its epoll fd is in the loop's
+wait set) reads and decodes requests on the loop's own thread, right
+before the turn folds them (``_serve_door``): no hand-off from a server
+thread. Each turn folds every waiting one into the state next to the
+commands and the inbox files, so requests from all connections share the turn's one
 write and sync. Every answer goes through an ``intake.Future`` resolved by
 the commit path once the turn's records are durable (whoever owns that
 path), and the Future's callback queues it to the server thread: nothing
@@ -16,6 +18,11 @@ durable runs ``_door_terminated``. A run the live state does not know is
 answered by ``_unknown_run``: the one place that decides what such a run
 reads as (today ``RunNotFound``, which makes the client look for it in the
 inbox and, once the archive lands, there).
+
+A finished run soon leaves the live state for the archive, so the wait a
+client sends right after its submits mostly finds it gone; the last
+``RECENT_MAX`` ends (small results only) are kept in memory for those,
+sparing an SQLite lookup on the loop per wait (``_door_recent``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +39,7 @@ from . import quotas
 from .api import RunOutcome
 from .app import RunnerTable
 from .archiving import check_archived
-from .blobs import same_content
+from .blobs import same_content, value_size
 from .errors import JournaledError, RunConflict, RunNotDead, RunNotFound
 from .inbox import check_message
 from .intake import Future
@@ -56,6 +64,9 @@ from .state import State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
 
+RECENT_MAX = 4096  # ends kept for waits that come after the run left the live state
+RECENT_RESULT_MAX = 4096  # bytes: a bigger result is read from the archive
+
 
 class DoorIntake:
     """Mixed into the supervisor: the socket server's lifecycle and its requests."""
@@ -71,6 +82,7 @@ class DoorIntake:
     _archived_outcome: Callable[[str], RunOutcome | None]
     runner_table: RunnerTable
     _ops_message: Callable[[Any, float], list[Record]]
+    retention: float
 
     def _init_door(self, serve: bool) -> None:
         self._door_serve = serve
@@ -82,12 +94,14 @@ class DoorIntake:
         # Taken by the loop to look-and-subscribe and by the commit path to
         # publish an end, so a wait never falls between the two.
         self._door_lock = threading.Lock()
+        # run id -> its durable end, newest last (RECENT_MAX); read under the state lock.
+        self._door_recent: dict[str, RunOutcome] = {}
 
     def _start_door(self) -> None:
         if not self._door_serve:
             return
-        server = DoorServer(self.state_dir / SOCKET_NAME, self._door_deliver,
-                            self._door_forget, self.status)
+        server = DoorServer(self.state_dir / SOCKET_NAME, self._door_in.extend,
+                            self._door_forget, self.status, inline=True)
         try:
             server.start()
         except OSError as e:  # clients fall back to the inbox: slower, never wrong
@@ -103,10 +117,6 @@ class DoorIntake:
 
     # --------------------------------------------------- server thread side
 
-    def _door_deliver(self, batch: list[tuple[int, Any]]) -> None:
-        self._door_in.extend(batch)
-        self.wake()
-
     def _door_forget(self, gone: list[tuple[int, int, str]]) -> None:
         self._door_forgotten.extend(gone)  # dropped at the next turn; no hurry
 
@@ -114,6 +124,22 @@ class DoorIntake:
 
     def _door_pending(self) -> bool:
         return bool(self._door_in)
+
+    def _door_fd(self) -> int:
+        """The server's fd for the loop's wait set (-1: not serving)."""
+        return self._door.fileno() if self._door is not None else -1
+
+    def _door_timer(self) -> float | None:
+        return self._door.next_timer() if self._door is not None else None
+
+    def _door_timer_due(self) -> bool:
+        t = self._door_timer()
+        return t is not None and t <= time.monotonic()
+
+    def _serve_door(self, mono: float) -> None:
+        """One server pass on the loop (its fd was ready or a wait's timer is due)."""
+        if self._door is not None:
+            self._door.serve_now()
 
     def _run_door_requests(self, now: float) -> None:
         """Fold every request the server handed over into this turn's records."""
@@ -245,7 +271,12 @@ class DoorIntake:
         fold the journal and list the inbox for an answer the archive holds.
         Not archived either: ``_unknown_run`` (it may wait in the inbox).
         """
-        out = self._archived_outcome(run_id)
+        out = self._door_recent.get(run_id)
+        if out is not None and (out.finished_at is None
+                                or time.time() - out.finished_at >= self.retention):
+            out = None  # past retention: what the archive says (gone) wins
+        if out is None:
+            out = self._archived_outcome(run_id)
         if out is not None:
             return outcome_reply(req_id, out)
         return self._unknown_run(req_id, run_id)
@@ -268,7 +299,20 @@ class DoorIntake:
     def _door_terminated(self, run_ids: list[str]) -> None:
         """Called by the commit path once these runs' ``Terminated`` are durable."""
         door = self._door
-        if door is None or not self._door_waits:
+        if door is None:
+            return
+        recent = self._door_recent
+        runs = self.state.runs
+        for rid in run_ids:
+            run = runs.get(rid)
+            if run is not None and run.terminal:
+                out = outcome_of(run)
+                if out.result is None or value_size(out.result) <= RECENT_RESULT_MAX:
+                    recent.pop(rid, None)  # a redriven run's new end goes to the back
+                    recent[rid] = out
+        while len(recent) > RECENT_MAX:
+            del recent[next(iter(recent))]
+        if not self._door_waits:
             return
         with self._door_lock:
             got = [(rid, self._door_waits.pop(rid)) for rid in run_ids if rid in self._door_waits]

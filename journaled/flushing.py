@@ -13,6 +13,14 @@ first (``_act_durable``). Crash windows, in order:
    read again and found a duplicate);
 3. acted on: as before pipelining.
 
+Who acts: the flusher thread itself, right after its sync, whenever it can
+take the state lock without waiting (the loop is blocked in its wait, not
+in a turn): the step reaches its worker and the waiter hears of its run's
+end one thread hop sooner (``_act_on_flusher``). When the lock is taken
+(a turn runs, a reader looks), the flusher leaves the acts to the loop,
+which it wakes either way. Both act oldest first under the same lock, so
+the write-ahead order holds whoever acts.
+
 Leases whose sync is still running are steps the worker has not heard of:
 they count toward its depth (``_unsent_views``), a Stop waits for them, and
 a worker that dies first has them released, never charged (``_drop_unsent``).
@@ -71,6 +79,53 @@ class Flushing:
     _unsent_n: dict[int, int]
     _act: Callable[[_Turn], None]
     metrics: Any  # journaled.metrics.Metrics
+    _flusher_acted: bool
+    _act_error: BaseException | None
+    _timed_sent: bool
+    _carry: list[Record]
+    _stopping: bool
+    _until_idle: bool
+    _poked: bool
+    _compact_requested: bool
+
+    def _loop_needs_wake(self) -> bool:
+        """After the flusher acted: must the loop still turn (rather than sleep on)?
+
+        Yes when something is left that only a turn does: records to write
+        (hook deliveries), turns still waiting, a stop or an idle check in
+        progress, or a step sent with a deadline (or a cancel's grace) the
+        loop's timeout must now cover. Otherwise its wait covers the rest.
+        """
+        timed, self._timed_sent = self._timed_sent, False
+        return bool(timed or self._written or self._carry or self._stopping
+                    or self._until_idle or self._poked or self._compact_requested)
+
+    def _act_on_flusher(self) -> bool:
+        """The flusher's ``on_durable``: do the synced turns' acts now, on its thread.
+
+        Only if the state lock is free (never waits for a turn: the flusher
+        must not stall behind the loop); otherwise the loop acts when the
+        wake-up that follows reaches it. A failure is kept for the loop to
+        raise, as if it had acted itself.
+
+        Returns True when the loop need not wake at all (``_loop_needs_wake``
+        says nothing is left for it): a quiet serial caller's runs then cost
+        no loop turn for their syncs.
+        """
+        if not self._written:
+            return False
+        lock = self.state_lock
+        if not lock.acquire(blocking=False):
+            return False
+        try:
+            if self._act_error is None and self._act_durable():
+                self._flusher_acted = True  # the loop's wake-up has nothing more to do
+                return not self._loop_needs_wake()
+        except BaseException as e:  # noqa: BLE001 - raised by the loop (_act_durable)
+            self._act_error = e
+        finally:
+            lock.release()
+        return False
 
     def _storage_failed(self) -> None:
         """fsyncgate: nothing after a failed write or sync can be trusted.
@@ -103,6 +158,8 @@ class Flushing:
         if fl.error is not None:
             self._storage_failed()
             raise fl.error
+        if self._act_error is not None:
+            raise self._act_error  # the flusher thread failed at an act of ours
         written = self._written
         synced = fl.synced
         acted = False

@@ -12,8 +12,10 @@ too: a change only flags a worker restart for the next turn.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
@@ -43,19 +45,29 @@ log = logging.getLogger("journaled.supervisor")
 
 
 class Future:
-    """A result handed from the supervisor thread to a caller once it is durable."""
+    """A result handed from the supervisor thread to a caller once it is durable.
 
-    __slots__ = ("_ev", "value", "error", "_callbacks")
+    A bare lock, held until ``set``: a caller blocks on one ``acquire``
+    (``threading.Event`` costs a Condition and a waiter lock per wait). The
+    first ``set`` wins; later ones are ignored.
+    """
+
+    __slots__ = ("_lock", "_done", "value", "error", "_callbacks")
 
     def __init__(self) -> None:
-        self._ev = threading.Event()
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()  # released by set()
+        self._done = False
         self.value: Any = None
         self.error: BaseException | None = None
         self._callbacks: list[Callable[[Future], None]] | None = None
 
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        if self._done:
+            return
         self.value, self.error = value, error
-        self._ev.set()
+        self._done = True  # after the value: a reader that sees it finds the value
+        self._lock.release()
         if self._callbacks is not None:
             for cb in self._callbacks:
                 cb(self)
@@ -66,16 +78,21 @@ class Future:
         Add it before the Future can be set (the supervisor adds it when it
         queues the Future); ``cb`` must be quick and must not raise.
         """
-        if self._ev.is_set():
+        if self._done:
             cb(self)
             return
         if self._callbacks is None:
             self._callbacks = []
         self._callbacks.append(cb)
 
+    def done(self) -> bool:
+        return self._done
+
     def result(self, timeout: float | None = None) -> Any:
-        if not self._ev.wait(timeout):
-            raise TimeoutError("the supervisor did not answer in time")
+        if not self._done:
+            if not self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+                raise TimeoutError("the supervisor did not answer in time")
+            self._lock.release()  # for any other caller waiting on the same answer
         if self.error is not None:
             raise self.error
         return self.value
@@ -93,6 +110,15 @@ class Intake:
     _futures: list[tuple[Future, Any]]
     _compact_requested: bool
     wake: Callable[[], None]
+    state_lock: Any
+    _flusher: Any
+    _stopping: bool
+    _storage_broken: bool
+    _act_error: BaseException | None
+    _carry: list[Record]
+    _lease: Callable[[float, float], None]
+    _commit: Callable[[list[Record]], None]
+    _request_sync: Callable[[], None]
     _signal_cancel: Callable[[str], None]
     _restore_archived: Callable[[str], list[Record]]
     _archived_identities: Callable[[list[str]], dict[str, tuple[str, dict[str, str]]]]
@@ -112,8 +138,46 @@ class Intake:
             fut.set(error=JournaledError("the supervisor is not running"))
             return fut
         self._commands.append((kind, args, fut))
+        if kind == "submit_many" and self._fold_here():
+            return fut
         self.wake()
         return fut
+
+    def _fold_here(self) -> bool:
+        """Fold, lease and write the queued commands on the caller's thread, if that is free.
+
+        Only when the loop is between turns (the state lock is free) and no
+        sync runs (a busy flusher means load: the loop gathers commands into
+        one turn instead): a quiet caller's submission then reaches the
+        journal, and its lease the flusher, without a hand-off to the loop.
+        The same fold, lease and commit as a loop turn, under the same lock,
+        so the write-ahead order holds whoever writes. False: wake the loop.
+        """
+        fl = self._flusher
+        if (fl is None or not fl.idle() or self._stopping or self._reload.is_set()
+                or self._storage_broken or self._act_error is not None):
+            return False
+        lock = self.state_lock
+        if not lock.acquire(blocking=False):
+            return False
+        try:
+            if self.stopped.is_set() or self._compact_requested:
+                return False
+            now = time.time()
+            self._run_commands(now)
+            self._lease(now, time.monotonic())
+            recs = self._recs
+            if self._carry:
+                recs += self._carry
+                self._carry = []
+            self._commit(recs)
+            self._request_sync()  # the caller blocks next: the flusher gets the GIL
+            return not self._compact_requested  # a compact command came with it: a turn
+        except BaseException as e:  # noqa: BLE001 - the loop raises it (_act_durable)
+            self._act_error = e
+            return False
+        finally:
+            lock.release()
 
     def _run_commands(self, now: float) -> None:
         state = self.state

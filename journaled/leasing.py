@@ -118,6 +118,8 @@ class Leasing:
         assert pool is not None
         if not hasattr(pool, "revoke_queued"):
             return False
+        if not any(len(w.outstanding) > 1 for w in pool.workers):
+            return False  # no step queued behind another: nothing to take back
         took = False
         by_slot = {w.slot: w for w in pool.workers}
         for slot in dispatch.steal_candidates([self._view(w) for w in pool.workers], mono):

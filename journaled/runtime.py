@@ -354,21 +354,37 @@ class Runtime(OpsCalls):
             seconds("timeout", timeout)
         deadline = None if limit is None else time.monotonic() + limit
         sup = self._sup
-        with sup.cond:  # the state lock: no commit between the look and the sleep
+        ev: threading.Event | None = None
+        try:
             while True:
-                out = self._outcome(run_id)
-                if out.status.terminal:
-                    break
-                if self._error is not None or sup.stopped.is_set():
-                    self._check()
-                    raise JournaledError("the runtime stopped before the run finished")
+                with sup.state_lock:  # no commit between the look and the subscription
+                    out = self._outcome(run_id)
+                    if out.status.terminal:
+                        break
+                    if self._error is not None or sup.stopped.is_set():
+                        self._check()
+                        raise JournaledError("the runtime stopped before the run finished")
+                    if ev is None:
+                        # Set by the commit that makes this run's end durable (only
+                        # this run's waiters wake, not every waiter at every commit).
+                        ev = threading.Event()
+                        sup.run_waiters.setdefault(run_id, []).append(ev)
+                    ev.clear()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"run {run_id!r} is still {out.status.value} after "
                                        f"{limit:g} s")
                 # Wake now and then: a run still in the inbox is taken without a commit
                 # notification of its own, and a supervisor thread may die silently.
-                sup.cond.wait(1.0 if left is None else min(left, 1.0))
+                ev.wait(1.0 if left is None else min(left, 1.0))
+        finally:
+            if ev is not None:
+                with sup.state_lock:
+                    evs = sup.run_waiters.get(run_id)
+                    if evs is not None:
+                        evs.remove(ev)
+                        if not evs:
+                            del sup.run_waiters[run_id]
         return self.blobs.resolve_outcome(out)  # a big result is read without the lock
 
     def _result_value(self, run_id: str) -> Any:

@@ -1,16 +1,24 @@
-"""The supervisor's socket: one thread, ``selectors``, non-blocking Unix sockets.
+"""The supervisor's socket: ``selectors`` and non-blocking Unix sockets, served inline.
 
-The thread only moves bytes. It accepts connections on
+Inline (``inline=True``, how the supervisor runs it): no thread of its own.
+The server's epoll fd (``fileno``) sits in the supervisor loop's own wait
+set, and the loop runs one pass (``serve_now``) whenever it is readable or a
+wait's timer is due (``next_timer``), so a request goes from the client's
+socket into the turn that folds it with no hand-off between threads; the
+loop never blocks here (every socket is non-blocking). Threaded (the
+default): the same passes on a thread of its own, which hands requests to
+the loop through ``deliver``.
+
+The passes only move bytes. They accept connections on
 ``STATE/supervisor.sock`` (mode 0600; a peer with another uid is refused by
-``SO_PEERCRED``), cuts frames, decodes requests and hands them to the
-supervisor loop in batches (a deque and one ``wake()`` per pass), then
-writes the answers the loop queues back (``reply``, from any thread, wakes
-this one through a socketpair). An answer whose connection has nothing
-queued is written by the caller itself when this thread is between passes
-(a non-blocking ``send`` under the pass lock, never waiting for it), which
-spares the hand-off to this thread; what does not fit is left for it.
-It never touches the state or the
-journal, so nothing it does can stall a turn, and a slow client stalls
+``SO_PEERCRED``), cut frames, decode requests and hand them to the
+supervisor loop in batches (``deliver``, once per pass), then write the
+answers queued back (``reply``, from any thread, makes the server's fd
+readable through a socketpair, so the next pass runs). An answer whose
+connection has nothing queued is written by the replying thread itself
+when no pass runs (a non-blocking ``send`` under the pass lock, never
+waiting for it); what does not fit is left for the next pass. A pass never
+touches the state or the journal and never blocks, so a slow client stalls
 only itself: its answers wait in a bounded buffer, and a client whose
 buffer passes the bound is dropped with a log line.
 
@@ -63,6 +71,10 @@ OUT_LIMIT = 2 * MAX_FRAME + (1 << 20)
 MAX_IN_FLIGHT = 4096
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _READ = 256 << 10
+# One receive buffer for the thread: ``recv(_READ)`` allocated (mmap'd, past
+# malloc's threshold) and shrank a 256 KiB bytes object per read.
+_RECV_BUF = bytearray(_READ)
+_RECV_VIEW = memoryview(_RECV_BUF)
 
 
 def short_path(path: Path) -> tuple[str, int]:
@@ -117,12 +129,16 @@ class DoorServer:
         forget: ``forget([(conn_id, request_id, run_id), ...])``: waits nobody
             listens for any more (timed out, or their connection closed).
         status: ``status(run_id)`` for the message of a timed-out wait.
+        inline: no thread; the owner calls ``serve_now`` when ``fileno()`` is
+            readable or ``next_timer()`` is due (``deliver`` then runs on its
+            thread and need not wake anyone).
     """
 
     def __init__(self, path: Path, deliver: Callable[[list[tuple[int, Any]]], None],
                  forget: Callable[[list[tuple[int, int, str]]], None],
-                 status: Callable[[str], RunOutcome | None]) -> None:
+                 status: Callable[[str], RunOutcome | None], *, inline: bool = False) -> None:
         self.path = Path(path)
+        self.inline = inline
         self._deliver = deliver
         self._forget = forget
         self._status = status
@@ -172,8 +188,10 @@ class DoorServer:
         self._listener = lst
         self._sel.register(lst, selectors.EVENT_READ, None)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        self._thread = threading.Thread(target=self._serve, name="journaled-socket", daemon=True)
-        self._thread.start()
+        if not self.inline:
+            self._thread = threading.Thread(target=self._serve, name="journaled-socket",
+                                            daemon=True)
+            self._thread.start()
         log.info("listening on %s", self.path)
 
     def close(self) -> None:
@@ -187,6 +205,8 @@ class DoorServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        with self._lock:
+            self._send_replies()  # answers queued since the last pass still go out
         for c in list(self._conns.values()):
             self._drop(c, None)
         for s in (self._listener, self._wake_r, self._wake_w):
@@ -248,6 +268,23 @@ class DoorServer:
             self._wake_w.send(b"x")
         except (BlockingIOError, OSError):
             pass
+
+    # ------------------------------------------------------------- inline
+
+    def fileno(self) -> int:
+        """The server's epoll fd: readable whenever a pass has something to do."""
+        return self._sel.fileno()
+
+    def next_timer(self) -> float | None:
+        """When (monotonic) the next wait may time out: a pass is due then."""
+        return self._timers[0][0] if self._timers else None
+
+    def serve_now(self) -> None:
+        """One pass on the caller's thread, never waiting (inline mode)."""
+        ready = self._sel.select(0)
+        batch: list[tuple[int, Any]] = []
+        with self._lock:
+            self._pass(ready, batch)
 
     # --------------------------------------------------------------- loop
 
@@ -317,16 +354,16 @@ class DoorServer:
 
     def _read(self, c: _Conn, batch: list[tuple[int, Any]]) -> None:
         try:
-            data = c.sock.recv(_READ)
+            got = c.sock.recv_into(_RECV_VIEW)  # only the server thread reads
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            got = 0
+        if not got:
             self._drop(c, None)
             return
         buf = c.inbuf
-        buf += data
+        buf += _RECV_VIEW[:got]
         at = 0
         n = len(buf)
         while n - at >= HEADER:

@@ -3,6 +3,7 @@
 ::
 
       Client / CLI ──files──> inbox/ ──watchfiles──┐
+      Client / CLI ──STATE/supervisor.sock─────────┤ (read on the loop: door.py)
       Runtime.submit/cancel ──command queue────────┤ (wake pipe)
                                                    v
     ┌───────────────── one turn ──────────────────────────────────────────┐
@@ -17,10 +18,15 @@
             │ request(ticket)                    ^ wake pipe
             v                                    │
     flusher thread: ONE fdatasync for every turn written since the last,
-    publish the synced mark, wake the loop (journal/flusher.py)
+    publish the synced mark, then (if the loop is between turns) do the
+    synced turns' acts itself, and wake the loop only if a turn is still
+    needed (journal/flusher.py, flushing.py)
 
 The loop never waits on the disk: turn N+1 folds and writes while turn
-N's sync runs, and one sync covers every turn written meanwhile.
+N's sync runs, and one sync covers every turn written meanwhile. A quiet
+``Runtime.submit`` folds, leases and writes on its own thread when the
+loop is between turns and no sync runs (``Intake._fold_here``): the same
+turn code under the same lock, one hand-off fewer.
 
 Write-ahead rule: nothing leaves this process (a step to a worker, a
 result to a waiter, a hook, an inbox deletion, a terminal count in the
@@ -186,8 +192,13 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         self._storage_broken = False  # a write or sync failed: nothing more is synced
         self._flusher: Flusher | None = None
         self._unanswered: list[tuple[Future, Any]] = []  # the flusher's, after it failed
+        self._flusher_acted = False  # the flusher did a sync's acts itself (_act_on_flusher)
+        self._until_idle = False  # run(until_idle=True): every sync's end is a turn
+        self._timed_sent = False  # a step with a deadline was sent (its timer: a turn)
+        self._act_error: BaseException | None = None  # ...and one of them failed
         self._sync_wanted = 0  # ticket written, not yet handed to the flusher
         self._turned_at = 0.0  # monotonic start of the last turn (gather)
+        self._door_busy = False  # the last turn folded socket requests (gather)
         self._unsent_n: dict[int, int] = {}  # slot -> leases in _written, not yet sent
         self._inbox_due = True  # the inbox watcher saw a change: scan it next turn
         self._poked = False  # someone asked for a full turn (_poke)
@@ -205,6 +216,10 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         self.state_lock = threading.RLock()
         self._lock_depth = 0  # how deep the method holding it nests (_holding_state_lock)
         self.cond = threading.Condition(self.state_lock)
+        # run id -> Events of in-process waiters (Runtime.wait), set once its end is
+        # durable: one wake per waiter of that run, not every waiter per commit.
+        # Changed and read with the state lock held.
+        self.run_waiters: dict[str, list[threading.Event]] = {}
         self.recovered_runs = 0
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
         self._sel: selectors.BaseSelector | None = None  # _select's epoll set
@@ -224,7 +239,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
-            self._flusher = Flusher(self.journal, self._wake_synced)
+            self._flusher = Flusher(self.journal, self._wake_synced, self._act_on_flusher)
             self._start_archiver()  # finished runs the replay left (or a 0.2 state's)
             self.inbox = Inbox(self.state_dir)
             self.pool = make_executor(self.executor, self.import_string or self.runner,
@@ -309,6 +324,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
 
     def run(self, until_idle: bool = False) -> None:
         """Turn until stopped (or, with ``until_idle``, until nothing is left to do)."""
+        self._until_idle = until_idle
         try:
             while True:
                 self.turn()
@@ -370,6 +386,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         self._written.clear()
         self.stopped.set()
         with self.cond:
+            for evs in self.run_waiters.values():
+                for ev in evs:
+                    ev.set()  # they look again and find the supervisor stopped
             self.cond.notify_all()
 
     # ----------------------------------------------------------------- turn
@@ -378,14 +397,20 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         """One pass: wait, act on what the flusher synced, fold, lease, write."""
         pool = self.pool
         assert pool is not None
-        if timeout is None:
-            timeout = self._next_timeout()
+        with self.state_lock:  # the flusher may act, a caller may fold (_fold_here) meanwhile
+            if timeout is None:
+                timeout = self._next_timeout()
+            self._request_sync()
         objs = list(self._wait_map)
         objs.append(self._wake_r)
-        self._request_sync()
+        door_fd = self._door_fd()
+        if door_fd >= 0:
+            objs.append(door_fd)  # the socket's requests are read on this thread (door.py)
         fl = self._flusher
-        if fl is not None and self.gather > 0 and self._commands and not fl.idle():
-            # A sync is running and commands keep coming (load): let them gather
+        if (fl is not None and self.gather > 0 and (self._commands or self._door_busy)
+                and not fl.idle()):
+            # A sync is running and commands (or socket requests: the last turn
+            # had some) keep coming (load): let them gather
             # into one turn, folded when the sync returns, or after `gather`
             # seconds if it is slow (a slow disk still overlaps with the folding
             # and writing). An idle loop never waits here.
@@ -437,13 +462,20 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
             # their work before they looked at the flag, so this turn sees it.
             self._wake_pending = False
         acted = self._act_durable()  # earlier turns the flusher has synced since: act first
-        if (acted and woke and len(ready) == 1 and not self._commands and not self._carry
-                and not self._inbox_due and not self._poked and not self._stopping
-                and not self._door_pending()
+        if self._flusher_acted:
+            acted, self._flusher_acted = True, False
+        door_fd = self._door_fd()
+        door_ready = door_fd >= 0 and door_fd in ready
+        if door_ready or self._door_timer_due():
+            self._serve_door(time.monotonic())  # requests land in _door_in for this turn
+        if (((acted and woke) or door_ready) and len(ready) == 1 and not self._commands
+                and not self._carry and not self._inbox_due and not self._poked
+                and not self._stopping and not self._door_pending()
                 and not self._reload.is_set()):
-            # Only the flusher's wake-up: its acts were the whole turn. Back to the
-            # wait at once, so the threads just answered get the GIL sooner; the
-            # timers this skips are in the next wait's timeout.
+            # Only the flusher's wake-up (its acts were the whole turn), or socket
+            # traffic that brought no request: back to the wait at once, so the
+            # threads just answered get the GIL sooner; the timers this skips
+            # are in the next wait's timeout.
             return
         self._poked = False
         now = self.clock.now()
@@ -455,7 +487,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         recs += self._archived_records(now)  # the archive committed them: drop from the journal
         dead: list[Worker] = []
         for obj in ready:
-            if obj == self._wake_r:
+            if obj == self._wake_r or obj == door_fd:
                 continue
             what, w = self._wait_map[obj]
             if what == "conn":
@@ -469,7 +501,10 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
                 dead.append(w)
         if woke:
             self._run_commands(now)
+        self._door_busy = self._door_pending()  # under load: gather the next turn (turn)
+        if woke or door_ready or self._door_busy:
             self._run_door_requests(now)
+        if woke:
             if self._inbox_due:  # only when a file landed: a socket wake lists no directory
                 self._inbox_due = False  # a change after this sets it again
                 self._read_inbox(now)
@@ -515,9 +550,17 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         tick = self._schedule_due()
         if tick is not None:
             times.append(mono + max(0.0, tick - now))
-        times += self._worker_timers(mono)
+        pool = self.pool
+        if (self._respawn_at or self._stopping or self._unsent() or pool is None
+                or any(w.outstanding for w in pool.workers)):
+            # With nothing in flight no deadline, steal or respawn is due: most
+            # turns of a quiet loop (and of a serial caller) skip building the views.
+            times += self._worker_timers(mono)
         # The live view, busy or idle: its age is how 'watch' tells a hung loop.
         times.append(self._status_due)
+        t = self._door_timer()
+        if t is not None:
+            times.append(t)  # a socket wait that may time out: a server pass is due
         times.append(self._retention_checked + self.retention_check)
         if not times:
             return None
@@ -605,6 +648,9 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
     def _send_dispatches(self, sends: list[tuple[Worker, list[Dispatch]]]) -> None:
         pool = self.pool
         if sends and pool is not None:
+            if not self._timed_sent:
+                limit = self._step_limit
+                self._timed_sent = any(limit(d.run_id) for _w, items in sends for d in items)
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.before_dispatch")
             mono = self.clock.monotonic()
@@ -637,6 +683,7 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
                 self.outcomes.discard(rec.run_id)  # live again: the old end no longer holds
             elif t is CancelRequested and pool is not None:
                 self._signal_cancel(rec.run_id)
+                self._timed_sent = True  # its kill after the grace is a loop timer
         if not terminated:
             return
         state = self.state
@@ -645,6 +692,11 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
             self.outcomes.add(rid)
             log.info("run %s %s after %d steps", rid, run.status, run.steps)
         self._door_terminated(terminated)  # after outcomes: a wait never falls between
+        waiters = self.run_waiters
+        if waiters:
+            for rid in terminated:
+                for ev in waiters.get(rid, ()):
+                    ev.set()
         with self.cond:
             self.cond.notify_all()
         if self.on_terminal is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import importlib
 import os
 import stat
 import sys
@@ -161,6 +162,22 @@ class StateDir(click.ParamType):
 class JournaledGroup(click.Group):
     """The root group: a bad ``--state`` is one line and exit 2, not click's usage text."""
 
+    # name -> (module, attribute): commands imported only when named or listed,
+    # so a short command (``journaled submit`` in a shell loop) does not pay for
+    # importing the big ones (crashtest, watch) at every start.
+    lazy: dict[str, tuple[str, str]] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in self.lazy:
+            module, attr = self.lazy[cmd_name]
+            cmd = getattr(importlib.import_module(module), attr)
+            self.add_command(cmd, cmd_name)
+        return cmd
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -273,8 +290,6 @@ main: click.Group = click.group(
 
 # Registration: importing a command module adds its commands to ``main``; the
 # names stay importable from ``journaled.cli`` as they were before the split.
-from ..crashtest import crashtest as _crashtest  # noqa: E402
-from ..watch import watch as _watch  # noqa: E402
 from .metrics import metrics_cmd  # noqa: E402, F401
 from .ops import fork, pause_cmd, resume_cmd, schedule  # noqa: E402
 from .reads import dead, result, runs, status, wait  # noqa: E402
@@ -283,8 +298,8 @@ from .tools import compact, log, repair, step_cmd, verify  # noqa: E402
 from .ui import ui_cmd  # noqa: E402, F401
 from .writes import _parse_headers, cancel, retry, signal_cmd, submit  # noqa: E402
 
-main.add_command(_crashtest)
-main.add_command(_watch)
+JournaledGroup.lazy = {"crashtest": ("journaled.crashtest", "crashtest"),
+                       "watch": ("journaled.watch", "watch")}
 
 __all__ = [
     "DEFAULT_STATE", "BadInput", "cancel", "compact", "dead", "fail", "fork", "handles_errors",

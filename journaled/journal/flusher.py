@@ -20,7 +20,10 @@ Answers that need nothing but durability (a caller's Future: a submit's
 ids, a socket reply) can be left here with ``answer_after``: they are set
 on this thread right after the sync that covers their ticket, sparing the
 hand-off back to the loop and from it to the caller. Everything else (a
-step to a worker, an inbox ack, a hook) is still the loop's, in order.
+step to a worker, an inbox ack, a hook) is the loop's, in order; with
+``on_durable`` the loop's owner may do those acts on this thread too, right
+after the sync (when it can do so without waiting), sparing the hop to the
+loop on the way from the disk to a worker or a waiter.
 
 A failed sync (``StorageFailure``: fsyncgate, a full disk) is never retried
 and never swallowed here: it is kept in ``error``, the loop is woken, and
@@ -49,11 +52,18 @@ class Flusher:
         journal: an open ``Journal``; only ``write`` may be used on it meanwhile.
         on_synced: called on the flusher thread after each sync (and after a
             failure): the loop's wake-up. It must not block.
+        on_durable: called on the flusher thread after each successful sync,
+            once ``synced`` is published and before the answers and
+            ``on_synced``: acts that may not wait for the loop. It must not
+            block (nor raise). True: it did everything the sync called for,
+            so ``on_synced`` is skipped (the loop is not woken for nothing).
     """
 
-    def __init__(self, journal: Journal, on_synced: Callable[[], None]) -> None:
+    def __init__(self, journal: Journal, on_synced: Callable[[], None],
+                 on_durable: Callable[[], bool] | None = None) -> None:
         self.journal = journal
         self.on_synced = on_synced
+        self.on_durable = on_durable
         self.synced = journal.synced  # last ticket made durable
         self.error: BaseException | None = None
         self._want = journal.synced  # last ticket asked for
@@ -156,12 +166,17 @@ class Flusher:
             with cond:
                 self.synced = done
                 answers = self._take_answers(done)
+            quiet = False
+            if self.on_durable is not None:
+                # Steps to workers first: they start while the callers are answered.
+                quiet = self.on_durable()
             # Durable, and the mark published: the callers may hear it now.
             for fut, value in answers:
                 fut.set(value)
             # The loop may act on everything up to `done` now; the mark says so
             # to other processes already (published inside sync()). Woken before
             # the waiters (wait_synced), so one that wakes finds the byte there.
-            self.on_synced()
+            if not quiet:
+                self.on_synced()
             with cond:
                 cond.notify_all()

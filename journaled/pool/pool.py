@@ -32,6 +32,7 @@ import mmap
 import multiprocessing
 import os
 import queue
+import select
 import shutil
 import signal
 import socket
@@ -199,10 +200,25 @@ class Worker:
         self.spawn_error = ""  # why the last start failed (a retry is pending)
         self.spawn_failures = 0
         self.steps_run = 0
+        self._poller: Any = None  # select.poll on conn, built once (more_waiting)
+
+    def more_waiting(self) -> bool:
+        """Something (or EOF) is waiting on ``conn``: one poll(2), no selector built per call.
+
+        ``Connection.poll(0)`` builds, fills and closes a selector every time;
+        the loop asks after every message it reads.
+        """
+        p = self._poller
+        if p is None:
+            assert self.conn is not None
+            p = self._poller = select.poll()
+            p.register(self.conn.fileno(), select.POLLIN)
+        return bool(p.poll(0))
 
     def attach(self, proc: Any, conn: Connection | None, alive_w: Connection | None) -> None:
         """A fresh process behind this slot: nothing in flight, nothing learned yet."""
         self.proc, self.conn, self.alive_w = proc, conn, alive_w
+        self._poller = None
         self.sender = Sender(conn, f"journaled-send-{self.slot}") if conn is not None else None
         self.last_pid = getattr(proc, "pid", None)
         self.outstanding.clear()
@@ -223,6 +239,7 @@ class Worker:
             if c is not None:
                 c.close()
         self.conn = self.alive_w = None
+        self._poller = None
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -286,7 +303,7 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
                     w.outstanding.remove(item)
                 done.append((item, res))
                 n_results += res.kind != "revoked"
-        if not w.conn.poll(0):
+        if not w.more_waiting():
             break
     if done:
         w.ever_ran = True

@@ -96,3 +96,31 @@ def most_held(state: Path) -> tuple[dict[str, float], dict[str, int], list[str]]
         for k, n in per_key.items():
             peak_key[k] = max(peak_key.get(k, 0), n)
     return peak, peak_key, order
+DOORS = ["socket", "inbox"]
+
+
+@pytest.fixture(params=DOORS)
+def client_door(request: Any, monkeypatch: Any) -> str:
+    """Run the test once per door: every ``Client`` it makes uses that one.
+
+    ``socket``: the default (a listening supervisor's socket, the inbox when
+    none listens); ``inbox``: ``Client(..., use_socket=False)`` unless the test
+    asks otherwise. Use it with ``pytestmark = pytest.mark.usefixtures("client_door")``
+    and check the door with ``assert_door`` once a supervisor runs.
+    """
+    from journaled.client import Client
+
+    if request.param == "inbox":
+        init = Client.__init__
+
+        def inbox_init(self: Any, *args: Any, use_socket: bool = False, **kw: Any) -> None:
+            init(self, *args, use_socket=use_socket, **kw)
+
+        monkeypatch.setattr(Client, "__init__", inbox_init)
+    return str(request.param)
+
+
+def assert_door(client: Any, door: str) -> None:
+    """With a supervisor up: the client talks through ``door`` (the socket or the inbox)."""
+    assert (client._door() is not None) == (door == "socket"), \
+        f"the {door} door must be the one in use"

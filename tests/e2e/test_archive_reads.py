@@ -30,7 +30,11 @@ from journaled.client import Client
 from journaled.errors import RunConflict, RunNotLive
 from journaled.inbox import SubmitMsg, post, rejection
 from tests.apps import basic
-from tests.e2e.helpers import ROOT, cli_env, wait_for
+from tests.e2e.helpers import ROOT, cli_env, client_door, wait_for
+
+# Every client test on both doors: the supervisor's socket and the inbox.
+pytestmark = pytest.mark.usefixtures("client_door")
+assert client_door  # the fixture, used by every test here
 
 # (run id, input, headers): one of each terminal kind.
 KINDS = [

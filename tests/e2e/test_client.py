@@ -3,6 +3,8 @@
 A client works with or without a supervisor: submissions wait in the inbox
 (``pending``) until one starts, ``wait`` follows the journal from any thread
 or process, and a malformed inbox file never costs a valid submission.
+Every test runs on both doors (``client_door``): the supervisor's socket
+and the inbox (``use_socket=False``), with the same answers.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from journaled.client import Client
 from journaled.errors import InvalidRunId, RunConflict, RunNotFound, RunNotTerminal
 from journaled.records import Submitted
 
-from .helpers import ROOT, cli_env, journal_records, wait_for
+from .helpers import ROOT, assert_door, cli_env, client_door, journal_records, wait_for
+
+pytestmark = pytest.mark.usefixtures("client_door")
+assert client_door  # the fixture, used by every test here
 
 # ------------------------------------------------------------- without a supervisor
 
@@ -100,9 +105,11 @@ def test_a_conflicting_resubmit_is_refused_while_the_first_still_waits_in_the_in
 
 
 @pytest.mark.timeout(20)
-def test_a_resubmit_through_the_client_is_idempotent_or_a_conflict(runtime, state_dir):
+def test_a_resubmit_through_the_client_is_idempotent_or_a_conflict(runtime, state_dir,
+                                                                   client_door):
     client = Client(state_dir)
     runtime()
+    assert_door(client, client_door)
     rid = client.submit(b"once", run_id="client-once")
     client.wait(rid, timeout=10)
     assert client.submit(b"once", run_id="client-once") == rid, "same id and input: same id"
@@ -114,9 +121,10 @@ def test_a_resubmit_through_the_client_is_idempotent_or_a_conflict(runtime, stat
 
 
 @pytest.mark.timeout(20)
-def test_wait_in_another_thread_returns_when_the_run_finishes(runtime, state_dir):
+def test_wait_in_another_thread_returns_when_the_run_finishes(runtime, state_dir, client_door):
     runtime()
     client = Client(state_dir)
+    assert_door(client, client_door)
     rid = client.submit(b"", headers={"app": "sleep", "seconds": "0.3"})
     got: list[RunOutcome] = []
     waiter = threading.Thread(target=lambda: got.append(Client(state_dir).wait(rid, 10)))
@@ -128,12 +136,15 @@ def test_wait_in_another_thread_returns_when_the_run_finishes(runtime, state_dir
 
 
 @pytest.mark.timeout(20)
-def test_wait_in_another_process_returns_when_the_run_finishes(runtime, state_dir):
+def test_wait_in_another_process_returns_when_the_run_finishes(runtime, state_dir, client_door):
     runtime()
     rid = Client(state_dir).submit(b"", headers={"app": "sleep", "seconds": "0.5"})
     code = ("import sys; from journaled.client import Client; "
-            "o = Client(sys.argv[1]).wait(sys.argv[2], 10); print(o.status.value, o.result)")
-    proc = subprocess.run([sys.executable, "-c", code, str(state_dir), rid], cwd=ROOT,
+            "c = Client(sys.argv[1], use_socket=sys.argv[3] == 'socket'); "
+            "assert (c._door() is not None) == (sys.argv[3] == 'socket'); "
+            "o = c.wait(sys.argv[2], 10); print(o.status.value, o.result)")
+    proc = subprocess.run([sys.executable, "-c", code, str(state_dir), rid, client_door],
+                          cwd=ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=15)
     assert proc.returncode == 0, f"the waiting process must exit cleanly: {proc.stderr}"
     assert proc.stdout.strip() == "succeeded b'woke up'", \
@@ -141,9 +152,11 @@ def test_wait_in_another_process_returns_when_the_run_finishes(runtime, state_di
 
 
 @pytest.mark.timeout(20)
-def test_a_client_cancel_reaches_a_delayed_run_through_the_inbox(runtime, state_dir):
+def test_a_client_cancel_reaches_a_delayed_run_through_the_inbox(runtime, state_dir,
+                                                                  client_door):
     runtime()
     client = Client(state_dir)
+    assert_door(client, client_door)
     rid = client.submit(b"", headers={"app": "long_delay"})
     wait_for(lambda: client.status(rid).status is RunStatus.WAITING, what="the run to wait")
     asked = client.cancel(rid, reason="from another process")
@@ -173,9 +186,10 @@ def _check_rejected(state_dir: Path, name: str = "zzz.msg") -> None:
 
 @pytest.mark.timeout(20)
 def test_a_garbage_inbox_file_is_rejected_and_a_valid_submission_beside_it_still_runs(
-        runtime, state_dir):
+        runtime, state_dir, client_door):
     runtime()
     _post_garbage(state_dir)
+    assert_door(Client(state_dir), client_door)
     rid = Client(state_dir).submit(b"valid neighbour")
     out = Client(state_dir).wait(rid, timeout=10)
     assert (out.status, out.result) == (RunStatus.SUCCEEDED, b"valid neighbour"), \

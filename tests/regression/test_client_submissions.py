@@ -25,7 +25,11 @@ from journaled.errors import InputTooLarge, RunConflict, RunNotFound, Submission
 from journaled.inbox import BatchMsg, SubmitMsg, write_durable
 from journaled.limits import MAX_HEADERS, MAX_VALUE
 from journaled.runtime import Runtime
-from tests.e2e.helpers import ROOT, cli_env
+from tests.e2e.helpers import ROOT, cli_env, client_door
+
+# Every client test on both doors: the supervisor's socket and the inbox.
+pytestmark = pytest.mark.usefixtures("client_door")
+assert client_door  # the fixture, used by every test here
 
 BAD_SUBMITS: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"priority": 1.5}, TypeError),
@@ -60,6 +64,7 @@ def _post_raw(state: Path, msg: Any, name: str | None = None) -> Path:
 def test_submit_with_float_priority_is_refused_before_ack(
         state_dir: Path, kwargs: dict[str, Any], error: type[Exception]) -> None:
     client = Client(state_dir)
+    kwargs = dict(kwargs)  # the parameter is shared by every door's run of this test
     headers = kwargs.pop("headers", None)
     with pytest.raises(error):
         client.submit(b"x", headers, run_id="r1", **kwargs)
