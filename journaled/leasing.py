@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import dispatch
+from . import dispatch, fanout
 from .api import Signal
 from .errors import JournaledError
 from .pool import Dispatch, InFlight, Pool, Worker
@@ -52,6 +52,7 @@ class Leasing:
     reload_dir: Path | None
     _written: Any  # the supervisor's turns waiting for their sync
     _unsent_views: Callable[[Worker], tuple[dispatch.StepView, ...]]
+    _archived_children: fanout.ArchivedLookup
 
     def _init_leasing(self) -> None:
         self.steps_done = 0
@@ -88,7 +89,9 @@ class Leasing:
                 items.append(Dispatch(pool.next_seq(), run.run_id, run.step, rec.attempt,
                                       run.payload, run.headers,
                                       Signal(*woken) if woken is not None else None,
-                                      run.memos or None))
+                                      run.memos or None,
+                                      fanout.outcomes(state, run, self._archived_children)
+                                      if fanout.fans_in(run) else None))
             self._dispatch.append((w, items))
 
     def _steal(self, mono: float) -> bool:

@@ -34,6 +34,7 @@ class Submitted(Record, tag="sub"):
     priority: int = 0
     max_attempts: int = 0  # 0: the supervisor's default
     step_timeout: float = 0.0  # 0: the supervisor's default
+    parent: str = ""  # the run that spawned this one (never journaled so: see ``Spawned``)
 
 
 class Leased(Record, tag="lea"):
@@ -206,6 +207,11 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
     memos: dict[str, Value] = {}
     history: list[list] = []  # [step, attempt, worker, started, finished, outcome, error, tb]
     order: int = 0  # submission order: ready runs of one priority go oldest run first
+    parent: str = ""  # a spawned child: its parent's run id
+    # A parent (journaled.fanout): its last Spawn's step, its child count, the live ones.
+    spawn_step: int = -1
+    spawned: int = 0
+    pending: int = 0
 
 
 class Restored(Record, tag="rst"):
@@ -232,9 +238,28 @@ class Snapshot(Record, tag="snp"):
     order: int = 0  # part 0: the submission counter (archived runs took numbers too)
 
 
+class Spawned(Record, tag="spn"):
+    """A step returned ``Spawn``: its outcome and its children's submissions, as one record.
+
+    Replay: the parent's step is done (``then`` is the next step's payload)
+    and it parks until every child is terminal; child ``i`` exists with
+    ``children[i]`` as input and run id ``fanout.child_id(run_id, step, i)``.
+    One record, so a torn write or a crash has all of them or none.
+    ``headers`` is ``None`` when the children inherit the parent's.
+    """
+
+    run_id: str
+    step: int
+    attempt: int
+    then: Value
+    at: float
+    children: list[Value]
+    headers: Union[dict[str, str], None] = None
+
+
 AnyRecord = Union[Submitted, Leased, Released, StepDone, AttemptFailed, CancelRequested,
                   Terminated, HookDelivered, Recovered, Redriven, SignalSent, MemoPut, Snapshot,
-                  Archived, Restored]
+                  Archived, Restored, Spawned]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyRecord)

@@ -24,6 +24,7 @@ class Run:
         "status", "leased", "worker", "leased_at", "cancel_reason", "result", "error",
         "finished_at", "hook_delivered", "dead", "traceback", "kind", "seq",
         "wait_key", "signals", "woken", "used_keys", "memos", "history", "order",
+        "parent", "spawn_step", "spawned", "pending",
     )
 
     def __init__(self, rec: Submitted, seq: int) -> None:
@@ -62,6 +63,12 @@ class Run:
         # error, traceback]; lists, not Structs, because the fold fills them in later.
         self.history: list[list] = []
         self.order = 0  # submission order: the ready queue serves older runs first
+        self.parent = rec.parent  # a spawned child: its parent's run id
+        # A parent (journaled.fanout): the step that spawned last, how many children
+        # it spawned and how many of them are not terminal yet (parked while > 0).
+        self.spawn_step = -1
+        self.spawned = 0
+        self.pending = 0
 
     @property
     def terminal(self) -> bool:
@@ -84,12 +91,12 @@ def run_to_snapshot(r: Run) -> RunSnapshot:
         r.step, r.payload, r.attempt, r.failures, r.abandons, r.due_at, r.status,
         r.cancel_reason, r.result, r.error, r.finished_at, r.hook_delivered, r.dead, r.traceback,
         r.seq, r.leased, r.worker, r.leased_at, r.kind, r.wait_key, r.signals, r.woken,
-        r.used_keys, r.memos, r.history, r.order)
+        r.used_keys, r.memos, r.history, r.order, r.parent, r.spawn_step, r.spawned, r.pending)
 
 
 def run_from_snapshot(s: RunSnapshot) -> Run:
     run = Run(Submitted(s.run_id, s.input, s.submitted_at, s.headers, s.priority,
-                        s.max_attempts, s.step_timeout), s.seq)
+                        s.max_attempts, s.step_timeout, parent=s.parent), s.seq)
     run.step, run.payload, run.attempt = s.step, s.payload, s.attempt
     run.failures, run.abandons, run.due_at, run.status = s.failures, s.abandons, s.due_at, s.status
     run.cancel_reason, run.result, run.error = s.cancel_reason, s.result, s.error
@@ -100,6 +107,7 @@ def run_from_snapshot(s: RunSnapshot) -> Run:
     run.used_keys, run.memos = list(s.used_keys), dict(s.memos)
     run.history = [list(h) for h in s.history]
     run.order = s.order
+    run.spawn_step, run.spawned, run.pending = s.spawn_step, s.spawned, s.pending
     return run
 
 
