@@ -19,6 +19,8 @@ from journaled import Cancel, Continue, Fail, Spawn, Step, StepError, Succeed
 
 
 def _child(step: Step) -> Any:
+    if step.children is not None:  # a nested parent's fan-in
+        return Succeed(str(sum(int(c.result) for c in step.children)).encode())
     spec = json.loads(step.payload)
     how = spec.get("do", "square")
     if how == "square":
@@ -37,20 +39,25 @@ def _child(step: Step) -> Any:
             return Cancel("child saw its token")
         return Succeed(b"slept")
     if how == "nested":  # a child that is itself a parent
-        if step.step_number == 0:
-            return Spawn([json.dumps({"i": k}).encode() for k in range(spec["k"])],
-                         then=b"nested", headers={"role": "child"})
-        return Succeed(str(sum(int(c.result) for c in step.children)).encode())
+        return Spawn([json.dumps({"i": k}).encode() for k in range(spec["k"])],
+                     then=b"nested", headers={"role": "child"})
     if how == "headers":
         return Succeed(json.dumps(step.headers, sort_keys=True).encode())
-    if how == "slow":
-        time.sleep(spec.get("secs", 0.2))
+    if how == "slow":  # child 0 takes ``first`` seconds, the others ``secs``
+        time.sleep(spec.get("first", 0.0) if spec["i"] == 0 else spec.get("secs", 0.0))
         return Succeed(str(spec["i"]).encode())
     return Fail(f"unknown child scenario {how!r}")
 
 
-def runner(step: Step) -> Any:
+def _is_child(step: Step) -> bool:
+    """A child by its header, or (children that inherit their parent's headers) its input."""
     if step.headers.get("role") == "child":
+        return True
+    return step.step_number == 0 and b'"i"' in step.payload[:64]
+
+
+def runner(step: Step) -> Any:
+    if _is_child(step):
         return _child(step)
     spec = json.loads(step.payload) if step.step_number == 0 else None
     if step.step_number == 0:
@@ -65,7 +72,7 @@ def runner(step: Step) -> Any:
         if crash and not os.path.exists(crash):  # the first attempt dies before spawning
             Path(crash).touch()
             os._exit(3)
-        headers = spec.get("headers", {"role": "child"})
+        headers = spec.get("headers", {"role": "child"})  # JSON null: inherit the parent's
         return Spawn(kids, then=json.dumps({"spawned": n, "then": spec.get("then", "")}).encode(),
                      headers=headers)
     if step.children is None:
@@ -85,8 +92,8 @@ def runner(step: Step) -> Any:
         return Succeed(json.dumps(seen).encode())
     total = 0
     for c in kids:
-        if c.status.value == "succeeded":
-            total += int(c.result or b"0")
+        if c.status.value == "succeeded" and (c.result or b"").isdigit():
+            total += int(c.result)
     seen["total"] = total
     seen["errors"] = [c.error for c in kids if c.error]
     return Succeed(json.dumps(seen).encode())
