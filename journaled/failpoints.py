@@ -71,6 +71,10 @@ POINTS: dict[str, str] = {
     "worker.after_step": "worker: runner returned, result not yet sent",
     "blobs.before_fsync": "a blob's temp file is written, not yet fsynced (nothing names it)",
     "blobs.after_fsync": "a blob's temp file is fsynced, not yet renamed into place",
+    "fanout.spawn": "supervisor: a step's Spawn is folded into the turn, Spawned not yet written",
+    "fanout.spawned": "supervisor: a Spawned record (parent outcome + children) is durable",
+    "fanout.fan_in": "supervisor: a parent's fan-in step is leased with its children's outcomes,"
+                     " the lease not yet durable",
 }
 
 ACTIONS = ("crash", "exit", "error", "enospc", "short-write", "skip", "delay:MS")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import dispatch, fanout
+from . import dispatch, failpoints, fanout
 from .api import Signal
 from .errors import JournaledError
 from .pool import Dispatch, InFlight, Pool, Worker
@@ -85,13 +85,15 @@ class Leasing:
             for run in runs:
                 rec = state.lease(run, w.slot, now)
                 recs.append(rec)
+                kids = fanout.outcomes(state, run, self._archived_children) \
+                    if fanout.fans_in(run) else None
+                if failpoints.ENABLED and kids is not None:
+                    failpoints.hit("fanout.fan_in")
                 woken = state.woken_by(run)
                 items.append(Dispatch(pool.next_seq(), run.run_id, run.step, rec.attempt,
                                       run.payload, run.headers,
                                       Signal(*woken) if woken is not None else None,
-                                      run.memos or None,
-                                      fanout.outcomes(state, run, self._archived_children)
-                                      if fanout.fans_in(run) else None))
+                                      run.memos or None, kids))
             self._dispatch.append((w, items))
 
     def _steal(self, mono: float) -> bool:
@@ -127,6 +129,8 @@ class Leasing:
                 recs += self.state.release(item.run_id, item.attempt, True, now, shutdown=True)
                 continue
             recs += complete(item.run_id, item.attempt, res, now, rng())
+            if failpoints.ENABLED and res.kind == "spawn":
+                failpoints.hit("fanout.spawn")
         self.steps_done += len(done)
 
     def _worker_messages(self, w: Worker) -> None:

@@ -70,7 +70,7 @@ from .knobs import warn_test_knobs
 from .leasing import Leasing
 from .live import LivePublisher, clear_status
 from .pool import Dispatch, Pool, Worker
-from .records import CancelRequested, Record, Redriven, Terminated, encode
+from .records import CancelRequested, Record, Redriven, Spawned, Terminated, encode
 from .state import RUNNING, Policy, State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
@@ -587,6 +587,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Compaction, LivePublisher, HookFir
                 self.outcomes.discard(rec.run_id)  # live again: the old end no longer holds
             elif t is CancelRequested and pool is not None:
                 self._signal_cancel(rec.run_id)
+            elif t is Spawned and failpoints.ENABLED:
+                failpoints.hit("fanout.spawned")
         if not terminated:
             return
         state = self.state

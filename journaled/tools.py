@@ -25,6 +25,7 @@ from .records import (
     MemoPut,
     Record,
     Redriven,
+    Spawned,
     StepDone,
     Submitted,
     Terminated,
@@ -135,7 +136,8 @@ def check_archive(state_dir: Path, state: State, out: Check) -> None:
 
 # Record fields that may name a blob (snapshots: their runs' fields, below).
 _NAMING: dict[type, tuple[str, ...]] = {Submitted: ("input",), StepDone: ("payload",),
-                                        Terminated: ("result",), MemoPut: ("value",)}
+                                        Terminated: ("result",), MemoPut: ("value",),
+                                        Spawned: ("then", "children")}
 
 
 def _check_blobs(state_dir: Path, state: State, named: set[str], out: Check) -> None:
