@@ -123,3 +123,14 @@ def noop_or_fail(step):  # type: ignore[no-untyped-def]
     if step.payload.startswith(b"fail"):
         return Fail("asked to fail")
     return Succeed(b"ok")
+
+
+def spawn_noop(step):  # type: ignore[no-untyped-def]
+    """A parent spawning ``int(payload)`` one-step no-op children, then counting them."""
+    from journaled import Spawn
+
+    if step.headers.get("role") == "child":
+        return Succeed(b"")
+    if step.step_number == 0:
+        return Spawn([b""] * int(step.payload or b"0"), then=b"", headers={"role": "child"})
+    return Succeed(str(len(step.children or ())).encode())

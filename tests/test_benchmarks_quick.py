@@ -38,6 +38,8 @@ EXPECTED: dict[str, tuple[set[str], tuple[str, str] | None]] = {
     "compaction_pause.py": ({"state", "turns", "compactions", "longest_compacting_turn_ms",
                              "compacting_turn_max_cpu_ms", "longest_compact_call_ms",
                              "longest_turn_ms", "p99_turn_ms"}, None),
+    "fanout.py": ({"what", "runs", "seconds", "runs_per_s", "ratio", "journal_bytes_per_run",
+                   "state_bytes_per_run"}, None),
     "soak.py": ({"kind", "runs", "seconds", "rss_mb", "worker_rss_mb", "journal_mb",
                  "runs_in_memory", "compactions"}, ("kind", "sample")),
 }
