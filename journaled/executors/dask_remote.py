@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from ..api import SLOT_SIZE, CancelToken, Memo, Step
+from ..api import SLOT_SIZE, CancelToken, Children, Memo, Step
 from ..pool.wire import Dispatch
 from ..pool.worker import resolve_runner, run_one
 from ..state import WorkerResult
@@ -88,7 +88,8 @@ def run_task(spec: str, ns: str, blob: bytes) -> bytes:
         if fn is None:
             fn = _runners[spec] = resolve_runner(spec)
         step = Step(item.run_id, item.step, item.payload, item.headers, item.attempt, token,
-                    None, item.signal, Memo(item.memo, _no_memo))
+                    None, item.signal, Memo(item.memo, _no_memo),
+                    children=None if item.children is None else Children(item.children))
         t0 = time.perf_counter()
         res = run_one(fn, step)
         return pack(time.perf_counter() - t0, res)
