@@ -160,4 +160,7 @@ def test_journaled_run_fans_out_and_status_lists_the_children(tmp_path):
     runs = json.loads(cli("runs", "--json"))
     assert len(runs) == 26, "the children are listed as runs"
     assert json.loads(cli("result", "cli-p"))["total"] == sum(i * i for i in range(25))
+    again = cli("step", "cli-p", "1")
+    assert "outcome: Succeed" in again and '"count": 25' in again and '"total": 4900' in again, \
+        f"'journaled step' re-runs a fan-in step with its children: {again}"
 
