@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 MAX_CHILDREN = 100_000  # children of one Spawn (each is a run in the state until archived)
 _BASE_MAX = 100  # a longer parent id is hashed, so a child id stays within 128 characters
 
+# Submission options a child takes from its parent when the run has them (the named
+# runner, resources and key of issue 14's other parts), beside priority and retries.
+_INHERITED = tuple(f for f in ("runner", "resources", "key") if f in Submitted.__struct_fields__)
+
 # What an archive lookup returns per child id: [run_id, status, result, error].
 ArchivedLookup = Callable[[list[str]], dict[str, list]]
 
@@ -127,12 +131,13 @@ def fold_spawned(state: State, rec: Spawned, parent: Run) -> None:
     pending = 0
     prefix = child_prefix(parent.run_id, rec.step)
     add = state._submitted
+    inherit = {f: getattr(parent, f) for f in _INHERITED if hasattr(parent, f)}
     for i, value in enumerate(rec.children):
         cid = f"{prefix}{i}"
         old = runs.get(cid)
         if old is None:
             add(Submitted(cid, value, rec.at, headers, parent.priority, parent.max_attempts,
-                          parent.step_timeout, parent=parent.run_id))
+                          parent.step_timeout, parent=parent.run_id, **inherit))
             pending += 1
         elif not old.terminal:
             pending += 1
