@@ -6,7 +6,8 @@ the supervisor: while a ``Spawn`` is folded but not written
 (``fanout.spawn``), once the ``Spawned`` record is durable
 (``fanout.spawned``), while a fan-in step is leased with its children's
 outcomes (``fanout.fan_in``), and at commits cut before their sync
-(``journal.before_sync``). Supervisors run in power-loss mode (unsynced
+(``journal.before_sync``), and once finished children are only in the
+archive (``archive.after_drop``). Supervisors run in power-loss mode (unsynced
 writes vanish at the kill) unless the case says otherwise. A second
 supervisor, without failpoints, runs until idle. Then: every parent
 succeeded once with every child's outcome, each parent's children exist
@@ -37,7 +38,8 @@ INPUTS = {FLAT: {"n": 40}, NESTED: {"n": 12, "do": "nested", "child": {"k": 3}}}
 TOTALS = {FLAT: sum(i * i for i in range(40)), NESTED: 12 * (0 + 1 + 4)}
 # (failpoint, nth hit, power loss)
 CASES = [("fanout.spawn", 1, True), ("fanout.spawned", 1, True), ("fanout.fan_in", 1, True),
-         ("journal.before_sync", 4, True), ("fanout.spawned", 6, False)]
+         ("journal.before_sync", 4, True), ("fanout.spawned", 6, False),
+         ("archive.after_drop", 1, True)]  # children only in the archive before the fan-in
 SLOW_CASES = [("fanout.spawn", 5, True), ("fanout.spawned", 13, True), ("fanout.fan_in", 7, True),
               ("fanout.fan_in", 14, False), ("journal.before_sync", 9, True),
               ("journal.before_sync", 20, True), ("supervisor.before_dispatch", 8, True)]
