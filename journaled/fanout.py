@@ -20,7 +20,7 @@ left behind.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .records import CancelRequested, Record, Spawned, Submitted, Terminated
 from .run import CANCELLED, FAILED, RUNNING, WAITING, Run
@@ -203,19 +203,3 @@ def outcomes(state: State, run: Run, archived: ArchivedLookup | None = None) -> 
                                          "this child's outcome is no longer kept (archive "
                                          "retention passed before its parent fanned in)"]
     return out
-
-
-def counts(state: State, run: Run) -> dict[str, int]:
-    """The last spawn's children by status (live ones only; archived ones are finished)."""
-    out: dict[str, int] = {}
-    runs = state.runs
-    for cid in child_ids(run.run_id, run.spawn_step, run.spawned):
-        c = runs.get(cid)
-        key = c.status if c is not None else "archived"
-        out[key] = out.get(key, 0) + 1
-    return out
-
-
-def live_children(runs: Iterable[Run]) -> int:
-    """Children in ``runs`` not yet terminal (a test's invariant helper)."""
-    return sum(1 for r in runs if r.parent and not r.terminal)

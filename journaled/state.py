@@ -688,5 +688,7 @@ class State:
         """
         if self.in_flight or self._ready:
             return False
+        # A parent parked on its children moves when they do: they answer for it.
         return all(r.terminal or (r.wait_key and r.woken is None and r.status == WAITING
-                                  and not r.due_at) for r in self.runs.values())
+                                  and not r.due_at) or (r.pending and r.status == WAITING)
+                   for r in self.runs.values())

@@ -206,3 +206,15 @@ def test_step_children_read_blob_results_lazily(tmp_path):
     assert kids[0].result == b"R" * 100 and kids[0].status is RunStatus.SUCCEEDED
     assert [k.run_id for k in kids] == ["a", "b"] and kids[1].error == "no"
     assert [k.run_id for k in kids[1:]] == ["b"]
+
+
+@pytest.mark.timeout(10)
+def test_a_parent_waiting_on_children_that_wait_for_a_signal_is_idle():
+    st, _ = _parent(1)
+    assert not st.idle(), "a ready child keeps the state busy"
+    (kid,) = st.due_runs(T + 2, 10)
+    lease = st.lease(kid, 1, T + 2)
+    st.complete(kid.run_id, lease.attempt, WorkerResult("continue", b"", key="go"), T + 3)
+    assert st.idle(), "only outside input can move it now (--until-idle may exit)"
+    st.signal(kid.run_id, "go", b"", T + 4)
+    assert not st.idle()
