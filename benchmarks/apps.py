@@ -130,3 +130,14 @@ def delayed_steps(step):  # type: ignore[no-untyped-def]
     if step.step_number < 2:
         return ContinueAfter(step.payload, float(step.headers.get("delay", "0")))
     return Succeed(step.payload)
+
+
+def spawn_noop(step):  # type: ignore[no-untyped-def]
+    """A parent spawning ``int(payload)`` one-step no-op children, then counting them."""
+    from journaled import Spawn
+
+    if step.headers.get("role") == "child":
+        return Succeed(b"")
+    if step.step_number == 0:
+        return Spawn([b""] * int(step.payload or b"0"), then=b"", headers={"role": "child"})
+    return Succeed(str(len(step.children or ())).encode())

@@ -7,6 +7,7 @@ from .api import (
     Cancel,
     Cancelled,
     CancelToken,
+    Children,
     Continue,
     ContinueAfter,
     ContinueOnSignal,
@@ -16,6 +17,7 @@ from .api import (
     RunOutcome,
     RunStatus,
     Signal,
+    Spawn,
     Step,
     StepError,
     Succeed,
@@ -36,6 +38,7 @@ __all__ = [
     "AsyncClient", "Attempt", "Cancel", "Cancelled", "CancelToken", "Client", "Continue",
     "ContinueAfter", "ContinueOnSignal", "DeadLetter", "Fail", "Memo", "Runtime", "RunOutcome",
     "RunStatus",
+    "Children", "Spawn",
     "Signal", "Step", "StepError", "Succeed", "__version__",
 ]
 

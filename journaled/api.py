@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import struct
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Callable, TypeVar, Union
 
@@ -83,8 +84,27 @@ class ContinueOnSignal(msgspec.Struct, frozen=True):
         return t.total_seconds() if isinstance(t, timedelta) else float(t)
 
 
-Outcome = Union[Continue, ContinueAfter, ContinueOnSignal, Succeed, Fail, Cancel]
-OUTCOME_TYPES = (Continue, ContinueAfter, ContinueOnSignal, Succeed, Fail, Cancel)
+class Spawn(msgspec.Struct, frozen=True):
+    """Fan out: start one child run per input in ``children``, then fan in.
+
+    The children and this step's outcome are journaled as one record, so a
+    crash leaves both or neither. Child ``i`` gets run id
+    ``PARENT:s<step>.<i>`` (the same on every retry of the step: a retried
+    step never forks twice), the parent's headers (or ``headers``), priority
+    and retry options, and runs through the same runner. The parent parks,
+    holding no worker, until every child is terminal; its next step then
+    gets ``then`` as payload and ``step.children``: the children's outcomes
+    in order. A failed child does not fail the parent; the next step looks
+    at the statuses and decides. Cancelling the parent cancels its live children.
+    """
+
+    children: list[bytes] = []
+    then: bytes = b""
+    headers: Union[dict[str, str], None] = None
+
+
+Outcome = Union[Continue, ContinueAfter, ContinueOnSignal, Spawn, Succeed, Fail, Cancel]
+OUTCOME_TYPES = (Continue, ContinueAfter, ContinueOnSignal, Spawn, Succeed, Fail, Cancel)
 
 
 class Signal(msgspec.Struct, frozen=True, array_like=True):
@@ -283,6 +303,42 @@ class RunOutcome(msgspec.Struct, frozen=True):
     finished_at: float | None = None
 
 
+class Children(Sequence[RunOutcome]):
+    """``step.children``: the outcomes of the children the previous step spawned, in order.
+
+    Each item is a ``RunOutcome`` (``status``, ``result``, ``error``). A result
+    held as a blob is read when its item is taken, so 10,000 big results
+    are never in memory at once.
+    """
+
+    __slots__ = ("_items", "_blobs")
+
+    def __init__(self, items: list, blobs: Any = None) -> None:
+        self._items = items  # [run_id, status, result (bytes, a BlobRef or None), error]
+        self._blobs = blobs
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _outcome(self, item: list) -> RunOutcome:
+        run_id, status, result, error = item[0], item[1], item[2], item[3]
+        if result is not None and not isinstance(result, (bytes, bytearray)):
+            result = _blob_store(self._blobs).read(result)
+        return RunOutcome(run_id, RunStatus(status), result, error)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._outcome(x) for x in self._items[i]]
+        return self._outcome(self._items[i])
+
+    def statuses(self) -> list[str]:
+        """Every child's status, without reading any result."""
+        return [x[1] for x in self._items]
+
+    def __repr__(self) -> str:
+        return f"<Children: {len(self._items)} outcomes>"
+
+
 class DeadLetter(msgspec.Struct, frozen=True):
     """A run whose step was dead-lettered, as ``dead()`` reports it (a copy, never live state).
 
@@ -390,20 +446,23 @@ class Step:
         signal: the ``Signal`` that woke this step after ``ContinueOnSignal``,
             else ``None``.
         memo: durable key-value store of this ``(run_id, step_number)``.
+        children: after a step that returned ``Spawn``, the ``Children`` outcomes
+            (a sequence of ``RunOutcome``, in spawn order), else ``None``.
 
     Steps must be idempotent per ``(run_id, step_number)``: delivery is
     at-least-once.
     """
 
     __slots__ = ("run_id", "step_number", "_payload", "_ref", "_blobs", "headers", "job_id",
-                 "attempts", "cancel_token", "signal", "memo", "_progress", "_type", "runner")
+                 "attempts", "cancel_token", "signal", "memo", "_progress", "_type", "runner",
+                 "children")
 
     def __init__(self, run_id: str, step_number: int, payload: Any,
                  headers: dict[str, str] | None = None, attempts: int = 1,
                  cancel_token: CancelToken | None = None,
                  progress: Callable[[float, float | None, str], None] | None = None,
                  signal: Signal | None = None, memo: Memo | None = None,
-                 blobs: Any = None) -> None:
+                 blobs: Any = None, children: Children | None = None) -> None:
         self.run_id = run_id
         self.step_number = step_number
         # ``payload`` is bytes, or a BlobRef read from its blob on first use.
@@ -423,6 +482,7 @@ class Step:
         self._progress = progress
         self._type: Any = None  # what ``@journaled.typed`` declared for the input
         self.runner = ""  # the name of the runner serving the run ("" outside a worker)
+        self.children = children
 
     @property
     def payload(self) -> bytes:

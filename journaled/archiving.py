@@ -358,6 +358,19 @@ class Archiving:
         row = self.archive_reader.call("get", run_id)
         return None if row is None else row.outcome()
 
+    def _archived_children(self, run_ids: list[str]) -> dict[str, list]:
+        """Fan-in: outcomes of children the archive took (``fanout.outcomes``), one query."""
+        if not run_ids or not self.archive.exists():
+            return {}
+        rows = self.archive_reader.call("get_many", run_ids) or {}
+        out: dict[str, list] = {}
+        for rid, row in rows.items():
+            result = row.result
+            if result is None and row.result_sha256 is not None:
+                result = row.snapshot().result  # out of line: the record holds the ref
+            out[rid] = [rid, row.status, result, row.error]
+        return out
+
     # ------------------------------------------------- idempotency across history
 
     def _archived_identities(self, run_ids: list[str]) -> dict[str, tuple[str, dict[str, str]]]:

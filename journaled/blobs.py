@@ -82,12 +82,12 @@ def value_size(value: Value | None, exact: bool = False) -> int:
 
 
 def refs_of(values: Iterable[object]) -> Iterator[str]:
-    """The sha256 of every ``BlobRef`` among ``values`` (dicts' values looked into)."""
+    """The sha256 of every ``BlobRef`` among ``values`` (dicts' values and lists looked into)."""
     for v in values:
         if isinstance(v, BlobRef):
             yield v.sha256
-        elif isinstance(v, dict):
-            for x in v.values():
+        elif isinstance(v, (dict, list)):
+            for x in (v.values() if isinstance(v, dict) else v):
                 if isinstance(x, BlobRef):
                     yield x.sha256
 

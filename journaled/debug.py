@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from . import replay
-from .api import CancelToken, Memo, Signal, Step
+from . import fanout, replay
+from .api import CancelToken, Children, Memo, Signal, Step
 from .archive import Archive
 from .blobs import BlobStore, value_size
 from .errors import JournaledError, RunNotFound
@@ -34,12 +34,16 @@ class StepInputs:
         self.attempt = 1
         self.signal: Signal | None = None
         self.memo: dict[str, Any] = {}
+        self.children: list | None = None  # after a Spawn: the children's outcomes
         self.known = False
 
 
-def _inputs_of(run: Run, attempt: int) -> StepInputs:
+def _inputs_of(run: Run, attempt: int, st: State | None = None, state: Path | None = None
+               ) -> StepInputs:
     """The inputs of ``run``'s current step, read off the folded state."""
     got = StepInputs()
+    if st is not None and state is not None and fanout.fans_in(run):
+        got.children = fanout.outcomes(st, run, lambda ids: _archived_children(state, ids))
     got.known = True
     got.payload = run.payload
     got.runner = run.runner
@@ -51,6 +55,18 @@ def _inputs_of(run: Run, attempt: int) -> StepInputs:
         key, data, timed_out = woken
         got.signal = Signal(key, data, bool(timed_out))
     return got
+
+
+def _archived_children(state: Path, ids: list[str]) -> dict[str, list]:
+    reader = Archive(state).open_reader()
+    if reader is None:
+        return {}
+    try:
+        rows = reader.get_many(ids)
+    finally:
+        reader.close()
+    return {rid: [rid, r.status, r.result if r.result is not None or r.result_sha256 is None
+                  else r.snapshot().result, r.error] for rid, r in rows.items()}
 
 
 def recorded_inputs(state: Path, run_id: str, step_number: int) -> StepInputs:
@@ -70,7 +86,7 @@ def recorded_inputs(state: Path, run_id: str, step_number: int) -> StepInputs:
             last = st.runs.get(run_id)
         apply(rec)
         if type(rec) is Leased and rec.run_id == run_id and rec.step == step_number:
-            got = _inputs_of(st.runs[run_id], rec.attempt)
+            got = _inputs_of(st.runs[run_id], rec.attempt, st, Path(state))
     run = st.runs.get(run_id) or last
     if run is None:
         # Compacted away: the archive keeps a failed run's last step inputs.
@@ -85,7 +101,7 @@ def recorded_inputs(state: Path, run_id: str, step_number: int) -> StepInputs:
                 "keeps step inputs only of a failed run's last step "
                 f"(step {run.step}); 'journaled status' shows its steps")
     if run.step == step_number:
-        got = _inputs_of(run, run.attempt)
+        got = _inputs_of(run, run.attempt, st, Path(state))
     if got is None:
         raise JournaledError(f"run {run_id!r} never reached step {step_number} (or the journal "
                              "was compacted past it); 'journaled status' shows its steps")
@@ -111,7 +127,8 @@ def rerun_step(state: Path, run_id: str, step_number: int, app: str | None,
     # stays in memory (no journal), so nothing new is written.
     blobs = BlobStore(state, threshold=1 << 62)
     step = Step(run_id, step_number, got.payload or b"", got.headers, got.attempt,
-                CancelToken(), None, got.signal, Memo(got.memo, None, blobs), blobs)
+                CancelToken(), None, got.signal, Memo(got.memo, None, blobs), blobs,
+                None if got.children is None else Children(got.children, blobs))
     step.runner = table.name_of(got.runner)
     click.echo(f"re-running {spec} on run {run_id} step {step_number} (attempt "
                f"{got.attempt}, {value_size(got.payload, exact=True)} payload bytes); the "

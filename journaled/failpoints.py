@@ -73,6 +73,10 @@ POINTS: dict[str, str] = {
     "blobs.after_fsync": "a blob's temp file is fsynced, not yet renamed into place",
     "schedule.before_tick_commit": "a tick's Submitted and cursor are built, not yet written",
     "schedule.after_tick_commit": "a tick's Submitted and cursor are durable",
+    "fanout.spawn": "supervisor: a step's Spawn is folded into the turn, Spawned not yet written",
+    "fanout.spawned": "supervisor: a Spawned record (parent outcome + children) is durable",
+    "fanout.fan_in": "supervisor: a parent's fan-in step is leased with its children's outcomes,"
+                     " the lease not yet durable",
 }
 
 ACTIONS = ("crash", "exit", "error", "enospc", "short-write", "skip", "delay:MS")

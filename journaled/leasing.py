@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from . import dispatch, quotas
+from . import dispatch, failpoints, fanout, quotas
 from .api import Signal
 from .clock import Clock
 from .errors import JournaledError
@@ -57,6 +57,7 @@ class Leasing:
     _unsent: Callable[[Worker], bool]
     _recycle_workers: Callable[[Callable[[Worker], bool]], None]
     _oom_of: Callable[..., tuple[int, str] | None]
+    _archived_children: fanout.ArchivedLookup
 
     def _init_leasing(self) -> None:
         self.steps_done = 0
@@ -97,11 +98,15 @@ class Leasing:
             for run in runs:
                 rec = state.lease(run, w.slot, now)
                 recs.append(rec)
+                kids = fanout.outcomes(state, run, self._archived_children) \
+                    if fanout.fans_in(run) else None
+                if failpoints.ENABLED and kids is not None:
+                    failpoints.hit("fanout.fan_in")
                 woken = state.woken_by(run)
                 items.append(Dispatch(pool.next_seq(), run.run_id, run.step, rec.attempt,
                                       run.payload, run.headers,
                                       Signal(*woken) if woken is not None else None,
-                                      run.memos or None, run.runner))
+                                      run.memos or None, run.runner, children=kids))
             self._dispatch.append((w, items))
         self._quota_wake = gate.wake
         for key in gate.over - self._over_warned:
@@ -144,6 +149,8 @@ class Leasing:
                 recs += self.state.release(item.run_id, item.attempt, True, now, shutdown=True)
                 continue
             recs += complete(item.run_id, item.attempt, res, now, rng())
+            if failpoints.ENABLED and res.kind == "spawn":
+                failpoints.hit("fanout.spawn")
         self.steps_done += len(done)
         w.steps_run += len(done)
 

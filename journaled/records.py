@@ -37,6 +37,7 @@ class Submitted(Record, tag="sub"):
     runner: str = ""  # the named runner serving the run ("": the supervisor's default)
     resources: dict[str, float] = {}  # name -> amount held while a step is leased (quotas)
     key: str = ""  # concurrency/rate key ("": none); keys are served round-robin
+    parent: str = ""  # the run that spawned this one (never journaled so: see ``Spawned``)
 
 
 class Leased(Record, tag="lea"):
@@ -216,6 +217,11 @@ class RunSnapshot(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
     key: str = ""
     # The payload that entered each step 1..step (fork from step N), bounded (run.TRAIL_BYTES).
     trail: list[Union[bytes, BlobRef, None]] = []
+    parent: str = ""  # a spawned child: its parent's run id
+    # A parent (journaled.fanout): its last Spawn's step, its child count, the live ones.
+    spawn_step: int = -1
+    spawned: int = 0
+    pending: int = 0
 
 
 class Restored(Record, tag="rst"):
@@ -325,10 +331,29 @@ class Forked(Record, tag="frk"):
     key: str = ""
 
 
+class Spawned(Record, tag="spn"):
+    """A step returned ``Spawn``: its outcome and its children's submissions, as one record.
+
+    Replay: the parent's step is done (``then`` is the next step's payload)
+    and it parks until every child is terminal; child ``i`` exists with
+    ``children[i]`` as input and run id ``fanout.child_id(run_id, step, i)``.
+    One record, so a torn write or a crash has all of them or none.
+    ``headers`` is ``None`` when the children inherit the parent's.
+    """
+
+    run_id: str
+    step: int
+    attempt: int
+    then: Value
+    at: float
+    children: list[Value]
+    headers: Union[dict[str, str], None] = None
+
+
 AnyRecord = Union[Submitted, Leased, Released, StepDone, AttemptFailed, CancelRequested,
                   Terminated, HookDelivered, Recovered, Redriven, SignalSent, MemoPut, Snapshot,
                   Archived, Restored, ScheduleSet, ScheduleChanged, ScheduleCursor,
-                  DispatchPaused, Forked]
+                  DispatchPaused, Forked, Spawned]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyRecord)

@@ -31,6 +31,7 @@ class Run:
         "runner",
         "resources", "key",
         "trail", "trail_bytes",
+        "parent", "spawn_step", "spawned", "pending",
     )
 
     def __init__(self, rec: Submitted, seq: int) -> None:
@@ -72,6 +73,12 @@ class Run:
         self.runner = rec.runner  # "": the supervisor's default runner
         self.resources = rec.resources  # held while a step is leased (journaled.quotas)
         self.key = rec.key
+        self.parent = rec.parent  # a spawned child: its parent's run id
+        # A parent (journaled.fanout): the step that spawned last, how many children
+        # it spawned and how many of them are not terminal yet (parked while > 0).
+        self.spawn_step = -1
+        self.spawned = 0
+        self.pending = 0
         # trail[k - 1]: the payload that entered step k (None once over TRAIL_BYTES).
         self.trail: list = []
         self.trail_bytes = 0
@@ -107,13 +114,14 @@ def run_to_snapshot(r: Run) -> RunSnapshot:
         r.cancel_reason, r.result, r.error, r.finished_at, r.hook_delivered, r.dead, r.traceback,
         r.seq, r.leased, r.worker, r.leased_at, r.kind, r.wait_key, r.signals, r.woken,
         r.used_keys, r.memos, r.history, r.order, r.runner, resources=r.resources, key=r.key,
-        trail=r.trail)
+        trail=r.trail, parent=r.parent, spawn_step=r.spawn_step, spawned=r.spawned,
+        pending=r.pending)
 
 
 def run_from_snapshot(s: RunSnapshot) -> Run:
     run = Run(Submitted(s.run_id, s.input, s.submitted_at, s.headers, s.priority,
                         s.max_attempts, s.step_timeout, runner=s.runner,
-                        resources=s.resources, key=s.key), s.seq)
+                        resources=s.resources, key=s.key, parent=s.parent), s.seq)
     run.step, run.payload, run.attempt = s.step, s.payload, s.attempt
     run.failures, run.abandons, run.due_at, run.status = s.failures, s.abandons, s.due_at, s.status
     run.cancel_reason, run.result, run.error = s.cancel_reason, s.result, s.error
@@ -126,6 +134,7 @@ def run_from_snapshot(s: RunSnapshot) -> Run:
     run.order = s.order
     run.trail = list(s.trail)
     run.trail_bytes = sum(value_size(v) for v in run.trail)
+    run.spawn_step, run.spawned, run.pending = s.spawn_step, s.spawned, s.pending
     return run
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Union
 
 import msgspec
 
-from . import quotas
+from . import fanout, quotas
 from .blobs import BlobRef, same_content
 from .errors import RunConflict, RunNotFound, RunNotLive
 from .forking import forked_run
@@ -39,6 +39,7 @@ from .records import (
     RunSnapshot,
     SignalSent,
     Snapshot,
+    Spawned,
     StepDone,
     Submitted,
     Terminated,
@@ -90,6 +91,8 @@ class WorkerResult(msgspec.Struct, frozen=True, array_like=True, omit_defaults=T
     permanent: bool = False
     key: str = ""  # with kind "continue": park until this signal key (delay = timeout)
     peak_rss: int = 0  # kind "oom": the worker's peak resident bytes (the supervisor's view)
+    children: list[Union[bytes, BlobRef]] = []  # kind "spawn": the children's inputs
+    child_headers: Union[dict[str, str], None] = None  # kind "spawn": None = the parent's
 
 
 def remaining_delay(due_at: float, now: float) -> float:
@@ -139,6 +142,7 @@ class State:
             Redriven: self._redriven, SignalSent: self._signal_sent, MemoPut: self._memo_put,
             Snapshot: self._snapshot, Archived: self._archived, Restored: self._restored,
             DispatchPaused: self._dispatch_paused, Forked: self._forked,
+            Spawned: self._spawned,
         }
         # Operations (issue 15): schedules and pauses fold in their own pure modules.
         self.schedules = Schedules()
@@ -282,6 +286,16 @@ class State:
             run.status = RUNNING
             self._make_ready(run)
 
+    def _spawned(self, rec: Spawned) -> None:
+        self._step_done(StepDone(rec.run_id, rec.step, rec.attempt, rec.then, rec.at))
+        fanout.fold_spawned(self, rec, self.runs[rec.run_id])
+
+    def _park(self, run: Run) -> None:
+        """Out of the ready queue until its children are done (``fanout``)."""
+        self._seq += 1
+        run.seq = self._seq
+        run.status = WAITING
+
     def _attempt_failed(self, rec: AttemptFailed) -> None:
         self._saw(rec.at)
         run = self.runs[rec.run_id]
@@ -325,6 +339,8 @@ class State:
         run.status = rec.status  # last: other threads read status first
         self.unhooked.add(run.run_id)
         self._attention.discard(run.run_id)
+        if run.parent:
+            fanout.child_ended(self, run)
 
     def _hook_delivered(self, rec: HookDelivered) -> None:
         run = self.runs.get(rec.run_id)
@@ -361,6 +377,8 @@ class State:
         run.due_at = 0.0
         run.hook_delivered = False
         self._make_ready(run)
+        if run.parent:
+            fanout.child_redriven(self, run)
 
     def _signal_sent(self, rec: SignalSent) -> None:
         self._saw(rec.at)
@@ -438,6 +456,8 @@ class State:
                 self.in_flight[run.run_id] = run
             elif run.cancel_reason is not None:
                 self._attention.add(run.run_id)
+            elif run.pending and run.status == WAITING:
+                continue  # parked on its children: their ends wake it
             elif run.status == WAITING:
                 # A signal wait without a timeout has no timer: giving it one
                 # would wake it as "timed out" at once.
@@ -588,6 +608,8 @@ class State:
                     error=(f"step {step} dead-lettered (permanent error): waited on signal key "
                            f"{res.key!r} a second time; a run may wait on a key once"))])
             return self._commit([StepDone(run_id, step, attempt, res.data, now, due, res.key)])
+        if kind == "spawn":
+            return self._commit(fanout.spawn_records(self, run, res, now))
         if kind == "succeed":
             return self._commit([Terminated(run_id, SUCCEEDED, now, step, attempt,
                                             result=res.data)])
@@ -643,11 +665,14 @@ class State:
         if run.terminal or run.cancel_reason is not None:
             return []
         recs = self._commit([CancelRequested(run_id, reason, now)])
+        if run.pending:  # after the parent's: a torn write is caught by ``fanout.orphans``
+            recs += self._commit(fanout.cancel_records(self, run, reason, now))
         return recs + self.reconcile(now)
 
     def recover(self, now: float, pid: int = 0, app: str = "") -> list[Record]:
         """A supervisor starts: abandon open leases, then settle what that leaves."""
-        return self._commit([Recovered(now, pid, app)]) + self.reconcile(now)
+        recs = self._commit([Recovered(now, pid, app)])
+        return recs + self._commit(fanout.orphans(self, now)) + self.reconcile(now)
 
     def reconcile(self, now: float) -> list[Record]:
         """Decide runs that need no worker: cancelled while idle, abandoned too often."""
@@ -760,6 +785,8 @@ class State:
         pauses = self.pauses
         if self.in_flight or ((self._ready or self.fair) and not pauses):
             return False
+        # A parent parked on its children moves when they do: they answer for it.
         return all(r.terminal or (r.wait_key and r.woken is None and r.status == WAITING
                                   and not r.due_at) or (pauses and pauses.holds(r))
+                   or (r.pending and r.status == WAITING)
                    for r in self.runs.values())

@@ -83,7 +83,7 @@ from .operating import Operating
 from .pool import Dispatch, Pool, Worker
 from .pool.hygiene import Hygiene
 from .quotas import NO_QUOTAS, Quotas
-from .records import CancelRequested, Record, Redriven, Terminated, encode
+from .records import CancelRequested, Record, Redriven, Spawned, Terminated, encode
 from .recycling import Recycling
 from .scheduling import Scheduling
 from .serving import write_serving
@@ -684,6 +684,8 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
             elif t is CancelRequested and pool is not None:
                 self._signal_cancel(rec.run_id)
                 self._timed_sent = True  # its kill after the grace is a loop timer
+            elif t is Spawned and failpoints.ENABLED:
+                failpoints.hit("fanout.spawned")
         if not terminated:
             return
         state = self.state

@@ -26,6 +26,7 @@ from .records import (
     MemoPut,
     Record,
     Redriven,
+    Spawned,
     StepDone,
     Submitted,
     Terminated,
@@ -138,7 +139,8 @@ def check_archive(state_dir: Path, state: State, out: Check) -> None:
 # Record fields that may name a blob (snapshots: their runs' fields, below).
 _NAMING: dict[type, tuple[str, ...]] = {Submitted: ("input",), StepDone: ("payload",),
                                         Terminated: ("result",), MemoPut: ("value",),
-                                        Forked: ("input", "payload", "memos")}
+                                        Forked: ("input", "payload", "memos"),
+                                        Spawned: ("then", "children")}
 
 
 def _check_blobs(state_dir: Path, state: State, named: set[str], out: Check) -> None:

@@ -43,6 +43,8 @@ EXPECTED: dict[str, tuple[set[str], tuple[str, str] | None]] = {
                        "runs_per_s", "speedup"}, None),
     "harness.py": ({"what", "runs", "done", "simulated_s", "seconds", "steps_per_s",
                     "vs_runtime"}, None),
+    "fanout.py": ({"what", "runs", "seconds", "runs_per_s", "ratio", "journal_bytes_per_run",
+                   "state_bytes_per_run"}, None),
     "soak.py": ({"kind", "runs", "seconds", "rss_mb", "worker_rss_mb", "journal_mb",
                  "runs_in_memory", "compactions"}, ("kind", "sample")),
 }

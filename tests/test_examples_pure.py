@@ -225,3 +225,88 @@ def test_flaky_cancelled_token_cancels() -> None:
     token = CancelToken()
     token.cancel()
     assert flaky.runner(Step("r1", 2, b"order-1", cancel_token=token)) == Cancel("cooperative")
+
+
+# ---------------------------------------------------------------- fanout, wordcount
+
+
+def _fan(runner: Callable[[Step], Any], data: bytes, run_id: str = "p") -> Any:
+    """Play the supervisor for one Spawn: run each child, then the fan-in step."""
+    from journaled.api import Children, Spawn
+    from journaled.fanout import child_ids
+
+    out = runner(Step(run_id, 0, data))
+    if not isinstance(out, Spawn):
+        return out
+    ids = child_ids(run_id, 0, len(out.children))
+    items = []
+    for cid, inp in zip(ids, out.children, strict=True):
+        res = runner(Step(cid, 0, inp, headers=out.headers))
+        assert isinstance(res, (Succeed, Fail)), res
+        items.append((cid, "succeeded", res.result, None) if isinstance(res, Succeed)
+                     else (cid, "failed", None, res.reason))
+    return runner(Step(run_id, 1, out.then, children=Children(items)))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("n,k", [(0, 1), (1, 1), (10, 3), (1000, 7), (5, 5)])
+def test_fanout_total_is_the_sum_of_squares(n: int, k: int) -> None:
+    from examples import fanout
+
+    assert _fan(fanout.runner, f"{n} {k}".encode()) == Succeed(str(sum(i * i for i in range(n)))
+                                                               .encode())
+
+
+@pytest.mark.timeout(30)
+def test_fanout_step_zero_is_a_spawn_that_tiles_the_range() -> None:
+    from examples import fanout
+    from journaled.api import Spawn
+
+    out = fanout.runner(Step("p", 0, b"100 3"))
+    assert isinstance(out, Spawn) and out.headers == {"role": "child"}
+    bounds = [tuple(int(x) for x in c.split()) for c in out.children]
+    assert bounds == [(0, 33), (33, 66), (66, 100)]
+    assert out == fanout.runner(Step("p", 0, b"100 3", attempts=2)), "a retry spawns the same"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("data", [b"x", b"10 0", b"-1 2"])
+def test_fanout_bad_input_fails(data: bytes) -> None:
+    from examples import fanout
+
+    assert isinstance(fanout.runner(Step("p", 0, data)), Fail)
+
+
+@pytest.mark.timeout(30)
+def test_fanout_fan_in_fails_when_a_child_did_not_succeed() -> None:
+    from examples import fanout
+    from journaled.api import Children
+
+    kids = Children([("p:s0.0", "succeeded", b"1", None), ("p:s0.1", "cancelled", None, "x")])
+    out = fanout.runner(Step("p", 1, b"2", children=kids))
+    assert isinstance(out, Fail) and "p:s0.1 cancelled" in out.reason
+
+
+@pytest.mark.timeout(30)
+def test_wordcount_reduce_equals_a_direct_count_of_the_generated_text() -> None:
+    import json
+    from collections import Counter
+
+    from examples import wordcount
+
+    out = _fan(wordcount.runner, b"30 200 5")
+    assert isinstance(out, Succeed)
+    got = json.loads(out.result)
+    text = " ".join(wordcount.generate(30, 200, 5))
+    direct = Counter(w.strip(".").lower() for w in text.split())
+    assert got["words"] == 6000 == sum(direct.values())
+    assert got["top"][0] == ["the", direct["the"]]
+    assert wordcount.generate(3, 10, 1) == wordcount.generate(3, 10, 1), "seeded: deterministic"
+
+
+@pytest.mark.timeout(30)
+def test_wordcount_bad_input_fails() -> None:
+    from examples import wordcount
+
+    assert isinstance(wordcount.runner(Step("w", 0, b"0 10 1")), Fail)
+    assert isinstance(wordcount.runner(Step("w", 0, b"abc")), Fail)

@@ -62,6 +62,7 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
                         step=run.step, attempt=run.attempt, failures=run.failures,
                         dead=run.dead, traceback=run.traceback or None,
                         resources=getattr(run, "resources", {}), key=getattr(run, "key", ""),
+                        children=run.spawned, children_live=run.pending, parent=run.parent or None,
                         history=[msgspec.structs.asdict(a) for a in client.history(run_id)])
         data["supervisor"] = msgspec.structs.asdict(sup)
         data["paused"] = held
@@ -85,6 +86,12 @@ def status(run_id: str, as_json: bool, state: Path) -> None:
         until = f", times out {_when(run.due_at)}" if run.due_at else ", no timeout"
         click.echo(f"  parked:    on signal {run.wait_key!r}{until}; send it with "
                    f"'journaled signal {run_id} {run.wait_key} DATA'")
+    if run is not None and run.parent:
+        click.echo(f"  parent:    {run.parent}")
+    if run is not None and run.spawn_step >= 0:
+        waits = " (the parent waits for them)" if run.pending and not out.status.terminal else ""
+        click.echo(f"  children:  {run.spawned:,} spawned by step {run.spawn_step}, "
+                   f"{run.pending:,} not finished{waits}")
     if out.result is not None:
         click.echo(f"  result:    {_short(out.result, 200)}")
     if out.error:

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from ..api import SLOT_SIZE, CancelToken, Memo, Step
+from ..api import SLOT_SIZE, CancelToken, Children, Memo, Step
 from ..errors import UnknownRunner
 from ..pool.wire import Dispatch
 from ..pool.worker import resolve_runners, run_one
@@ -93,7 +93,8 @@ def run_task(spec: str, ns: str, blob: bytes) -> bytes:
         except UnknownRunner as e:  # served before a restart, not any more
             return pack(0.0, WorkerResult("error", permanent=True, error=str(e)))
         step = Step(item.run_id, item.step, item.payload, item.headers, item.attempt, token,
-                    None, item.signal, Memo(item.memo, _no_memo))
+                    None, item.signal, Memo(item.memo, _no_memo),
+                    children=None if item.children is None else Children(item.children))
         step.runner = table.name_of(item.runner)
         t0 = time.perf_counter()
         res = run_one(fn, step)

@@ -38,6 +38,9 @@ class Dispatch(msgspec.Struct, frozen=True, array_like=True):
     signal: Union[Signal, None] = None
     memo: Union[dict[str, Union[bytes, BlobRef]], None] = None
     runner: str = ""  # the run's runner name ("": the default)
+    # After a Spawn: [run_id, status, result (bytes or a ref), error] per child, in order.
+    children: Union[list[tuple[str, str, Union[bytes, BlobRef, None], Union[str, None]]],
+                    None] = None
 
 
 class DispatchBatch(msgspec.Struct, frozen=True, array_like=True, tag="d"):
@@ -111,6 +114,8 @@ def split_dispatches(items: list[Dispatch], cap: int = BATCH_BYTES) -> list[list
     size = 0
     for d in items:
         n = value_size(d.payload) + sum(value_size(v) for v in (d.memo or {}).values())
+        if d.children:
+            n += sum(value_size(c[2]) for c in d.children if c[2] is not None)
         if cur and size + n > cap:
             out.append(cur)
             cur, size = [], 0

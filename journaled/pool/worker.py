@@ -43,11 +43,13 @@ from ..api import (
     Cancel,
     Cancelled,
     CancelToken,
+    Children,
     Continue,
     ContinueAfter,
     ContinueOnSignal,
     Fail,
     Memo,
+    Spawn,
     Step,
     StepError,
     Succeed,
@@ -185,6 +187,10 @@ def to_result(out: Any, blobs: BlobStore | None = None) -> WorkerResult:
             if not (isinstance(out.key, str) and out.key):
                 return WorkerResult("error", permanent=True,
                                     error="ContinueOnSignal.key must be a non-empty str")
+        elif t is Spawn:
+            from .spawn import spawn_result
+
+            return spawn_result(out, lambda what, data: _value(what, data, blobs))
         elif t is Fail:
             return WorkerResult("fail", error=cut_text(str(out.reason)))
         elif t is Cancel:
@@ -193,7 +199,7 @@ def to_result(out: Any, blobs: BlobStore | None = None) -> WorkerResult:
             return WorkerResult(
                 "error", permanent=True,
                 error=(f"runner returned {t.__name__}, expected Continue, ContinueAfter, "
-                       "ContinueOnSignal, Succeed, Fail or Cancel"))
+                       "ContinueOnSignal, Spawn, Succeed, Fail or Cancel"))
     except InputTooLarge as e:
         return _too_large(e)
     except TypeError as e:  # a buffer numpy cannot flatten: no retry can fix it
@@ -491,7 +497,8 @@ class WorkerLoop:
                         CancelToken(self.buf, self.slot, seq, self.stop_at),
                         _Progress(self.buf, self.slot, seq), item.signal,
                         Memo(item.memo, functools.partial(self._put_memo, seq), self.blobs),
-                        self.blobs)
+                        self.blobs,
+                        None if item.children is None else Children(item.children, self.blobs))
             step.runner = self.table.name_of(item.runner)
             try:
                 fn = self.table.get(item.runner)

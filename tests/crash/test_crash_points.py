@@ -140,14 +140,14 @@ def _descendants(pid: int) -> list[int]:
 
 
 def supervise(state: Path, log: Path, failpoints: str, label: str, power_loss: bool = True,
-              timeout: float = SUPERVISOR_TIMEOUT) -> int:
+              timeout: float = SUPERVISOR_TIMEOUT, app: str = APP) -> int:
     """One ``journaled run --until-idle`` (in power-loss mode unless told); its exit code.
 
     0 or -9 (killed at a failpoint); anything else, or a hang, fails the test.
     """
     env = dict(os.environ)
     env.pop("JOURNALED_STATE", None)
-    env.update({ENV_APP: APP, ENV_LOG: str(log), "JOURNALED_FAILPOINTS": failpoints,
+    env.update({ENV_APP: app, ENV_LOG: str(log), "JOURNALED_FAILPOINTS": failpoints,
                 "JOURNALED_SIMULATE_POWER_LOSS": "1" if power_loss else "0",
                 "PYTHONFAULTHANDLER": "1",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))})

@@ -78,43 +78,48 @@ def test_flaky_retries_a_transient_error_and_fails_a_bad_order(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_fanout_submits_children_with_derived_ids_and_sums_their_results(tmp_path):
+def test_fanout_spawns_children_with_derived_ids_and_sums_their_results(tmp_path):
     state = tmp_path / "s"
-    env = cli_env(JOURNALED_STATE=str(state))  # how the workers find the state directory
     n, k = 30_000, 3
-    parent = submit(state, f"{n} {k}", "--run-id", "fan-1", env=env)
+    parent = submit(state, f"{n} {k}", "--run-id", "fan-1")
     assert parent == "fan-1"
-    run_until_idle("examples.fanout:runner", state, env=env)
+    run_until_idle("examples.fanout:runner", state)
     all_ = runs(state)
+    assert child_ids("fan-1", k) == ["fan-1:s0.0", "fan-1:s0.1", "fan-1:s0.2"]
     assert set(all_) == {"fan-1", *child_ids("fan-1", k)}, "exactly K children, once each"
-    assert child_ids("fan-1", k) == ["fan-1.c0", "fan-1.c1", "fan-1.c2"]
     assert all(r["status"] == "succeeded" for r in all_.values()), all_
     assert int(all_["fan-1"]["result"]) == sum(i * i for i in range(n))
     assert sum(int(all_[c]["result"]) for c in child_ids("fan-1", k)) == sum(
         i * i for i in range(n))
+    assert all_["fan-1"]["steps"] == 2, "step 0 spawns, step 1 fans in: no poll loop"
+    for c in child_ids("fan-1", k):
+        hist = json.loads(ok(cli("status", c, "--json", state=state)))["history"]
+        assert len(hist) == 1, f"{c} ran {len(hist)} times"
+    assert "children:  3 spawned by step 0" in ok(cli("status", "fan-1", state=state))
 
 
 @pytest.mark.timeout(60)
-def test_fanout_step_zero_rerun_submits_nothing_new(tmp_path):
-    """Idempotent fan-out: re-running step 0 (a retry after a crash) reuses the same ids."""
-    from examples import fanout
-    from journaled import Client, Continue, Step
+def test_wordcount_maps_200_chunks_and_reduces_them_in_the_parent(tmp_path):
+    from examples.wordcount import count_words, generate, reduce_counts
 
     state = tmp_path / "s"
-    step = Step("p-7", 0, b"100 2", headers={"state": str(state)})
-    first = fanout.runner(step)
-    again = fanout.runner(Step("p-7", 0, b"100 2", headers={"state": str(state)}, attempts=2))
-    assert isinstance(first, Continue) and first == again
-    assert sorted(o.run_id for o in Client(state).runs()) == ["p-7.c0", "p-7.c1"]
-    # Both submissions reach a supervisor: each child is journaled and run once.
-    run_until_idle("examples.fanout:runner", state)
-    all_ = runs(state)
-    assert sorted(all_) == ["p-7.c0", "p-7.c1"]
-    assert [all_[c]["result"] for c in ("p-7.c0", "p-7.c1")] == [
-        str(sum(i * i for i in range(0, 50))), str(sum(i * i for i in range(50, 100)))]
-    for c in all_:
-        hist = json.loads(ok(cli("status", c, "--json", state=state)))["history"]
-        assert len(hist) == 1, f"{c} ran {len(hist)} times"
+    submit(state, "200 300 11", "--run-id", "wc")
+    run_until_idle("examples.wordcount:runner", state)
+    got = json.loads(ok(cli("result", "wc", state=state)))
+    want = reduce_counts([count_words(t) for t in generate(200, 300, 11)])
+    assert got == json.loads(json.dumps(want)), "the reduce must equal a direct count"
+    assert got["words"] == 200 * 300
+    listed = json.loads(ok(cli("runs", "--json", "--limit", "0", state=state)))
+    assert len(listed) == 201, "one map run per chunk, plus the parent"
+
+
+@pytest.mark.timeout(60)
+def test_wordcount_prints_its_counts_when_run_as_a_script():
+    proc = subprocess.run([sys.executable, "-m", "examples.wordcount", "20", "100", "3"],
+                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("2,000 words"), proc.stdout
+    assert "most common" in proc.stdout and " the " in proc.stdout, proc.stdout
 
 
 @pytest.mark.timeout(60)

@@ -60,6 +60,7 @@ from journaled.records import (
     Released,
     Restored,
     Snapshot,
+    Spawned,
     StepDone,
     Submitted,
     Terminated,
@@ -89,7 +90,8 @@ FIELDS = ("status", "step", "payload", "attempt", "failures", "abandons", "resul
           "dead", "kind", "cancel_reason", "leased", "worker", "due_at", "finished_at",
           "hook_delivered", "input", "priority", "max_attempts", "traceback",
           # Later additions, compared when the Run has them.
-          "wait_key", "signals", "woken", "used_keys", "memos", "history", "order")
+          "wait_key", "signals", "woken", "used_keys", "memos", "history", "order",
+          "parent", "spawn_step", "spawned", "pending")
 
 # Continuing outcomes come more often than ending ones, so runs live long enough to be
 # caught by crashes mid-step, mid-delay and mid-backoff.
@@ -112,7 +114,16 @@ OUTCOMES = st.sampled_from([
     WorkerResult("continue", b"w1", key="k1"),
     WorkerResult("continue", b"w2", key="k2"),
     WorkerResult("continue", b"w3", delay=30.0, key="k3"),
+    # Fan-out (journaled.fanout): children run through the same outcomes, so they may
+    # spawn too; an empty spawn fans in at once.
+    WorkerResult("spawn", b"then", children=[b"c0", b"c1"]),
+    WorkerResult("spawn", b"then", children=[b"c0"], child_headers={"h": "1"}),
+    WorkerResult("spawn", b"none", children=[]),
 ])
+
+
+def is_child(rid: str) -> bool:
+    return ":s" in rid
 
 
 def observe(state: State) -> dict:
@@ -231,6 +242,17 @@ class SupervisorModel(RuleBasedStateMachine):
             elif res.delay > 0:
                 assert rec.due_at == self.now + res.delay and run.status == WAITING, \
                     "a delayed step waits until now + delay"
+        elif res.kind == "spawn":
+            assert isinstance(rec, Spawned) and rec.children == res.children, \
+                "a spawn is one Spawned record carrying every child"
+            assert (run.step, run.attempt, run.spawn_step, run.spawned) == \
+                (step + 1, 0, step, len(res.children)), "a spawn moves to the fan-in step"
+            assert (run.status == WAITING) == (run.pending > 0), \
+                "the parent parks while it has children to wait for, else is ready"
+            for i in range(len(res.children)):
+                child = self.state.runs[f"{rid}:s{step}.{i}"]
+                assert child.parent == rid and child.input == res.children[i], \
+                    "child i exists with its input and its parent named"
         elif res.kind == "succeed":
             assert isinstance(rec, Terminated) and rec.status == SUCCEEDED, \
                 "succeed ends the run succeeded"
@@ -613,8 +635,14 @@ class SupervisorModel(RuleBasedStateMachine):
                     m["spent"] = rec.attempt - 1
                 elif not rec.shutdown:
                     m["abandons"] += 1
-            elif isinstance(rec, StepDone):
+            elif isinstance(rec, (StepDone, Spawned)):
                 m.update(step=rec.step + 1, spent=0, failures=0, abandons=0, leased=False)
+                if isinstance(rec, Spawned):
+                    for i in range(len(rec.children)):
+                        cid = f"{rid}:s{rec.step}.{i}"
+                        assert cid not in model, f"(b) child {cid} is spawned once"
+                        model[cid] = dict(ends=0, step=0, spent=0, failures=0, abandons=0,
+                                          leased=False, limit=m["limit"])
             elif isinstance(rec, AttemptFailed):
                 m["failures"] += 1
                 m["leased"] = False
@@ -643,6 +671,30 @@ class SupervisorModel(RuleBasedStateMachine):
                 (m["step"], m["spent"], m["failures"], m["abandons"]), \
                 f"run {rid}: step, attempt, failures and abandons must match the history"
             assert run.failures < m["limit"], f"(e) run {rid} failures below max_attempts"
+
+    @invariant()
+    def parents_count_their_live_children(self):
+        """Fan-in: a parked parent waits for exactly its live children, and only then."""
+        if not self.up:
+            return
+        runs = self.state.runs
+        for rid, run in runs.items():
+            if run.spawn_step < 0 or run.terminal:
+                continue
+            prefix = f"{rid}:s{run.spawn_step}."
+            live = sum(1 for i in range(run.spawned)
+                       if (c := runs.get(prefix + str(i))) is not None and not c.terminal)
+            if run.status == WAITING and run.pending:
+                assert run.pending == live, \
+                    f"parent {rid} waits for {run.pending} children, {live} are live"
+            if run.cancel_reason is None and run.step == run.spawn_step + 1 and not live:
+                assert run.pending == 0, f"parent {rid} waits for children that ended"
+        for rid, run in runs.items():
+            parent = runs.get(run.parent) if run.parent else None
+            if parent is not None and parent.status == CANCELLED and not run.terminal and \
+                    run.cancel_reason is None and \
+                    run.run_id.startswith(f"{parent.run_id}:s{parent.spawn_step}."):
+                raise AssertionError(f"child {rid} of cancelled parent {parent.run_id} lives on")
 
     @invariant()
     def due_runs_are_leasable(self):
@@ -688,7 +740,8 @@ class SupervisorModel(RuleBasedStateMachine):
         stuck = sorted(rid for rid, run in self.state.runs.items() if not run.terminal)
         assert not stuck, f"(c) every run must end, these did not: {stuck}"
         known = set(self.state.runs) | set(self.archive)
-        assert set(self.inbox) == known, "every accepted submission is a run (live or archived)"
+        assert set(self.inbox) == {r for r in known if not is_child(r)}, \
+            "every accepted submission is a run (live or archived)"
         ends: dict[str, int] = {}
         for rec in self.history:
             if isinstance(rec, Terminated):
