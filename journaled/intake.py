@@ -15,7 +15,6 @@ from __future__ import annotations
 import _thread
 import logging
 import threading
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
@@ -111,6 +110,7 @@ class Intake:
     _compact_requested: bool
     wake: Callable[[], None]
     state_lock: Any
+    clock: Any  # journaled.clock.Clock
     _flusher: Any
     _stopping: bool
     _storage_broken: bool
@@ -163,9 +163,9 @@ class Intake:
         try:
             if self.stopped.is_set() or self._compact_requested:
                 return False
-            now = time.time()
+            now = self.clock.now()
             self._run_commands(now)
-            self._lease(now, time.monotonic())
+            self._lease(now, self.clock.monotonic())
             recs = self._recs
             if self._carry:
                 recs += self._carry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import sys
@@ -146,6 +147,8 @@ def crashtest(app: str | None, runs: int | None, kills: int, seed: int | None, i
         _fail(f"bad -H: {e}")
     if runner_name is not None and not runner_name:
         _fail("--runner needs a name, e.g. --runner images")
+    if runner_name:
+        _check_runner_name(app, runner_name)
     cfg = Config(app=app, runs=runs, kills=kills, seed=seed, inputs=inputs, workers=workers,
                  kill_workers=kill_workers, power_loss=power_loss, max_attempts=max_attempts,
                  timeout=timeout, keep=keep, signals=sigs, scratch=scratch,
@@ -171,3 +174,17 @@ def crashtest(app: str | None, runs: int | None, kills: int, seed: int | None, i
     else:
         click.echo(format_report(rep))
     sys.exit(0 if rep["ok"] else 1)
+
+
+def _check_runner_name(app: str, name: str) -> None:
+    """A one-line error, before anything starts, when APP serves no runner ``name``."""
+    from ..app import load_table
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        table = load_table(app)
+    except Exception as e:  # noqa: BLE001 - the user's module: its failure is one line
+        _fail(f"cannot load {app!r}: {type(e).__name__}: {e}")
+    if name not in table.runners:
+        _fail(f"--runner {name!r}: {app} serves {', '.join(table.names)}")

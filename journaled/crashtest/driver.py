@@ -179,7 +179,10 @@ class CrashTest(Planner, Supervising):
         return env
 
     def _command(self, state: Path, crash: bool) -> list[str]:
-        cmd = [sys.executable, "-m", "journaled.cli", "run", WRAPPED, "--state", str(state),
+        # A named runner: the supervisor serves the wrapper under that name, and the
+        # wrapper calls the user's runner of the same name (execlog.wrapped_runner).
+        target = f"{self.cfg.runner}={WRAPPED}" if self.cfg.runner else WRAPPED
+        cmd = [sys.executable, "-m", "journaled.cli", "run", target, "--state", str(state),
                "--until-idle", "-w", str(self.cfg.workers),
                "--max-attempts", str(self.cfg.max_attempts), "--on-terminal", HOOK]
         if crash:

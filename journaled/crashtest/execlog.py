@@ -73,13 +73,16 @@ def wrapped_runner(step: Any) -> Any:
     """
     global _real_runner
     if _real_runner is None:
-        from ..pool import resolve_runner
+        from ..pool.worker import resolve_runners
 
         spec = os.environ.get(ENV_APP)
         if not spec:
             raise RuntimeError(f"{ENV_APP} is not set; wrapped_runner is run by "
                                "'journaled crashtest', not by hand")
-        _real_runner = resolve_runner(spec)
+        table = resolve_runners(spec)  # one runner, or an App's (crashtest --runner NAME)
+        # Served under the name given to --runner (else as "wrapped_runner"): the
+        # user's runner of that name, or the app's default one.
+        _real_runner = table.get(step.runner if step.runner in table.runners else "")
     _append(f"exec {step.run_id} {step.step_number} {step.attempts} {os.getpid()}\n")
     n = int(os.environ.get(ENV_PAYLOAD, "0") or 0)
     if n <= 0:

@@ -28,10 +28,20 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from ..api import SLOT_SIZE, CancelToken, Memo, Step, block_size, read_progress, write_progress
+from ..api import (
+    SLOT_SIZE,
+    CancelToken,
+    Children,
+    Memo,
+    Step,
+    block_size,
+    read_progress,
+    write_progress,
+)
 from ..blobs import BlobStore
+from ..errors import UnknownRunner
 from ..pool import Dispatch, InFlight, MemoPutMsg, Worker, WorkerChannels
-from ..pool.worker import resolve_runner, run_one
+from ..pool.worker import resolve_runners, run_one
 from ..state import WorkerResult
 
 _U64 = struct.Struct("<Q")
@@ -94,7 +104,8 @@ class InlineExecutor(WorkerChannels):
                  blob_threshold: int | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.fn: Callable[[Step], Any] = resolve_runner(runner)
+        self.table = resolve_runners(runner)  # named runners (an App, a dict) or just one
+        self.fn: Callable[[Step], Any] = self.table.get("")
         self.size = workers
         self.workers = [Worker(i) for i in range(workers)]
         # The cancel block's layout, in plain memory: tokens and progress as usual.
@@ -176,9 +187,16 @@ class InlineExecutor(WorkerChannels):
                     CancelToken(self.buf, slot, seq, self.stop_at),
                     functools.partial(write_progress, self.buf, slot, seq), item.signal,
                     Memo(item.memo, functools.partial(self._put_memo, w, seq), self.blobs),
-                    self.blobs)
+                    self.blobs,
+                    None if item.children is None else Children(item.children, self.blobs))
+        step.runner = self.table.name_of(item.runner)
         started = time.perf_counter()
-        res = run_one(self._call, step, self.blobs)
+        try:
+            self.fn = self.table.get(item.runner)
+        except UnknownRunner as e:  # as a worker does: served before, not any more
+            res = WorkerResult("error", permanent=True, error=str(e))
+        else:
+            res = run_one(self._call, step, self.blobs)
         busy = time.perf_counter() - started
         _U64.pack_into(self.buf, slot * SLOT_SIZE + 8, 0)
         escaped, self._escaped = self._escaped, None

@@ -308,7 +308,7 @@ class Harness:
 
     def _until_answered(self, fut: Future) -> Any:
         for _ in range(MAX_ROUNDS):
-            if fut._ev.is_set():
+            if fut.done():
                 break
             sup = self._live()
             sup.turn(0.05 if sup._written else 0.0)  # commands run no steps

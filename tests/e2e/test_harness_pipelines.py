@@ -1,0 +1,64 @@
+"""The harness runs what ``journaled run`` runs: named runners of an ``App``, a fan-out
+with its fan-in, an async runner and a typed one, all inline on the fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+
+import journaled
+from journaled import ContinueAfter, Spawn, Succeed
+from journaled.testing import Harness
+
+app = journaled.App()
+
+
+@app.runner("split")
+def split(step):  # type: ignore[no-untyped-def]
+    if step.headers.get("role") == "child":
+        return Succeed(step.payload.upper())
+    if step.step_number == 0:
+        return Spawn([w.encode() for w in step.payload.decode().split()], then=b"",
+                     headers={"role": "child"})
+    return Succeed(b" ".join(c.result for c in step.children))
+
+
+@app.runner("later")
+async def later(step):  # type: ignore[no-untyped-def]
+    await asyncio.sleep(0)
+    if step.step_number == 0:
+        return ContinueAfter(step.payload + b"+", 3600)
+    return Succeed(step.payload + step.runner.encode())
+
+
+class Order(msgspec.Struct):
+    sku: str
+    qty: int
+
+
+@app.runner("orders")
+@journaled.typed(Order)
+def orders(step):  # type: ignore[no-untyped-def]
+    o = step.input(Order)
+    return Succeed(f"{o.sku}x{o.qty}".encode())
+
+
+@pytest.mark.timeout(60)
+def test_named_runners_spawn_async_and_typed_runners_in_the_harness():
+    with Harness(app) as h:
+        words = h.submit(b"map reduce on one machine", runner="split")
+        wait = h.submit(b"in", runner="later")
+        good = h.submit(msgspec.msgpack.encode(Order("bolt", 3)), runner="orders")
+        bad = h.submit(msgspec.msgpack.encode({"sku": "nut", "qty": "many"}), runner="orders")
+        h.run_until_idle()
+        assert h.result(words) == b"MAP REDUCE ON ONE MACHINE"
+        assert h.status(wait).status.value == "waiting", "an hour-long delay has not passed"
+        h.advance(3600)
+        assert h.result(wait) == b"in+later", "step.runner names the runner serving the run"
+        assert h.result(good) == b"boltx3"
+        out = h.status(bad)
+        assert out.status.value == "failed" and "qty" in (out.error or "")
+        with pytest.raises(journaled.errors.UnknownRunner):
+            h.submit(b"", runner="nope")
