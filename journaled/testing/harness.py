@@ -36,6 +36,7 @@ from ..errors import JournaledError
 from ..executors.inline import InlineExecutor
 from ..inbox import seconds
 from ..intake import Future
+from ..quotas import make_quotas
 from ..runtime import Runtime
 from ..state import Policy, WorkerResult
 from ..supervisor import DAY, Supervisor
@@ -119,6 +120,11 @@ class Harness:
         timeout counts fake seconds, and an inline step cannot be killed.
         fsync: sync the journal for real (default off: a harness crash is a
             process crash, which keeps what was written anyway).
+        limits, key_concurrency: ``journaled run --limit`` and
+            ``--key-concurrency`` (runs name theirs at submit: ``resources=``,
+            ``key=``).
+        A runner may be an ``App`` or a dict of named runners (submit with
+        ``runner=NAME``), a ``journaled.chain``, ``async`` or ``@typed``.
     """
 
     def __init__(self, runner: Any, *, workers: int | str = "inline",
@@ -128,7 +134,8 @@ class Harness:
                  step_timeout: float | timedelta | None = None, cancel_grace: float = 2.0,
                  retention: float = 7 * DAY, blob_threshold: int = DEFAULT_THRESHOLD,
                  on_terminal: Callable[[RunOutcome], Any] | None = None,
-                 fsync: bool = False, keep: bool = False) -> None:
+                 fsync: bool = False, keep: bool = False,
+                 limits: dict[str, float] | None = None, key_concurrency: int = 0) -> None:
         if workers != "inline" and (not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be 'inline' or an int >= 1, got {workers!r}")
         if max_attempts < 1:
@@ -145,7 +152,9 @@ class Harness:
         self.keep = keep
         self._opts = dict(cancel_grace=cancel_grace, retention=retention,
                           blob_threshold=blob_threshold, on_terminal=on_terminal,
-                          unsafe_no_fsync=not fsync)
+                          unsafe_no_fsync=not fsync,
+                          # --limit and --key-concurrency, as Runtime takes them
+                          quotas=make_quotas(limits, key_concurrency))
         self._calls: list[StepCall] = []
         self._crash_when: Callable[[StepCall], bool] | None = None
         self._crashes = 0

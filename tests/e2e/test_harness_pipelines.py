@@ -62,3 +62,20 @@ def test_named_runners_spawn_async_and_typed_runners_in_the_harness():
         assert out.status.value == "failed" and "qty" in (out.error or "")
         with pytest.raises(journaled.errors.UnknownRunner):
             h.submit(b"", runner="nope")
+
+
+def _touch(step):  # type: ignore[no-untyped-def]
+    return Succeed(step.payload)
+
+
+@pytest.mark.timeout(60)
+def test_limits_and_keys_in_the_harness_hold_like_a_supervisor():
+    with Harness(_touch, limits={"gpu": 1}) as h:
+        ids = [h.submit(b"%d" % i, key="big", resources={"gpu": 1}) for i in range(4)]
+        ids += [h.submit(b"s", key="small", resources={"gpu": 1})]
+        h.run_until_idle()
+        order = [c.run_id for c in h.steps()]
+        assert sorted(order) == sorted(ids)
+        assert order.index(ids[4]) <= 2, f"keys take turns: {order}"
+        with pytest.raises(journaled.errors.OverLimit):
+            h.submit(b"", resources={"gpu": 2})
