@@ -129,3 +129,25 @@ def test_rss_monitor_kills_busy_and_recycles_idle_workers():
         if victim.poll() is None:
             victim.kill()
             victim.wait()
+
+
+@pytest.mark.timeout(90)
+def test_a_sigkill_we_did_not_send_near_the_rss_limit_is_charged_as_oom(runtime):
+    """What the kernel's OOM killer does: SIGKILL a worker whose RSS is near the limit.
+    The supervisor did not send it, so the attempt is ``oom`` with the peak it saw."""
+    rt = runtime(limits_apps.hog, workers=1, max_worker_rss=200, max_attempts=2)
+    rid = rt.submit(b"175", {"sleep": "20"})
+    wait_for(lambda: rt.status(rid).status.value == "running", 30, "the hog to start")
+    w = rt.supervisor.pool.workers[0]
+    pid = w.proc.pid
+    wait_for(lambda: rss_bytes(pid) > 170 * MB, 30, "the hog's pages to be resident")
+    import time
+
+    time.sleep(0.5)  # a monitor sample (every ~100 ms) has seen it near the limit
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: rt.history(rid) and rt.history(rid)[0].outcome != "running", 30,
+             "the supervisor to notice the death")
+    first = rt.history(rid)[0]
+    assert first.outcome == "oom", first
+    assert "OOM killer" in (first.error or "") and first.peak_rss > 170 * MB, first
+    rt.cancel(rid)
