@@ -4,7 +4,8 @@ Which runs may be leased now, in what order, and when the next timer is
 due. It is its own module because it is the one part of the fold that
 orders runs rather than changing them: a heap of lazy entries (a stale one
 has an old ``seq``), the per-key fair queues (``journaled.quotas``), and
-the pauses that hold runs in place. Pure like the rest of the state: time
+the pauses that hold runs in place; ``idle`` asks whether anything is
+left to lease or wait for. Pure like the rest of the state: time
 comes in as an argument.
 """
 
@@ -23,6 +24,7 @@ class ReadyQueue:
 
     # What this part needs of the state it is mixed into (set in ``State.__init__``).
     runs: dict[str, Run]
+    in_flight: dict[str, Run]
     _ready: list[tuple[int, int, int, str]]
     _timers: list[tuple[float, str]]
     _seq: int
@@ -103,3 +105,19 @@ class ReadyQueue:
         """Put runs taken by ``due_runs`` but not leased back in line, order kept."""
         for run in runs:
             self._queue(run)
+
+    def idle(self) -> bool:
+        """No run is pending, running or delayed: only outside input can move anything.
+
+        A run parked on a signal with no timeout waits for the outside, so it
+        does not keep ``--until-idle`` from exiting; the signal, when it comes,
+        waits in the inbox for the next supervisor.
+        """
+        pauses = self.pauses
+        if self.in_flight or ((self._ready or self.fair) and not pauses):
+            return False
+        # A parent parked on its children moves when they do: they answer for it.
+        return all(r.terminal or (r.wait_key and r.woken is None and r.status == WAITING
+                                  and not r.due_at) or (pauses and pauses.holds(r))
+                   or (r.pending and r.status == WAITING)
+                   for r in self.runs.values())

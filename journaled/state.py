@@ -585,19 +585,3 @@ class State(ReadyQueue, SnapshotFold):
         for run in self.runs.values():
             counts[run.status] += 1
         return counts
-
-    def idle(self) -> bool:
-        """No run is pending, running or delayed: only outside input can move anything.
-
-        A run parked on a signal with no timeout waits for the outside, so it
-        does not keep ``--until-idle`` from exiting; the signal, when it comes,
-        waits in the inbox for the next supervisor.
-        """
-        pauses = self.pauses
-        if self.in_flight or ((self._ready or self.fair) and not pauses):
-            return False
-        # A parent parked on its children moves when they do: they answer for it.
-        return all(r.terminal or (r.wait_key and r.woken is None and r.status == WAITING
-                                  and not r.due_at) or (pauses and pauses.holds(r))
-                   or (r.pending and r.status == WAITING)
-                   for r in self.runs.values())
