@@ -42,6 +42,8 @@ rejection before deleting the inbox file, and that id reads as follows:
 duplicates inside the batch, conflicts this client can see): it raises
 and posts nothing, or posts all. After that the supervisor takes each
 item on its own, so a racing conflict on one item loses no other item.
+Those checks (``submit_msgs``) and the packing into inbox files live in
+``submission``, shared with ``Runtime`` and the asyncio client.
 """
 
 from __future__ import annotations
@@ -71,46 +73,40 @@ from .errors import (
     SubmissionRejected,
 )
 from .inbox import (
-    MAX_FILE,
-    BatchMsg,
     CancelMsg,
-    Message,
     RedriveMsg,
     SignalMsg,
     SubmitMsg,
     check_bytes,
     check_headers,
-    check_int,
     check_run_id,
     check_signal_key,
-    check_value,
     inbox_dir,
     pending_submissions,
     post,
     rejection,
     seconds,
-    to_stored,
 )
 from .journal import JournalTailer, list_segments
 from .notify import DirWatcher
 from .ops_client import OpsCalls
 from .protocol import MAX_FRAME, Cancel, Ops, Retry, Signal, Submit, Wait
-from .quotas import check_fits, check_key, check_resources
 from .serving import check_served_runner, limits_for_submit
 from .state import Run, State, attempts_of, outcome_of
-from .typed import as_payload, decode_result
+from .submission import (  # noqa: F401 - re-exported: callers import these from here
+    _BATCH_BYTES,
+    _batches,
+    _frame_bytes,
+    _same_input,
+    new_run_id,
+    submit_msgs,
+)
+from .typed import decode_result
 
 __all__ = ["Client", "check_headers", "check_run_id", "new_run_id"]
 
-# A batch file stays well under what the supervisor reads in one go.
-_BATCH_BYTES = MAX_FILE // 2
 # Own submissions remembered until seen journaled (to tell a lost race apart).
 _MINE_MAX = 100_000
-
-
-def new_run_id() -> str:
-    """Time-ordered and unique: ids sort in submission order."""
-    return f"r-{time.time_ns():x}-{os.urandom(4).hex()}"  # uuid4's 8 hex digits, unbuilt
 
 
 def _digest(data: bytes | BlobRef, headers: dict[str, str]) -> bytes:
@@ -577,89 +573,3 @@ def merge_dead(live: list[DeadLetter], archived: list[DeadLetter],
     out = live + [d for d in archived if d.run_id not in ids]
     out.sort(key=lambda d: (d.finished_at or 0.0, d.run_id), reverse=True)
     return out if limit is None else out[:max(0, int(limit))]
-
-
-def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | Sequence[dict[str, str]] | None,
-                run_ids: Sequence[str] | None, priority: int, max_attempts: int,
-                step_timeout: float | timedelta | None, blobs: BlobStore | None = None,
-                runner: str | None = None, *, resources: dict[str, float] | None = None,
-                key: str | None = None,
-                limits: dict[str, float] | None = None) -> tuple[list[SubmitMsg], list[str]]:
-    """Checked submissions (one per distinct run id) and the id of every input, in order.
-
-    A run id given twice with the same input and headers is one run; with
-    other input it is ``RunConflict``, raised before anything is queued.
-    Inputs over ``blobs``' threshold are written as blobs (durably) once every
-    item passed its checks, so the messages carry refs, never big bytes.
-    ``limits`` (the supervisor's, from ``STATE/serving.json``): a run asking
-    for more raises ``OverLimit`` here, before anything is queued.
-    ``headers`` is every item's, or a list with one dict per input
-    (``submit --each-line`` JSON lines).
-    """
-    if isinstance(inputs, (bytes, bytearray, memoryview, str)):
-        raise TypeError("inputs must be a list of bytes (for one input use submit())")
-    if isinstance(run_ids, str):
-        raise TypeError("run_ids must be a list of str (for one id use submit())")
-    each = [check_headers(h) for h in headers] if isinstance(headers, (list, tuple)) else None
-    hdrs = check_headers(headers) if each is None else {}
-    prio = check_int("priority", priority)
-    attempts = check_int("max_attempts", max_attempts, 0, (1 << 31) - 1)
-    timeout = seconds("step_timeout", step_timeout)
-    name = check_runner_name(runner or "")
-    res = check_resources(resources)
-    k = check_key(key)
-    now = time.time()
-    # Typed payloads: a Struct, dict, list... is msgpack-encoded here; bytes stay as they are.
-    ins = [as_payload("the input", data) for data in inputs]
-    if run_ids is not None and len(run_ids) != len(ins):
-        raise ValueError(f"got {len(ins)} inputs but {len(run_ids)} run ids")
-    if each is not None and len(each) != len(ins):
-        raise ValueError(f"got {len(ins)} inputs but {len(each)} header dicts")
-    checked: list[tuple[str, Any, dict[str, str]]] = []
-    ids: list[str] = []
-    seen: dict[str, Any] = {}
-    for i, data in enumerate(ins):
-        raw = check_value("the input" if len(ins) == 1 else f"input {i}", data, blobs)
-        rid = check_run_id(run_ids[i]) if run_ids is not None else new_run_id()
-        ids.append(rid)
-        if rid in seen:
-            if not _same_input(seen[rid], raw):
-                raise RunConflict(rid)
-            continue
-        seen[rid] = raw
-        if limits:
-            check_fits(rid, res, limits)
-        checked.append((rid, raw, hdrs if each is None else each[i]))
-    # Every item passed: now the big inputs become blobs, durable before any message.
-    out = [SubmitMsg(rid, to_stored(raw, blobs), now, h, prio, attempts, timeout, name,
-                     resources=res, key=k)
-           for rid, raw, h in checked]
-    return out, ids
-
-
-def _same_input(a: Any, b: Any) -> bool:
-    if isinstance(a, BlobRef) or isinstance(b, BlobRef):
-        return same_content(a if isinstance(a, BlobRef) else bytes(a),
-                            b if isinstance(b, BlobRef) else bytes(b))
-    return a == b
-
-
-def _frame_bytes(items: list[SubmitMsg]) -> int:
-    """About how big a frame these submissions make (over: they go through the inbox)."""
-    return sum((len(m.input) if isinstance(m.input, bytes) else 64) + 256
-               + sum(len(k) + len(v) for k, v in m.headers.items()) for m in items)
-
-
-def _batches(items: list[SubmitMsg]) -> Iterable[Message]:
-    """Inbox messages for ``items``: one file, or several when they are big."""
-    group: list[SubmitMsg] = []
-    size = 0
-    for m in items:
-        n = value_size(m.input) + 256 + sum(len(k) + len(v) for k, v in m.headers.items())
-        if group and size + n > _BATCH_BYTES:
-            yield group[0] if len(group) == 1 else BatchMsg(group)
-            group, size = [], 0
-        group.append(m)
-        size += n
-    if group:
-        yield group[0] if len(group) == 1 else BatchMsg(group)

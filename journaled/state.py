@@ -20,8 +20,8 @@ from . import fanout, quotas
 from .blobs import BlobRef, same_content
 from .errors import RunConflict, RunNotFound, RunNotLive
 from .forking import forked_run
-from .limits import SNAPSHOT_PART
 from .pausing import Pauses
+from .ready import ReadyQueue
 from .records import (
     Archived,
     AttemptFailed,
@@ -36,14 +36,12 @@ from .records import (
     Redriven,
     Released,
     Restored,
-    RunSnapshot,
     SignalSent,
     Snapshot,
     Spawned,
     StepDone,
     Submitted,
     Terminated,
-    encode,
 )
 from .run import (  # noqa: F401 - re-exported: callers import these from here
     CANCELLED,
@@ -60,6 +58,7 @@ from .run import (  # noqa: F401 - re-exported: callers import these from here
     run_to_snapshot,
 )
 from .schedules import Schedules
+from .snapshots import SnapshotFold
 
 _FAILED_AS = {"timeout": "timed_out", "worker_died": "worker_died", "error": "retried",
               "oom": "oom"}
@@ -106,8 +105,12 @@ def backoff(failures: int, policy: Policy, jitter: float) -> float:
     return base * (0.5 + 0.5 * jitter)
 
 
-class State:
-    """All runs, the ready queue and the timers: the fold of the journal."""
+class State(ReadyQueue, SnapshotFold):
+    """All runs, the ready queue and the timers: the fold of the journal.
+
+    The ready queue and timers live in ``journaled.ready``, snapshots and the
+    archive handoff in ``journaled.snapshots``; both are pure mixins.
+    """
 
     def __init__(self, policy: Policy | None = None) -> None:
         # Commands read the policy (retries, backoff, the abandon limit); the
@@ -163,18 +166,6 @@ class State:
             table[type(rec)](rec)
             n += 1
         self.records_applied += n
-
-    def _make_ready(self, run: Run) -> None:
-        self._seq += 1
-        run.seq = self._seq
-        self._queue(run)
-
-    def _queue(self, run: Run) -> None:
-        entry = (-run.priority, run.order, run.seq, run.run_id)
-        if run.key or run.resources:
-            self.fair.push(run.key, quotas.shape_of(run.resources), entry)
-        else:
-            heapq.heappush(self._ready, entry)
 
     def _saw(self, at: float) -> None:
         if at > self.last_at:
@@ -398,21 +389,6 @@ class State:
         if run is not None and run.step == rec.step and not run.terminal:
             run.memos[rec.key] = rec.value
 
-    def _archived(self, rec: Archived) -> None:
-        # Ready-queue and timer entries are lazy: a missing run is skipped there.
-        runs = self.runs
-        for rid in rec.run_ids:
-            if runs.pop(rid, None) is not None:
-                self.unhooked.discard(rid)
-                self.in_flight.pop(rid, None)
-                self._attention.discard(rid)
-
-    def _restored(self, rec: Restored) -> None:
-        if rec.run.run_id not in self.runs:
-            run = run_from_snapshot(rec.run)
-            run.hook_delivered = True  # its hook ran before it was archived
-            self.runs[run.run_id] = run
-
     def _dispatch_paused(self, rec: DispatchPaused) -> None:
         self.pauses.apply(rec)
 
@@ -424,47 +400,6 @@ class State:
         run.order = self._order
         self.runs[rec.run_id] = run
         self._make_ready(run)
-
-    def _snapshot(self, rec: Snapshot) -> None:
-        if rec.app:
-            self.app = rec.app
-        if rec.part == 0:
-            self.runs.clear()
-            self.in_flight.clear()
-            self._ready.clear()
-            self.fair.clear()
-            self._timers.clear()
-            self._attention.clear()
-            self.unhooked.clear()
-            self.last_at = rec.last_at
-            self.hooks_in_use = rec.hooks
-            self._order = rec.order
-            self.schedules.restore(rec.schedules)
-            self.pauses.restore(rec.paused)
-        for s in rec.runs:
-            run = run_from_snapshot(s)
-            self.runs[run.run_id] = run
-            self._seq = max(self._seq, run.seq)
-            self._order = max(self._order, run.order)
-            if run.terminal:
-                if not run.hook_delivered:
-                    self.unhooked.add(run.run_id)
-                continue
-            if run.abandons:
-                self._attention.add(run.run_id)  # the abandon limit is still to decide
-            if run.leased:
-                self.in_flight[run.run_id] = run
-            elif run.cancel_reason is not None:
-                self._attention.add(run.run_id)
-            elif run.pending and run.status == WAITING:
-                continue  # parked on its children: their ends wake it
-            elif run.status == WAITING:
-                # A signal wait without a timeout has no timer: giving it one
-                # would wake it as "timed out" at once.
-                if run.due_at or not run.wait_key:
-                    heapq.heappush(self._timers, (run.due_at, run.run_id))
-            else:
-                self._queue(run)
 
     # ------------------------------------------------------------- commands
 
@@ -506,69 +441,6 @@ class State:
                 return []
             raise RunConflict(rec.run_id)
         return self._commit([rec])
-
-    def due_runs(self, now: float, limit: int, gate: quotas.Gate | None = None) -> list[Run]:
-        """Up to ``limit`` runs ready to lease now, highest priority first, FIFO within one.
-
-        With runs that carry a key or resources, ``gate`` admits them (limits,
-        per-key concurrency, rates) and keys take turns (``quotas.FairQueues``).
-        Paused runs (all, or by key) keep their place in line.
-        """
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            due, rid = heapq.heappop(timers)
-            run = self.runs.get(rid)
-            if run is not None and run.status == WAITING and run.due_at == due and not run.leased:
-                if run.cancel_reason is None:
-                    self._make_ready(run)
-        out: list[Run] = []
-        pauses = self.pauses
-        if pauses.all:
-            return out  # every run keeps its place in line
-        if self.fair:
-            return self.fair.take(limit, self._ready_run, gate or quotas.ADMIT_ALL, self._ready,
-                                  paused=pauses.keys)
-        ready = self._ready
-        runs = self.runs
-        paused_keys = pauses.keys  # empty (falsy) unless a key is paused: one check per run
-        held: list[tuple[int, int, int, str]] = []
-        while ready and len(out) < limit:
-            entry = heapq.heappop(ready)
-            run = runs.get(entry[3])
-            if (run is None or run.seq != entry[2] or run.leased or run.terminal
-                    or run.cancel_reason is not None):
-                continue
-            if paused_keys and pauses.holds(run):
-                held.append(entry)  # paused: back in line as it was, after this pass
-                continue
-            out.append(run)
-        for entry in held:
-            heapq.heappush(ready, entry)
-        return out
-
-    def _ready_run(self, entry: tuple[int, int, int, str]) -> Run | None:
-        """The run a ready-queue entry stands for, if it is still ready (entries are lazy)."""
-        run = self.runs.get(entry[3])
-        if (run is None or run.seq != entry[2] or run.leased or run.terminal
-                or run.cancel_reason is not None):
-            return None
-        return run
-
-    def next_due(self) -> float | None:
-        """Wall-clock time of the earliest timer, if any (may be stale: harmless)."""
-        return self._timers[0][0] if self._timers else None
-
-    def has_ready(self) -> bool:
-        return bool(self._ready) or bool(self.fair)
-
-    def ready_count(self) -> int:
-        """Entries in the ready queue (an upper bound: some may be stale)."""
-        return len(self._ready) + len(self.fair)
-
-    def requeue(self, runs: Iterable[Run]) -> None:
-        """Put runs taken by ``due_runs`` but not leased back in line, order kept."""
-        for run in runs:
-            self._queue(run)
 
     def lease(self, run: Run, worker: int, now: float) -> Leased:
         rec = Leased(run.run_id, run.step, run.attempt + 1, worker, now)
@@ -698,12 +570,6 @@ class State:
             return []
         return self._commit([HookDelivered(run_id)])
 
-    def restore(self, snap: RunSnapshot) -> list[Record]:
-        """Bring an archived run back (to redrive it); nothing if the state has it."""
-        if snap.run_id in self.runs:
-            return []
-        return self._commit([Restored(snap)])
-
     def redrive(self, run_id: str, now: float) -> list[Record]:
         run = self.runs.get(run_id)
         if run is None:
@@ -712,61 +578,6 @@ class State:
             return []
         return self._commit([Redriven(run_id, now)])
 
-    def snapshot(self, now: float, retention: float = 0.0, hooks: bool | None = None,
-                 part_bytes: int = SNAPSHOT_PART) -> list[Snapshot]:
-        """Every run the state holds, in parts: live ones and finished ones not yet archived.
-
-        Finished runs leave the state only through ``Archived`` (once the
-        archive holds them), never through a snapshot: dropping one here
-        could lose it. So a snapshot is O(live runs) once the archiver keeps
-        up, and ``retention`` (kept for callers) applies to the archive.
-        ``hooks`` is recorded (``None``: whether a hook ever ran here).
-        Parts are cut near ``part_bytes`` encoded bytes (a record body is
-        bounded, a run count is not); a run bigger than that gets a part of its own.
-        """
-        if hooks is None:
-            hooks = self.hooks_in_use
-        parts: list[Snapshot] = []
-        part: list[RunSnapshot] = []
-        size = 0
-        for run in self.runs.values():
-            snap = run_to_snapshot(run)
-            n = len(encode(snap))
-            if part and size + n > part_bytes:
-                parts.append(Snapshot(now, part, len(parts), app=self.app, last_at=self.last_at,
-                                      hooks=hooks, order=self._order if not parts else 0,
-                                      **self._ops_snapshot(not parts)))
-                part, size = [], 0
-            part.append(snap)
-            size += n
-        if part or not parts:
-            parts.append(Snapshot(now, part, len(parts), app=self.app, last_at=self.last_at,
-                                  hooks=hooks, order=self._order if not parts else 0,
-                                  **self._ops_snapshot(not parts)))
-        return parts
-
-    def _ops_snapshot(self, first: bool) -> dict:
-        """Part 0 carries the schedules and pauses (they are not runs)."""
-        if not first:
-            return {}
-        return {"schedules": self.schedules.snapshot(), "paused": self.pauses.snapshot()}
-
-    def archivable(self, hooks: bool) -> list[Run]:
-        """Finished runs ready for the archive: hook delivered, or no hook configured."""
-        return [r for r in self.runs.values()
-                if r.terminal and (r.hook_delivered or not hooks)]
-
-    def archived(self, done: list[tuple[str, float]], now: float) -> list[Record]:
-        """Drop runs the archive now holds: ``(run id, finished_at)`` as archived.
-
-        A run redriven since (live again, or finished anew) is kept: its
-        archive row is stale and the run is archived again when it ends.
-        """
-        runs = self.runs
-        ids = [rid for rid, at in done if (r := runs.get(rid)) is not None and r.terminal
-               and r.finished_at == at]
-        return self._commit([Archived(ids, now)]) if ids else []
-
     # -------------------------------------------------------------- queries
 
     def status_counts(self) -> dict[str, int]:
@@ -774,19 +585,3 @@ class State:
         for run in self.runs.values():
             counts[run.status] += 1
         return counts
-
-    def idle(self) -> bool:
-        """No run is pending, running or delayed: only outside input can move anything.
-
-        A run parked on a signal with no timeout waits for the outside, so it
-        does not keep ``--until-idle`` from exiting; the signal, when it comes,
-        waits in the inbox for the next supervisor.
-        """
-        pauses = self.pauses
-        if self.in_flight or ((self._ready or self.fair) and not pauses):
-            return False
-        # A parent parked on its children moves when they do: they answer for it.
-        return all(r.terminal or (r.wait_key and r.woken is None and r.status == WAITING
-                                  and not r.due_at) or (pauses and pauses.holds(r))
-                   or (r.pending and r.status == WAITING)
-                   for r in self.runs.values())

@@ -43,8 +43,10 @@ This module keeps the lifecycle, the turn and the write-then-act commit.
 The rest of the loop is mixed in by job: ``intake`` (commands, inbox
 files, the reload watch), ``leasing`` (the worker side; every decision is
 ``dispatch``'s), ``compaction`` (snapshots and retention), ``live`` (the
-status for ``watch``), ``hooks`` (the hand-off to the hook thread) and
-``flushing`` (turns written and waiting for the flusher's sync).
+status for ``watch``), ``hooks`` (the hand-off to the hook thread),
+``flushing`` (turns written and waiting for the flusher's sync),
+``acting`` (what a durable turn does), ``waiting`` (the wake pipe, the
+epoll set, the next timeout) and ``stopping`` (drain, idle, close).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar, cast
 
 from . import failpoints, replay
+from .acting import Acting
 from .api import RunOutcome, RunStatus
 from .app import load_table
 from .archiving import Archiving
@@ -67,7 +70,7 @@ from .blobs import DEFAULT_THRESHOLD, BlobStore, check_threshold
 from .clock import SYSTEM_CLOCK, Clock
 from .compaction import Compaction
 from .door import DoorIntake
-from .errors import JournaledError, StorageFailure
+from .errors import StorageFailure
 from .executors import make_executor
 from .flushing import Flushing, _Turn
 from .hooks import HookFiring
@@ -76,18 +79,20 @@ from .intake import Future, Intake
 from .journal import Flusher, Journal, StateLock
 from .knobs import warn_test_knobs
 from .leasing import Leasing
-from .live import LivePublisher, clear_status
+from .live import LivePublisher
 from .metrics import Metrics
-from .metrics_http import final_sample, publish
+from .metrics_http import publish
 from .operating import Operating
 from .pool import Dispatch, Pool, Worker
 from .pool.hygiene import Hygiene
 from .quotas import NO_QUOTAS, Quotas
-from .records import CancelRequested, Record, Redriven, Spawned, Terminated, encode
+from .records import Record, Terminated, encode
 from .recycling import Recycling
 from .scheduling import Scheduling
 from .serving import write_serving
 from .state import RUNNING, Policy, State, outcome_of
+from .stopping import Stopping
+from .waiting import Waiting
 
 log = logging.getLogger("journaled.supervisor")
 
@@ -116,8 +121,8 @@ def _holding_state_lock(fn: F) -> F:
     return cast(F, locked)
 
 
-class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublisher, HookFiring,
-                 Archiving, Flushing, Scheduling, Operating):
+class Supervisor(Waiting, Acting, Stopping, Intake, DoorIntake, Leasing, Recycling, Compaction,
+                 LivePublisher, HookFiring, Archiving, Flushing, Scheduling, Operating):
     """Owns the journal, the state machine and the pool; ``turn()`` is one loop pass."""
 
     # Seconds a turn may wait for a running sync before folding what arrived
@@ -287,41 +292,6 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         self._after_commit(recs)
         self._fire_owed_hooks()
 
-    def wake(self) -> None:
-        """Wake the loop for a full turn, from another thread (or a signal handler)."""
-        self._poked = True
-        if not self._wake_pending:
-            # One byte while a wake is pending: many callers in one turn cost one
-            # write (the loop clears the flag after it empties the pipe and
-            # only then looks at the commands, so no wake-up is lost).
-            self._wake_pending = True
-            self._wake_synced()
-
-    def _wake_synced(self) -> None:
-        """The flusher's wake: a sync ended; the turn may only act on it and wait again."""
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
-
-    _poke = wake  # a remote executor came back: a full turn, to lease again
-
-    def _inbox_changed(self) -> None:
-        """The inbox watcher's wake: only then does a turn list the inbox directory."""
-        self._inbox_due = True
-        self.wake()
-
-    def request_stop(self) -> None:
-        """First call: drain (stop leasing, let steps finish). Second call: stop now."""
-        if self._stopping:
-            self._stop_now = True
-        else:
-            self._stopping = True
-            self._drain_deadline = self.clock.monotonic() + self.drain_timeout
-            if self.pool is not None:
-                self.pool.set_stopping()  # the shutdown notice: step.cancel_token.stopping()
-        self.wake()
-
     def run(self, until_idle: bool = False) -> None:
         """Turn until stopped (or, with ``until_idle``, until nothing is left to do)."""
         self._until_idle = until_idle
@@ -334,62 +304,6 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
                     self.request_stop()
         finally:
             self.close()
-
-    def _idle(self) -> bool:
-        return (self.state.idle() and not self._commands and not self._carry
-                and not self._door_pending() and not self._written
-                and self.inbox is not None and not self.inbox.scan_pending()
-                and (self._hooks is None or not self._hooks.busy())
-                and not self._archive_busy())
-
-    def _all_workers_gone(self) -> bool:
-        return self.pool is None or all(w.proc is None for w in self.pool.workers)
-
-    def close(self) -> None:
-        self._last_sync()  # the last turn's sync and its acts (its answers included)
-        self._close_door()  # then: clients not yet answered resend through the inbox
-        if self._flusher is not None:
-            final_sample(self)  # the counters as it stops, for 'metrics --once'
-        if self._hooks is not None:
-            self._hooks.close()  # hooks not yet delivered are owed to the next start
-        self._close_archiver()  # runs not yet archived stay finished in the journal
-        clear_status(self.state_dir)
-        self._reload_stop.set()
-        if self.inbox is not None:
-            self.inbox.close()
-        self._stop_rss_monitor()
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-        self.journal.close()
-        self.lock.release()
-        if self._sel is not None:
-            self._sel.close()
-            self._sel = None
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
-        gone = JournaledError("the supervisor stopped before this was durable")
-        for _, _args, fut in self._commands:
-            fut.set(error=gone)
-        for fut, _value in self._futures:
-            fut.set(error=gone)
-        for turn in self._written:  # their sync failed or never ran: nothing was told
-            for fut, _value in turn.futures:
-                fut.set(error=gone)
-        for fut, _value in self._unanswered:
-            fut.set(error=gone)
-        self._unanswered.clear()
-        self._commands.clear()
-        self._futures.clear()
-        self._written.clear()
-        self.stopped.set()
-        with self.cond:
-            for evs in self.run_waiters.values():
-                for ev in evs:
-                    ev.set()  # they look again and find the supervisor stopped
-            self.cond.notify_all()
 
     # ----------------------------------------------------------------- turn
 
@@ -422,24 +336,6 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         ready = self._select(objs, timeout)
         self._turned_at = time.monotonic()
         self._after_wait(ready)
-
-    def _select(self, objs: list[Any], timeout: float | None) -> list[Any]:
-        """``multiprocessing.connection.wait`` on one epoll set kept across turns.
-
-        Rebuilt whenever the objects change (a worker died or was respawned:
-        its fds were closed, and a new one may reuse a number), so a closed fd
-        is never waited on; building it anew each turn cost more than the rest
-        of an idle turn.
-        """
-        sel = self._sel
-        if sel is None or self._sel_map is not self._wait_map or objs != self._sel_objs:
-            if sel is not None:
-                sel.close()
-            sel = self._sel = selectors.DefaultSelector()
-            for obj in objs:
-                sel.register(obj, selectors.EVENT_READ, obj)
-            self._sel_map, self._sel_objs = self._wait_map, objs
-        return [key.data for key, _events in sel.select(timeout)]
 
     @_holding_state_lock
     def _after_wait(self, ready: list[Any]) -> None:
@@ -538,34 +434,6 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
         if self._compaction_due(mono):
             self.compact(now)
 
-    def _next_timeout(self) -> float | None:
-        if self._carry or self._commands or self._door_in:
-            return 0.0
-        now = self.clock.now()
-        mono = self.clock.monotonic()
-        times: list[float] = []  # monotonic
-        due = self.state.next_due()
-        if due is not None:
-            times.append(mono + max(0.0, due - now))
-        tick = self._schedule_due()
-        if tick is not None:
-            times.append(mono + max(0.0, tick - now))
-        pool = self.pool
-        if (self._respawn_at or self._stopping or self._unsent() or pool is None
-                or any(w.outstanding for w in pool.workers)):
-            # With nothing in flight no deadline, steal or respawn is due: most
-            # turns of a quiet loop (and of a serial caller) skip building the views.
-            times += self._worker_timers(mono)
-        # The live view, busy or idle: its age is how 'watch' tells a hung loop.
-        times.append(self._status_due)
-        t = self._door_timer()
-        if t is not None:
-            times.append(t)  # a socket wait that may time out: a server pass is due
-        times.append(self._retention_checked + self.retention_check)
-        if not times:
-            return None
-        return min(max(0.0, min(times) - mono) + 0.0005, 5.0)
-
     # --------------------------------------------------------- write, then act
 
     def _write_now(self, recs: list[Record]) -> None:
@@ -627,24 +495,6 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
                 self._storage_failed()
                 raise
 
-    def _act(self, turn: _Turn) -> None:
-        """One turn's acts, in the order the write-ahead rule was written for."""
-        pool = self.pool
-        if turn.dispatch:
-            unsent = self._unsent_n
-            for w, items in turn.dispatch:
-                unsent[w.slot] = unsent.get(w.slot, 0) - len(items)
-            self._send_dispatches(turn.dispatch)
-        if turn.memo_acks and pool is not None:
-            for w, seq in turn.memo_acks:
-                pool.ack_memo(w, seq)  # the MemoPut is durable: put() may return
-        if turn.acks:
-            assert self.inbox is not None
-            self.inbox.ack(turn.acks)
-        self._after_commit(turn.recs)
-        for fut, value in turn.futures:
-            fut.set(value)
-
     def _send_dispatches(self, sends: list[tuple[Worker, list[Dispatch]]]) -> None:
         pool = self.pool
         if sends and pool is not None:
@@ -666,45 +516,6 @@ class Supervisor(Intake, DoorIntake, Leasing, Recycling, Compaction, LivePublish
                         w.sender.flush(1.0)
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.after_dispatch")
-
-    def _after_commit(self, recs: list[Record]) -> None:
-        self.metrics.observe(recs)
-        if failpoints.ENABLED:
-            self._schedule_committed(recs)
-        self._hooks_delivered()
-        self._archive_after_commit(recs)  # durably finished (and hooked): to the archiver
-        pool = self.pool
-        terminated: list[str] = []
-        for rec in recs:
-            t = type(rec)
-            if t is Terminated:
-                terminated.append(rec.run_id)
-            elif t is Redriven:
-                self.outcomes.discard(rec.run_id)  # live again: the old end no longer holds
-            elif t is CancelRequested and pool is not None:
-                self._signal_cancel(rec.run_id)
-                self._timed_sent = True  # its kill after the grace is a loop timer
-            elif t is Spawned and failpoints.ENABLED:
-                failpoints.hit("fanout.spawned")
-        if not terminated:
-            return
-        state = self.state
-        for rid in terminated:
-            run = state.runs[rid]
-            self.outcomes.add(rid)
-            log.info("run %s %s after %d steps", rid, run.status, run.steps)
-        self._door_terminated(terminated)  # after outcomes: a wait never falls between
-        waiters = self.run_waiters
-        if waiters:
-            for rid in terminated:
-                for ev in waiters.get(rid, ()):
-                    ev.set()
-        with self.cond:
-            self.cond.notify_all()
-        if self.on_terminal is not None:
-            for rid in terminated:
-                if state.runs[rid].terminal:  # not redriven by a turn written since
-                    self._fire_hook(rid)
 
     # ---------------------------------------- entry points for other threads
 

@@ -22,6 +22,10 @@ that ``multiprocessing.connection.wait`` reported readable.
 
 Workers never touch the journal: the supervisor leases steps durably first
 and only then sends them here.
+
+The handle on one worker (``Worker``, its ``Sender`` thread, ``InFlight``
+steps, ``read_results``) lives in ``handle.py``; this module starts,
+watches, kills and reaps the processes and owns the cancel block.
 """
 
 from __future__ import annotations
@@ -31,39 +35,34 @@ import logging
 import mmap
 import multiprocessing
 import os
-import queue
-import select
 import shutil
 import signal
-import socket
 import struct
 import tempfile
 import threading
 import time
 import warnings
-from collections import deque
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from ..api import SLOT_SIZE, block_size, read_progress
 from ..blobs import ENV_THRESHOLD, value_size
 from ..state import WorkerResult
+from .handle import (  # noqa: F401 - re-exported: callers import these from here
+    InFlight,
+    Sender,
+    Worker,
+    read_results,
+)
 from .hygiene import Hygiene, prepare_forkserver, worker_env
-from .nowait import DIRECT_MAX, header, send_nowait, socket_of
 from .wire import (
     CancelQueued,
     Dispatch,
     DispatchBatch,
     MemoAck,
-    MemoPutMsg,
-    Ready,
     Revoke,
-    Revoked,
     Stop,
-    from_worker_dec,
     split_dispatches,
-    to_worker_enc,
 )
 from .worker import worker_main
 
@@ -74,249 +73,6 @@ DEPTH_BYTES = 4 << 20  # payload bytes leased ahead to one worker (a big step go
 # What a dead forkserver or resource tracker makes ``Process.start`` raise.
 _SPAWN_ERRORS = (OSError, EOFError)
 _QUICK_RETRIES = (0.0, 0.05, 0.2)  # in-line tries before the slot waits for a retry
-
-
-class InFlight:
-    """A step the supervisor sent to a worker and has no result for yet."""
-
-    __slots__ = ("seq", "run_id", "attempt", "cancel_at")
-
-    def __init__(self, seq: int, run_id: str, attempt: int) -> None:
-        self.seq = seq
-        self.run_id = run_id
-        self.attempt = attempt
-        self.cancel_at = 0.0  # monotonic deadline after which a cancelled step is killed
-
-
-class Sender:
-    """One thread per worker connection: sends what the loop could not write at once, in order.
-
-    ``send`` writes a small message straight to the pipe when nothing is
-    queued ahead of it and the socket has room (no thread hand-off, see
-    ``nowait``); anything else (a big message, a full pipe, the rest of a
-    partial write, everything behind it) goes to the thread, so the loop
-    never blocks and messages leave in the order they were sent.
-    """
-
-    def __init__(self, conn: Connection, name: str) -> None:
-        self.conn = conn
-        self.sock = socket_of(conn)
-        self.q: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
-        self.broken = False
-        self._queued = 0  # pieces put; ``flush`` waits until ``_sent`` catches up
-        self._sent = 0
-        self._done = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def send(self, data: bytes) -> None:
-        """Send one message (framed as ``Connection.send_bytes`` does); never blocks."""
-        if self.broken:
-            return
-        head = header(len(data))
-        if self._queued == self._sent and len(data) <= DIRECT_MAX:
-            # The thread is idle (it counts a piece sent only once written), so
-            # nothing can be ahead of this one.
-            frame = head + data
-            try:
-                n = send_nowait(self.sock, frame)
-            except OSError:
-                self.broken = True  # the worker is gone; its exit is seen by the loop
-                return
-            if n < len(frame):
-                self._put(memoryview(frame)[n:])
-            return
-        self._put(head)
-        self._put(data)
-
-    def put(self, data: bytes) -> None:
-        """The old name of ``send``."""
-        self.send(data)
-
-    def _put(self, piece: bytes | memoryview) -> None:
-        self._queued += 1
-        self.q.put(piece)
-
-    def flush(self, timeout: float) -> bool:
-        """Wait until every message sent so far has left for the pipe (or the peer died).
-
-        Only failpoint runs call it, so that a kill aimed "after dispatch" lands
-        after the bytes really left this process; the loop itself never waits
-        on a worker. A direct write has left when ``send`` returns.
-        """
-        target = self._queued
-        with self._done:
-            return self._done.wait_for(lambda: self._sent >= target or self.broken, timeout)
-
-    def _run(self) -> None:
-        while True:
-            data = self.q.get()
-            if data is None:
-                return
-            try:
-                self.sock.sendall(data)
-            except (OSError, ValueError):
-                self.broken = True  # the worker is gone; its exit is seen by the loop
-                with self._done:
-                    self._done.notify_all()
-                return
-            with self._done:
-                self._sent += 1
-                self._done.notify_all()
-
-    def close(self) -> None:
-        """Stop the thread; a send stuck on a dead peer is cut by shutting the socket."""
-        self.q.put(None)
-        self.thread.join(timeout=0.2)
-        if self.thread.is_alive():
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.thread.join(timeout=2)
-        self.sock.close()
-
-
-class Worker:
-    """The supervisor's handle on one worker process."""
-
-    def __init__(self, slot: int) -> None:
-        self.slot = slot
-        self.proc: Any = None
-        self.conn: Connection | None = None
-        self.alive_w: Connection | None = None
-        self.sender: Sender | None = None
-        self.pidfd = -1
-        self.last_pid: int | None = None
-        self.outstanding: deque[InFlight] = deque()
-        self.head_started = 0.0  # monotonic start of the step at the head of the queue
-        self.avg_step = 0.0  # EWMA of step seconds, drives the batch depth
-        self.avg_bytes = 0.0  # EWMA of payload bytes per step, caps the batch depth
-        self.kill_reason = ""
-        self.stopping = False
-        self.ever_ran = False  # a result came back: the process got past start-up
-        self.memo_puts: list[MemoPutMsg] = []
-        self.revoking: set[int] = set()  # asked back with Revoke, no answer yet
-        self.spawn_error = ""  # why the last start failed (a retry is pending)
-        self.spawn_failures = 0
-        self.steps_run = 0
-        self._poller: Any = None  # select.poll on conn, built once (more_waiting)
-
-    def more_waiting(self) -> bool:
-        """Something (or EOF) is waiting on ``conn``: one poll(2), no selector built per call.
-
-        ``Connection.poll(0)`` builds, fills and closes a selector every time;
-        the loop asks after every message it reads.
-        """
-        p = self._poller
-        if p is None:
-            assert self.conn is not None
-            p = self._poller = select.poll()
-            p.register(self.conn.fileno(), select.POLLIN)
-        return bool(p.poll(0))
-
-    def attach(self, proc: Any, conn: Connection | None, alive_w: Connection | None) -> None:
-        """A fresh process behind this slot: nothing in flight, nothing learned yet."""
-        self.proc, self.conn, self.alive_w = proc, conn, alive_w
-        self._poller = None
-        self.sender = Sender(conn, f"journaled-send-{self.slot}") if conn is not None else None
-        self.last_pid = getattr(proc, "pid", None)
-        self.outstanding.clear()
-        self.kill_reason = ""
-        self.stopping = False
-        self.avg_step = 0.0
-        self.ever_ran = False
-        self.steps_run = 0  # steps this process ran (--max-steps-per-worker)
-        self.memo_puts.clear()
-        self.revoking.clear()
-
-    def detach(self) -> None:
-        """Stop the sender and close our ends of the pipes."""
-        if self.sender is not None:
-            self.sender.close()
-            self.sender = None
-        for c in (self.conn, self.alive_w):
-            if c is not None:
-                c.close()
-        self.conn = self.alive_w = None
-        self._poller = None
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
-
-    def post(self, msg: Any) -> None:
-        """Queue one message for the worker; never blocks, never raises for a dead worker."""
-        if self.sender is not None:
-            self.sender.send(to_worker_enc.encode(msg))
-
-    @property
-    def pid(self) -> int | None:
-        return getattr(self.proc, "pid", None) if self.proc is not None else None
-
-
-def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
-    """Results waiting on ``w``'s pipe, matched to what was sent; EOFError if it died.
-
-    Memo puts that arrive are left in ``w.memo_puts`` for the supervisor;
-    steps a ``Revoke`` took back come out as ``revoked`` results.
-    """
-    assert w.conn is not None
-    done: list[tuple[InFlight, WorkerResult]] = []
-    busy = 0.0
-    n_results = 0
-    head = w.outstanding[0] if w.outstanding else None
-    got = False  # any message at all this call
-    while True:
-        try:
-            raw = w.conn.recv_bytes()
-        except EOFError:
-            if not done and not w.memo_puts and not got:
-                raise
-            # It exited right after its last batch (as a stopped worker does):
-            # keep what it sent; its sentinel reports the exit next turn.
-            break
-        got = True
-        batch = from_worker_dec.decode(raw)
-        if isinstance(batch, MemoPutMsg):
-            w.memo_puts.append(batch)
-        elif isinstance(batch, Ready):
-            w.ever_ran = True  # past start-up: its runner imported
-        elif isinstance(batch, Revoked):
-            w.revoking.clear()
-            for seq in batch.seqs:
-                item = next((i for i in w.outstanding if i.seq == seq), None)
-                if item is not None:
-                    w.outstanding.remove(item)
-                    done.append((item, WorkerResult("revoked")))
-        else:
-            busy += batch.busy
-            for seq, res in batch.items:
-                # Results come back in send order, so the match is almost always the
-                # head; a step answered out of order (skipped at a Stop that came in
-                # mid-step) is found further in.
-                if w.outstanding and w.outstanding[0].seq == seq:
-                    item = w.outstanding.popleft()
-                else:
-                    item = next((i for i in w.outstanding if i.seq == seq), None)
-                    if item is None:
-                        continue
-                    w.outstanding.remove(item)
-                done.append((item, res))
-                n_results += res.kind != "revoked"
-        if not w.more_waiting():
-            break
-    if done:
-        w.ever_ran = True
-        if not w.outstanding or w.outstanding[0] is not head:
-            # A new head starts now; steps revoked from behind it leave its clock
-            # (and so its step timeout) alone.
-            w.head_started = now
-    if n_results:
-        # Time inside steps, not wall time: waiting on our own fsync must
-        # not make tiny steps look long and shrink their batches.
-        per = max(busy / n_results, 1e-6)
-        w.avg_step = per if w.avg_step <= 0 else 0.7 * w.avg_step + 0.3 * per
-    return done
 
 
 class WorkerChannels:

@@ -1,0 +1,107 @@
+"""Acting: what the supervisor does once a turn's records are durable.
+
+A turn's acts wait (``flushing``) until the flusher's sync covers them;
+this part then does them in the order the write-ahead rule was written
+for: send the leases, ack memo puts and inbox files, count and log what
+ended, wake the waiters, hand finished runs to the archiver and their
+hooks to the hook thread, and answer the callers. It is apart from
+``supervisor.py`` because it is the one place that lets a durable fact
+out of the process; the write that makes it durable stays there
+(``Supervisor._commit``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable
+
+from . import failpoints
+from .flushing import _Turn
+from .inbox import Inbox
+from .metrics import Metrics
+from .pool import Dispatch, Pool, Worker
+from .records import CancelRequested, Record, Redriven, Spawned, Terminated
+from .state import State
+
+log = logging.getLogger("journaled.supervisor")
+
+
+class Acting:
+    """The supervisor's acts after a sync (a mixin): sends, acks, outcomes, waiters, hooks."""
+
+    # What this part needs of the supervisor it is mixed into.
+    state: State
+    pool: Pool | None
+    inbox: Inbox | None
+    metrics: Metrics
+    on_terminal: Any
+    outcomes: set[str]
+    run_waiters: dict[str, list[threading.Event]]
+    cond: threading.Condition
+    _timed_sent: bool
+    _unsent_n: dict[int, int]
+    _send_dispatches: Callable[[list[tuple[Worker, list[Dispatch]]]], None]
+    _schedule_committed: Callable[[list[Record]], None]
+    _hooks_delivered: Callable[[], None]
+    _archive_after_commit: Callable[[list[Record]], None]
+    _signal_cancel: Callable[[str], None]
+    _door_terminated: Callable[[list[str]], None]
+    _fire_hook: Callable[[str], None]
+
+    def _act(self, turn: _Turn) -> None:
+        """One turn's acts, in the order the write-ahead rule was written for."""
+        pool = self.pool
+        if turn.dispatch:
+            unsent = self._unsent_n
+            for w, items in turn.dispatch:
+                unsent[w.slot] = unsent.get(w.slot, 0) - len(items)
+            self._send_dispatches(turn.dispatch)
+        if turn.memo_acks and pool is not None:
+            for w, seq in turn.memo_acks:
+                pool.ack_memo(w, seq)  # the MemoPut is durable: put() may return
+        if turn.acks:
+            assert self.inbox is not None
+            self.inbox.ack(turn.acks)
+        self._after_commit(turn.recs)
+        for fut, value in turn.futures:
+            fut.set(value)
+
+    def _after_commit(self, recs: list[Record]) -> None:
+        self.metrics.observe(recs)
+        if failpoints.ENABLED:
+            self._schedule_committed(recs)
+        self._hooks_delivered()
+        self._archive_after_commit(recs)  # durably finished (and hooked): to the archiver
+        pool = self.pool
+        terminated: list[str] = []
+        for rec in recs:
+            t = type(rec)
+            if t is Terminated:
+                terminated.append(rec.run_id)
+            elif t is Redriven:
+                self.outcomes.discard(rec.run_id)  # live again: the old end no longer holds
+            elif t is CancelRequested and pool is not None:
+                self._signal_cancel(rec.run_id)
+                self._timed_sent = True  # its kill after the grace is a loop timer
+            elif t is Spawned and failpoints.ENABLED:
+                failpoints.hit("fanout.spawned")
+        if not terminated:
+            return
+        state = self.state
+        for rid in terminated:
+            run = state.runs[rid]
+            self.outcomes.add(rid)
+            log.info("run %s %s after %d steps", rid, run.status, run.steps)
+        self._door_terminated(terminated)  # after outcomes: a wait never falls between
+        waiters = self.run_waiters
+        if waiters:
+            for rid in terminated:
+                for ev in waiters.get(rid, ()):
+                    ev.set()
+        with self.cond:
+            self.cond.notify_all()
+        if self.on_terminal is not None:
+            for rid in terminated:
+                if state.runs[rid].terminal:  # not redriven by a turn written since
+                    self._fire_hook(rid)
