@@ -68,7 +68,7 @@ def main() -> None:
             ids += [rt.submit(str(i).encode(), run_id=f"small-{i}", key="small-co",
                               resources={"gpu": 1}) for i in (98, 99)]
             for rid in ids:
-                print(rid, rt.wait(rid, timeout=120).result.decode())
+                print(rid, (rt.wait(rid, timeout=120).result or b"").decode())
         order = [rec.run_id for _, _, rec in records(f"{tmp}/journal") if type(rec) is Leased]
         print("leased in this order:", " ".join(order))
 
