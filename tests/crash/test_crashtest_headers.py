@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.header_app:runner"
 
 
-def _crashtest(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[str]:
+def _crashtest(*args: str, app: str = APP, timeout: float = 100
+               ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNALED_")}
     env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "journaled.cli", "crashtest", APP, *args],
+    return subprocess.run([sys.executable, "-m", "journaled.cli", "crashtest", app, *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -4,25 +4,20 @@ supervisor serves the wrapper under the name), and a name APP does not serve is 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from journaled.crashtest.archive import final_outcomes
+from tests.crash.test_crashtest_headers import _crashtest as _crashtest_of
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.runner_apps:app"
 
 
-def _crashtest(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNALED_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "journaled.cli", "crashtest", APP, *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+def _crashtest(*args: str) -> subprocess.CompletedProcess[str]:
+    return _crashtest_of(*args, app=APP)
 
 
 @pytest.mark.timeout(120)

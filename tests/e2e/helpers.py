@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +51,16 @@ def cli_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+def state_cli(state: Path, timeout: float = 60
+              ) -> Callable[..., subprocess.CompletedProcess[bytes]]:
+    """``cli(*args)``: ``journaled ARGS --state STATE`` in a fresh process, output captured."""
+    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "journaled.cli", *args, "--state",
+                               str(state)], cwd=ROOT, env=cli_env(), capture_output=True,
+                              timeout=timeout)
+    return cli
 
 
 def most_held(state: Path) -> tuple[dict[str, float], dict[str, int], list[str]]:

@@ -3,9 +3,6 @@ step N got (or a given one), keeps that step's memos, and leaves the old run unt
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from journaled.client import Client
@@ -13,7 +10,7 @@ from journaled.errors import RunNotFound
 from journaled.records import Leased, Submitted
 from tests.apps import sched_apps
 
-from .helpers import ROOT, cli_env, journal_records, wait_for
+from .helpers import journal_records, state_cli, wait_for
 
 
 def _first_lease(state, run_id: str) -> int:
@@ -64,10 +61,7 @@ def test_fork_from_the_failed_step_keeps_its_memos(runtime, state_dir):
 
 @pytest.mark.timeout(60)
 def test_fork_cli_through_the_inbox_and_journaled_run(state_dir, tmp_path):
-    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, "-m", "journaled.cli", *args,
-                               "--state", str(state_dir)], cwd=ROOT, env=cli_env(),
-                              capture_output=True, timeout=60)
+    cli = state_cli(state_dir, 60)
 
     client = Client(state_dir)
     client.submit(b"c", {"steps": "3"}, "cli-src")

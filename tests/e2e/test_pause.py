@@ -4,8 +4,6 @@ finishes, paused runs keep their place, and the pause survives restarts and comp
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,7 +13,7 @@ from journaled.records import DispatchPaused, Leased, StepDone
 from journaled.watch import collect, render
 from tests.apps import sched_apps
 
-from .helpers import ROOT, cli_env, journal_records, wait_for
+from .helpers import journal_records, state_cli, wait_for
 
 
 def _leases(state) -> list[tuple[str, int]]:
@@ -56,10 +54,7 @@ def test_pause_all_holds_new_steps_lets_the_running_one_finish_and_keeps_the_ord
 
 @pytest.mark.timeout(40)
 def test_pause_and_resume_from_the_cli_show_in_status_runs_and_watch(runtime, state_dir):
-    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, "-m", "journaled.cli", *args,
-                               "--state", str(state_dir)], cwd=ROOT, env=cli_env(),
-                              capture_output=True, timeout=30)
+    cli = state_cli(state_dir, 30)
 
     rt = runtime(sched_apps.runner, workers=1)
     assert cli("pause").returncode == 2, "pause needs --key or --all"

@@ -17,7 +17,7 @@ from journaled.records import Recovered, ScheduleCursor, Submitted
 from journaled.schedules import tick_id
 from tests.apps import sched_apps
 
-from .helpers import ROOT, cli_env, journal_records, wait_for
+from .helpers import ROOT, cli_env, journal_records, state_cli, wait_for
 
 EVERY_SECOND = "* * * * * *"
 
@@ -103,10 +103,7 @@ def test_catch_up_after_downtime_all_submits_each_one_only_the_latest_none_skips
 
 @pytest.mark.timeout(60)
 def test_schedule_cli_through_journaled_run(state_dir, tmp_path):
-    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, "-m", "journaled.cli", *args,
-                               "--state", str(state_dir)], cwd=ROOT, env=cli_env(),
-                              capture_output=True, timeout=30)
+    cli = state_cli(state_dir, 30)
 
     bad = cli("schedule", "add", "x", "99 * * * *")
     assert bad.returncode == 2 and b"99 * * * *" in bad.stderr and b"Traceback" not in bad.stderr
