@@ -61,6 +61,10 @@ def main() -> None:
     ap.add_argument("--noops", type=int, default=0, help="no-op runs per measurement")
     ap.add_argument("--repeat", type=int, default=0, help="measurements per cell (median kept)")
     args = ap.parse_args()
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        sys.exit(f"{ap.prog} needs distributed: pip install -e '.[dask]'")
     from distributed import Client, LocalCluster
 
     noops = args.noops or (100 if args.quick else 1000)

@@ -84,6 +84,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        sys.exit(f"{ap.prog} needs numpy: pip install -e '.[arrays]'")
     if args.child is not None:
         print(json.dumps(one(args.child, args.n, args.reps_per_step, args.runs, args.workers)))
         return

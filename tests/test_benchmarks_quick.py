@@ -49,6 +49,9 @@ EXPECTED: dict[str, tuple[set[str], tuple[str, str] | None]] = {
                  "runs_in_memory", "compactions"}, ("kind", "sample")),
 }
 
+# script -> the optional extra it needs (skipped with the reason when missing)
+NEEDS = {"dask_executor.py": ("distributed", "dask"), "thread_cap.py": ("numpy", "arrays")}
+
 
 def run_quick(script: str) -> dict:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
@@ -63,6 +66,9 @@ def run_quick(script: str) -> dict:
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_quick_mode_prints_json(script: str) -> None:
+    if script in NEEDS:
+        module, extra = NEEDS[script]
+        pytest.importorskip(module, reason=f"{script} needs the '{extra}' extra")
     doc = run_quick(script)
     assert {"title", "machine", "results"} <= doc.keys()
     assert {"nproc", "python"} <= doc["machine"].keys()
