@@ -60,7 +60,7 @@ from .protocol import (
     reply_decoder,
 )
 from .server import short_path
-from .serving import check_served_runner, limits_for_submit
+from .serving import check_served_runner, served_limits
 
 __all__ = ["AsyncClient"]
 
@@ -237,7 +237,7 @@ class AsyncClient:
             check_served_runner(self.state_dir, check_runner_name(runner))
         items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
                                  runner=runner, resources=resources, key=key,
-                                 limits=limits_for_submit(self.state_dir))
+                                 limits=served_limits(self.state_dir))
         if items and _frame_bytes(items) < MAX_FRAME - (64 << 10):
             served, _ = await self._call(lambda i: Submit(i, items))
             if served:

@@ -91,7 +91,7 @@ from .journal import JournalTailer, list_segments
 from .notify import DirWatcher
 from .ops_client import OpsCalls
 from .protocol import MAX_FRAME, Cancel, Ops, Retry, Signal, Submit, Wait
-from .serving import check_served_runner, limits_for_submit
+from .serving import check_served_runner, served_limits
 from .state import Run, State, attempts_of, outcome_of
 from .submission import (  # noqa: F401 - re-exported: callers import these from here
     _BATCH_BYTES,
@@ -435,7 +435,7 @@ class Client(OpsCalls):
             check_served_runner(self.state_dir, check_runner_name(runner))
         items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
                                  self.blobs, runner, resources=resources, key=key,
-                                 limits=limits_for_submit(self.state_dir))
+                                 limits=served_limits(self.state_dir))
         if items and _frame_bytes(items) < MAX_FRAME - (64 << 10):
             # Durable in the journal on return. A broken connection falls through
             # to the inbox with the same ids: a no-op if the first try took.

@@ -18,7 +18,6 @@ from typing import Any
 from .durable import fsync_dir
 
 SERVING_FILE = "serving.json"
-NAME = SERVING_FILE  # the runners part's name for it
 
 
 def write_serving(state_dir: Path, parts: dict[str, Any] | None = None, **keys: Any) -> None:
@@ -77,12 +76,10 @@ def check_served_runner(state_dir: Path, name: str) -> None:
 
 
 def served_limits(state_dir: Path) -> dict[str, float]:
-    """The ``--limit`` values the last supervisor started with ({}: none known)."""
+    """The ``--limit`` values the last supervisor started with ({}: none known); one stat
+    per call once read (``read_serving`` caches by mtime), so a client checks every submit."""
     limits = read_serving(state_dir).get("limits")
     if not isinstance(limits, dict):
         return {}
     return {k: float(v) for k, v in limits.items()
             if isinstance(k, str) and isinstance(v, (int, float))}
-
-
-limits_for_submit = served_limits  # one stat per submit: read_serving caches by mtime

@@ -105,7 +105,6 @@ class InlineExecutor(WorkerChannels):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.table = resolve_runners(runner)  # named runners (an App, a dict) or just one
-        self.fn: Callable[[Step], Any] = self.table.get("")
         self.size = workers
         self.workers = [Worker(i) for i in range(workers)]
         # The cancel block's layout, in plain memory: tokens and progress as usual.
@@ -192,11 +191,11 @@ class InlineExecutor(WorkerChannels):
         step.runner = self.table.name_of(item.runner)
         started = time.perf_counter()
         try:
-            self.fn = self.table.get(item.runner)
+            fn = self.table.get(item.runner)
         except UnknownRunner as e:  # as a worker does: served before, not any more
             res = WorkerResult("error", permanent=True, error=str(e))
         else:
-            res = run_one(self._call, step, self.blobs)
+            res = run_one(functools.partial(self._call, fn), step, self.blobs)
         busy = time.perf_counter() - started
         _U64.pack_into(self.buf, slot * SLOT_SIZE + 8, 0)
         escaped, self._escaped = self._escaped, None
@@ -209,11 +208,11 @@ class InlineExecutor(WorkerChannels):
         self._answer(w, seq, res)
         return 1
 
-    def _call(self, step: Step) -> Any:
+    def _call(self, fn: Callable[[Step], Any], step: Step) -> Any:
         """The runner; Ctrl-C and pytest's own outcomes (``pytest.fail``, ``skip``) are
         the test's, not the step's: they leave the harness instead of becoming a retry."""
         try:
-            return self.fn(step)
+            return fn(step)
         except KeyboardInterrupt as e:
             self._escaped = e
             raise
