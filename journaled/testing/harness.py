@@ -120,9 +120,10 @@ class Harness:
         timeout counts fake seconds, and an inline step cannot be killed.
         fsync: sync the journal for real (default off: a harness crash is a
             process crash, which keeps what was written anyway).
-        limits, key_concurrency: ``journaled run --limit`` and
-            ``--key-concurrency`` (runs name theirs at submit: ``resources=``,
-            ``key=``).
+        limits, key_concurrency, rates: ``journaled run --limit``,
+            ``--key-concurrency`` and ``--rate`` (runs name theirs at submit:
+            ``resources=``, ``key=``). A rate counts fake seconds: a key held
+            back by its rate gets its next token in ``advance``.
         A runner may be an ``App`` or a dict of named runners (submit with
         ``runner=NAME``), a ``journaled.chain``, ``async`` or ``@typed``.
     """
@@ -135,7 +136,8 @@ class Harness:
                  retention: float = 7 * DAY, blob_threshold: int = DEFAULT_THRESHOLD,
                  on_terminal: Callable[[RunOutcome], Any] | None = None,
                  fsync: bool = False, keep: bool = False,
-                 limits: dict[str, float] | None = None, key_concurrency: int = 0) -> None:
+                 limits: dict[str, float] | None = None, key_concurrency: int = 0,
+                 rates: dict[str, float] | None = None) -> None:
         if workers != "inline" and (not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be 'inline' or an int >= 1, got {workers!r}")
         if max_attempts < 1:
@@ -153,8 +155,8 @@ class Harness:
         self._opts = dict(cancel_grace=cancel_grace, retention=retention,
                           blob_threshold=blob_threshold, on_terminal=on_terminal,
                           unsafe_no_fsync=not fsync,
-                          # --limit and --key-concurrency, as Runtime takes them
-                          quotas=make_quotas(limits, key_concurrency))
+                          # --limit, --key-concurrency and --rate, as Runtime takes them
+                          quotas=make_quotas(limits, key_concurrency, rates))
         self._calls: list[StepCall] = []
         self._crash_when: Callable[[StepCall], bool] | None = None
         self._crashes = 0
@@ -254,8 +256,12 @@ class Harness:
         sup = self._live()
         st = sup.state
         due = st.next_due()
+        # Ready runs with nothing in flight and a rate token still to come are
+        # held by --rate: idle until ``advance`` reaches the token.
+        held = sup._quota_wake is not None and sup._quota_wake > self.clock.monotonic()
         return bool(sup._written or sup._commands or sup._carry or sup._recs or st.in_flight
-                    or st.has_ready() or (due is not None and due <= self.clock.now())
+                    or (st.has_ready() and not held)
+                    or (due is not None and due <= self.clock.now())
                     or (self._ex is not None and self._ex.pending())
                     or (sup._hooks is not None and sup._hooks.busy()))
 
@@ -297,7 +303,7 @@ class Harness:
         target = self.clock.now() + secs
         ran = self.run_until_idle()
         for _ in range(MAX_ROUNDS):
-            due = self._live().state.next_due()
+            due = self._next_due()
             if due is None or due > target:
                 break
             if due > self.clock.now():
@@ -314,6 +320,16 @@ class Harness:
         if target > self.clock.now():
             self.clock.advance(target - self.clock.now())
         return ran + self.run_until_idle()
+
+    def _next_due(self) -> float | None:
+        """The clock time of the next timer, or of the next token a rate-limited key waits for."""
+        sup = self._live()
+        due = sup.state.next_due()
+        wake = sup._quota_wake  # the clock's monotonic time, as the leasing pass saw it
+        if wake is not None:
+            t = self.clock.now() + max(0.0, wake - self.clock.monotonic())
+            due = t if due is None else min(due, t)
+        return due
 
     def _until_answered(self, fut: Future) -> Any:
         for _ in range(MAX_ROUNDS):

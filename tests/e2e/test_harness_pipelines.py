@@ -79,3 +79,22 @@ def test_limits_and_keys_in_the_harness_hold_like_a_supervisor():
         assert order.index(ids[4]) <= 2, f"keys take turns: {order}"
         with pytest.raises(journaled.errors.OverLimit):
             h.submit(b"", resources={"gpu": 2})
+
+
+@pytest.mark.timeout(60)
+def test_a_rate_in_the_harness_counts_fake_seconds():
+    with Harness(_touch, rates={"slow": 2.0}) as h:
+        slow = [h.submit(b"%d" % i, key="slow") for i in range(8)]
+        fast = [h.submit(b"f%d" % i, key="fast") for i in range(3)]
+        h.run_until_idle()
+        first = {c.run_id for c in h.steps()}
+        assert set(fast) <= first, "another key is not held back by this one's rate"
+        burst = len(first & set(slow))
+        assert 1 <= burst <= 2, f"2/s lets a burst of at most 2 through, ran {burst}"
+        assert h.advance(0.1) == 0, "no token yet a tenth of a second later"
+        h.advance(0.5)
+        assert len({c.run_id for c in h.steps()} & set(slow)) == burst + 1
+        h.advance(10)  # each token's time is visited in turn, not only the end (burst of 2)
+        assert all(h.status(r).status.value == "succeeded" for r in slow + fast)
+        with pytest.raises(ValueError, match="rate"):
+            Harness(_touch, rates={"slow": 0})
