@@ -63,7 +63,7 @@ from .api import Attempt, DeadLetter, RunOutcome, RunStatus
 from .app import check_runner_name
 from .archive import ArchivedRun, CachedReader
 from .blobs import BlobRef, BlobStore, content_sha256, same_content, value_size
-from .connection import DoorConnection, DoorLost
+from .connection import DoorConnection, DoorLost, this_pid
 from .errors import (
     RunConflict,
     RunNotDead,
@@ -103,7 +103,7 @@ from .submission import (  # noqa: F401 - re-exported: callers import these from
 )
 from .typed import decode_result
 
-__all__ = ["Client", "check_headers", "check_run_id", "new_run_id"]
+__all__ = ["Client", "check_headers", "check_run_id", "fresh_submit", "new_run_id"]
 
 # Own submissions remembered until seen journaled (to tell a lost race apart).
 _MINE_MAX = 100_000
@@ -120,6 +120,17 @@ def dead_letter(run: Run) -> DeadLetter:
     """The public copy of a dead-lettered run (never the live ``Run``)."""
     return DeadLetter(run.run_id, run.step, run.attempt, run.kind, run.error, run.traceback,
                       run.finished_at)
+
+
+def fresh_submit(items: list[SubmitMsg], made_here: bool) -> Callable[[int], Submit]:
+    """The ``Submit`` for each try: ``fresh`` (no archive look-up) only for ids made here,
+    on the first try; a resend may find its first try applied and archived."""
+    tries = [made_here]
+
+    def make(req_id: int) -> Submit:
+        fresh, tries[0] = tries[0], False
+        return Submit(req_id, items, fresh)
+    return make
 
 
 def pending_outcome(msg: SubmitMsg) -> RunOutcome:
@@ -163,7 +174,7 @@ class Client(OpsCalls):
         if not self.use_socket:
             return None
         conn: DoorConnection | None = getattr(self._local, "conn", None)
-        if conn is not None and conn.pid == os.getpid():
+        if conn is not None and conn.pid == this_pid():
             return conn
         conn = DoorConnection.open(self.state_dir)
         self._local.conn = conn
@@ -433,13 +444,15 @@ class Client(OpsCalls):
         """
         if runner:
             check_served_runner(self.state_dir, check_runner_name(runner))
+        # The supervisor's limits matter only to a run asking for resources (a stat
+        # of serving.json each call otherwise, for a check that cannot fail).
         items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
                                  self.blobs, runner, resources=resources, key=key,
-                                 limits=served_limits(self.state_dir))
+                                 limits=served_limits(self.state_dir) if resources else None)
         if items and _frame_bytes(items) < MAX_FRAME - (64 << 10):
             # Durable in the journal on return. A broken connection falls through
             # to the inbox with the same ids: a no-op if the first try took.
-            served, _ = self._door_call(lambda i: Submit(i, items))
+            served, _ = self._door_call(fresh_submit(items, run_ids is None))
             if served:
                 return ids
         fresh = items

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import select
 import socket
 import time
 from pathlib import Path
@@ -38,6 +39,14 @@ from .protocol import (
 )
 from .server import short_path
 
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def this_pid() -> int:
+    """This process's pid without a syscall per call (a forked child updates it)."""
+    return _pid[0]
+
 
 class DoorLost(ConnectionError):
     """The connection broke before the answer; the request may or may not have taken effect."""
@@ -60,7 +69,13 @@ class DoorConnection:
         # Read into one buffer: recv(1 MiB) allocated (and shrank) a 1 MiB object per read.
         self._rbuf = bytearray(64 << 10)
         self._rview = memoryview(self._rbuf)
-        self._timed = True  # a timeout may be set on the socket (open's)
+        # Waits for an answer in poll(POLLIN), never blocked in recv: a reader
+        # blocked in a Unix socket's recv is also woken when the supervisor
+        # reads our request (write space), one wasted context switch per call;
+        # poll's wait filters that wake-up out. The socket itself stays
+        # blocking with no timeout, so a send is one syscall (no poll, no ioctl).
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], timeout: float = 5.0
@@ -165,19 +180,17 @@ class DoorConnection:
                     body = bytes(buf[HEADER:HEADER + size])
                     del buf[:HEADER + size]
                     return reply_decoder.decode(body)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("the supervisor did not answer in time")
-                self.sock.settimeout(left)
-                self._timed = True
-            elif self._timed:  # a syscall each: only when a timed read came before
-                self.sock.settimeout(None)
-                self._timed = False
             try:
-                got = self.sock.recv_into(self._rview)
-            except TimeoutError:
-                raise TimeoutError("the supervisor did not answer in time") from None
+                got = self.sock.recv_into(self._rview, 0, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                if deadline is None:
+                    self._poll.poll()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._poll.poll(max(1, int(left * 1000 + 0.999))):
+                        if deadline - time.monotonic() <= 0:
+                            raise TimeoutError("the supervisor did not answer in time") from None
+                continue
             if not got:
                 raise EOFError("the supervisor closed the connection")
             buf += self._rview[:got]

@@ -156,9 +156,10 @@ class DoorIntake:
         # One archive query for every submitted id the live state does not know
         # (a re-submit of a run finished long ago is checked against history).
         runs = self.state.runs
+        # Ids the client made for this very request (``fresh``) cannot be archived.
         known = self._archived_identities([
-            m.run_id for _, req in list(q) if type(req) is Submit for m in req.items
-            if m.run_id not in runs])
+            m.run_id for _, req in list(q) if type(req) is Submit and not req.fresh
+            for m in req.items if m.run_id not in runs])
         while q:
             cid, req = q.popleft()
             t = type(req)

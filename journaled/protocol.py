@@ -46,10 +46,19 @@ class Hello(msgspec.Struct, frozen=True, tag="hello", array_like=True):
 
 
 class Submit(msgspec.Struct, frozen=True, tag="submit", array_like=True):
-    """Submit every item or none (a conflict or a bad item refuses the whole batch)."""
+    """Submit every item or none (a conflict or a bad item refuses the whole batch).
+
+    ``fresh``: every run id in ``items`` was made by the client for this call
+    and never sent before, so no archived run can hold it and the supervisor
+    skips the archive look-up for re-submits. A resend of the same items (a
+    reconnect) says ``False``. Added in version 1 as a trailing field with a
+    default: an older peer's frame without it decodes, and an older
+    supervisor ignores it.
+    """
 
     id: int
     items: list[SubmitMsg]
+    fresh: bool = False
 
 
 class Cancel(msgspec.Struct, frozen=True, tag="cancel", array_like=True):

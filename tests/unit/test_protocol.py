@@ -1,0 +1,29 @@
+"""The socket's wire format: what older and newer peers send still decodes the same."""
+
+from __future__ import annotations
+
+import msgspec
+
+from journaled.client import fresh_submit
+from journaled.inbox import SubmitMsg
+from journaled.protocol import Submit, frame, request_decoder
+
+
+def _item(rid: str) -> SubmitMsg:
+    return SubmitMsg(rid, b"x", 1.0)
+
+
+def test_a_submit_without_fresh_from_an_older_client_decodes_as_not_fresh() -> None:
+    old = msgspec.msgpack.encode(["submit", 7, [_item("r-1")]])  # version 1 before `fresh`
+    req = request_decoder.decode(old)
+    assert type(req) is Submit and req.id == 7 and req.fresh is False
+    assert req.items[0].run_id == "r-1"
+
+
+def test_only_the_first_try_of_ids_made_here_is_fresh() -> None:
+    items = [_item("r-1")]
+    make = fresh_submit(items, True)
+    first, resend = make(1), make(2)
+    assert (first.fresh, resend.fresh) == (True, False)  # a resend may find it archived
+    assert fresh_submit(items, False)(3).fresh is False  # the caller's ids: always looked up
+    assert request_decoder.decode(frame(first)[4:]) == first
