@@ -4,7 +4,9 @@ Two doors, one meaning. With a supervisor listening on
 ``STATE/supervisor.sock``, ``submit``/``submit_many``/``cancel``/``signal``/
 ``retry``/``wait`` go over the socket (``connection``): the supervisor folds
 them into its next turn and answers once their records are durable in the
-journal, so many client processes share one fsync. Otherwise (nothing
+journal, so many client processes share one fsync; it also pushes the end
+of every run submitted on the connection once durable, so a ``wait`` after
+the submits mostly reads it from the socket's buffer. Otherwise (nothing
 listens, or the connection breaks before an answer) the same call goes
 through the inbox, with the same run ids, checks, errors and answers.
 
@@ -176,7 +178,9 @@ class Client(OpsCalls):
         conn: DoorConnection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.pid == this_pid():
             return conn
-        conn = DoorConnection.open(self.state_dir)
+        # ends=True: the supervisor pushes each submitted run's end once durable, so
+        # the wait that follows a submit mostly reads it locally (no round trip).
+        conn = DoorConnection.open(self.state_dir, ends=True)
         self._local.conn = conn
         return conn
 
@@ -352,6 +356,11 @@ class Client(OpsCalls):
         deadline = None if limit is None else time.monotonic() + limit
         # The supervisor pushes the outcome once durable; a margin past its own
         # timeout in case it is too busy to say so.
+        if isinstance(run_id, str) and run_id not in self._mine and self.use_socket:
+            conn = self._door()
+            end = conn.pushed_end(run_id) if conn is not None else None
+            if end is not None:  # pushed by the supervisor once durable (Hello.ends)
+                return self.blobs.resolve_outcome(end)
         served, out = self._door_call(lambda i: Wait(i, run_id, limit),
                                       None if limit is None else limit + 30.0, run_id) \
             if isinstance(run_id, str) else (False, None)
@@ -546,8 +555,13 @@ class Client(OpsCalls):
         Raises ``RunNotDead`` for a run with no dead-lettered step.
         """
         check_run_id(run_id)
-        served, _ = self._door_call(lambda i: Retry(i, RedriveMsg(run_id, time.time())),
-                                    run_id=run_id)
+        try:
+            served, _ = self._door_call(lambda i: Retry(i, RedriveMsg(run_id, time.time())),
+                                        run_id=run_id)
+        finally:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:  # an end pushed before (read by now) is no longer its end
+                conn.pushed_end(run_id)
         if served:
             return
         found = self._find(run_id)

@@ -41,8 +41,15 @@ HEADER = _LEN.size
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello", array_like=True):
+    """The first frame. ``ends``: send each run this connection submits its ``Outcome``
+    unasked, with request id 0 (``PUSHED``), once its end is durable, so a ``wait``
+    after the submits mostly costs no round trip. Best effort: the server may drop
+    pushes (a slow reader); the client then asks with ``Wait``. A trailing field with
+    a default: an older client's hello decodes as ``False``, an older server ignores it."""
+
     version: int
     pid: int = 0
+    ends: bool = False
 
 
 class Submit(msgspec.Struct, frozen=True, tag="submit", array_like=True):
@@ -102,6 +109,9 @@ Request = Union[Hello, Submit, Cancel, Signal, Retry, Wait, Status, Ops]
 
 
 # ------------------------------------------------------------------- replies
+
+
+PUSHED = 0  # the request id of an ``Outcome`` the server sent unasked (``Hello.ends``)
 
 
 class Welcome(msgspec.Struct, frozen=True, tag="welcome", array_like=True):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
+import pytest
 
 from journaled.client import fresh_submit
-from journaled.inbox import SubmitMsg
+from journaled.door import check_submit
+from journaled.inbox import SubmitMsg, check_message
 from journaled.protocol import Submit, frame, request_decoder
 
 
@@ -27,3 +31,25 @@ def test_only_the_first_try_of_ids_made_here_is_fresh() -> None:
     assert (first.fresh, resend.fresh) == (True, False)  # a resend may find it archived
     assert fresh_submit(items, False)(3).fresh is False  # the caller's ids: always looked up
     assert request_decoder.decode(frame(first)[4:]) == first
+
+
+def _refusal(check: Any, m: SubmitMsg) -> str | None:
+    try:
+        check(m)
+    except Exception as e:  # noqa: BLE001 - compared by class and message
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+@pytest.mark.parametrize("m", [
+    SubmitMsg("r-1", b"x", 1.0),
+    SubmitMsg("", b"x", 1.0),
+    SubmitMsg("bad id!", b"x", 1.0),
+    SubmitMsg("r" * 129, b"", 1.0),
+    SubmitMsg("r-2", b"x", 1.0, {"k": "v"}, 3, 2, 1.5, "", {"gpu": 1.0}, "tenant"),
+    SubmitMsg("r-3", b"x", 1.0, priority=1 << 70),
+    SubmitMsg("r-4", b"x", 1.0, step_timeout=float("nan")),
+    SubmitMsg("r-5", b"x", 1.0, resources={"bad name": 1.0}),
+])
+def test_the_socket_checks_a_submission_as_the_inbox_does(m: SubmitMsg) -> None:
+    assert _refusal(check_submit, m) == _refusal(check_message, m)
