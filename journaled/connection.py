@@ -52,7 +52,7 @@ def this_pid() -> int:
 
 # Pushed ends kept until asked for (``Hello.ends``); past this the oldest are
 # forgotten (a wait for one asks the supervisor instead).
-ENDS_MAX = 65536
+ENDS_MAX = 16384
 
 
 class DoorLost(ConnectionError):
@@ -232,20 +232,23 @@ class DoorConnection:
         return msg
 
     def _read(self, deadline: float | None, wait: bool = True) -> bool:
-        """Append what the socket holds; without ``wait``, False when it holds nothing."""
-        try:
-            got = self.sock.recv_into(self._rview, 0, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            if not wait:
-                return False
+        """Append what the socket holds; without ``wait``, False when it holds nothing.
+
+        With ``wait``, poll first: an answer is rarely there already (it waits
+        for a sync), so a first try would mostly cost a syscall for ``EAGAIN``.
+        """
+        if wait:
             if deadline is None:
                 self._poll.poll()
             else:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._poll.poll(max(1, int(left * 1000 + 0.999))):
                     if deadline - time.monotonic() <= 0:
-                        raise TimeoutError("the supervisor did not answer in time") from None
-            return True
+                        raise TimeoutError("the supervisor did not answer in time")
+        try:
+            got = self.sock.recv_into(self._rview, 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return wait  # woken for nothing (wait): poll again
         if not got:
             raise EOFError("the supervisor closed the connection")
         if self._at:

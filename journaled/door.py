@@ -33,7 +33,6 @@ sparing an SQLite lookup on the loop per wait (``_door_recent``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -85,6 +84,36 @@ def check_submit(m: SubmitMsg) -> None:
         check_value("the input", m.input)
     else:
         check_message(m)
+
+
+class DoorAnswers(Future):
+    """Every socket answer of one turn, sent when the commit path sets it (durable).
+
+    One per turn, queued with the turn's Futures, instead of a Future, a
+    partial and a callback per request; all sent under one take of the
+    server's lock. Set with an error (the supervisor stopped first), each
+    request gets that error instead.
+    """
+
+    __slots__ = ("owner", "answers")
+
+    def __init__(self, owner: DoorIntake) -> None:
+        super().__init__()
+        self.owner = owner
+        self.answers: list[tuple[int, Any]] = []
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        if self.done():
+            return
+        super().set(value, error)
+        door = self.owner._door
+        if door is None:
+            return
+        if error is not None:
+            door.reply_many([(cid, err_of(getattr(msg, "id", 0), error))
+                             for cid, msg in self.answers])
+        else:
+            door.reply_many(self.answers)
 
 
 class DoorIntake:
@@ -182,6 +211,7 @@ class DoorIntake:
         known = self._archived_identities([
             m.run_id for _, req in list(q) if type(req) is Submit and not req.fresh
             for m in req.items if m.run_id not in runs])
+        answers = DoorAnswers(self) if q else None
         while q:
             cid, req = q.popleft()
             t = type(req)
@@ -212,19 +242,11 @@ class DoorIntake:
                                 f"unexpected request {t.__name__}")
             except (JournaledError, TypeError, ValueError) as e:
                 reply = err_of(req.id, e)
+            assert answers is not None
+            answers.answers.append((cid, reply))
+        if answers is not None and answers.answers:
             # Answered by the commit path once this turn's records are durable.
-            fut = Future()
-            fut.add_done_callback(functools.partial(self._door_answer, cid, req.id))
-            self._futures.append((fut, reply))
-
-    def _door_answer(self, cid: int, req_id: int, fut: Future) -> None:
-        door = self._door
-        if door is None:
-            return
-        if fut.error is not None:
-            door.reply(cid, err_of(req_id, fut.error))
-        else:
-            door.reply(cid, fut.value)
+            self._futures.append((answers, None))
 
     def _door_submit(self, req: Submit, now: float,
                      known: dict[str, tuple[str, dict[str, str]]], cid: int = 0) -> Ok:
@@ -351,8 +373,8 @@ class DoorIntake:
                         pushes.append((cid, out))
         while len(recent) > RECENT_MAX:
             del recent[next(iter(recent))]
-        for cid, out in pushes:
-            door.reply(cid, outcome_reply(PUSHED, out))
+        if pushes:
+            door.reply_many([(cid, outcome_reply(PUSHED, out)) for cid, out in pushes])
         if not self._door_waits:
             return
         with self._door_lock:

@@ -44,7 +44,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import msgspec
 
@@ -237,13 +237,22 @@ class DoorServer:
         An ``Outcome`` with id ``PUSHED`` is an end pushed unasked: sent at once to a
         client waiting for nothing, else held to go with its next answer.
         """
+        self.reply_many(((cid, msg),))
+
+    def reply_many(self, answers: Sequence[tuple[int, Any]]) -> None:
+        """``reply`` for each ``(conn id, answer)``, in order, under one take of the lock."""
+        queued = 0
         if not self._replies and self._lock.acquire(blocking=False):
             try:
-                if self._reply_now(cid, msg):
-                    return
+                for cid, msg in answers:
+                    if not self._reply_now(cid, msg):
+                        break  # this one and the rest in order, on the server's pass
+                    queued += 1
             finally:
                 self._lock.release()
-        self._replies.append((cid, msg))
+        if queued == len(answers):
+            return
+        self._replies.extend(answers[queued:])
         if not self._woken:
             self._woken = True
             self._poke()
