@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from journaled.client import fresh_submit
+from journaled.client import Client, fresh_submit
 from journaled.door import check_submit
-from journaled.inbox import SubmitMsg, check_message
+from journaled.inbox import SubmitMsg, check_message, pending_submissions
 from journaled.protocol import Submit, frame, request_decoder
 
 
@@ -53,3 +54,15 @@ def _refusal(check: Any, m: SubmitMsg) -> str | None:
 ])
 def test_the_socket_checks_a_submission_as_the_inbox_does(m: SubmitMsg) -> None:
     assert _refusal(check_submit, m) == _refusal(check_message, m)
+
+
+def test_a_plain_submit_posts_what_submit_many_posts(tmp_path: Path) -> None:
+    c = Client(tmp_path / "state", use_socket=False)
+    plain = c.submit(b"abc")
+    general = c.submit_many([b"abc"])[0]
+    got = pending_submissions(c.state_dir)
+    a, b = got[plain], got[general]
+    assert msgspec.structs.replace(a, run_id="x", at=0.0) == \
+        msgspec.structs.replace(b, run_id="x", at=0.0)
+    with pytest.raises(TypeError):
+        c.submit(b"abc", priority=True)  # type: ignore[arg-type]  # the general checks still run
