@@ -22,8 +22,8 @@ inbox and, once the archive lands, there).
 A connection that asked for ends (``Hello.ends``, as ``Client`` does) gets
 each run it submitted pushed as an ``Outcome`` with id ``PUSHED`` once its
 end is durable (``_door_ends``, taken by ``_door_terminated``), so the wait
-that follows reads it locally; the server holds a push to a client waiting
-for an answer until that answer goes (one wake-up, one send).
+that follows reads it locally; the server holds each push for the
+connection's next answer (one wake-up, one send).
 
 A finished run soon leaves the live state for the archive, so the wait a
 client sends right after its submits mostly finds it gone; the last

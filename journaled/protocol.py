@@ -41,11 +41,12 @@ HEADER = _LEN.size
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello", array_like=True):
-    """The first frame. ``ends``: send each run this connection submits its ``Outcome``
-    unasked, with request id 0 (``PUSHED``), once its end is durable, so a ``wait``
-    after the submits mostly costs no round trip. Best effort: the server may drop
-    pushes (a slow reader); the client then asks with ``Wait``. A trailing field with
-    a default: an older client's hello decodes as ``False``, an older server ignores it."""
+    """The first frame. ``ends``: send the ``Outcome`` of each run this connection
+    submits unasked, with request id 0 (``PUSHED``), once its end is durable, along
+    with the connection's next answer, so a ``wait`` after submits mostly costs no
+    round trip. Best effort: the server may drop pushes (too many held); the client
+    then asks with ``Wait``. A trailing field with a default: an older client's
+    hello decodes as ``False``, an older server ignores it."""
 
     version: int
     pid: int = 0

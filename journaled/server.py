@@ -71,7 +71,7 @@ log = logging.getLogger("journaled.server")
 # Per connection: answers not yet taken by the client, and requests in flight.
 OUT_LIMIT = 2 * MAX_FRAME + (1 << 20)
 MAX_IN_FLIGHT = 4096
-# Pushed ends (``Hello.ends``) held while the client waits for an answer; past
+# Pushed ends (``Hello.ends``) held for the next answer on their connection; past
 # this many the newest are dropped (the client asks with ``Wait`` for those).
 HELD_MAX = 512
 _UCRED = struct.Struct("3i")  # pid, uid, gid
@@ -123,8 +123,8 @@ class _Conn:
         self.reading = True
         self.closing = False  # send what is queued, then close
         self.ends = False  # push the ends of its runs (Hello.ends)
-        # Pushed ends not sent yet: while the client waits for an answer, a push
-        # alone would wake it for nothing, so they ride along with that answer.
+        # Pushed ends not sent yet: they ride along with the next answer (one send,
+        # one wake-up); a client that asks for nothing gets none.
         self.held: list[Any] = []
 
 
@@ -234,8 +234,9 @@ class DoorServer:
     def reply(self, cid: int, msg: Any) -> None:
         """Send an answer (any thread, never blocks): now if it can, else on the server thread.
 
-        An ``Outcome`` with id ``PUSHED`` is an end pushed unasked: sent at once to a
-        client waiting for nothing, else held to go with its next answer.
+        An ``Outcome`` with id ``PUSHED`` is an end pushed unasked: held to go with
+        the connection's next answer (sent alone, it could wake a client waiting for
+        that answer for nothing, or fill the buffers of one that reads nothing).
         """
         self.reply_many(((cid, msg),))
 
@@ -264,10 +265,9 @@ class DoorServer:
             return False
         rid = getattr(msg, "id", 0)
         if rid == PUSHED and type(msg) is Outcome:
-            if c.pending:
-                self._hold(c, msg)
-                return True
-        elif rid not in c.pending:
+            self._hold(c, msg)
+            return True
+        if rid not in c.pending:
             return True  # a wait that timed out meanwhile: its answer went already
         try:
             data = frame(msg)
@@ -493,10 +493,9 @@ class DoorServer:
                 continue
             rid = getattr(msg, "id", 0)
             if rid == PUSHED and type(msg) is Outcome:
-                if c.pending or c.out:
-                    self._hold(c, msg)
-                    continue
-            elif rid not in c.pending:
+                self._hold(c, msg)
+                continue
+            if rid not in c.pending:
                 continue  # a wait that timed out meanwhile: its answer went already
             else:
                 del c.pending[rid]

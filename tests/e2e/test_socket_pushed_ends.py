@@ -9,8 +9,9 @@ import pytest
 from journaled import RunStatus
 from journaled.client import Client
 from journaled.connection import DoorConnection
+from journaled.errors import RunNotFound
 from journaled.inbox import SubmitMsg
-from journaled.protocol import Submit
+from journaled.protocol import Status, Submit
 from tests.apps import door_apps
 
 from .helpers import wait_for
@@ -27,9 +28,17 @@ def test_only_a_connection_that_asked_gets_the_ends_of_its_runs_pushed(sup, stat
     assert asks is not None and silent is not None
     for conn, rid in ((asks, "pushed"), (silent, "asked")):
         conn.call(lambda i, rid=rid: Submit(i, [SubmitMsg(rid, b"hi", time.time())]))
-    out = wait_for(lambda: asks.pushed_end("pushed"), 20, "the pushed end")
+    other = Client(state_dir)
+    for rid in ("pushed", "asked"):
+        assert other.wait(rid, 20).status is RunStatus.SUCCEEDED
+    time.sleep(0.1)
+    assert asks.pushed_end("pushed") is None  # held: sent alone it could wake a client
+    for conn in (asks, silent):  # ... for nothing; it rides along with the next answer
+        with pytest.raises(RunNotFound):
+            conn.call(lambda i: Status(i, "nothing"))
+    out = asks.pushed_end("pushed")
+    assert out is not None
     assert (out.run_id, out.status, out.result) == ("pushed", RunStatus.SUCCEEDED, b"hi")
-    assert Client(state_dir).wait("asked", 20).status is RunStatus.SUCCEEDED
     assert silent.pushed_end("asked") is None and not silent._ends
 
 
@@ -40,7 +49,7 @@ def test_a_retried_run_is_waited_for_again_not_read_from_its_old_pushed_end(sup,
     flag = tmp_path / "flag"
     rid = c.submit(b"", {"app": "needs_file", "file": str(flag)}, run_id="dead")
     wait_for(lambda: c.status(rid).status is RunStatus.FAILED, 20, "the run to fail")
-    time.sleep(0.2)  # its end is pushed: unread, in the socket
+    time.sleep(0.2)  # its end is pushed: held, it comes with the retry's answer
     flag.touch()
     c.retry(rid)
     out = c.wait(rid, timeout=20)
