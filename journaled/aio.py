@@ -27,7 +27,7 @@ import msgspec
 from .api import RunOutcome
 from .app import check_runner_name
 from .blobs import BlobRef, BlobStore
-from .client import Client, _frame_bytes, submit_msgs
+from .client import Client, _frame_bytes, fresh_submit, submit_msgs
 from .connection import DoorLost, socket_path
 from .errors import RunNotFound
 from .inbox import (
@@ -51,7 +51,6 @@ from .protocol import (
     Retry,
     Signal,
     Status,
-    Submit,
     Wait,
     Welcome,
     frame,
@@ -237,9 +236,9 @@ class AsyncClient:
             check_served_runner(self.state_dir, check_runner_name(runner))
         items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
                                  runner=runner, resources=resources, key=key,
-                                 limits=served_limits(self.state_dir))
+                                 limits=served_limits(self.state_dir) if resources else None)
         if items and _frame_bytes(items) < MAX_FRAME - (64 << 10):
-            served, _ = await self._call(lambda i: Submit(i, items))
+            served, _ = await self._call(fresh_submit(items, run_ids is None))
             if served:
                 return ids
         # The same ids through the inbox: a no-op for any the socket already took.

@@ -4,7 +4,9 @@ Two doors, one meaning. With a supervisor listening on
 ``STATE/supervisor.sock``, ``submit``/``submit_many``/``cancel``/``signal``/
 ``retry``/``wait`` go over the socket (``connection``): the supervisor folds
 them into its next turn and answers once their records are durable in the
-journal, so many client processes share one fsync. Otherwise (nothing
+journal, so many client processes share one fsync; it also pushes the end
+of every run submitted on the connection once durable, so a ``wait`` after
+the submits mostly reads it from the socket's buffer. Otherwise (nothing
 listens, or the connection breaks before an answer) the same call goes
 through the inbox, with the same run ids, checks, errors and answers.
 
@@ -63,7 +65,7 @@ from .api import Attempt, DeadLetter, RunOutcome, RunStatus
 from .app import check_runner_name
 from .archive import ArchivedRun, CachedReader
 from .blobs import BlobRef, BlobStore, content_sha256, same_content, value_size
-from .connection import DoorConnection, DoorLost
+from .connection import DoorConnection, DoorLost, this_pid
 from .errors import (
     RunConflict,
     RunNotDead,
@@ -88,6 +90,7 @@ from .inbox import (
     seconds,
 )
 from .journal import JournalTailer, list_segments
+from .listing import dead_letter, merge_dead, merge_runs, pending_outcome
 from .notify import DirWatcher
 from .ops_client import OpsCalls
 from .protocol import MAX_FRAME, Cancel, Ops, Retry, Signal, Submit, Wait
@@ -103,7 +106,7 @@ from .submission import (  # noqa: F401 - re-exported: callers import these from
 )
 from .typed import decode_result
 
-__all__ = ["Client", "check_headers", "check_run_id", "new_run_id"]
+__all__ = ["Client", "check_headers", "check_run_id", "fresh_submit", "new_run_id"]
 
 # Own submissions remembered until seen journaled (to tell a lost race apart).
 _MINE_MAX = 100_000
@@ -116,14 +119,15 @@ def _digest(data: bytes | BlobRef, headers: dict[str, str]) -> bytes:
                            digest_size=16).digest()
 
 
-def dead_letter(run: Run) -> DeadLetter:
-    """The public copy of a dead-lettered run (never the live ``Run``)."""
-    return DeadLetter(run.run_id, run.step, run.attempt, run.kind, run.error, run.traceback,
-                      run.finished_at)
+def fresh_submit(items: list[SubmitMsg], made_here: bool) -> Callable[[int], Submit]:
+    """The ``Submit`` for each try: ``fresh`` (no archive look-up) only for ids made here,
+    on the first try; a resend may find its first try applied and archived."""
+    tries = [made_here]
 
-
-def pending_outcome(msg: SubmitMsg) -> RunOutcome:
-    return RunOutcome(msg.run_id, RunStatus.PENDING, None, None, 0, msg.at, None)
+    def make(req_id: int) -> Submit:
+        fresh, tries[0] = tries[0], False
+        return Submit(req_id, items, fresh)
+    return make
 
 
 class Client(OpsCalls):
@@ -163,9 +167,11 @@ class Client(OpsCalls):
         if not self.use_socket:
             return None
         conn: DoorConnection | None = getattr(self._local, "conn", None)
-        if conn is not None and conn.pid == os.getpid():
+        if conn is not None and conn.pid == this_pid():
             return conn
-        conn = DoorConnection.open(self.state_dir)
+        # ends=True: the supervisor pushes each submitted run's end once durable, so
+        # the wait that follows a submit mostly reads it locally (no round trip).
+        conn = DoorConnection.open(self.state_dir, ends=True)
         self._local.conn = conn
         return conn
 
@@ -341,6 +347,11 @@ class Client(OpsCalls):
         deadline = None if limit is None else time.monotonic() + limit
         # The supervisor pushes the outcome once durable; a margin past its own
         # timeout in case it is too busy to say so.
+        if isinstance(run_id, str) and run_id not in self._mine and self.use_socket:
+            conn = self._door()
+            end = conn.pushed_end(run_id) if conn is not None else None
+            if end is not None:  # pushed by the supervisor once durable (Hello.ends)
+                return self.blobs.resolve_outcome(end)
         served, out = self._door_call(lambda i: Wait(i, run_id, limit),
                                       None if limit is None else limit + 30.0, run_id) \
             if isinstance(run_id, str) else (False, None)
@@ -414,6 +425,17 @@ class Client(OpsCalls):
         ``--limit``s (more than a limit: ``OverLimit``); ``key`` names a tenant
         for ``--key-concurrency`` and ``--rate`` (keys are served in turn).
         """
+        if (type(input) is bytes and headers is None and run_id is None and not runner
+                and resources is None and key is None and type(priority) is int
+                and not priority and type(max_attempts) is int and not max_attempts
+                and type(step_timeout) is float and not step_timeout
+                and len(input) <= self.blobs.threshold):
+            # The plain submit (most calls), built as submit_msgs builds it for these
+            # arguments without its general checks: each call sleeps until its ack, so
+            # every line here runs on cold caches and costs several times its warm price.
+            rid = new_run_id()
+            msg = SubmitMsg(rid, check_bytes("the input", input), time.time())
+            return self._post([msg], [rid], False)[0]
         return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
                                 step_timeout=step_timeout, runner=runner,
@@ -433,17 +455,26 @@ class Client(OpsCalls):
         """
         if runner:
             check_served_runner(self.state_dir, check_runner_name(runner))
+        # The supervisor's limits matter only to a run asking for resources (a stat
+        # of serving.json each call otherwise, for a check that cannot fail).
         items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
                                  self.blobs, runner, resources=resources, key=key,
-                                 limits=served_limits(self.state_dir))
+                                 limits=served_limits(self.state_dir) if resources else None)
+        return self._post(items, ids, run_ids is not None)
+
+    def _post(self, items: list[SubmitMsg], ids: list[str], given: bool) -> list[str]:
+        """Checked submissions to the supervisor: over the socket, else into the inbox.
+
+        ``given``: the caller chose the ids (a re-submit is possible: looked up).
+        """
         if items and _frame_bytes(items) < MAX_FRAME - (64 << 10):
             # Durable in the journal on return. A broken connection falls through
             # to the inbox with the same ids: a no-op if the first try took.
-            served, _ = self._door_call(lambda i: Submit(i, items))
+            served, _ = self._door_call(fresh_submit(items, not given))
             if served:
                 return ids
         fresh = items
-        if run_ids is not None:
+        if given:
             state = self.refresh()
             waiting = self._pending()
             fresh = []
@@ -533,8 +564,13 @@ class Client(OpsCalls):
         Raises ``RunNotDead`` for a run with no dead-lettered step.
         """
         check_run_id(run_id)
-        served, _ = self._door_call(lambda i: Retry(i, RedriveMsg(run_id, time.time())),
-                                    run_id=run_id)
+        try:
+            served, _ = self._door_call(lambda i: Retry(i, RedriveMsg(run_id, time.time())),
+                                        run_id=run_id)
+        finally:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:  # an end pushed before (read by now) is no longer its end
+                conn.pushed_end(run_id)
         if served:
             return
         found = self._find(run_id)
@@ -542,34 +578,3 @@ class Client(OpsCalls):
             status = found.status if isinstance(found, Run) else RunStatus.PENDING.value
             raise RunNotDead(run_id, str(status))
         post(self.state_dir, RedriveMsg(run_id, time.time()))
-
-
-def _newest(o: RunOutcome) -> tuple[float, str]:
-    return (o.finished_at or o.submitted_at or 0.0, o.run_id)
-
-
-def merge_runs(live: list[RunOutcome], archived: list[RunOutcome],
-               status: str | RunStatus | None, since: float | None,
-               limit: int | None) -> list[RunOutcome]:
-    """Live and archived outcomes, filtered, newest first: the order of ``runs()`` everywhere.
-
-    A run in both (archived, its ``Archived`` record not yet read) counts once, live.
-    """
-    if status is not None:
-        want = RunStatus(status)
-        live = [o for o in live if o.status == want]
-    if since is not None:
-        live = [o for o in live if _newest(o)[0] >= since]
-    ids = {o.run_id for o in live}
-    out = live + [o for o in archived if o.run_id not in ids]
-    out.sort(key=_newest, reverse=True)
-    return out if limit is None else out[:max(0, int(limit))]
-
-
-def merge_dead(live: list[DeadLetter], archived: list[DeadLetter],
-               limit: int | None) -> list[DeadLetter]:
-    """Live and archived dead letters, newest first by ``finished_at``, each run once."""
-    ids = {d.run_id for d in live}
-    out = live + [d for d in archived if d.run_id not in ids]
-    out.sort(key=lambda d: (d.finished_at or 0.0, d.run_id), reverse=True)
-    return out if limit is None else out[:max(0, int(limit))]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import select
 import socket
 import time
 from pathlib import Path
@@ -21,9 +22,11 @@ from typing import Any
 
 import msgspec
 
+from .api import RunOutcome
 from .protocol import (
     HEADER,
     MAX_FRAME,
+    PUSHED,
     SOCKET_NAME,
     VERSION,
     Err,
@@ -37,6 +40,19 @@ from .protocol import (
     reply_decoder,
 )
 from .server import short_path
+
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def this_pid() -> int:
+    """This process's pid without a syscall per call (a forked child updates it)."""
+    return _pid[0]
+
+
+# Pushed ends kept until asked for (``Hello.ends``); past this the oldest are
+# forgotten (a wait for one asks the supervisor instead).
+ENDS_MAX = 16384
 
 
 class DoorLost(ConnectionError):
@@ -56,15 +72,25 @@ class DoorConnection:
         self.pid = os.getpid()  # a forked child must not share its parent's stream
         self._ids = itertools.count(1)
         self._buf = bytearray()
+        self._at = 0  # where the next frame starts in _buf
         self._early: dict[int, Any] = {}  # answers that came before their turn was asked
+        self._ends: dict[str, Outcome] = {}  # ends pushed unasked, by run id (Hello.ends)
         # Read into one buffer: recv(1 MiB) allocated (and shrank) a 1 MiB object per read.
         self._rbuf = bytearray(64 << 10)
         self._rview = memoryview(self._rbuf)
-        self._timed = True  # a timeout may be set on the socket (open's)
+        # Waits for an answer in poll(POLLIN), never blocked in recv: a reader
+        # blocked in a Unix socket's recv is also woken when the supervisor
+        # reads our request (write space), one wasted context switch per call;
+        # poll's wait filters that wake-up out. The socket itself stays
+        # blocking with no timeout, so a send is one syscall (no poll, no ioctl).
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
 
     @classmethod
-    def open(cls, state_dir: str | os.PathLike[str], timeout: float = 5.0
+    def open(cls, state_dir: str | os.PathLike[str], timeout: float = 5.0, ends: bool = False
              ) -> DoorConnection | None:
+        """Connect and say hello; ``ends``: ask for the ends of the runs submitted here
+        unasked (``pushed_end`` reads them)."""
         path = socket_path(state_dir)
         try:
             os.stat(path)
@@ -80,7 +106,7 @@ class DoorConnection:
                 if fd >= 0:
                     os.close(fd)
             conn = cls(sock, 0)
-            conn._send(Hello(VERSION, os.getpid()))
+            conn._send(Hello(VERSION, os.getpid(), ends))
             welcome = conn._recv(time.monotonic() + timeout)
         except (OSError, EOFError, msgspec.DecodeError, ValueError):
             sock.close()
@@ -138,7 +164,7 @@ class DoorConnection:
                 self.close()
                 raise DoorLost(f"the supervisor's socket closed before answering: "
                                f"{e or 'end of stream'}") from None
-            self._early[getattr(msg, "id", 0)] = msg
+            self._keep(msg)
         msg = self._early.pop(rid)
         t = type(msg)
         if t is Ok:
@@ -154,30 +180,86 @@ class DoorConnection:
     def _send(self, msg: Any) -> None:
         self.sock.sendall(frame(msg))
 
-    def _recv(self, deadline: float | None) -> Any:
-        buf = self._buf
-        while True:
-            if len(buf) >= HEADER:
-                size = frame_size(buf)
-                if size > MAX_FRAME:
-                    raise ValueError(f"the supervisor sent a {size:,}-byte frame")
-                if len(buf) >= HEADER + size:
-                    body = bytes(buf[HEADER:HEADER + size])
-                    del buf[:HEADER + size]
-                    return reply_decoder.decode(body)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("the supervisor did not answer in time")
-                self.sock.settimeout(left)
-                self._timed = True
-            elif self._timed:  # a syscall each: only when a timed read came before
-                self.sock.settimeout(None)
-                self._timed = False
+    def _keep(self, msg: Any) -> None:
+        if type(msg) is Outcome and msg.id == PUSHED:
+            ends = self._ends
+            ends[msg.outcome.run_id] = msg
+            if len(ends) > ENDS_MAX:
+                del ends[next(iter(ends))]
+        else:
+            self._early[getattr(msg, "id", 0)] = msg
+
+    def pushed_end(self, run_id: str) -> RunOutcome | None:
+        """The run's end if the supervisor pushed it; reads what the socket holds, never blocks.
+
+        A pushed end is durable, as a ``Wait`` answer is.
+        """
+        out = self._ends.pop(run_id, None)
+        if out is None:
             try:
-                got = self.sock.recv_into(self._rview)
-            except TimeoutError:
-                raise TimeoutError("the supervisor did not answer in time") from None
-            if not got:
-                raise EOFError("the supervisor closed the connection")
-            buf += self._rview[:got]
+                self._drain()
+            except (OSError, EOFError, msgspec.DecodeError, ValueError):
+                return None  # the next call meets the broken stream and says so
+            out = self._ends.pop(run_id, None)
+        return None if out is None else out.value()
+
+    def _drain(self) -> None:
+        while True:
+            msg = self._next()
+            if msg is not None:
+                self._keep(msg)
+            elif not self._read(None, False):
+                return
+
+    def _next(self) -> Any:
+        """The next whole frame already read, decoded; None if it has not all come yet."""
+        buf, at = self._buf, self._at
+        n = len(buf) - at
+        if n < HEADER:
+            return None
+        size = frame_size(buf, at)
+        if size > MAX_FRAME:
+            raise ValueError(f"the supervisor sent a {size:,}-byte frame")
+        if n < HEADER + size:
+            return None
+        end = at + HEADER + size
+        msg = reply_decoder.decode(buf[at + HEADER:end])
+        if end == len(buf):
+            buf.clear()
+            self._at = 0
+        else:
+            self._at = end  # several frames came in one read: cut on, no copy per frame
+        return msg
+
+    def _read(self, deadline: float | None, wait: bool = True) -> bool:
+        """Append what the socket holds; without ``wait``, False when it holds nothing.
+
+        With ``wait``, poll first: an answer is rarely there already (it waits
+        for a sync), so a first try would mostly cost a syscall for ``EAGAIN``.
+        """
+        if wait:
+            if deadline is None:
+                self._poll.poll()
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._poll.poll(max(1, int(left * 1000 + 0.999))):
+                    if deadline - time.monotonic() <= 0:
+                        raise TimeoutError("the supervisor did not answer in time")
+        try:
+            got = self.sock.recv_into(self._rview, 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return wait  # woken for nothing (wait): poll again
+        if not got:
+            raise EOFError("the supervisor closed the connection")
+        if self._at:
+            del self._buf[:self._at]
+            self._at = 0
+        self._buf += self._rview[:got]
+        return True
+
+    def _recv(self, deadline: float | None) -> Any:
+        while True:
+            msg = self._next()
+            if msg is not None:
+                return msg
+            self._read(deadline)

@@ -41,15 +41,32 @@ HEADER = _LEN.size
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello", array_like=True):
+    """The first frame. ``ends``: send the ``Outcome`` of each run this connection
+    submits unasked, with request id 0 (``PUSHED``), once its end is durable, along
+    with the connection's next answer, so a ``wait`` after submits mostly costs no
+    round trip. Best effort: the server may drop pushes (too many held); the client
+    then asks with ``Wait``. A trailing field with a default: an older client's
+    hello decodes as ``False``, an older server ignores it."""
+
     version: int
     pid: int = 0
+    ends: bool = False
 
 
 class Submit(msgspec.Struct, frozen=True, tag="submit", array_like=True):
-    """Submit every item or none (a conflict or a bad item refuses the whole batch)."""
+    """Submit every item or none (a conflict or a bad item refuses the whole batch).
+
+    ``fresh``: every run id in ``items`` was made by the client for this call
+    and never sent before, so no archived run can hold it and the supervisor
+    skips the archive look-up for re-submits. A resend of the same items (a
+    reconnect) says ``False``. Added in version 1 as a trailing field with a
+    default: an older peer's frame without it decodes, and an older
+    supervisor ignores it.
+    """
 
     id: int
     items: list[SubmitMsg]
+    fresh: bool = False
 
 
 class Cancel(msgspec.Struct, frozen=True, tag="cancel", array_like=True):
@@ -93,6 +110,9 @@ Request = Union[Hello, Submit, Cancel, Signal, Retry, Wait, Status, Ops]
 
 
 # ------------------------------------------------------------------- replies
+
+
+PUSHED = 0  # the request id of an ``Outcome`` the server sent unasked (``Hello.ends``)
 
 
 class Welcome(msgspec.Struct, frozen=True, tag="welcome", array_like=True):

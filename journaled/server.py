@@ -44,7 +44,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import msgspec
 
@@ -53,9 +53,11 @@ from .protocol import (
     HEADER,
     MAX_FRAME,
     PROTOCOL_ERROR,
+    PUSHED,
     VERSION,
     Err,
     Hello,
+    Outcome,
     Wait,
     Welcome,
     frame,
@@ -69,6 +71,9 @@ log = logging.getLogger("journaled.server")
 # Per connection: answers not yet taken by the client, and requests in flight.
 OUT_LIMIT = 2 * MAX_FRAME + (1 << 20)
 MAX_IN_FLIGHT = 4096
+# Pushed ends (``Hello.ends``) held for the next answer on their connection; past
+# this many the newest are dropped (the client asks with ``Wait`` for those).
+HELD_MAX = 512
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _READ = 256 << 10
 # One receive buffer for the thread: ``recv(_READ)`` allocated (mmap'd, past
@@ -103,7 +108,7 @@ def raise_nofile(want: int) -> None:
 
 class _Conn:
     __slots__ = ("sock", "cid", "inbuf", "out", "out_size", "hello", "pending",
-                 "reading", "closing", "pid")
+                 "reading", "closing", "pid", "ends", "held")
 
     def __init__(self, sock: socket.socket, cid: int, pid: int) -> None:
         self.sock = sock
@@ -117,6 +122,10 @@ class _Conn:
         self.pending: dict[int, str | None] = {}
         self.reading = True
         self.closing = False  # send what is queued, then close
+        self.ends = False  # push the ends of its runs (Hello.ends)
+        # Pushed ends not sent yet: they ride along with the next answer (one send,
+        # one wake-up); a client that asks for nothing gets none.
+        self.held: list[Any] = []
 
 
 class DoorServer:
@@ -217,15 +226,34 @@ class DoorServer:
 
     # ------------------------------------------------------ other threads
 
+    def wants_ends(self, cid: int) -> bool:
+        """The connection asked for its runs' ends unasked (``Hello.ends``)."""
+        c = self._conns.get(cid)
+        return c is not None and c.ends
+
     def reply(self, cid: int, msg: Any) -> None:
-        """Send an answer (any thread, never blocks): now if it can, else on the server thread."""
+        """Send an answer (any thread, never blocks): now if it can, else on the server thread.
+
+        An ``Outcome`` with id ``PUSHED`` is an end pushed unasked: held to go with
+        the connection's next answer (sent alone, it could wake a client waiting for
+        that answer for nothing, or fill the buffers of one that reads nothing).
+        """
+        self.reply_many(((cid, msg),))
+
+    def reply_many(self, answers: Sequence[tuple[int, Any]]) -> None:
+        """``reply`` for each ``(conn id, answer)``, in order, under one take of the lock."""
+        queued = 0
         if not self._replies and self._lock.acquire(blocking=False):
             try:
-                if self._reply_now(cid, msg):
-                    return
+                for cid, msg in answers:
+                    if not self._reply_now(cid, msg):
+                        break  # this one and the rest in order, on the server's pass
+                    queued += 1
             finally:
                 self._lock.release()
-        self._replies.append((cid, msg))
+        if queued == len(answers):
+            return
+        self._replies.extend(answers[queued:])
         if not self._woken:
             self._woken = True
             self._poke()
@@ -236,10 +264,15 @@ class DoorServer:
         if c is None or c.out or c.closing:
             return False
         rid = getattr(msg, "id", 0)
+        if rid == PUSHED and type(msg) is Outcome:
+            self._hold(c, msg)
+            return True
         if rid not in c.pending:
             return True  # a wait that timed out meanwhile: its answer went already
         try:
             data = frame(msg)
+            if c.held:
+                data = self._held_frames(c) + data
         except ValueError:
             return False  # too big: the server thread says so
         try:
@@ -248,7 +281,7 @@ class DoorServer:
             n = 0
         except OSError:
             return False  # the server thread sees the failure and drops the connection
-        del c.pending[rid]
+        c.pending.pop(rid, None)
         poke = False
         if n < len(data):
             c.out.append(memoryview(data)[n:])
@@ -262,6 +295,23 @@ class DoorServer:
                 self._woken = True
                 self._poke()
         return True
+
+    @staticmethod
+    def _hold(c: _Conn, msg: Any) -> None:
+        if len(c.held) < HELD_MAX:
+            c.held.append(msg)
+
+    @staticmethod
+    def _held_frames(c: _Conn) -> bytes:
+        """The held pushes as frames, to go before the answer being written (one send)."""
+        held, c.held = c.held, []
+        out = []
+        for m in held:
+            try:
+                out.append(frame(m))
+            except ValueError:
+                pass  # too big to push: the client asks with Wait
+        return b"".join(out)
 
     def _poke(self) -> None:
         try:
@@ -405,6 +455,7 @@ class DoorServer:
                                    f"this supervisor speaks {VERSION}")
                 return False
             c.hello = True
+            c.ends = req.ends
             self._queue(c, Welcome(VERSION, os.getpid()))
             return True
         if not c.hello:
@@ -441,9 +492,13 @@ class DoorServer:
             if c is None:
                 continue
             rid = getattr(msg, "id", 0)
+            if rid == PUSHED and type(msg) is Outcome:
+                self._hold(c, msg)
+                continue
             if rid not in c.pending:
                 continue  # a wait that timed out meanwhile: its answer went already
-            del c.pending[rid]
+            else:
+                del c.pending[rid]
             self._queue(c, msg, flush=False)
             touched[cid] = c
         for c in touched.values():
@@ -481,6 +536,8 @@ class DoorServer:
         except ValueError as e:  # an answer too big for a frame: say so instead
             data = frame(Err(getattr(msg, "id", 0), "JournaledError",
                              f"the answer does not fit the socket: {e}"))
+        if c.held:
+            data = self._held_frames(c) + data
         c.out.append(memoryview(data))
         c.out_size += len(data)
         if c.out_size > OUT_LIMIT:

@@ -1,0 +1,56 @@
+"""Ends pushed unasked (``Hello.ends``): a ``wait`` after the submits costs no round trip."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from journaled import RunStatus
+from journaled.client import Client
+from journaled.connection import DoorConnection
+from journaled.errors import RunNotFound
+from journaled.inbox import SubmitMsg
+from journaled.protocol import Status, Submit
+from tests.apps import door_apps
+
+from .helpers import wait_for
+
+
+@pytest.fixture
+def sup(runtime):
+    return runtime(door_apps.runner)
+
+
+@pytest.mark.timeout(60)
+def test_only_a_connection_that_asked_gets_the_ends_of_its_runs_pushed(sup, state_dir):
+    asks, silent = DoorConnection.open(state_dir, ends=True), DoorConnection.open(state_dir)
+    assert asks is not None and silent is not None
+    for conn, rid in ((asks, "pushed"), (silent, "asked")):
+        conn.call(lambda i, rid=rid: Submit(i, [SubmitMsg(rid, b"hi", time.time())]))
+    other = Client(state_dir)
+    for rid in ("pushed", "asked"):
+        assert other.wait(rid, 20).status is RunStatus.SUCCEEDED
+    time.sleep(0.1)
+    assert asks.pushed_end("pushed") is None  # held: sent alone it could wake a client
+    for conn in (asks, silent):  # ... for nothing; it rides along with the next answer
+        with pytest.raises(RunNotFound):
+            conn.call(lambda i: Status(i, "nothing"))
+    out = asks.pushed_end("pushed")
+    assert out is not None
+    assert (out.run_id, out.status, out.result) == ("pushed", RunStatus.SUCCEEDED, b"hi")
+    assert silent.pushed_end("asked") is None and not silent._ends
+
+
+@pytest.mark.timeout(60)
+def test_a_retried_run_is_waited_for_again_not_read_from_its_old_pushed_end(sup, state_dir,
+                                                                            tmp_path):
+    c = Client(state_dir)
+    flag = tmp_path / "flag"
+    rid = c.submit(b"", {"app": "needs_file", "file": str(flag)}, run_id="dead")
+    wait_for(lambda: c.status(rid).status is RunStatus.FAILED, 20, "the run to fail")
+    time.sleep(0.2)  # its end is pushed: held, it comes with the retry's answer
+    flag.touch()
+    c.retry(rid)
+    out = c.wait(rid, timeout=20)
+    assert (out.status, out.result) == (RunStatus.SUCCEEDED, b"found it")
