@@ -36,7 +36,7 @@ from .protocol import (
     raise_err,
     reply_decoder,
 )
-from .server import short_path
+from .unixaddr import short_path
 
 
 class DoorLost(ConnectionError):
