@@ -53,14 +53,15 @@ class Submitter:
         from ..serving import check_served_runner, served_limits
         from ..submission import submit_msgs
 
-        runner = opts.get("runner")
+        runner, resources = opts.get("runner"), opts.get("resources")
         if runner:
             check_served_runner(self.state_dir, check_runner_name(runner))
+        # The supervisor's limits matter only to a run asking for resources.
         items, ids = submit_msgs(inputs, headers, run_ids, opts.get("priority", 0),
                                  opts.get("max_attempts", 0), opts.get("step_timeout", 0.0),
-                                 self.blobs, runner, resources=opts.get("resources"),
-                                 key=opts.get("key"), limits=served_limits(self.state_dir))
-        if items and self._over_socket(items):
+                                 self.blobs, runner, resources=resources, key=opts.get("key"),
+                                 limits=served_limits(self.state_dir) if resources else None)
+        if items and self._over_socket(items, made_here=run_ids is None):
             self.served = True
             return ids
         if self._sent:
@@ -69,8 +70,13 @@ class Submitter:
             run_ids = ids
         return self.client().submit_many(inputs, headers, run_ids, **opts)
 
-    def _over_socket(self, items: list[Any]) -> bool:
-        """Whether the supervisor answered ``Submit(items)`` (durable in the journal)."""
+    def _over_socket(self, items: list[Any], made_here: bool) -> bool:
+        """Whether the supervisor answered ``Submit(items)`` (durable in the journal).
+
+        ``made_here``: every id was made for this call, so the first try may say
+        ``fresh`` (no archive look-up on the supervisor's side) where the protocol
+        has that field; a resend may find its first try taken, so it never does.
+        """
         from ..connection import DoorConnection, DoorLost
         from ..errors import RunNotFound
         from ..protocol import MAX_FRAME, Submit
@@ -78,13 +84,15 @@ class Submitter:
 
         if _frame_bytes(items) >= MAX_FRAME - (64 << 10):
             return False
+        has_fresh = "fresh" in Submit.__struct_fields__
         for _ in (1, 2):  # reconnect once: a supervisor may have restarted
             conn = DoorConnection.open(self.state_dir)
             if conn is None:
                 return False
+            extra = {"fresh": made_here and not self._sent} if has_fresh else {}
             try:
                 self._sent = True
-                conn.call(lambda i: Submit(i, items))
+                conn.call(lambda i, extra=extra: Submit(i, items, **extra))
                 return True
             except DoorLost:
                 continue
