@@ -243,6 +243,17 @@ class JournaledGroup(click.Group):
             self.add_command(cmd, cmd_name)
         return cmd
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            # click (>= 8.2) suggests close names from the commands loaded so far:
+            # offer every command ("sched" -> "Did you mean 'schedule'?").
+            name = getattr(e, "command_name", None)
+            if name is None or getattr(e, "possibilities", None):
+                raise
+            raise type(e)(name, possibilities=self.list_commands(ctx), ctx=ctx) from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """``--help``'s list from ``COMMANDS``, importing none of the modules."""
         names = self.list_commands(ctx)

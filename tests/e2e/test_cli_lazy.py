@@ -81,6 +81,16 @@ def test_help_lists_every_command_with_its_own_first_line_and_imports_none() -> 
     assert set(cli.main.commands) == set(cli.COMMANDS), "a command missing from COMMANDS"
 
 
+@pytest.mark.timeout(60)
+def test_a_mistyped_command_is_one_usage_error_naming_the_close_ones() -> None:
+    proc = subprocess.run([sys.executable, "-m", "journaled.cli", "sched"], cwd=ROOT,
+                          env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "No such command 'sched'." in proc.stderr
+    if hasattr(click.exceptions, "NoSuchCommand"):  # click >= 8.2 suggests names
+        assert "Did you mean 'schedule'?" in proc.stderr, proc.stderr
+
+
 def test_every_exported_name_still_resolves() -> None:
     for module in (journaled, cli, journaled.journal):
         for name in module.__all__:
