@@ -70,23 +70,16 @@ headers, installs, the scan), ``mark`` (the synced mark), ``lock``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from journaled.durable import fsync_dir
 
+from .flusher import Flusher
 from .frame import HEADER_SIZE, MAX_BODY, SECTOR, FrameReader, encode_frame
 from .lock import StateLock
 from .mark import MARK_NAME, SyncedMark, read_mark
-
-# Eager, as ``repair`` names both a submodule and its function: bound here, after the
-# submodule's import, the package attribute stays the function.
 from .repair import RepairReport, VerifyReport, repair, verify
 from .segment import FLAG_BASE, FORMAT_VERSION, MAGIC, TornTail, list_segments, segment_header
-
-if TYPE_CHECKING:  # at run time each loads on first use (__getattr__ below)
-    from .flusher import Flusher
-    from .tailer import JournalTailer
-    from .writer import SLOW_SYNC_SECONDS, Journal
+from .tailer import JournalTailer
+from .writer import SLOW_SYNC_SECONDS, Journal
 
 __all__ = [
     "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "FLAG_BASE", "MAX_BODY", "SECTOR",
@@ -95,24 +88,3 @@ __all__ = [
     "RepairReport", "repair",
     "MARK_NAME", "SyncedMark", "read_mark", "SLOW_SYNC_SECONDS", "fsync_dir",
 ]
-
-# Lazy (PEP 562): a process that only checks sizes against ``frame.MAX_BODY`` (a
-# client's inbox checks; ``journaled submit``) does not import the writer, the
-# flusher and the tailer at every start.
-_WHERE = {
-    "flusher": ("Flusher",),
-    "tailer": ("JournalTailer",),
-    "writer": ("SLOW_SYNC_SECONDS", "Journal"),
-}
-_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # the next lookup is a plain attribute
-    return value
