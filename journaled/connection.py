@@ -39,7 +39,7 @@ from .protocol import (
     raise_err,
     reply_decoder,
 )
-from .server import short_path
+from .unixaddr import short_path
 
 _pid = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))

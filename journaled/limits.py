@@ -16,7 +16,12 @@ and headers are always inline and keep their limits.
 from __future__ import annotations
 
 from .errors import InputTooLarge
-from .journal.frame import MAX_BODY as MAX_BODY  # one frame's body (the journal format's own limit)
+
+# One frame's body: the journal format's own limit, ``journal.frame.MAX_BODY``
+# (tests/e2e/test_cli_lazy.py checks they agree). Written out, not imported, so
+# that checking a submission's sizes (a client, ``journaled submit``) does not
+# import the journal package.
+MAX_BODY = 64 << 20
 
 MAX_VALUE = 8 << 20  # an input, a payload, a result, a memo value, a signal's data
 MAX_MEMOS = 8 << 20  # all memo values of one step together

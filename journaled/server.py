@@ -65,6 +65,7 @@ from .protocol import (
     guess_id,
     request_decoder,
 )
+from .unixaddr import short_path
 
 log = logging.getLogger("journaled.server")
 
@@ -80,19 +81,6 @@ _READ = 256 << 10
 # malloc's threshold) and shrank a 256 KiB bytes object per read.
 _RECV_BUF = bytearray(_READ)
 _RECV_VIEW = memoryview(_RECV_BUF)
-
-
-def short_path(path: Path) -> tuple[str, int]:
-    """An ``AF_UNIX`` address for ``path`` (108 bytes at most) and an fd to close after use.
-
-    A long path goes through ``/proc/self/fd/N`` of its directory (Linux);
-    -1 means no fd was opened.
-    """
-    s = str(path)
-    if len(s.encode()) < 100:
-        return s, -1
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    return f"/proc/self/fd/{fd}/{path.name}", fd
 
 
 def raise_nofile(want: int) -> None:

@@ -6,7 +6,9 @@ user can fix are one line on stderr with exit 2 (bad input) or 1 (a run or
 a check failed); a traceback means a bug in journaled.
 
 The commands live in modules by job, each registering on ``main`` when
-imported at the bottom of this file:
+imported; ``COMMANDS`` names them, and a module is imported only when one of
+its commands runs (``journaled submit`` in a shell loop pays for click, the
+socket and msgspec, not for the journal reader, SQLite or the dashboard):
 
 - ``serve``: ``run``, the supervisor in the foreground;
 - ``writes``: ``submit``, ``cancel``, ``retry``, ``signal`` (through the inbox);
@@ -27,12 +29,11 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 import click
 
 from .. import __version__
-from ..api import RunOutcome
 from ..errors import (
     InputTooLarge,
     InvalidRunId,
@@ -49,7 +50,74 @@ from ..errors import (
     UnknownRunner,
 )
 
+if TYPE_CHECKING:  # at run time imported on first use: see __getattr__ at the bottom
+    from ..api import RunOutcome
+    from .metrics import metrics_cmd
+    from .ops import fork, pause_cmd, resume_cmd, schedule
+    from .reads import dead, result, runs, status, wait
+    from .serve import run
+    from .tools import compact, log, repair, step_cmd, verify
+    from .ui import ui_cmd
+    from .writes import _parse_headers, cancel, retry, signal_cmd, submit
+
 DEFAULT_STATE = ".journaled"
+
+# Every command: name -> (module, attribute, the first sentence of its help).
+# The sentence is what ``journaled --help`` lists without importing the module
+# (click cuts it to the terminal's width the same way as the real help);
+# tests/e2e/test_cli_lazy.py checks it still matches the command's docstring.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "cancel": (".writes", "cancel",
+               "Cancel RUN_ID: its running step sees its token set, then is killed after a "
+               "grace."),
+    "compact": (".tools", "compact",
+                "Snapshot live state into a new segment, drop old segments and expired "
+                "archive rows."),
+    "crashtest": ("journaled.crashtest", "crashtest",
+                  "Crash-test APP (``module:function``): kill -9 it at random and check every "
+                  "run."),
+    "dead": (".reads", "dead",
+             "List dead-lettered steps, newest first: retries exhausted, permanent errors, "
+             "poison pills."),
+    "fork": (".ops", "fork",
+             "Start a new run at step N of RUN_ID (live or finished); RUN_ID is untouched."),
+    "log": (".tools", "log",
+            "Print the journal's records, one per line (JSON lines with --json)."),
+    "metrics": (".metrics", "metrics_cmd",
+                "Print the metrics `journaled run --metrics-port` serves, from the state "
+                "directory."),
+    "pause": (".ops", "pause_cmd",
+              "Stop leasing new steps (of runs with KEY, or of all runs); running steps "
+              "finish."),
+    "repair": (".tools", "repair",
+               "Cut a torn or damaged journal back to its last whole record (a backup is "
+               "kept)."),
+    "result": (".reads", "result",
+               "Write RUN_ID's result bytes to stdout (exit 1 if it failed or is not done)."),
+    "resume": (".ops", "resume_cmd", "Lease again what 'journaled pause' stopped."),
+    "retry": (".writes", "retry",
+              "Redrive RUN_ID's dead-lettered step as a new series of attempts."),
+    "run": (".serve", "run",
+            "Run the supervisor for APP (``module:function``) in the foreground."),
+    "runs": (".reads", "runs",
+             "List runs, newest first: live ones, then archived ones by finish time."),
+    "schedule": (".ops", "schedule",
+                 "Cron schedules: each tick submits a run with id NAME@<tick, UTC ISO>."),
+    "signal": (".writes", "signal_cmd",
+               "Send DATA to RUN_ID's ContinueOnSignal(key=KEY) wait (kept until it waits)."),
+    "status": (".reads", "status", "Show where RUN_ID is: status, steps, result or error."),
+    "step": (".tools", "step_cmd",
+             "Re-run one recorded step here, with its recorded payload, headers and attempt."),
+    "submit": (".writes", "submit",
+               "Submit a run with INPUT (text; '-' reads stdin); prints its run id."),
+    "ui": (".ui", "ui_cmd", "Serve the web dashboard for the state directory."),
+    "verify": (".tools", "verify",
+               "Check the journal: headers, frames, CRCs, and the state machine's invariants."),
+    "wait": (".reads", "wait", "Block until RUN_ID ends."),
+    "watch": ("journaled.watch", "watch",
+              "Live view: runs by status, steps in flight with progress, throughput, recent "
+              "runs."),
+}
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:
@@ -160,23 +228,42 @@ class StateDir(click.ParamType):
 
 
 class JournaledGroup(click.Group):
-    """The root group: a bad ``--state`` is one line and exit 2, not click's usage text."""
-
-    # name -> (module, attribute): commands imported only when named or listed,
-    # so a short command (``journaled submit`` in a shell loop) does not pay for
-    # importing the big ones (crashtest, watch) at every start.
-    lazy: dict[str, tuple[str, str]] = {}
+    """The root group: commands imported on first use (``COMMANDS``); a bad ``--state`` is
+    one line and exit 2, not click's usage text."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self.lazy})
+        return sorted({*super().list_commands(ctx), *COMMANDS})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         cmd = super().get_command(ctx, cmd_name)
-        if cmd is None and cmd_name in self.lazy:
-            module, attr = self.lazy[cmd_name]
-            cmd = getattr(importlib.import_module(module), attr)
+        if cmd is None and cmd_name in COMMANDS:
+            module, attr, _ = COMMANDS[cmd_name]
+            # Importing a module registers its commands on ``main`` (the decorators).
+            cmd = getattr(importlib.import_module(module, __name__), attr)
             self.add_command(cmd, cmd_name)
         return cmd
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            # click (>= 8.2) suggests close names from the commands loaded so far:
+            # offer every command ("sched" -> "Did you mean 'schedule'?").
+            name = getattr(e, "command_name", None)
+            if name is None or getattr(e, "possibilities", None):
+                raise
+            raise type(e)(name, possibilities=self.list_commands(ctx), ctx=ctx) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """``--help``'s list from ``COMMANDS``, importing none of the modules."""
+        names = self.list_commands(ctx)
+        stand_in = {n: self.commands.get(n) or click.Command(n, help=COMMANDS[n][2])
+                    for n in names}
+        rows = [(n, c) for n, c in stand_in.items() if not c.hidden]
+        if rows:
+            limit = formatter.width - 6 - max(len(n) for n, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(n, c.get_short_help_str(limit)) for n, c in rows])
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -288,23 +375,24 @@ main: click.Group = click.group(
 )(click.version_option(__version__, prog_name="journaled")(_main))
 
 
-# Registration: importing a command module adds its commands to ``main``; the
-# names stay importable from ``journaled.cli`` as they were before the split.
-from .metrics import metrics_cmd  # noqa: E402, F401
-from .ops import fork, pause_cmd, resume_cmd, schedule  # noqa: E402
-from .reads import dead, result, runs, status, wait  # noqa: E402
-from .serve import run  # noqa: E402
-from .tools import compact, log, repair, step_cmd, verify  # noqa: E402
-from .ui import ui_cmd  # noqa: E402, F401
-from .writes import _parse_headers, cancel, retry, signal_cmd, submit  # noqa: E402
+# The command modules' names stay importable from ``journaled.cli`` as they were
+# before the split, each module imported on first use (PEP 562).
+_EXPORTS = {attr: module for module, attr, _ in COMMANDS.values() if module.startswith(".")}
+_EXPORTS["_parse_headers"] = ".writes"
 
-JournaledGroup.lazy = {"crashtest": ("journaled.crashtest", "crashtest"),
-                       "watch": ("journaled.watch", "watch")}
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
+
 
 __all__ = [
-    "DEFAULT_STATE", "BadInput", "cancel", "compact", "dead", "fail", "fork", "handles_errors",
+    "COMMANDS", "DEFAULT_STATE", "BadInput", "cancel", "compact", "dead", "fail", "fork",
+    "handles_errors",
     "json_option", "log", "main", "outcome_json", "pause_cmd", "repair", "resume_cmd",
-    "schedule", "result", "retry", "run", "runs",
+    "schedule", "result", "retry", "run", "runs", "metrics_cmd", "ui_cmd",
     "signal_cmd", "state_option", "status", "step_cmd", "submit", "user_input", "verify",
     "wait", "_parse_headers",
 ]

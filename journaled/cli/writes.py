@@ -18,10 +18,8 @@ from typing import Any
 
 import click
 
-from ..client import new_run_id
-from ..quotas import parse_pair
 from . import _client, fail, handles_errors, json_option, main, state_option, user_input
-from .lines import parse_lines
+from .submitting import Submitter
 
 
 def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -81,6 +79,8 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
                  {"input": "order-8", "headers": {"tenant": "acme"}, "run_id": "o-8"}
                  {"input_b64": "AAEC"}
     """
+    from ..quotas import parse_pair
+
     given = sum(x is not None for x in (input, input_file, each_line))
     if given > 1:
         fail("give the input once: INPUT, --input-file or --each-line")
@@ -94,9 +94,13 @@ def submit(input: str | None, run_id: str | None, headers: tuple[str, ...], inpu
                                 step_timeout=step_timeout or 0.0, runner=runner,
                                 resources=res or None, key=key)
     hdrs = _parse_headers(headers)
-    client = _client(state)
+    # The socket alone when a supervisor listens; the full Client (inbox) otherwise.
+    client = Submitter(state)
     with user_input():
         if each_line is not None:
+            from ..submission import new_run_id
+            from .lines import parse_lines
+
             if run_id:
                 fail("--run-id cannot be used with --each-line (each run gets its own id)")
             # Every line is checked before any run is sent: a bad one submits nothing.

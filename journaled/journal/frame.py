@@ -20,7 +20,7 @@ from journaled.errors import JournalCorrupt, RecordTooLarge
 __all__ = ["HEADER_SIZE", "MAX_BODY", "SECTOR", "encode_frame", "FrameReader"]
 
 HEADER_SIZE = 16  # every segment opens with this many header bytes (see segment.py)
-MAX_BODY = 64 << 20  # one record body; journaled.limits imports it from here
+MAX_BODY = 64 << 20  # one record body; journaled.limits says it again (a test checks)
 SECTOR = 512  # the unit a disk writes whole, or not at all
 
 _FRAME = struct.Struct("<II")
