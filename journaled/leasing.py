@@ -32,6 +32,9 @@ from .state import Policy, State, WorkerResult
 
 log = logging.getLogger("journaled.supervisor")
 
+# A step queued behind a worker's head in a light view (``_view``): only counted.
+_QUEUED = dispatch.StepView(0, "", 0)
+
 
 class Leasing:
     """The supervisor's worker side (a mixin): decisions from ``dispatch``, records to the turn."""
@@ -89,6 +92,7 @@ class Leasing:
         # What leased steps hold is recomputed from the state (never journaled), so
         # nothing a crash abandoned stays held.
         gate = quotas.Gate(self.quotas, state.in_flight.values, self._buckets, mono)
+        lease, next_seq = state.lease, pool.next_seq
         for slot, want in plan:
             w = by_slot[slot]
             runs = state.due_runs(now, want, gate)
@@ -96,17 +100,19 @@ class Leasing:
                 break
             items = []
             for run in runs:
-                rec = state.lease(run, w.slot, now)
+                rec = lease(run, slot, now)
                 recs.append(rec)
-                kids = fanout.outcomes(state, run, self._archived_children) \
-                    if fanout.fans_in(run) else None
-                if failpoints.ENABLED and kids is not None:
-                    failpoints.hit("fanout.fan_in")
-                woken = state.woken_by(run)
-                items.append(Dispatch(pool.next_seq(), run.run_id, run.step, rec.attempt,
-                                      run.payload, run.headers,
-                                      Signal(*woken) if woken is not None else None,
-                                      run.memos or None, run.runner, children=kids))
+                kids = None
+                if run.spawn_step >= 0 and fanout.fans_in(run):  # the step after a Spawn
+                    kids = fanout.outcomes(state, run, self._archived_children)
+                    if failpoints.ENABLED:
+                        failpoints.hit("fanout.fan_in")
+                sig = None
+                if run.woken is not None or run.wait_key:  # the step after a signal wait
+                    sig = Signal(*state.woken_by(run))  # type: ignore[misc]
+                items.append(Dispatch(next_seq(), run.run_id, run.step, rec.attempt,
+                                      run.payload, run.headers, sig, run.memos or None,
+                                      run.runner, children=kids))
             self._dispatch.append((w, items))
         self._quota_wake = gate.wake
         for key in gate.over - self._over_warned:
@@ -209,13 +215,28 @@ class Leasing:
         return run.step_timeout if run is not None and run.step_timeout else \
             self.policy.step_timeout
 
-    def _view(self, w: Worker) -> dispatch.WorkerView:
-        """What the pure dispatch decisions need of ``w`` (the head's step limit only)."""
+    def _view(self, w: Worker, full: bool = False) -> dispatch.WorkerView:
+        """What the pure dispatch decisions need of ``w`` (the head's step limit only).
+
+        Only ``worker_lost`` reads past the head (``full``); every other decision
+        reads the head and how many steps ``w`` holds, so the rest are stand-ins:
+        O(1) a view instead of O(depth), and a worker holds up to 256 tiny steps.
+        """
         pool = self.pool
         assert pool is not None
-        items = tuple(dispatch.StepView(i.seq, i.run_id, i.attempt, i.cancel_at,
-                                        self._step_limit(i.run_id) if n == 0 else 0.0)
-                      for n, i in enumerate(w.outstanding))
+        out = w.outstanding
+        if full:
+            items = tuple(dispatch.StepView(i.seq, i.run_id, i.attempt, i.cancel_at,
+                                            self._step_limit(i.run_id) if n == 0 else 0.0)
+                          for n, i in enumerate(out))
+        elif out:
+            i = out[0]
+            items = (dispatch.StepView(i.seq, i.run_id, i.attempt, i.cancel_at,
+                                       self._step_limit(i.run_id)),)
+            if len(out) > 1:
+                items += (_QUEUED,) * (len(out) - 1)
+        else:
+            items = ()
         alive = w.proc is not None
         if self._written:  # leases not sent yet (their sync runs) fill the worker too
             items += self._unsent_views(w)
@@ -233,7 +254,7 @@ class Leasing:
                 self._results(w, pool.read(w, self.clock.monotonic()), now)
         except (EOFError, OSError):
             pass
-        view = self._view(w)
+        view = self._view(w, full=True)
         running = view.running_seq
         reason = w.kill_reason
         kill_seq = self._kill_seq.pop(w.slot, 0)
