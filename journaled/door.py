@@ -262,6 +262,15 @@ class DoorIntake:
         """
         return err_of(req_id, RunNotFound(run_id))
 
+    def recent_end(self, run_id: str) -> RunOutcome | None:
+        """The durable end of a run that left the live state lately (``RECENT_MAX``), if
+        still within retention (past it, what the archive says wins); state lock held."""
+        out = self._door_recent.get(run_id)
+        if out is not None and (out.finished_at is None
+                                or time.time() - out.finished_at >= self.retention):
+            return None
+        return out
+
     def _gone_run(self, req_id: int, run_id: str) -> Outcome | Err:
         """A status or wait for a run the live state does not hold: its archived outcome.
 
@@ -271,10 +280,7 @@ class DoorIntake:
         fold the journal and list the inbox for an answer the archive holds.
         Not archived either: ``_unknown_run`` (it may wait in the inbox).
         """
-        out = self._door_recent.get(run_id)
-        if out is not None and (out.finished_at is None
-                                or time.time() - out.finished_at >= self.retention):
-            out = None  # past retention: what the archive says (gone) wins
+        out = self.recent_end(run_id)
         if out is None:
             out = self._archived_outcome(run_id)
         if out is not None:
