@@ -337,7 +337,7 @@ class WorkerLoop:
         self.running = 0
         self.stopping = False
         self.finished = False  # the main thread is done: the sender flushes and exits
-        # The outbox: ("r", seq, result, busy) entries and control messages, in order.
+        # The outbox: ("r", seq, result, busy, size) entries and control messages, in order.
         self.outbox: list[Any] = []
         self.out_bytes = 0
         self.held_since = 0.0
@@ -391,8 +391,9 @@ class WorkerLoop:
     def _result(self, seq: int, res: WorkerResult, busy: float) -> None:
         if not self.outbox:
             self.held_since = time.perf_counter()
-        self.outbox.append(("r", seq, res, busy))
-        self.out_bytes += result_size(res)
+        n = result_size(res)
+        self.outbox.append(("r", seq, res, busy, n))
+        self.out_bytes += n
 
     def _control(self, msg: Any) -> None:
         self.outbox.append(msg)
@@ -513,14 +514,19 @@ class WorkerLoop:
             with cv:
                 self.running = 0
                 _U64.pack_into(self.buf, self.run_off, 0)
+                first = not self.outbox
                 self._result(seq, res, clock() - started)
-                if (not self.sending and self.rest is None and self.out_bytes <= DIRECT_MAX
-                        and self._due() <= 0):
+                now = self._due() <= 0
+                if now and not self.sending and self.rest is None \
+                        and self.out_bytes <= DIRECT_MAX:
                     direct, self.outbox = self.outbox, []
                     self.out_bytes = 0
                     self.urgent = False
                     self.sending = True
-                else:
+                elif now or first:
+                    # Held results wait for company with the sender's timer already
+                    # set (it wakes by itself): wake it only for a new hold or to send
+                    # now, not once per step, which cost a GIL hand-off per step.
                     cv.notify_all()
             if direct is not None:
                 self._send_direct(direct, enc)
@@ -547,7 +553,7 @@ def _batches(entries: list[Any]) -> list[Any]:
     busy = 0.0
     for e in entries:
         if type(e) is tuple:
-            n = result_size(e[2])
+            n = e[4]
             if items and size + n > BATCH_BYTES:
                 out.append(ResultBatch(items, busy))
                 items, size, busy = [], 0, 0.0
