@@ -178,13 +178,19 @@ class State(ReadyQueue, SnapshotFold):
             self.in_flight.pop(run.run_id, None)
 
     def _submitted(self, rec: Submitted) -> None:
-        if rec.run_id in self.runs:
+        runs = self.runs
+        if rec.run_id in runs:
             return
         run = Run(rec, 0)
         self._order += 1
         run.order = self._order
-        self.runs[rec.run_id] = run
-        self._make_ready(run)
+        runs[rec.run_id] = run
+        self._seq += 1  # _make_ready, inline: once per run
+        run.seq = self._seq
+        if rec.key or rec.resources:
+            self._queue(run)
+        else:
+            heapq.heappush(self._ready, (-run.priority, run.order, run.seq, rec.run_id))
 
     def _end_attempt(self, run: Run, at: float, outcome: str, error: str = "",
                      tb: str = "", peak_rss: int = 0) -> None:
@@ -428,10 +434,14 @@ class State(ReadyQueue, SnapshotFold):
                 return []
             raise RunConflict(run_id)
         res = quotas.check_resources(resources)
-        quotas.check_fits(run_id, res, self.quotas.limits)
-        return self._commit([Submitted(run_id, input, now, hdrs, priority, max_attempts,
-                                       step_timeout, runner=runner, resources=res,
-                                       key=quotas.check_key(key))])
+        if res:
+            quotas.check_fits(run_id, res, self.quotas.limits)
+        rec = Submitted(run_id, input, now, hdrs, priority, max_attempts, step_timeout,
+                        runner=runner, resources=res,
+                        key=key if key == "" else quotas.check_key(key))
+        self._submitted(rec)  # apply(), without the table look-up: once per run
+        self.records_applied += 1
+        return [rec]
 
     def ops(self, recs: list[Record]) -> list[Record]:
         """Apply records built by the operations modules (schedules, pauses, forks)."""
