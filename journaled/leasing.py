@@ -88,7 +88,8 @@ class Leasing:
                 return
         recs = self._recs
         by_slot = {w.slot: w for w in pool.workers}
-        plan = dispatch.lease_plan([self._view(w) for w in pool.workers], state.ready_count())
+        plan = dispatch.lease_plan([self._load_view(w) for w in pool.workers],
+                                   state.ready_count())
         # What leased steps hold is recomputed from the state (never journaled), so
         # nothing a crash abandoned stays held.
         gate = quotas.Gate(self.quotas, state.in_flight.values, self._buckets, mono)
@@ -195,8 +196,12 @@ class Leasing:
                 if w.outstanding:
                     pool.cancel(w, w.outstanding[0], self.cancel_grace, mono)
         for w in pool.workers:
-            if not w.outstanding or w.proc is None:
+            out = w.outstanding
+            if not out or w.proc is None:
                 continue
+            head = out[0]
+            if not head.cancel_at and not self._step_limit(head.run_id):
+                continue  # kill_due needs a cancel deadline or a step limit: no view to build
             due = dispatch.kill_due(self._view(w), mono, self._shutdown_cancelled)
             if due is not None:
                 self._kill(w, *due)
@@ -214,6 +219,17 @@ class Leasing:
         run = self.state.runs.get(run_id)
         return run.step_timeout if run is not None and run.step_timeout else \
             self.policy.step_timeout
+
+    def _load_view(self, w: Worker) -> dispatch.WorkerView:
+        """How full ``w`` is and how deep it may go: all ``lease_plan`` reads (once a turn)."""
+        pool = self.pool
+        assert pool is not None
+        items = (_QUEUED,) * len(w.outstanding)
+        if self._written:  # leases not sent yet (their sync runs) fill the worker too
+            items += self._unsent_views(w)
+        alive = w.proc is not None
+        return dispatch.WorkerView(w.slot, items, 0, 0.0, w.avg_step, alive and not w.stopping,
+                                   pool.depth(w) if alive else 0)
 
     def _view(self, w: Worker, full: bool = False) -> dispatch.WorkerView:
         """What the pure dispatch decisions need of ``w`` (the head's step limit only).
