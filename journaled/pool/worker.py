@@ -330,7 +330,15 @@ class WorkerLoop:
         self.blobs = blobs
         self.cancel_off = slot * SLOT_SIZE
         self.run_off = slot * SLOT_SIZE + 8
-        self.cv = threading.Condition()
+        # One lock, two conditions: the main thread waits on ``cv`` (work, memo acks),
+        # the sender on ``scv`` (something to send), so a batch arriving wakes the
+        # main thread only and a held result wakes the sender only: a wake that finds
+        # nothing to do costs a context switch with the GIL held (the worker's biggest
+        # per-batch cost for tiny steps).
+        lock = threading.RLock()
+        self.cv = threading.Condition(lock)
+        self.scv = threading.Condition(lock)
+        self.sender_timed = False  # the sender waits with a deadline (it wakes by itself)
         self.queue: deque[Dispatch] = deque()
         self.skip: set[int] = set()
         self.acks: set[int] = set()
@@ -356,8 +364,11 @@ class WorkerLoop:
             except (EOFError, OSError):
                 os._exit(0)  # the supervisor is gone: exit rather than become an orphan
             with self.cv:
+                held = len(self.outbox)
                 self._file(msg)
-                self.cv.notify_all()
+                self.cv.notify_all()  # the main thread: work, a stop, a memo ack
+                if len(self.outbox) != held:
+                    self.scv.notify_all()  # an answer to send (Revoked, revoked results)
 
     def _file(self, msg: Any) -> None:
         t = type(msg)
@@ -418,16 +429,18 @@ class WorkerLoop:
                     if self.rest is not None and not self.sending:
                         break
                     if self.sending:
-                        self.cv.wait()  # the main thread is writing
+                        self.scv.wait()  # the main thread is writing
                     elif self.outbox:
                         left = self._due()
                         if left <= 0:
                             break
-                        self.cv.wait(left)
+                        self.sender_timed = True
+                        self.scv.wait(left)
+                        self.sender_timed = False
                     elif self.finished:
                         return
                     else:
-                        self.cv.wait()
+                        self.scv.wait()
                 rest, self.rest = self.rest, None
                 entries: list[Any] = []
                 if rest is None:
@@ -443,8 +456,7 @@ class WorkerLoop:
             except OSError:
                 os._exit(0)  # the supervisor is gone
             with self.cv:
-                self.sending = False
-                self.cv.notify_all()
+                self.sending = False  # nobody waits for this: the main thread only checks it
 
     def _send_direct(self, entries: list[Any], enc: Callable[[Any], bytes]) -> None:
         """Write ``entries`` from the main thread without blocking (``sending`` is ours)."""
@@ -457,7 +469,8 @@ class WorkerLoop:
             self.sending = False
             if n < len(frame):
                 self.rest = memoryview(frame)[n:]  # the sender writes it before anything else
-            self.cv.notify_all()
+            if self.rest is not None or self.outbox:
+                self.scv.notify_all()  # else a sender that waited on this write has nothing
 
     # --------------------------------------------------------- main thread
 
@@ -485,7 +498,7 @@ class WorkerLoop:
                     self.skip.discard(seq)
                     self._result(seq, WorkerResult("cancelled",
                                                    error="cancelled before it started"), 0.0)
-                    cv.notify_all()
+                    self.scv.notify_all()
                     continue
                 # Claimed: from here on a Revoke cannot take it back.
                 self.running = seq
@@ -523,23 +536,23 @@ class WorkerLoop:
                     self.out_bytes = 0
                     self.urgent = False
                     self.sending = True
-                elif now or first:
-                    # Held results wait for company with the sender's timer already
-                    # set (it wakes by itself): wake it only for a new hold or to send
-                    # now, not once per step, which cost a GIL hand-off per step.
-                    cv.notify_all()
+                elif now or (first and not self.sender_timed):
+                    # Held results wait for company with the sender's timer set (it
+                    # wakes by itself, at an older hold's deadline at the latest): wake
+                    # it only to start timing a hold or to send now, not once per step.
+                    self.scv.notify_all()
             if direct is not None:
                 self._send_direct(direct, enc)
         with cv:
             self.finished = True
-            cv.notify_all()
+            self.scv.notify_all()
         sender.join()
 
     def _put_memo(self, seq: int, key: str, value: bytes | BlobRef) -> None:
         """Block until the supervisor says the memo is durable."""
         with self.cv:
             self._control(MemoPutMsg(seq, key, value))
-            self.cv.notify_all()
+            self.scv.notify_all()
             while seq not in self.acks:
                 self.cv.wait()
             self.acks.discard(seq)
