@@ -220,16 +220,17 @@ class Leasing:
         return run.step_timeout if run is not None and run.step_timeout else \
             self.policy.step_timeout
 
-    def _load_view(self, w: Worker) -> dispatch.WorkerView:
-        """How full ``w`` is and how deep it may go: all ``lease_plan`` reads (once a turn)."""
+    def _load_view(self, w: Worker, head_started: float = 0.0) -> dispatch.WorkerView:
+        """How full ``w`` is and how deep it may go: all ``lease_plan`` and ``next_steal``
+        read (no head step, step limit or running word)."""
         pool = self.pool
         assert pool is not None
         items = (_QUEUED,) * len(w.outstanding)
         if self._written:  # leases not sent yet (their sync runs) fill the worker too
             items += self._unsent_views(w)
         alive = w.proc is not None
-        return dispatch.WorkerView(w.slot, items, 0, 0.0, w.avg_step, alive and not w.stopping,
-                                   pool.depth(w) if alive else 0)
+        return dispatch.WorkerView(w.slot, items, 0, head_started, w.avg_step,
+                                   alive and not w.stopping, pool.depth(w) if alive else 0)
 
     def _view(self, w: Worker, full: bool = False) -> dispatch.WorkerView:
         """What the pure dispatch decisions need of ``w`` (the head's step limit only).
@@ -392,11 +393,16 @@ class Leasing:
         times: list[float] = []
         pool = self.pool
         assert pool is not None
-        views = [self._view(w) for w in pool.workers]
-        for v in views:
-            t = dispatch.next_deadline(v, mono)
-            if t is not None:
-                times.append(t)
+        views = []
+        for w in pool.workers:
+            out = w.outstanding
+            # next_deadline needs a head with a cancel deadline or a step limit: only
+            # then a full view (the step limit, the running word); next_steal counts.
+            if out and (out[0].cancel_at or self._step_limit(out[0].run_id)):
+                t = dispatch.next_deadline(self._view(w), mono)
+                if t is not None:
+                    times.append(t)
+            views.append(self._load_view(w, w.head_started))
         t = dispatch.next_steal(views)
         if t is not None:
             times.append(t)

@@ -497,9 +497,11 @@ class State(ReadyQueue, SnapshotFold):
             return self._commit([StepDone(run_id, step, attempt, res.data, now, due, res.key)])
         if kind == "spawn":
             return self._commit(fanout.spawn_records(self, run, res, now))
-        if kind == "succeed":
-            return self._commit([Terminated(run_id, SUCCEEDED, now, step, attempt,
-                                            result=res.data)])
+        if kind == "succeed":  # the common end: folded without the list-apply loop
+            rec = Terminated(run_id, SUCCEEDED, now, step, attempt, result=res.data)
+            self._terminated(rec)
+            self.records_applied += 1
+            return [rec]
         if kind == "fail":
             return self._commit([Terminated(run_id, FAILED, now, step, attempt,
                                             error=res.error, kind="fail")])
