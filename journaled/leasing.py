@@ -32,6 +32,9 @@ from .state import Policy, State, WorkerResult
 
 log = logging.getLogger("journaled.supervisor")
 
+# A step queued behind a worker's head in a light view (``_view``): only counted.
+_QUEUED = dispatch.StepView(0, "", 0)
+
 
 class Leasing:
     """The supervisor's worker side (a mixin): decisions from ``dispatch``, records to the turn."""
@@ -85,10 +88,12 @@ class Leasing:
                 return
         recs = self._recs
         by_slot = {w.slot: w for w in pool.workers}
-        plan = dispatch.lease_plan([self._view(w) for w in pool.workers], state.ready_count())
+        plan = dispatch.lease_plan([self._load_view(w) for w in pool.workers],
+                                   state.ready_count())
         # What leased steps hold is recomputed from the state (never journaled), so
         # nothing a crash abandoned stays held.
         gate = quotas.Gate(self.quotas, state.in_flight.values, self._buckets, mono)
+        lease, next_seq = state.lease, pool.next_seq
         for slot, want in plan:
             w = by_slot[slot]
             runs = state.due_runs(now, want, gate)
@@ -96,17 +101,19 @@ class Leasing:
                 break
             items = []
             for run in runs:
-                rec = state.lease(run, w.slot, now)
+                rec = lease(run, slot, now)
                 recs.append(rec)
-                kids = fanout.outcomes(state, run, self._archived_children) \
-                    if fanout.fans_in(run) else None
-                if failpoints.ENABLED and kids is not None:
-                    failpoints.hit("fanout.fan_in")
-                woken = state.woken_by(run)
-                items.append(Dispatch(pool.next_seq(), run.run_id, run.step, rec.attempt,
-                                      run.payload, run.headers,
-                                      Signal(*woken) if woken is not None else None,
-                                      run.memos or None, run.runner, children=kids))
+                kids = None
+                if run.spawn_step >= 0 and fanout.fans_in(run):  # the step after a Spawn
+                    kids = fanout.outcomes(state, run, self._archived_children)
+                    if failpoints.ENABLED:
+                        failpoints.hit("fanout.fan_in")
+                sig = None
+                if run.woken is not None or run.wait_key:  # the step after a signal wait
+                    sig = Signal(*state.woken_by(run))  # type: ignore[misc]
+                items.append(Dispatch(next_seq(), run.run_id, run.step, rec.attempt,
+                                      run.payload, run.headers, sig, run.memos or None,
+                                      run.runner, children=kids))
             self._dispatch.append((w, items))
         self._quota_wake = gate.wake
         for key in gate.over - self._over_warned:
@@ -189,8 +196,12 @@ class Leasing:
                 if w.outstanding:
                     pool.cancel(w, w.outstanding[0], self.cancel_grace, mono)
         for w in pool.workers:
-            if not w.outstanding or w.proc is None:
+            out = w.outstanding
+            if not out or w.proc is None:
                 continue
+            head = out[0]
+            if not head.cancel_at and not self._step_limit(head.run_id):
+                continue  # kill_due needs a cancel deadline or a step limit: no view to build
             due = dispatch.kill_due(self._view(w), mono, self._shutdown_cancelled)
             if due is not None:
                 self._kill(w, *due)
@@ -209,13 +220,40 @@ class Leasing:
         return run.step_timeout if run is not None and run.step_timeout else \
             self.policy.step_timeout
 
-    def _view(self, w: Worker) -> dispatch.WorkerView:
-        """What the pure dispatch decisions need of ``w`` (the head's step limit only)."""
+    def _load_view(self, w: Worker, head_started: float = 0.0) -> dispatch.WorkerView:
+        """How full ``w`` is and how deep it may go: all ``lease_plan`` and ``next_steal``
+        read (no head step, step limit or running word)."""
         pool = self.pool
         assert pool is not None
-        items = tuple(dispatch.StepView(i.seq, i.run_id, i.attempt, i.cancel_at,
-                                        self._step_limit(i.run_id) if n == 0 else 0.0)
-                      for n, i in enumerate(w.outstanding))
+        items = (_QUEUED,) * len(w.outstanding)
+        if self._written:  # leases not sent yet (their sync runs) fill the worker too
+            items += self._unsent_views(w)
+        alive = w.proc is not None
+        return dispatch.WorkerView(w.slot, items, 0, head_started, w.avg_step,
+                                   alive and not w.stopping, pool.depth(w) if alive else 0)
+
+    def _view(self, w: Worker, full: bool = False) -> dispatch.WorkerView:
+        """What the pure dispatch decisions need of ``w`` (the head's step limit only).
+
+        Only ``worker_lost`` reads past the head (``full``); every other decision
+        reads the head and how many steps ``w`` holds, so the rest are stand-ins:
+        O(1) a view instead of O(depth), and a worker holds up to 256 tiny steps.
+        """
+        pool = self.pool
+        assert pool is not None
+        out = w.outstanding
+        if full:
+            items = tuple(dispatch.StepView(i.seq, i.run_id, i.attempt, i.cancel_at,
+                                            self._step_limit(i.run_id) if n == 0 else 0.0)
+                          for n, i in enumerate(out))
+        elif out:
+            i = out[0]
+            items = (dispatch.StepView(i.seq, i.run_id, i.attempt, i.cancel_at,
+                                       self._step_limit(i.run_id)),)
+            if len(out) > 1:
+                items += (_QUEUED,) * (len(out) - 1)
+        else:
+            items = ()
         alive = w.proc is not None
         if self._written:  # leases not sent yet (their sync runs) fill the worker too
             items += self._unsent_views(w)
@@ -233,7 +271,7 @@ class Leasing:
                 self._results(w, pool.read(w, self.clock.monotonic()), now)
         except (EOFError, OSError):
             pass
-        view = self._view(w)
+        view = self._view(w, full=True)
         running = view.running_seq
         reason = w.kill_reason
         kill_seq = self._kill_seq.pop(w.slot, 0)
@@ -355,11 +393,16 @@ class Leasing:
         times: list[float] = []
         pool = self.pool
         assert pool is not None
-        views = [self._view(w) for w in pool.workers]
-        for v in views:
-            t = dispatch.next_deadline(v, mono)
-            if t is not None:
-                times.append(t)
+        views = []
+        for w in pool.workers:
+            out = w.outstanding
+            # next_deadline needs a head with a cancel deadline or a step limit: only
+            # then a full view (the step limit, the running word); next_steal counts.
+            if out and (out[0].cancel_at or self._step_limit(out[0].run_id)):
+                t = dispatch.next_deadline(self._view(w), mono)
+                if t is not None:
+                    times.append(t)
+            views.append(self._load_view(w, w.head_started))
         t = dispatch.next_steal(views)
         if t is not None:
             times.append(t)

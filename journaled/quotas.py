@@ -109,8 +109,8 @@ def check_name(name: object, what: str = "resource") -> str:
 
 def check_resources(resources: Mapping[str, float] | None) -> dict[str, float]:
     """A clean copy of a run's resources: names checked, amounts finite and >= 0, zeros dropped."""
-    if resources is None:
-        return {}
+    if resources is None or (type(resources) is dict and not resources):
+        return {}  # the common case, before the (slow) generic ``Mapping`` check
     if not isinstance(resources, Mapping):
         raise TypeError(f"resources must be a dict of name -> amount, got "
                         f"{type(resources).__name__}")
@@ -150,6 +150,8 @@ def over_limit(resources: Mapping[str, float], limits: Mapping[str, float]) -> s
 
 def check_fits(run_id: str, resources: Mapping[str, float], limits: Mapping[str, float]) -> None:
     """Raise ``OverLimit`` for a run asking for more than a limit allows."""
+    if not resources or not limits:
+        return
     why = over_limit(resources, limits)
     if why is not None:
         raise OverLimit(run_id, why)

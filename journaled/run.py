@@ -19,6 +19,7 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 # grow by at most this. 64 KiB, not more: a payload sweep at 1 MiB a run held 35 MB of
 # 4 KB payloads and 170 MB of 64 KB ones in the supervisor (1.6 and 14 MB without a trail).
 TRAIL_BYTES = 64 << 10
+_STATUS = {s.value: s for s in RunStatus}  # RunStatus(v) costs ~1.4 us a call, this ~0.1
 
 
 class Run:
@@ -143,7 +144,7 @@ def run_from_snapshot(s: RunSnapshot) -> Run:
 def outcome_of(run: Run) -> RunOutcome:
     """The public view of a run; ``result``/``finished_at`` only once terminal."""
     done = run.terminal
-    return RunOutcome(run.run_id, RunStatus(run.status), run.result if done else None,
+    return RunOutcome(run.run_id, _STATUS[run.status], run.result if done else None,
                       run.error, run.steps, run.submitted_at, run.finished_at if done else None)
 
 

@@ -337,6 +337,9 @@ class Runtime(OpsCalls):
         out = self._sup.status(run_id)
         if out is not None:
             return out
+        out = self._sup.recent_end(run_id)  # ended lately, archived: no inbox listing, no SQLite
+        if out is not None:
+            return out
         msg = pending_submissions(self.state_dir).get(run_id)
         if msg is not None:
             return pending_outcome(msg)

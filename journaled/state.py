@@ -178,13 +178,19 @@ class State(ReadyQueue, SnapshotFold):
             self.in_flight.pop(run.run_id, None)
 
     def _submitted(self, rec: Submitted) -> None:
-        if rec.run_id in self.runs:
+        runs = self.runs
+        if rec.run_id in runs:
             return
         run = Run(rec, 0)
         self._order += 1
         run.order = self._order
-        self.runs[rec.run_id] = run
-        self._make_ready(run)
+        runs[rec.run_id] = run
+        self._seq += 1  # _make_ready, inline: once per run
+        run.seq = self._seq
+        if rec.key or rec.resources:
+            self._queue(run)
+        else:
+            heapq.heappush(self._ready, (-run.priority, run.order, run.seq, rec.run_id))
 
     def _end_attempt(self, run: Run, at: float, outcome: str, error: str = "",
                      tb: str = "", peak_rss: int = 0) -> None:
@@ -198,7 +204,8 @@ class State(ReadyQueue, SnapshotFold):
                 h[-1][8:] = [peak_rss]
 
     def _leased(self, rec: Leased) -> None:
-        self._saw(rec.at)
+        if rec.at > self.last_at:  # _saw, inline: once per step
+            self.last_at = rec.at
         run = self.runs[rec.run_id]
         # Out of line now: any ready-queue entry for the run is stale. Replay
         # never pops the queue, so without this a restart would find the old
@@ -311,7 +318,8 @@ class State(ReadyQueue, SnapshotFold):
             self._attention.add(run.run_id)
 
     def _terminated(self, rec: Terminated) -> None:
-        self._saw(rec.at)
+        if rec.at > self.last_at:  # _saw, inline: once per run
+            self.last_at = rec.at
         run = self.runs[rec.run_id]
         if run.leased:
             how = ("cancelled" if rec.status == CANCELLED else
@@ -404,8 +412,10 @@ class State(ReadyQueue, SnapshotFold):
     # ------------------------------------------------------------- commands
 
     def _commit(self, recs: list[Record]) -> list[Record]:
+        table = self._apply
         for r in recs:
-            self.apply(r)
+            table[type(r)](r)
+        self.records_applied += len(recs)
         return recs
 
     def submit(self, run_id: str, input: bytes | BlobRef, now: float,
@@ -424,10 +434,14 @@ class State(ReadyQueue, SnapshotFold):
                 return []
             raise RunConflict(run_id)
         res = quotas.check_resources(resources)
-        quotas.check_fits(run_id, res, self.quotas.limits)
-        return self._commit([Submitted(run_id, input, now, hdrs, priority, max_attempts,
-                                       step_timeout, runner=runner, resources=res,
-                                       key=quotas.check_key(key))])
+        if res:
+            quotas.check_fits(run_id, res, self.quotas.limits)
+        rec = Submitted(run_id, input, now, hdrs, priority, max_attempts, step_timeout,
+                        runner=runner, resources=res,
+                        key=key if key == "" else quotas.check_key(key))
+        self._submitted(rec)  # apply(), without the table look-up: once per run
+        self.records_applied += 1
+        return [rec]
 
     def ops(self, recs: list[Record]) -> list[Record]:
         """Apply records built by the operations modules (schedules, pauses, forks)."""
@@ -444,7 +458,8 @@ class State(ReadyQueue, SnapshotFold):
 
     def lease(self, run: Run, worker: int, now: float) -> Leased:
         rec = Leased(run.run_id, run.step, run.attempt + 1, worker, now)
-        self.apply(rec)
+        self._leased(rec)  # apply(), without the table look-up: once per step leased
+        self.records_applied += 1
         return rec
 
     def release(self, run_id: str, attempt: int, started: bool = False, now: float = 0.0,
@@ -482,9 +497,11 @@ class State(ReadyQueue, SnapshotFold):
             return self._commit([StepDone(run_id, step, attempt, res.data, now, due, res.key)])
         if kind == "spawn":
             return self._commit(fanout.spawn_records(self, run, res, now))
-        if kind == "succeed":
-            return self._commit([Terminated(run_id, SUCCEEDED, now, step, attempt,
-                                            result=res.data)])
+        if kind == "succeed":  # the common end: folded without the list-apply loop
+            rec = Terminated(run_id, SUCCEEDED, now, step, attempt, result=res.data)
+            self._terminated(rec)
+            self.records_applied += 1
+            return [rec]
         if kind == "fail":
             return self._commit([Terminated(run_id, FAILED, now, step, attempt,
                                             error=res.error, kind="fail")])

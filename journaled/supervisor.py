@@ -499,8 +499,13 @@ class Supervisor(Waiting, Acting, Stopping, Intake, DoorIntake, Leasing, Recycli
         pool = self.pool
         if sends and pool is not None:
             if not self._timed_sent:
-                limit = self._step_limit
-                self._timed_sent = any(limit(d.run_id) for _w, items in sends for d in items)
+                if self.policy.step_timeout:
+                    self._timed_sent = True
+                else:  # a run's own step_timeout (_step_limit, inline: once per step sent)
+                    runs = self.state.runs
+                    self._timed_sent = any(
+                        (r := runs.get(d.run_id)) is not None and r.step_timeout
+                        for _w, items in sends for d in items)
             if failpoints.ENABLED:
                 failpoints.hit("supervisor.before_dispatch")
             mono = self.clock.monotonic()

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..state import WorkerResult
 from .nowait import DIRECT_MAX, header, send_nowait, socket_of
-from .wire import MemoPutMsg, Ready, Revoked, from_worker_dec, to_worker_enc
+from .wire import MemoPutMsg, Ready, ResultBatch, Revoked, from_worker_dec, to_worker_enc
 
 
 class InFlight:
@@ -226,7 +226,24 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
             break
         got = True
         batch = from_worker_dec.decode(raw)
-        if isinstance(batch, MemoPutMsg):
+        if type(batch) is ResultBatch:  # the common message first
+            busy += batch.busy
+            out = w.outstanding
+            for seq, res in batch.items:
+                # Results come back in send order, so the match is almost always the
+                # head; a step answered out of order (skipped at a Stop that came in
+                # mid-step) is found further in.
+                if out and out[0].seq == seq:
+                    item = out.popleft()
+                else:
+                    item = next((i for i in out if i.seq == seq), None)
+                    if item is None:
+                        continue
+                    out.remove(item)
+                done.append((item, res))
+                if res.kind != "revoked":
+                    n_results += 1
+        elif isinstance(batch, MemoPutMsg):
             w.memo_puts.append(batch)
         elif isinstance(batch, Ready):
             w.ever_ran = True  # past start-up: its runner imported
@@ -237,21 +254,6 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
                 if item is not None:
                     w.outstanding.remove(item)
                     done.append((item, WorkerResult("revoked")))
-        else:
-            busy += batch.busy
-            for seq, res in batch.items:
-                # Results come back in send order, so the match is almost always the
-                # head; a step answered out of order (skipped at a Stop that came in
-                # mid-step) is found further in.
-                if w.outstanding and w.outstanding[0].seq == seq:
-                    item = w.outstanding.popleft()
-                else:
-                    item = next((i for i in w.outstanding if i.seq == seq), None)
-                    if item is None:
-                        continue
-                    w.outstanding.remove(item)
-                done.append((item, res))
-                n_results += res.kind != "revoked"
         if not w.more_waiting():
             break
     if done:

@@ -56,6 +56,7 @@ from .handle import (  # noqa: F401 - re-exported: callers import these from her
 )
 from .hygiene import Hygiene, prepare_forkserver, worker_env
 from .wire import (
+    BATCH_BYTES,
     CancelQueued,
     Dispatch,
     DispatchBatch,
@@ -89,12 +90,23 @@ class WorkerChannels:
         return self._seq
 
     def send(self, w: Worker, items: list[Dispatch], now: float) -> None:
-        if not w.outstanding:
+        out = w.outstanding
+        if not out:
             w.head_started = now
+        avg = w.avg_bytes
+        total = 0  # what split_dispatches would count: one batch if it is under the cap
         for d in items:
-            w.outstanding.append(InFlight(d.seq, d.run_id, d.attempt))
-            n = value_size(d.payload)  # a blob ref is small: the worker reads the blob
-            w.avg_bytes = n if w.avg_bytes <= 0 else 0.8 * w.avg_bytes + 0.2 * n
+            out.append(InFlight(d.seq, d.run_id, d.attempt))
+            p = d.payload
+            n = len(p) if type(p) is bytes else value_size(p)  # a ref is small: the worker reads it
+            avg = n if avg <= 0 else 0.8 * avg + 0.2 * n
+            total += n
+            if d.memo or d.children:
+                total += BATCH_BYTES  # rare: let split_dispatches weigh them
+        w.avg_bytes = avg
+        if total <= BATCH_BYTES:
+            w.post(DispatchBatch(items))
+            return
         for chunk in split_dispatches(items):
             w.post(DispatchBatch(chunk))
 

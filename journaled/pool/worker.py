@@ -330,14 +330,22 @@ class WorkerLoop:
         self.blobs = blobs
         self.cancel_off = slot * SLOT_SIZE
         self.run_off = slot * SLOT_SIZE + 8
-        self.cv = threading.Condition()
+        # One lock, two conditions: the main thread waits on ``cv`` (work, memo acks),
+        # the sender on ``scv`` (something to send), so a batch arriving wakes the
+        # main thread only and a held result wakes the sender only: a wake that finds
+        # nothing to do costs a context switch with the GIL held (the worker's biggest
+        # per-batch cost for tiny steps).
+        lock = threading.RLock()
+        self.cv = threading.Condition(lock)
+        self.scv = threading.Condition(lock)
+        self.sender_timed = False  # the sender waits with a deadline (it wakes by itself)
         self.queue: deque[Dispatch] = deque()
         self.skip: set[int] = set()
         self.acks: set[int] = set()
         self.running = 0
         self.stopping = False
         self.finished = False  # the main thread is done: the sender flushes and exits
-        # The outbox: ("r", seq, result, busy) entries and control messages, in order.
+        # The outbox: ("r", seq, result, busy, size) entries and control messages, in order.
         self.outbox: list[Any] = []
         self.out_bytes = 0
         self.held_since = 0.0
@@ -356,8 +364,11 @@ class WorkerLoop:
             except (EOFError, OSError):
                 os._exit(0)  # the supervisor is gone: exit rather than become an orphan
             with self.cv:
+                held = len(self.outbox)
                 self._file(msg)
-                self.cv.notify_all()
+                self.cv.notify_all()  # the main thread: work, a stop, a memo ack
+                if len(self.outbox) != held:
+                    self.scv.notify_all()  # an answer to send (Revoked, revoked results)
 
     def _file(self, msg: Any) -> None:
         t = type(msg)
@@ -391,8 +402,9 @@ class WorkerLoop:
     def _result(self, seq: int, res: WorkerResult, busy: float) -> None:
         if not self.outbox:
             self.held_since = time.perf_counter()
-        self.outbox.append(("r", seq, res, busy))
-        self.out_bytes += result_size(res)
+        n = result_size(res)
+        self.outbox.append(("r", seq, res, busy, n))
+        self.out_bytes += n
 
     def _control(self, msg: Any) -> None:
         self.outbox.append(msg)
@@ -417,16 +429,18 @@ class WorkerLoop:
                     if self.rest is not None and not self.sending:
                         break
                     if self.sending:
-                        self.cv.wait()  # the main thread is writing
+                        self.scv.wait()  # the main thread is writing
                     elif self.outbox:
                         left = self._due()
                         if left <= 0:
                             break
-                        self.cv.wait(left)
+                        self.sender_timed = True
+                        self.scv.wait(left)
+                        self.sender_timed = False
                     elif self.finished:
                         return
                     else:
-                        self.cv.wait()
+                        self.scv.wait()
                 rest, self.rest = self.rest, None
                 entries: list[Any] = []
                 if rest is None:
@@ -442,8 +456,7 @@ class WorkerLoop:
             except OSError:
                 os._exit(0)  # the supervisor is gone
             with self.cv:
-                self.sending = False
-                self.cv.notify_all()
+                self.sending = False  # nobody waits for this: the main thread only checks it
 
     def _send_direct(self, entries: list[Any], enc: Callable[[Any], bytes]) -> None:
         """Write ``entries`` from the main thread without blocking (``sending`` is ours)."""
@@ -456,7 +469,8 @@ class WorkerLoop:
             self.sending = False
             if n < len(frame):
                 self.rest = memoryview(frame)[n:]  # the sender writes it before anything else
-            self.cv.notify_all()
+            if self.rest is not None or self.outbox:
+                self.scv.notify_all()  # else a sender that waited on this write has nothing
 
     # --------------------------------------------------------- main thread
 
@@ -484,7 +498,7 @@ class WorkerLoop:
                     self.skip.discard(seq)
                     self._result(seq, WorkerResult("cancelled",
                                                    error="cancelled before it started"), 0.0)
-                    cv.notify_all()
+                    self.scv.notify_all()
                     continue
                 # Claimed: from here on a Revoke cannot take it back.
                 self.running = seq
@@ -513,27 +527,32 @@ class WorkerLoop:
             with cv:
                 self.running = 0
                 _U64.pack_into(self.buf, self.run_off, 0)
+                first = not self.outbox
                 self._result(seq, res, clock() - started)
-                if (not self.sending and self.rest is None and self.out_bytes <= DIRECT_MAX
-                        and self._due() <= 0):
+                now = self._due() <= 0
+                if now and not self.sending and self.rest is None \
+                        and self.out_bytes <= DIRECT_MAX:
                     direct, self.outbox = self.outbox, []
                     self.out_bytes = 0
                     self.urgent = False
                     self.sending = True
-                else:
-                    cv.notify_all()
+                elif now or (first and not self.sender_timed):
+                    # Held results wait for company with the sender's timer set (it
+                    # wakes by itself, at an older hold's deadline at the latest): wake
+                    # it only to start timing a hold or to send now, not once per step.
+                    self.scv.notify_all()
             if direct is not None:
                 self._send_direct(direct, enc)
         with cv:
             self.finished = True
-            cv.notify_all()
+            self.scv.notify_all()
         sender.join()
 
     def _put_memo(self, seq: int, key: str, value: bytes | BlobRef) -> None:
         """Block until the supervisor says the memo is durable."""
         with self.cv:
             self._control(MemoPutMsg(seq, key, value))
-            self.cv.notify_all()
+            self.scv.notify_all()
             while seq not in self.acks:
                 self.cv.wait()
             self.acks.discard(seq)
@@ -547,7 +566,7 @@ def _batches(entries: list[Any]) -> list[Any]:
     busy = 0.0
     for e in entries:
         if type(e) is tuple:
-            n = result_size(e[2])
+            n = e[4]
             if items and size + n > BATCH_BYTES:
                 out.append(ResultBatch(items, busy))
                 items, size, busy = [], 0, 0.0
