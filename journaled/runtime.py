@@ -47,6 +47,7 @@ from .inbox import (
     rejection,
     seconds,
 )
+from .journal.flusher import Parker
 from .limits import MAX_TEXT, check_size
 from .ops_client import OpsCalls
 from .pool.hygiene import Hygiene
@@ -130,6 +131,7 @@ class Runtime(OpsCalls):
         self._error: BaseException | None = None
         self._client: Client | None = None
         self._call_timeout = call_timeout
+        self._sup.caller_syncs = call_timeout is None  # bounded calls never sync themselves
 
     # ------------------------------------------------------------ lifecycle
 
@@ -238,7 +240,9 @@ class Runtime(OpsCalls):
                                 limits=self._sup.quotas.limits)
         items = [(m.run_id, m.input, m.headers, m.priority, m.max_attempts, m.step_timeout,
                   m.resources, m.key, m.runner) for m in msgs]
-        self._await(self._sup.call("submit_many", items))
+        # Ids minted here (run_ids None) are new by construction: the supervisor
+        # skips their archive lookup (Intake._run_commands).
+        self._await(self._sup.call("submit_many", items, run_ids is None))
         return ids
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> RunOutcome:
@@ -354,7 +358,7 @@ class Runtime(OpsCalls):
             seconds("timeout", timeout)
         deadline = None if limit is None else time.monotonic() + limit
         sup = self._sup
-        ev: threading.Event | None = None
+        ev: Parker | None = None
         try:
             while True:
                 with sup.state_lock:  # no commit between the look and the subscription
@@ -367,7 +371,7 @@ class Runtime(OpsCalls):
                     if ev is None:
                         # Set by the commit that makes this run's end durable (only
                         # this run's waiters wake, not every waiter at every commit).
-                        ev = threading.Event()
+                        ev = Parker()
                         sup.run_waiters.setdefault(run_id, []).append(ev)
                     ev.clear()
                 left = None if deadline is None else deadline - time.monotonic()
@@ -376,7 +380,15 @@ class Runtime(OpsCalls):
                                        f"{limit:g} s")
                 # Wake now and then: a run still in the inbox is taken without a commit
                 # notification of its own, and a supervisor thread may die silently.
-                ev.wait(1.0 if left is None else min(left, 1.0))
+                pause = 1.0 if left is None else min(left, 1.0)
+                fl = sup._flusher
+                if fl is None or not sup.caller_syncs:
+                    ev.wait(pause)
+                else:
+                    # Parked as the flusher's guest: the sync of this run's end (or
+                    # any other) may run on this thread, which then acts on it and
+                    # finds its own parker set, one hand-off fewer (Flusher.park).
+                    fl.park(ev, pause)
         finally:
             if ev is not None:
                 with sup.state_lock:
