@@ -119,6 +119,7 @@ class Intake:
     _lease: Callable[[float, float], None]
     _commit: Callable[[list[Record]], None]
     _request_sync: Callable[[], None]
+    _sync_wanted: int
     _signal_cancel: Callable[[str], None]
     _restore_archived: Callable[[str], list[Record]]
     _archived_identities: Callable[[list[str]], dict[str, tuple[str, dict[str, str]]]]

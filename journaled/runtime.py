@@ -47,12 +47,13 @@ from .inbox import (
     rejection,
     seconds,
 )
-from .journal.flusher import Parker
+from .journal import Parker
 from .limits import MAX_TEXT, check_size
 from .ops_client import OpsCalls
 from .pool.hygiene import Hygiene
 from .quotas import make_quotas
 from .state import Policy, Run, State, attempts_of, outcome_of, run_from_snapshot, run_to_snapshot
+from .submission import new_run_id
 from .supervisor import DAY, Future, Supervisor
 from .typed import decode_result
 
@@ -214,6 +215,20 @@ class Runtime(OpsCalls):
         Same checks and errors as ``Client.submit`` (``OverLimit`` for more
         than this runtime's ``limits`` allow).
         """
+        if (type(input) is bytes and headers is None and run_id is None and runner is None
+                and resources is None and key is None and type(priority) is int
+                and not priority and type(max_attempts) is int and not max_attempts
+                and (step_timeout is None or type(step_timeout) in (int, float)
+                     and step_timeout == 0) and len(input) <= self.blobs.threshold):
+            # The common call, bytes and no options: what submit_msgs would make
+            # of it, built directly (every option at its default passes its
+            # check as is; an input this small stays inline, MAX_VALUE applies).
+            self._check()
+            check_size("the input", input)
+            rid = new_run_id()
+            self._await(self._sup.call("submit_many",
+                                       [(rid, input, {}, 0, 0, 0.0, {}, "", "")], True))
+            return rid
         return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
                                 step_timeout=step_timeout, runner=runner,
@@ -369,10 +384,13 @@ class Runtime(OpsCalls):
                         self._check()
                         raise JournaledError("the runtime stopped before the run finished")
                     if ev is None:
-                        # Set by the commit that makes this run's end durable (only
-                        # this run's waiters wake, not every waiter at every commit).
                         ev = Parker()
-                        sup.run_waiters.setdefault(run_id, []).append(ev)
+                    # Set (and taken off the list) by the commit that makes this
+                    # run's end durable: only this run's waiters wake, not every
+                    # waiter at every commit. Put back if a redrive undid that end.
+                    evs = sup.run_waiters.setdefault(run_id, [])
+                    if ev not in evs:
+                        evs.append(ev)
                     ev.clear()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -390,12 +408,15 @@ class Runtime(OpsCalls):
                     # finds its own parker set, one hand-off fewer (Flusher.park).
                     fl.park(ev, pause)
         finally:
-            if ev is not None:
+            # Only this thread adds `ev`, the commit that sets it takes the list
+            # away: not in it now, it never will be again (no lock to know that).
+            mine = sup.run_waiters.get(run_id) if ev is not None else None
+            if mine is not None and ev in mine:
                 with sup.state_lock:
-                    evs = sup.run_waiters.get(run_id)
-                    if evs is not None:
-                        evs.remove(ev)
-                        if not evs:
+                    mine = sup.run_waiters.get(run_id)
+                    if mine is not None and ev in mine:
+                        mine.remove(ev)
+                        if not mine:
                             del sup.run_waiters[run_id]
         return self.blobs.resolve_outcome(out)  # a big result is read without the lock
 

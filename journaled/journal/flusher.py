@@ -112,7 +112,7 @@ class Flusher:
         self.synced = journal.synced  # last ticket made durable
         self.error: BaseException | None = None
         self._want = journal.synced  # last ticket asked for
-        lock = threading.Lock()
+        self._lock = lock = threading.Lock()  # `with self._lock`: a C call, not Condition's
         self._cond = threading.Condition(lock)  # a sync ended (wait_synced, drain, close)
         self._work = threading.Condition(lock)  # this thread's: a sync is wanted
         self._syncing = False  # a sync cycle runs (here or on a guest); guarded by the lock
@@ -125,7 +125,7 @@ class Flusher:
 
     def request(self, ticket: int) -> None:
         """Ask for ``ticket`` (and everything before it) to be made durable; never blocks."""
-        with self._cond:
+        with self._lock:
             if ticket > self._want:
                 self._want = ticket
                 if not self._syncing and self.error is None:  # else the running
@@ -148,7 +148,7 @@ class Flusher:
         and back. False: a sync runs already (or the flusher failed or
         closed); it was requested as by ``request``.
         """
-        with self._cond:
+        with self._lock:
             if ticket > self._want:
                 self._want = ticket
             if self._syncing:
@@ -167,7 +167,7 @@ class Flusher:
         after its parker is set, after one sync it ran (which may have set
         it: the caller looks again either way), or on timeout.
         """
-        with self._cond:
+        with self._lock:
             ok = not self._closed and self.error is None  # else: only its own wait
             if ok and not self._syncing and self._want > self.synced:
                 self._syncing = run = True
@@ -179,7 +179,7 @@ class Flusher:
             self._cycle()
             return
         parker.wait(timeout)
-        with self._cond:
+        with self._lock:
             if self._guest is parker:
                 self._guest = None  # woken by its own news, or timed out: not chosen
             if (self._closed or self.error is not None or self._syncing
@@ -196,7 +196,7 @@ class Flusher:
         lock the sync's end is published under, so none can fall between.
         ``Future.set`` and its callbacks must be quick and thread-safe.
         """
-        with self._cond:
+        with self._lock:
             if ticket <= self.synced or self.error is not None or self._closed:
                 return False
             self._answers.append((ticket, futures))
@@ -216,7 +216,7 @@ class Flusher:
         Left to the caller so it can first close its doors: a socket client
         whose connection drops unanswered resends through the inbox.
         """
-        with self._cond:
+        with self._lock:
             return self._take_answers(1 << 62)
 
     def idle(self) -> bool:
@@ -282,12 +282,12 @@ class Flusher:
             try:
                 done = self.journal.sync()
             except BaseException as e:  # noqa: BLE001 - handed to the loop, which stops
-                with cond:
+                with self._lock:
                     self.error = e
                 _log.debug("journal sync failed: %s", e)
                 self.on_synced()
                 return False
-            with cond:
+            with self._lock:
                 self.synced = done
                 answers = self._take_answers(done)
             quiet = False
