@@ -100,8 +100,10 @@ class Acting:
             for rid in terminated:
                 for ev in waiters.pop(rid, ()):  # each waiter's own parker (Runtime.wait)
                     ev.set()
-        with self.cond:
-            self.cond.notify_all()
+        cond = self.cond
+        if cond._waiters:  # type: ignore[attr-defined]  # nobody waits: skip the lock
+            with cond:
+                cond.notify_all()
         if self.on_terminal is not None:
             for rid in terminated:
                 if state.runs[rid].terminal:  # not redriven by a turn written since

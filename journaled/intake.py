@@ -232,8 +232,11 @@ class Intake:
                     # (id, input, headers, priority, attempts, timeout[, resources, key, runner])
                     items = [(*item, None, "", "")[:9] for item in args[0]]
                     for rid, *_, res, _key, _runner in items:
-                        quotas.check_fits(rid, quotas.check_resources(res),
-                                          state.quotas.limits)  # none or all
+                        if res:  # {} (no resources) fits any limits
+                            quotas.check_fits(rid, quotas.check_resources(res),
+                                              state.quotas.limits)  # none or all
+                        elif res is not None and type(res) is not dict:
+                            quotas.check_resources(res)  # its TypeError
                     for rid, data, hdrs, prio, attempts, timeout, res, key, runner in items:
                         if rid not in archived:
                             self._recs += state.submit(rid, data, now, hdrs, prio, attempts,

@@ -117,6 +117,7 @@ class Flusher:
         self._work = threading.Condition(lock)  # this thread's: a sync is wanted
         self._syncing = False  # a sync cycle runs (here or on a guest); guarded by the lock
         self._guest: Parker | None = None  # a parked caller that runs the next sync
+        self._watchers = 0  # threads in a wait on _cond (a cycle's end notifies only then)
         self._closed = False
         # (ticket, [(future, value)]) set once synced >= ticket; guarded by _cond.
         self._answers: deque[tuple[int, list[tuple[Any, Any]]]] = deque()
@@ -228,7 +229,11 @@ class Flusher:
         with self._cond:
             if not self.idle():
                 done = self.synced
-                self._cond.wait_for(lambda: self.synced != done or self.idle(), timeout)
+                self._watchers += 1
+                try:
+                    self._cond.wait_for(lambda: self.synced != done or self.idle(), timeout)
+                finally:
+                    self._watchers -= 1
 
     def drain(self, timeout: float | None = None) -> None:
         """Block until every requested ticket is durable.
@@ -238,8 +243,12 @@ class Flusher:
             TimeoutError: ``timeout`` passed first.
         """
         with self._cond:
-            if not self._cond.wait_for(self.idle, timeout):
-                raise TimeoutError("the journal sync did not finish in time")
+            self._watchers += 1
+            try:
+                if not self._cond.wait_for(self.idle, timeout):
+                    raise TimeoutError("the journal sync did not finish in time")
+            finally:
+                self._watchers -= 1
             if self.error is not None:
                 raise self.error
 
@@ -258,7 +267,9 @@ class Flusher:
         if threading.current_thread() is not self._thread:
             self._thread.join()
             with self._cond:
+                self._watchers += 1
                 self._cond.wait_for(lambda: not self._syncing, 10.0)
+                self._watchers -= 1
 
     def _run(self) -> None:
         work = self._work
@@ -306,9 +317,10 @@ class Flusher:
         finally:
             # Even if this thread was interrupted (a caller's Ctrl-C): the next
             # sync may start, and a ticket asked for meanwhile is handed on.
-            with cond:
+            with self._lock:
                 self._syncing = False
                 if (self._want > self.synced and not self._closed
                         and self.error is None):
                     self._hand_on()
-                cond.notify_all()
+                if self._watchers:
+                    cond.notify_all()  # wait_synced, drain, close
