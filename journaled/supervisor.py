@@ -54,7 +54,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import selectors
 import threading
 import time
 from collections import deque
@@ -227,7 +226,7 @@ class Supervisor(Waiting, Acting, Stopping, Intake, DoorIntake, Leasing, Recycli
         self.run_waiters: dict[str, list[Parker]] = {}
         self.recovered_runs = 0
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
-        self._sel: selectors.BaseSelector | None = None  # _select's epoll set
+        self._sel: Any = None  # _select's epoll set (select.epoll)
         self._sel_map: dict[Any, tuple[str, Worker]] | None = None
         self._sel_objs: list[Any] = []
 
