@@ -179,7 +179,16 @@ class Flusher:
         if run:
             self._cycle()
             return
-        parker.wait(timeout)
+        try:
+            parker.wait(timeout)
+        except BaseException:  # a Ctrl-C in the wait: leave the slot, hand a sync on
+            with self._lock:
+                if self._guest is parker:
+                    self._guest = None
+                elif (self._want > self.synced and not self._syncing and not self._closed
+                      and self.error is None):
+                    self._hand_on()  # chosen just before: another thread runs it
+            raise
         with self._lock:
             if self._guest is parker:
                 self._guest = None  # woken by its own news, or timed out: not chosen

@@ -191,3 +191,43 @@ def test_an_exception_on_the_guests_cycle_leaves_the_flusher_usable(tmp_path: Pa
     finally:
         fl.close()
         j.close()
+
+
+class _Interrupted(Parker):
+    """A guest whose wait is cut by Ctrl-C once it has been chosen to run a sync."""
+
+    __slots__ = ()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        super().wait(timeout)
+        raise KeyboardInterrupt
+
+
+@pytest.mark.timeout(30)
+def test_a_guest_interrupted_in_its_wait_hands_the_sync_on(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    fl = Flusher(j, lambda: None)
+    parker = _Interrupted()
+    errors: list[BaseException] = []
+
+    def guest() -> None:
+        try:
+            fl.park(parker, 10.0)
+        except BaseException as e:  # noqa: BLE001 - the test's
+            errors.append(e)
+
+    t = threading.Thread(target=guest)
+    try:
+        t.start()
+        deadline = time.monotonic() + 5
+        while fl._guest is not parker and time.monotonic() < deadline:
+            time.sleep(0.001)
+        ticket = _write(j, b"one")
+        fl.request(ticket)  # wakes the guest, which is interrupted instead of syncing
+        t.join(5)
+        assert errors and isinstance(errors[0], KeyboardInterrupt)
+        fl.drain(5)  # the flusher thread ran it: no sync is lost with the guest
+        assert fl.synced == ticket and fl._guest is None
+    finally:
+        fl.close()
+        j.close()
