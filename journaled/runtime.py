@@ -81,10 +81,10 @@ class Runtime(OpsCalls):
         call_timeout: seconds ``submit``/``cancel``/``signal``/``retry`` wait for
             the supervisor to make their records durable before raising
             ``TimeoutError`` (None: as long as the supervisor runs; a stopped
-            supervisor always raises at once). Unset, a quiet caller runs
-            its own journal syncs (one thread hop fewer each way); set, the
-            flusher thread runs them all, so a stuck disk cannot hold a
-            caller past its timeout.
+            supervisor always raises at once). Unset, a waiting caller may
+            run the journal sync of its run's end itself (one thread hop
+            fewer); set, the flusher thread runs every sync, so a stuck disk
+            cannot hold a caller past its timeout.
         blob_threshold: inputs, payloads, results and memo values longer than
             this many bytes are stored once under ``STATE/blobs/`` and the
             journal holds only their hash and size (default 64 KiB).
