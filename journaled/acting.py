@@ -19,6 +19,7 @@ from typing import Any, Callable
 from . import failpoints
 from .flushing import _Turn
 from .inbox import Inbox
+from .journal import Parker
 from .metrics import Metrics
 from .pool import Dispatch, Pool, Worker
 from .records import CancelRequested, Record, Redriven, Spawned, Terminated
@@ -37,7 +38,7 @@ class Acting:
     metrics: Metrics
     on_terminal: Any
     outcomes: set[str]
-    run_waiters: dict[str, list[threading.Event]]
+    run_waiters: dict[str, list[Parker]]
     cond: threading.Condition
     _timed_sent: bool
     _unsent_n: dict[int, int]
@@ -97,10 +98,12 @@ class Acting:
         waiters = self.run_waiters
         if waiters:
             for rid in terminated:
-                for ev in waiters.get(rid, ()):
+                for ev in waiters.pop(rid, ()):  # each waiter's own parker (Runtime.wait)
                     ev.set()
-        with self.cond:
-            self.cond.notify_all()
+        cond = self.cond
+        if cond._waiters:  # type: ignore[attr-defined]  # nobody waits: skip the lock
+            with cond:
+                cond.notify_all()
         if self.on_terminal is not None:
             for rid in terminated:
                 if state.runs[rid].terminal:  # not redriven by a turn written since

@@ -19,7 +19,11 @@ in a turn): the step reaches its worker and the waiter hears of its run's
 end one thread hop sooner (``_act_on_flusher``). When the lock is taken
 (a turn runs, a reader looks), the flusher leaves the acts to the loop,
 which it wakes either way. Both act oldest first under the same lock, so
-the write-ahead order holds whoever acts.
+the write-ahead order holds whoever acts. "The flusher thread" here is
+whichever thread runs the sync cycle: a quiet ``Runtime.submit`` caller
+runs its own (``Flusher.sync_here``), a ``Runtime.wait`` caller parked as
+the flusher's guest runs the next one (``Flusher.park``); the cycle and
+its order are the same on every thread.
 
 Leases whose sync is still running are steps the worker has not heard of:
 they count toward its depth (``_unsent_views``), a Stop waits for them, and

@@ -32,7 +32,7 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 import msgspec
 
@@ -43,6 +43,9 @@ from .durable import fsync_dir, make_dirs
 from .errors import InputTooLarge, InvalidRunId
 from .limits import MAX_BODY, MAX_HEADERS, MAX_TEXT, check_size
 from .quotas import check_key, check_resources
+
+if TYPE_CHECKING:
+    from .notify import DirWatcher
 
 log = logging.getLogger("journaled.inbox")
 
@@ -525,15 +528,17 @@ class Inbox:
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` from a thread whenever a file lands in the inbox."""
-        self._thread = threading.Thread(target=self._watch, args=(wake,), daemon=True,
-                                        name="journaled-inbox")
+        from .notify import ARRIVALS, DirWatcher
+
+        # Armed here, before the caller's first scan: nothing lands unseen between.
+        self._watcher = DirWatcher(self.dir, mask=ARRIVALS)
+        self._thread = threading.Thread(target=self._watch, args=(wake, self._watcher),
+                                        daemon=True, name="journaled-inbox")
         self._thread.start()
 
-    def _watch(self, wake: Callable[[], None]) -> None:
-        from .notify import DirWatcher
-
+    def _watch(self, wake: Callable[[], None], watcher: DirWatcher) -> None:
         # A periodic wake on timeout doubles as a rescan, in case a change was missed.
-        with DirWatcher(self.dir) as watcher:
+        with watcher:
             while not self._stop.is_set():
                 watcher.wait(1.0, self._stop)
                 if not self._stop.is_set():
@@ -542,4 +547,5 @@ class Inbox:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
+            self._watcher.interrupt()  # out of its wait now, not at the next timeout
             self._thread.join(timeout=2)

@@ -119,6 +119,7 @@ class Intake:
     _lease: Callable[[float, float], None]
     _commit: Callable[[list[Record]], None]
     _request_sync: Callable[[], None]
+    _sync_wanted: int
     _signal_cancel: Callable[[str], None]
     _restore_archived: Callable[[str], list[Record]]
     _archived_identities: Callable[[list[str]], dict[str, tuple[str, dict[str, str]]]]
@@ -130,6 +131,16 @@ class Intake:
         self._commands: deque[tuple[str, tuple[Any, ...], Future]] = deque()
         self._reload = threading.Event()  # --reload: the code changed, restart the workers
         self._reload_stop = threading.Event()
+        # A folding caller runs its own sync (_fold_here), a waiter may run one
+        # (Runtime.wait). Off with a call_timeout: a stuck disk must not hold a
+        # caller past it, so the flusher thread does every sync then.
+        self.caller_syncs = True
+        # ...and the submission's own sync too (Flusher.sync_here). Off: measured
+        # on this 2-core box under load (6-17), the flusher thread syncing the
+        # submission and sending its lease while the caller wakes was as fast
+        # or faster (527-1205 runs/s vs 317-1222) at the same CPU per run
+        # (530-670 vs 490-685 us); a quiet machine may prefer it on.
+        self.submit_syncs_here = False
 
     def call(self, kind: str, *args: Any) -> Future:
         """Queue a command from another thread; the Future resolves once it is durable."""
@@ -149,9 +160,13 @@ class Intake:
         Only when the loop is between turns (the state lock is free) and no
         sync runs (a busy flusher means load: the loop gathers commands into
         one turn instead): a quiet caller's submission then reaches the
-        journal, and its lease the flusher, without a hand-off to the loop.
-        The same fold, lease and commit as a loop turn, under the same lock,
-        so the write-ahead order holds whoever writes. False: wake the loop.
+        journal without a hand-off to the loop, and (``submit_syncs_here``)
+        may be synced and acted on by the caller too, after the lock is
+        released: no hand-off to the flusher and back either. The same fold, lease,
+        commit and sync cycle as the loop's and the flusher's, under the same
+        locks, so the write-ahead order holds whoever runs them (the lease
+        reaches its worker only from the cycle, after fdatasync returned).
+        False: wake the loop.
         """
         fl = self._flusher
         if (fl is None or not fl.idle() or self._stopping or self._reload.is_set()
@@ -171,21 +186,36 @@ class Intake:
                 recs += self._carry
                 self._carry = []
             self._commit(recs)
-            self._request_sync()  # the caller blocks next: the flusher gets the GIL
-            return not self._compact_requested  # a compact command came with it: a turn
+            # This thread asks for the sync (the loop would at its next turn).
+            ticket, self._sync_wanted = self._sync_wanted, 0
+            folded = not self._compact_requested  # a compact command came with it: a turn
         except BaseException as e:  # noqa: BLE001 - the loop raises it (_act_durable)
             self._act_error = e
             return False
         finally:
             lock.release()
+        if ticket and self.caller_syncs and self.submit_syncs_here:
+            # The caller blocks on its answer next: it runs the sync itself (and
+            # the acts after it: the lease to its worker, its own answer), with
+            # the state lock free so the loop may turn meanwhile. A sync already
+            # running takes the ticket on instead (Flusher.sync_here).
+            fl.sync_here(ticket)
+        elif ticket:
+            fl.request(ticket)
+        return folded
 
     def _run_commands(self, now: float) -> None:
         state = self.state
         # The commands queued so far (more may arrive meanwhile: next turn), and
         # in ONE archive query, the submitted ids the live state does not know.
+        # A batch whose ids were all minted here (``new_run_id``, the caller gave
+        # none: args[1] True) cannot be in the archive, which holds only ids
+        # submitted before they were made: no query for it. An id the caller
+        # chose (even one it minted earlier) is always looked up.
         cmds = list(self._commands)
         known = self._archived_identities([
-            item[0] for kind, args, _ in cmds if kind == "submit_many" for item in args[0]
+            item[0] for kind, args, _ in cmds if kind == "submit_many"
+            and not (len(args) > 1 and args[1]) for item in args[0]
             if item[0] not in state.runs])
         for _ in range(len(cmds)):
             kind, args, fut = self._commands.popleft()
@@ -208,8 +238,11 @@ class Intake:
                     # (id, input, headers, priority, attempts, timeout[, resources, key, runner])
                     items = [(*item, None, "", "")[:9] for item in args[0]]
                     for rid, *_, res, _key, _runner in items:
-                        quotas.check_fits(rid, quotas.check_resources(res),
-                                          state.quotas.limits)  # none or all
+                        if res:  # {} (no resources) fits any limits
+                            quotas.check_fits(rid, quotas.check_resources(res),
+                                              state.quotas.limits)  # none or all
+                        elif res is not None and type(res) is not dict:
+                            quotas.check_resources(res)  # its TypeError
                     for rid, data, hdrs, prio, attempts, timeout, res, key, runner in items:
                         if rid not in archived:
                             self._recs += state.submit(rid, data, now, hdrs, prio, attempts,

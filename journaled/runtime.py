@@ -47,11 +47,13 @@ from .inbox import (
     rejection,
     seconds,
 )
+from .journal import Parker
 from .limits import MAX_TEXT, check_size
 from .ops_client import OpsCalls
 from .pool.hygiene import Hygiene
 from .quotas import make_quotas
 from .state import Policy, Run, State, attempts_of, outcome_of, run_from_snapshot, run_to_snapshot
+from .submission import new_run_id
 from .supervisor import DAY, Future, Supervisor
 from .typed import decode_result
 
@@ -79,7 +81,10 @@ class Runtime(OpsCalls):
         call_timeout: seconds ``submit``/``cancel``/``signal``/``retry`` wait for
             the supervisor to make their records durable before raising
             ``TimeoutError`` (None: as long as the supervisor runs; a stopped
-            supervisor always raises at once).
+            supervisor always raises at once). Unset, a waiting caller may
+            run the journal sync of its run's end itself (one thread hop
+            fewer); set, the flusher thread runs every sync, so a stuck disk
+            cannot hold a caller past its timeout.
         blob_threshold: inputs, payloads, results and memo values longer than
             this many bytes are stored once under ``STATE/blobs/`` and the
             journal holds only their hash and size (default 64 KiB).
@@ -130,6 +135,7 @@ class Runtime(OpsCalls):
         self._error: BaseException | None = None
         self._client: Client | None = None
         self._call_timeout = call_timeout
+        self._sup.caller_syncs = call_timeout is None  # bounded calls never sync themselves
 
     # ------------------------------------------------------------ lifecycle
 
@@ -212,6 +218,20 @@ class Runtime(OpsCalls):
         Same checks and errors as ``Client.submit`` (``OverLimit`` for more
         than this runtime's ``limits`` allow).
         """
+        if (type(input) is bytes and headers is None and run_id is None and runner is None
+                and resources is None and key is None and type(priority) is int
+                and not priority and type(max_attempts) is int and not max_attempts
+                and (step_timeout is None or type(step_timeout) in (int, float)
+                     and step_timeout == 0) and len(input) <= self.blobs.threshold):
+            # The common call, bytes and no options: what submit_msgs would make
+            # of it, built directly (every option at its default passes its
+            # check as is; an input this small stays inline, MAX_VALUE applies).
+            self._check()
+            check_size("the input", input)
+            rid = new_run_id()
+            self._await(self._sup.call("submit_many",
+                                       [(rid, input, {}, 0, 0, 0.0, {}, "", "")], True))
+            return rid
         return self.submit_many([input], headers, [run_id] if run_id is not None else None,
                                 priority=priority, max_attempts=max_attempts,
                                 step_timeout=step_timeout, runner=runner,
@@ -238,7 +258,9 @@ class Runtime(OpsCalls):
                                 limits=self._sup.quotas.limits)
         items = [(m.run_id, m.input, m.headers, m.priority, m.max_attempts, m.step_timeout,
                   m.resources, m.key, m.runner) for m in msgs]
-        self._await(self._sup.call("submit_many", items))
+        # Ids minted here (run_ids None) are new by construction: the supervisor
+        # skips their archive lookup (Intake._run_commands).
+        self._await(self._sup.call("submit_many", items, run_ids is None))
         return ids
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> RunOutcome:
@@ -357,7 +379,7 @@ class Runtime(OpsCalls):
             seconds("timeout", timeout)
         deadline = None if limit is None else time.monotonic() + limit
         sup = self._sup
-        ev: threading.Event | None = None
+        ev: Parker | None = None
         try:
             while True:
                 with sup.state_lock:  # no commit between the look and the subscription
@@ -368,10 +390,13 @@ class Runtime(OpsCalls):
                         self._check()
                         raise JournaledError("the runtime stopped before the run finished")
                     if ev is None:
-                        # Set by the commit that makes this run's end durable (only
-                        # this run's waiters wake, not every waiter at every commit).
-                        ev = threading.Event()
-                        sup.run_waiters.setdefault(run_id, []).append(ev)
+                        ev = Parker()
+                    # Set (and taken off the list) by the commit that makes this
+                    # run's end durable: only this run's waiters wake, not every
+                    # waiter at every commit. Put back if a redrive undid that end.
+                    evs = sup.run_waiters.setdefault(run_id, [])
+                    if ev not in evs:
+                        evs.append(ev)
                     ev.clear()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -379,14 +404,25 @@ class Runtime(OpsCalls):
                                        f"{limit:g} s")
                 # Wake now and then: a run still in the inbox is taken without a commit
                 # notification of its own, and a supervisor thread may die silently.
-                ev.wait(1.0 if left is None else min(left, 1.0))
+                pause = 1.0 if left is None else min(left, 1.0)
+                fl = sup._flusher
+                if fl is None or not sup.caller_syncs:
+                    ev.wait(pause)
+                else:
+                    # Parked as the flusher's guest: the sync of this run's end (or
+                    # any other) may run on this thread, which then acts on it and
+                    # finds its own parker set, one hand-off fewer (Flusher.park).
+                    fl.park(ev, pause)
         finally:
-            if ev is not None:
+            # Only this thread adds `ev`, the commit that sets it takes the list
+            # away: not in it now, it never will be again (no lock to know that).
+            mine = sup.run_waiters.get(run_id) if ev is not None else None
+            if mine is not None and ev in mine:
                 with sup.state_lock:
-                    evs = sup.run_waiters.get(run_id)
-                    if evs is not None:
-                        evs.remove(ev)
-                        if not evs:
+                    mine = sup.run_waiters.get(run_id)
+                    if mine is not None and ev in mine:
+                        mine.remove(ev)
+                        if not mine:
                             del sup.run_waiters[run_id]
         return self.blobs.resolve_outcome(out)  # a big result is read without the lock
 

@@ -22,7 +22,7 @@ from .errors import JournaledError
 from .flushing import _Turn
 from .inbox import Inbox
 from .intake import Future
-from .journal import Flusher, Journal, StateLock
+from .journal import Flusher, Journal, Parker, StateLock
 from .live import clear_status
 from .metrics_http import final_sample
 from .pool import Pool
@@ -43,7 +43,7 @@ class Stopping:
     clock: Clock
     cond: threading.Condition
     stopped: threading.Event
-    run_waiters: dict[str, list[threading.Event]]
+    run_waiters: dict[str, list[Parker]]
     drain_timeout: float
     _stopping: bool
     _stop_now: bool

@@ -54,7 +54,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import selectors
 import threading
 import time
 from collections import deque
@@ -76,7 +75,7 @@ from .flushing import Flushing, _Turn
 from .hooks import HookFiring
 from .inbox import Inbox
 from .intake import Future, Intake
-from .journal import Flusher, Journal, StateLock
+from .journal import Flusher, Journal, Parker, StateLock
 from .knobs import warn_test_knobs
 from .leasing import Leasing
 from .live import LivePublisher
@@ -224,10 +223,10 @@ class Supervisor(Waiting, Acting, Stopping, Intake, DoorIntake, Leasing, Recycli
         # run id -> Events of in-process waiters (Runtime.wait), set once its end is
         # durable: one wake per waiter of that run, not every waiter per commit.
         # Changed and read with the state lock held.
-        self.run_waiters: dict[str, list[threading.Event]] = {}
+        self.run_waiters: dict[str, list[Parker]] = {}
         self.recovered_runs = 0
         self._wait_map: dict[Any, tuple[str, Worker]] = {}
-        self._sel: selectors.BaseSelector | None = None  # _select's epoll set
+        self._sel: Any = None  # _select's epoll set (select.epoll)
         self._sel_map: dict[Any, tuple[str, Worker]] | None = None
         self._sel_objs: list[Any] = []
 

@@ -11,7 +11,7 @@ of the turn itself.
 from __future__ import annotations
 
 import os
-import selectors
+import select
 from typing import Any, Callable
 
 from .clock import Clock
@@ -40,9 +40,10 @@ class Waiting:
     _respawn_at: dict[int, float]
     _status_due: float
     _wait_map: dict[Any, tuple[str, Worker]]
-    _sel: selectors.BaseSelector | None
+    _sel: Any  # select.epoll, or None
     _sel_map: dict[Any, tuple[str, Worker]] | None
     _sel_objs: list[Any]
+    _sel_fds: dict[int, Any]  # fd -> what was registered for it (set with _sel)
     _door_timer: Callable[[], float | None]
     _schedule_due: Callable[[], float | None]
     _unsent: Callable[..., bool]
@@ -78,17 +79,22 @@ class Waiting:
         Rebuilt whenever the objects change (a worker died or was respawned:
         its fds were closed, and a new one may reuse a number), so a closed fd
         is never waited on; building it anew each turn cost more than the rest
-        of an idle turn.
+        of an idle turn. ``select.epoll`` itself, not ``selectors``: its
+        Python-level ``select`` cost more per turn than the wait.
         """
-        sel = self._sel
-        if sel is None or self._sel_map is not self._wait_map or objs != self._sel_objs:
-            if sel is not None:
-                sel.close()
-            sel = self._sel = selectors.DefaultSelector()
+        ep = self._sel
+        if ep is None or self._sel_map is not self._wait_map or objs != self._sel_objs:
+            if ep is not None:
+                ep.close()
+            ep = self._sel = select.epoll()
+            fds: dict[int, Any] = {}
             for obj in objs:
-                sel.register(obj, selectors.EVENT_READ, obj)
-            self._sel_map, self._sel_objs = self._wait_map, objs
-        return [key.data for key, _events in sel.select(timeout)]
+                fd = obj if isinstance(obj, int) else obj.fileno()
+                ep.register(fd, select.EPOLLIN)
+                fds[fd] = obj
+            self._sel_map, self._sel_objs, self._sel_fds = self._wait_map, objs, fds
+        fds = self._sel_fds
+        return [fds[fd] for fd, _ev in ep.poll(timeout)]  # None: no timeout
 
     def _next_timeout(self) -> float | None:
         if self._carry or self._commands or self._door_in:

@@ -72,7 +72,7 @@ from __future__ import annotations
 
 from journaled.durable import fsync_dir
 
-from .flusher import Flusher
+from .flusher import Flusher, Parker
 from .frame import HEADER_SIZE, MAX_BODY, SECTOR, FrameReader, encode_frame
 from .lock import StateLock
 from .mark import MARK_NAME, SyncedMark, read_mark
@@ -84,7 +84,7 @@ from .writer import SLOW_SYNC_SECONDS, Journal
 __all__ = [
     "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "FLAG_BASE", "MAX_BODY", "SECTOR",
     "encode_frame", "segment_header", "FrameReader", "TornTail", "list_segments",
-    "Journal", "Flusher", "StateLock", "JournalTailer", "VerifyReport", "verify",
+    "Journal", "Flusher", "Parker", "StateLock", "JournalTailer", "VerifyReport", "verify",
     "RepairReport", "repair",
     "MARK_NAME", "SyncedMark", "read_mark", "SLOW_SYNC_SECONDS", "fsync_dir",
 ]

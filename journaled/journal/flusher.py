@@ -29,10 +29,22 @@ A failed sync (``StorageFailure``: fsyncgate, a full disk) is never retried
 and never swallowed here: it is kept in ``error``, the loop is woken, and
 the loop raises it; the thread stops, since nothing after a failed sync can
 be trusted.
+
+Guests. A thread that blocks anyway (a ``Runtime.submit`` caller that just
+wrote its own submission, a ``Runtime.wait`` caller) may run the sync
+itself instead of handing it here and waiting to be handed the answer
+back: ``sync_here`` runs the sync a caller asked for at once if none is
+running, and ``park`` offers a waiting thread as the next sync's runner
+(``request`` wakes the parked guest rather than this thread). The cycle
+is the same code whoever runs it, one at a time (``_syncing``), so the
+order (sync, publish the mark, ``on_durable``, answers, ``on_synced``) and
+the write-ahead rule hold on every thread; this thread runs whatever no
+guest takes.
 """
 
 from __future__ import annotations
 
+import _thread
 import logging
 import threading
 from collections import deque
@@ -40,9 +52,42 @@ from typing import Any, Callable
 
 from .writer import Journal
 
-__all__ = ["Flusher"]
+__all__ = ["Flusher", "Parker"]
 
 _log = logging.getLogger("journaled.journal")
+
+
+class Parker:
+    """One waiting thread's wake-up: ``set`` by whoever has news for it, from any thread.
+
+    A bare lock (``threading.Event`` costs a Condition and a lock per wait);
+    ``set`` twice is one wake-up. ``clear`` before looking, ``wait`` after.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass  # set already
+
+    def clear(self) -> None:
+        self._lock.acquire(False)
+
+    def is_set(self) -> bool:
+        return not self._lock.locked()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once set (and it stays set), False after ``timeout`` seconds."""
+        if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+            self._lock.release()
+            return True
+        return False
 
 
 class Flusher:
@@ -67,7 +112,12 @@ class Flusher:
         self.synced = journal.synced  # last ticket made durable
         self.error: BaseException | None = None
         self._want = journal.synced  # last ticket asked for
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = lock = threading.Lock()  # `with self._lock`: a C call, not Condition's
+        self._cond = threading.Condition(lock)  # a sync ended (wait_synced, drain, close)
+        self._work = threading.Condition(lock)  # this thread's: a sync is wanted
+        self._syncing = False  # a sync cycle runs (here or on a guest); guarded by the lock
+        self._guest: Parker | None = None  # a parked caller that runs the next sync
+        self._watchers = 0  # threads in a wait on _cond (a cycle's end notifies only then)
         self._closed = False
         # (ticket, [(future, value)]) set once synced >= ticket; guarded by _cond.
         self._answers: deque[tuple[int, list[tuple[Any, Any]]]] = deque()
@@ -76,10 +126,77 @@ class Flusher:
 
     def request(self, ticket: int) -> None:
         """Ask for ``ticket`` (and everything before it) to be made durable; never blocks."""
-        with self._cond:
+        with self._lock:
             if ticket > self._want:
                 self._want = ticket
-                self._cond.notify()
+                if not self._syncing and self.error is None:  # else the running
+                    self._hand_on()  # cycle's end hands it on (or nothing is synced again)
+
+    def _hand_on(self) -> None:
+        """Under the lock, a sync wanted and none running: to the parked guest, or here."""
+        guest = self._guest
+        if guest is not None:
+            self._guest = None
+            guest.set()  # it runs the sync (park), then goes back to its own wait
+        else:
+            self._work.notify()
+
+    def sync_here(self, ticket: int) -> bool:
+        """``request(ticket)``, and run the sync on this thread now if none is running.
+
+        For a caller that would block on the answer anyway: the write it just
+        made is synced and acted on here, with no hand-off to this thread
+        and back. False: a sync runs already (or the flusher failed or
+        closed); it was requested as by ``request``.
+        """
+        with self._lock:
+            if ticket > self._want:
+                self._want = ticket
+            if self._syncing:
+                return False  # its end hands the new ticket on
+            if self._closed or self.error is not None or self._want <= self.synced:
+                return False
+            self._syncing = True
+        self._cycle()
+        return True
+
+    def park(self, parker: Parker, timeout: float | None) -> None:
+        """Wait on ``parker`` up to ``timeout`` seconds, running syncs while parked.
+
+        While parked this thread is the one ``request`` wakes to run the next
+        sync (one guest at a time; a second waits on its parker only). Returns
+        after its parker is set, after one sync it ran (which may have set
+        it: the caller looks again either way), or on timeout.
+        """
+        with self._lock:
+            ok = not self._closed and self.error is None  # else: only its own wait
+            if ok and not self._syncing and self._want > self.synced:
+                self._syncing = run = True
+            else:
+                run = False
+                if ok and self._guest is None and not parker.is_set():
+                    self._guest = parker
+        if run:
+            self._cycle()
+            return
+        try:
+            parker.wait(timeout)
+        except BaseException:  # a Ctrl-C in the wait: leave the slot, hand a sync on
+            with self._lock:
+                if self._guest is parker:
+                    self._guest = None
+                elif (self._want > self.synced and not self._syncing and not self._closed
+                      and self.error is None):
+                    self._hand_on()  # chosen just before: another thread runs it
+            raise
+        with self._lock:
+            if self._guest is parker:
+                self._guest = None  # woken by its own news, or timed out: not chosen
+            if (self._closed or self.error is not None or self._syncing
+                    or self._want <= self.synced):
+                return
+            self._syncing = True  # chosen by request (or work left unclaimed): run it
+        self._cycle()
 
     def answer_after(self, ticket: int, futures: list[tuple[Any, Any]]) -> bool:
         """Set each ``future.set(value)`` once ``ticket`` is durable, on this thread.
@@ -89,7 +206,7 @@ class Flusher:
         lock the sync's end is published under, so none can fall between.
         ``Future.set`` and its callbacks must be quick and thread-safe.
         """
-        with self._cond:
+        with self._lock:
             if ticket <= self.synced or self.error is not None or self._closed:
                 return False
             self._answers.append((ticket, futures))
@@ -109,7 +226,7 @@ class Flusher:
         Left to the caller so it can first close its doors: a socket client
         whose connection drops unanswered resends through the inbox.
         """
-        with self._cond:
+        with self._lock:
             return self._take_answers(1 << 62)
 
     def idle(self) -> bool:
@@ -121,7 +238,11 @@ class Flusher:
         with self._cond:
             if not self.idle():
                 done = self.synced
-                self._cond.wait_for(lambda: self.synced != done or self.idle(), timeout)
+                self._watchers += 1
+                try:
+                    self._cond.wait_for(lambda: self.synced != done or self.idle(), timeout)
+                finally:
+                    self._watchers -= 1
 
     def drain(self, timeout: float | None = None) -> None:
         """Block until every requested ticket is durable.
@@ -131,39 +252,62 @@ class Flusher:
             TimeoutError: ``timeout`` passed first.
         """
         with self._cond:
-            if not self._cond.wait_for(self.idle, timeout):
-                raise TimeoutError("the journal sync did not finish in time")
+            self._watchers += 1
+            try:
+                if not self._cond.wait_for(self.idle, timeout):
+                    raise TimeoutError("the journal sync did not finish in time")
+            finally:
+                self._watchers -= 1
             if self.error is not None:
                 raise self.error
 
     def close(self) -> None:
-        """Stop the thread after the sync it is running, if any (nothing new starts)."""
+        """Stop the thread after the sync it is running, if any (nothing new starts).
+
+        Also waits for a guest's running cycle: nothing calls back once closed.
+        """
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._work.notify_all()
+            guest, self._guest = self._guest, None
+        if guest is not None:
+            guest.set()
         if threading.current_thread() is not self._thread:
             self._thread.join()
+            with self._cond:
+                self._watchers += 1
+                self._cond.wait_for(lambda: not self._syncing, 10.0)
+                self._watchers -= 1
 
     def _run(self) -> None:
-        journal = self.journal
-        cond = self._cond
+        work = self._work
         while True:
-            with cond:
-                while not self._closed and self._want <= self.synced:
-                    cond.wait()
-                if self._closed:
+            with work:
+                while not self._closed and (self._want <= self.synced or self._syncing):
+                    work.wait()
+                if self._closed or self.error is not None:
                     return
-            try:
-                done = journal.sync()
-            except BaseException as e:  # noqa: BLE001 - handed to the loop, which stops
-                with cond:
-                    self.error = e
-                _log.debug("journal sync failed on the flusher thread: %s", e)
-                self.on_synced()
-                with cond:
-                    cond.notify_all()
+                self._syncing = True
+            if not self._cycle():
                 return
-            with cond:
+
+    def _cycle(self) -> bool:
+        """One sync and what follows it, on whichever thread claimed ``_syncing``.
+
+        Returns False after a failed sync (the flusher is done for good).
+        """
+        cond = self._cond
+        try:
+            try:
+                done = self.journal.sync()
+            except BaseException as e:  # noqa: BLE001 - handed to the loop, which stops
+                with self._lock:
+                    self.error = e
+                _log.debug("journal sync failed: %s", e)
+                self.on_synced()
+                return False
+            with self._lock:
                 self.synced = done
                 answers = self._take_answers(done)
             quiet = False
@@ -178,5 +322,14 @@ class Flusher:
             # the waiters (wait_synced), so one that wakes finds the byte there.
             if not quiet:
                 self.on_synced()
-            with cond:
-                cond.notify_all()
+            return True
+        finally:
+            # Even if this thread was interrupted (a caller's Ctrl-C): the next
+            # sync may start, and a ticket asked for meanwhile is handed on.
+            with self._lock:
+                self._syncing = False
+                if (self._want > self.synced and not self._closed
+                        and self.error is None):
+                    self._hand_on()
+                if self._watchers:
+                    cond.notify_all()  # wait_synced, drain, close
