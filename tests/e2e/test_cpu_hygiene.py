@@ -21,6 +21,16 @@ from tests.e2e.helpers import ROOT, cli_env, wait_for
 CAPS = THREAD_VARS
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Runtime tests here start supervisors in this process: none of the caps may be
+    inherited from the test process, where the dask tests' ``LocalCluster`` (an earlier
+    test in the same xdist process) leaves them set to 1 in ``os.environ``; the
+    supervisor would take them for the user's own and cap nothing."""
+    for k in CAPS:
+        monkeypatch.delenv(k, raising=False)
+
+
 def _cli_report(tmp: Path, name: str, *args: str, **env: str) -> dict:
     state = tmp / name
     rid = Client(state).submit(b"", run_id="r")
