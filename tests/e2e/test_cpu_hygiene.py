@@ -151,9 +151,16 @@ def test_a_sigkill_we_did_not_send_near_the_rss_limit_is_charged_as_oom(runtime)
     w = rt.supervisor.pool.workers[0]
     pid = w.proc.pid
     wait_for(lambda: rss_bytes(pid) > 170 * MB, 30, "the hog's pages to be resident")
-    import time
+    monitor = rt.supervisor._rss
+    assert monitor is not None
 
-    time.sleep(0.5)  # a monitor sample (every ~100 ms) has seen it near the limit
+    def sampled_near_the_limit() -> bool:
+        got = monitor.last_sample(w.slot, pid)
+        return got is not None and got[1] > 170 * MB
+
+    # A monitor sample (every ~100 ms) must have seen it near the limit: waited for,
+    # not slept for, since a loaded machine can delay the sampling thread.
+    wait_for(sampled_near_the_limit, 30, "the RSS monitor to sample the hog near the limit")
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: rt.history(rid) and rt.history(rid)[0].outcome != "running", 30,
              "the supervisor to notice the death")
