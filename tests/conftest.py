@@ -52,3 +52,34 @@ def runtime(state_dir: Path) -> Iterator[Callable[..., Runtime]]:
     yield start
     for rt in reversed(started):
         rt.close(drain=False)
+
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Tests go one by one to whichever xdist process is free, except that a module
+    with a module-scoped fixture stays on one process.
+
+    Such a fixture is a costly shared start-up (a dask cluster, a dashboard) or, in
+    the crash modules, starts every selected case of the module ahead at once: split
+    over two processes it would run twice. (``--dist loadgroup`` would do this with
+    marks, but its marks are lost on pytest 9.2, whose node ids are read-only.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    whole: dict[str, bool] = {}
+
+    def one_process(path: str) -> bool:
+        if path not in whole:
+            try:
+                text = (config.rootpath / path).read_text()
+            except OSError:
+                text = ""
+            whole[path] = 'scope="module"' in text or "scope='module'" in text
+        return whole[path]
+
+    class ModuleFixturesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if one_process(path) else nodeid
+
+    return ModuleFixturesTogether(config, log)

@@ -250,14 +250,34 @@ def _run_case(case: Case, tmp: Path) -> list[Recovery]:
 
 
 def crash_case(point: str, *, expect: str, nths: tuple[int, ...] = (1,),
-               compact: bool = False) -> Callable[[Any], Any]:
-    """Mark a test with its case, so the module can start it ahead of time."""
+               slow_nths: tuple[int, ...] = (), compact: bool = False) -> Callable[[Any], Any]:
+    """Mark a test with its case, so the module can start it ahead of time.
+
+    With ``slow_nths`` the test runs twice: at ``nths`` in the suite, and at
+    ``nths + slow_nths`` (the full sweep) under ``-m slow``; each N is a kill, a
+    restart and a check, seconds of supervisor start-ups.
+    """
 
     def deco(fn: Any) -> Any:
         fn.case = Case(point, expect, nths, compact)
+        fn.full_case = Case(point, expect, nths + slow_nths, compact)
+        if slow_nths:
+            fn = pytest.mark.parametrize(
+                "sweep", ["short", pytest.param("full", marks=pytest.mark.slow)],
+                indirect=True)(fn)
         return fn
 
     return deco
+
+
+def _case(fn: Any, sweep: str | None) -> Case:
+    return fn.full_case if sweep == "full" else fn.case
+
+
+@pytest.fixture
+def sweep(request: pytest.FixtureRequest) -> str:
+    """``short`` (the suite's N) unless a test's ``slow`` variant asks for ``full``."""
+    return str(getattr(request, "param", "short"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -265,7 +285,9 @@ def _cases_ahead(request: pytest.FixtureRequest,
                  tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Start every selected case of this module now, PARALLEL at a time."""
     mod = request.module
-    cases = [item.function.case for item in request.session.items
+    cases = [_case(item.function, getattr(getattr(item, "callspec", None), "params", {})
+                   .get("sweep"))
+             for item in request.session.items
              if getattr(item, "module", None) is mod and hasattr(item.function, "case")]
     pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="crash-case")
     for case in cases:
@@ -276,9 +298,10 @@ def _cases_ahead(request: pytest.FixtureRequest,
 
 
 @pytest.fixture
-def recover(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], list[Recovery]]:
+def recover(request: pytest.FixtureRequest, tmp_path: Path, sweep: str
+            ) -> Callable[[], list[Recovery]]:
     """The test's case, run by ``_check_recovers`` (or awaited, if it started ahead)."""
-    c: Case = request.function.case
+    c = _case(request.function, sweep)
     return lambda: _check_recovers(c.point, expect=c.expect, nths=c.nths, compact=c.compact,
                                    tmp=tmp_path)
 
@@ -287,7 +310,7 @@ def recover(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], list
 
 
 @pytest.mark.timeout(120)
-@crash_case("supervisor.before_dispatch", expect=KILLED, nths=(1, 3))
+@crash_case("supervisor.before_dispatch", expect=KILLED, nths=(1,), slow_nths=(3,))
 def test_kill_after_leased_before_dispatch(recover: Callable[[], list[Recovery]]) -> None:
     """Leases durable, steps never sent: each costs an attempt, not the step."""
     for rec in recover():
@@ -301,7 +324,7 @@ def test_kill_after_leased_before_dispatch(recover: Callable[[], list[Recovery]]
 
 
 @pytest.mark.timeout(120)
-@crash_case("journal.before_sync", expect=KILLED, nths=(2, 6))
+@crash_case("journal.before_sync", expect=KILLED, nths=(2,), slow_nths=(6,))
 def test_kill_between_write_and_fdatasync(recover: Callable[[], list[Recovery]]) -> None:
     """The batch was written but never synced: power-loss mode drops it; nothing acted on it."""
     for rec in recover():
@@ -311,7 +334,7 @@ def test_kill_between_write_and_fdatasync(recover: Callable[[], list[Recovery]])
 
 
 @pytest.mark.timeout(120)
-@crash_case("journal.after_sync", expect=KILLED, nths=(2, 6))
+@crash_case("journal.after_sync", expect=KILLED, nths=(2,), slow_nths=(6,))
 def test_kill_after_fdatasync(recover: Callable[[], list[Recovery]]) -> None:
     """The batch is durable but none of its acts were done; replay redoes them."""
     for rec in recover():
@@ -332,7 +355,7 @@ def test_kill_before_inbox_unlink(recover: Callable[[], list[Recovery]]) -> None
 
 
 @pytest.mark.timeout(120)
-@crash_case("supervisor.before_hook", expect=KILLED, nths=(1, 3))
+@crash_case("supervisor.before_hook", expect=KILLED, nths=(1,), slow_nths=(3,))
 def test_kill_before_hook(recover: Callable[[], list[Recovery]]) -> None:
     """The outcome is durable, the hook never ran for it: the restart fires it."""
     for rec in recover():
@@ -341,7 +364,7 @@ def test_kill_before_hook(recover: Callable[[], list[Recovery]]) -> None:
 
 
 @pytest.mark.timeout(120)
-@crash_case("supervisor.after_hook", expect=KILLED, nths=(1, 3))
+@crash_case("supervisor.after_hook", expect=KILLED, nths=(1,), slow_nths=(3,))
 def test_kill_after_hook_before_delivered(recover: Callable[[], list[Recovery]]) -> None:
     """The hook ran but HookDelivered was not durable: at-least-once fires it again."""
     for rec in recover():
@@ -352,7 +375,7 @@ def test_kill_after_hook_before_delivered(recover: Callable[[], list[Recovery]])
 
 
 @pytest.mark.timeout(120)
-@crash_case("worker.before_step", expect=WORKER_DIED, nths=(5, 6))
+@crash_case("worker.before_step", expect=WORKER_DIED, nths=(5,), slow_nths=(6,))
 def test_worker_exit_before_step(recover: Callable[[], list[Recovery]]) -> None:
     """A worker dies holding a step it never started: a counted failure, then a retry."""
     for rec in recover():
@@ -361,7 +384,7 @@ def test_worker_exit_before_step(recover: Callable[[], list[Recovery]]) -> None:
 
 
 @pytest.mark.timeout(120)
-@crash_case("worker.after_step", expect=WORKER_DIED, nths=(5, 6))
+@crash_case("worker.after_step", expect=WORKER_DIED, nths=(5,), slow_nths=(6,))
 def test_worker_exit_after_step(recover: Callable[[], list[Recovery]]) -> None:
     """A worker dies after its step ran, before the result left: the step runs again."""
     for rec in recover():

@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -231,11 +232,14 @@ def test_crashtest_lists_the_failpoints() -> None:
 @pytest.mark.timeout(120)
 def test_crashtest_passes_on_the_signal_and_memo_examples() -> None:
     """Workflows that park on a signal (woken by --signal) and memoize a sub-task."""
-    approval = _crashtest("examples.approval:runner", "--runs", "4", "--kills", "4", "--seed",
-                          "2", "--signal", "approve=yes", "--json", timeout=110)
+    with ThreadPoolExecutor(2) as both:  # two crash tests at once: each waits on restarts
+        approval_f = both.submit(_crashtest, "examples.approval:runner", "--runs", "4",
+                                 "--kills", "4", "--seed", "2", "--signal", "approve=yes",
+                                 "--json", timeout=110)
+        memo_f = both.submit(_crashtest, "examples.memo:runner", "--runs", "4", "--kills", "4",
+                             "--seed", "2", "--json", timeout=110)
+        approval, memo = approval_f.result(), memo_f.result()
     assert approval.returncode == 0, approval.stdout + approval.stderr
-    memo = _crashtest("examples.memo:runner", "--runs", "4", "--kills", "4", "--seed", "2",
-                      "--json", timeout=110)
     assert memo.returncode == 0, memo.stdout + memo.stderr
     bad = _crashtest("examples.approval:runner", "--signal", "novalue")
     assert bad.returncode == 2 and "KEY=DATA" in bad.stderr and "Traceback" not in bad.stderr

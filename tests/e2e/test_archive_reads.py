@@ -32,9 +32,11 @@ from journaled.inbox import SubmitMsg, post, rejection
 from tests.apps import basic
 from tests.e2e.helpers import ROOT, cli_env, client_door, wait_for
 
-# Every client test on both doors: the supervisor's socket and the inbox.
-pytestmark = pytest.mark.usefixtures("client_door")
-assert client_door  # the fixture, used by every test here
+# Every test with a Client in this process on both doors: the supervisor's socket and
+# the inbox. The door only changes this process's Clients, so the tests that read
+# through Runtime, a Client process and the CLI alone run once.
+BOTH_DOORS = pytest.mark.usefixtures("client_door")
+assert client_door  # the fixture, used by the tests marked BOTH_DOORS
 
 # (run id, input, headers): one of each terminal kind.
 KINDS = [
@@ -137,6 +139,7 @@ def test_every_read_is_the_same_live_and_archived(runtime, state_dir: Path) -> N
     assert len(live["dead"]) == 2, "permanent and exhausted are dead letters"
 
 
+@BOTH_DOORS
 @pytest.mark.timeout(240)
 def test_resubmitting_an_archived_id_is_idempotent_across_history(runtime,
                                                                   state_dir: Path) -> None:
@@ -173,6 +176,7 @@ def test_resubmitting_an_archived_id_is_idempotent_across_history(runtime,
         client.signal("once", "k", b"")
 
 
+@BOTH_DOORS
 @pytest.mark.timeout(240)
 def test_retry_brings_an_archived_dead_letter_back(runtime, state_dir: Path,
                                                    tmp_path: Path) -> None:

@@ -21,6 +21,16 @@ from tests.e2e.helpers import ROOT, cli_env, wait_for
 CAPS = THREAD_VARS
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Runtime tests here start supervisors in this process: none of the caps may be
+    inherited from the test process, where the dask tests' ``LocalCluster`` (an earlier
+    test in the same xdist process) leaves them set to 1 in ``os.environ``; the
+    supervisor would take them for the user's own and cap nothing."""
+    for k in CAPS:
+        monkeypatch.delenv(k, raising=False)
+
+
 def _cli_report(tmp: Path, name: str, *args: str, **env: str) -> dict:
     state = tmp / name
     rid = Client(state).submit(b"", run_id="r")
@@ -141,9 +151,16 @@ def test_a_sigkill_we_did_not_send_near_the_rss_limit_is_charged_as_oom(runtime)
     w = rt.supervisor.pool.workers[0]
     pid = w.proc.pid
     wait_for(lambda: rss_bytes(pid) > 170 * MB, 30, "the hog's pages to be resident")
-    import time
+    monitor = rt.supervisor._rss
+    assert monitor is not None
 
-    time.sleep(0.5)  # a monitor sample (every ~100 ms) has seen it near the limit
+    def sampled_near_the_limit() -> bool:
+        got = monitor.last_sample(w.slot, pid)
+        return got is not None and got[1] > 170 * MB
+
+    # A monitor sample (every ~100 ms) must have seen it near the limit: waited for,
+    # not slept for, since a loaded machine can delay the sampling thread.
+    wait_for(sampled_near_the_limit, 30, "the RSS monitor to sample the hog near the limit")
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: rt.history(rid) and rt.history(rid)[0].outcome != "running", 30,
              "the supervisor to notice the death")
