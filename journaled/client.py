@@ -64,7 +64,7 @@ from . import replay
 from .api import Attempt, DeadLetter, RunOutcome, RunStatus
 from .app import check_runner_name
 from .archive import ArchivedRun, CachedReader
-from .blobs import BlobRef, BlobStore, content_sha256, same_content, value_size
+from .blobs import BlobRef, BlobStore, content_sha256, value_size
 from .connection import DoorConnection, DoorLost, this_pid
 from .errors import (
     RunConflict,
@@ -94,6 +94,7 @@ from .listing import dead_letter, merge_dead, merge_runs, pending_outcome
 from .notify import DirWatcher
 from .ops_client import OpsCalls
 from .protocol import MAX_FRAME, Cancel, Ops, Retry, Signal, Submit, Wait
+from .run import same_submission
 from .serving import check_served_runner, served_limits
 from .state import Run, State, attempts_of, outcome_of
 from .submission import (  # noqa: F401 - re-exported: callers import these from here
@@ -481,7 +482,8 @@ class Client(OpsCalls):
             for m in items:
                 old = state.runs.get(m.run_id) or waiting.get(m.run_id)
                 if old is not None:
-                    if not same_content(old.input, m.input) or old.headers != m.headers:
+                    if not same_submission((old.input, old.headers, old.runner), m.input,
+                                           m.headers, m.runner):
                         raise RunConflict(m.run_id)
                     continue
                 fresh.append(m)

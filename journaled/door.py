@@ -44,7 +44,7 @@ from . import quotas
 from .api import RunOutcome
 from .app import RunnerTable
 from .archiving import check_archived
-from .blobs import same_content, value_size
+from .blobs import value_size
 from .errors import JournaledError, RunConflict, RunNotDead, RunNotFound
 from .inbox import SubmitMsg, check_message, check_run_id, check_value
 from .intake import Future
@@ -65,6 +65,7 @@ from .protocol import (
     outcome_reply,
 )
 from .records import Record
+from .run import same_submission
 from .server import DoorServer
 from .state import State, outcome_of
 
@@ -256,19 +257,19 @@ class DoorIntake:
         # sizes, conflicts with the state, the archive and inside the batch)
         # before any applies.
         state = self.state
-        seen: dict[str, tuple[Any, dict[str, str]]] = {}
+        seen: dict[str, tuple[Any, dict[str, str], str]] = {}
         archived: set[str] = set()
         for m in req.items:
             check_submit(m)
             self.runner_table.check(m.runner)
             old = state.runs.get(m.run_id)
-            prev = (old.input, old.headers) if old is not None else seen.get(m.run_id)
-            if prev is not None and not (same_content(prev[0], m.input)
-                                         and prev[1] == m.headers):
+            prev = (old.input, old.headers, old.runner) if old is not None \
+                else seen.get(m.run_id)
+            if prev is not None and not same_submission(prev, m.input, m.headers, m.runner):
                 raise RunConflict(m.run_id)
             if old is None and check_archived(known, m.run_id, m.input, m.headers):
                 archived.add(m.run_id)  # finished long ago with this input: a no-op
-            seen[m.run_id] = (m.input, m.headers)
+            seen[m.run_id] = (m.input, m.headers, m.runner)
             quotas.check_fits(m.run_id, m.resources, state.quotas.limits)  # none or all
         for m in req.items:
             if m.run_id in archived:

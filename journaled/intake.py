@@ -22,7 +22,6 @@ from typing import Any, Callable
 from . import quotas
 from .app import RunnerTable
 from .archiving import check_archived
-from .blobs import same_content
 from .errors import JournaledError, RunConflict
 from .inbox import (
     BatchMsg,
@@ -38,6 +37,7 @@ from .inbox import (
     check_message,
 )
 from .records import Record
+from .run import same_submission
 from .state import State
 
 log = logging.getLogger("journaled.supervisor")
@@ -223,18 +223,20 @@ class Intake:
                 if kind == "submit_many":
                     # All or nothing: every item is checked against the state, the
                     # archive (history) and the batch's own duplicates before any is applied.
-                    batch: dict[str, tuple[Any, dict[str, str]]] = {}
+                    batch: dict[str, tuple[Any, dict[str, str], str]] = {}
                     archived: set[str] = set()
                     for rid, data, hdrs, *rest in args[0]:
-                        self.runner_table.check(rest[5] if len(rest) > 5 else "")
+                        runner = rest[5] if len(rest) > 5 else ""
+                        self.runner_table.check(runner)
                         old = state.runs.get(rid)
-                        seen = (old.input, old.headers) if old is not None else batch.get(rid)
-                        if seen is not None and not (same_content(seen[0], data)
-                                                     and seen[1] == dict(hdrs or {})):
+                        seen = (old.input, old.headers, old.runner) if old is not None \
+                            else batch.get(rid)
+                        if seen is not None and not same_submission(seen, data, dict(hdrs or {}),
+                                                                    runner):
                             raise RunConflict(rid)
                         if old is None and check_archived(known, rid, data, hdrs):
                             archived.add(rid)  # finished long ago with this input: no-op
-                        batch[rid] = (data, dict(hdrs or {}))
+                        batch[rid] = (data, dict(hdrs or {}), runner)
                     # (id, input, headers, priority, attempts, timeout[, resources, key, runner])
                     items = [(*item, None, "", "")[:9] for item in args[0]]
                     for rid, *_, res, _key, _runner in items:

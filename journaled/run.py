@@ -8,7 +8,7 @@ in place. A snapshot copies it to a ``RunSnapshot`` record and back;
 from __future__ import annotations
 
 from .api import Attempt, RunOutcome, RunStatus
-from .blobs import value_size
+from .blobs import same_content, value_size
 from .records import RunSnapshot, Submitted
 
 PENDING, RUNNING, WAITING = "pending", "running", "waiting"
@@ -103,6 +103,16 @@ class Run:
     def steps(self) -> int:
         """Steps run to completion (a step that ended the run by its verdict counts)."""
         return steps_of(self.status, self.kind, self.step)
+
+
+def same_submission(a: tuple[object, dict[str, str], str], input: object,
+                    headers: dict[str, str], runner: str) -> bool:
+    """Is a re-submit of ``a`` (input, headers, runner) the same run? Else ``RunConflict``.
+
+    The runner counts: the same id sent to another runner is another run, never a
+    silent no-op that would leave the caller believing its runner got it.
+    """
+    return a[2] == runner and a[1] == headers and same_content(a[0], input)  # type: ignore[arg-type]
 
 
 def steps_of(status: str, kind: str, step: int) -> int:

@@ -56,6 +56,7 @@ from .run import (  # noqa: F401 - re-exported: callers import these from here
     outcome_of,
     run_from_snapshot,
     run_to_snapshot,
+    same_submission,
 )
 from .schedules import Schedules
 from .snapshots import SnapshotFold
@@ -430,7 +431,7 @@ class State(ReadyQueue, SnapshotFold):
         old = self.runs.get(run_id)
         hdrs = dict(headers or {})
         if old is not None:
-            if same_content(old.input, input) and old.headers == hdrs:
+            if same_submission((old.input, old.headers, old.runner), input, hdrs, runner):
                 return []
             raise RunConflict(run_id)
         res = quotas.check_resources(resources)

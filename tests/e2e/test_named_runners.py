@@ -21,7 +21,7 @@ import pytest
 from journaled import AsyncClient, Runtime
 from journaled.archive import ArchivedRun, row_of
 from journaled.client import Client
-from journaled.errors import SubmissionRejected, UnknownRunner
+from journaled.errors import RunConflict, SubmissionRejected, UnknownRunner
 from journaled.records import Submitted, decode, encode
 from journaled.run import run_from_snapshot
 from journaled.state import State
@@ -141,6 +141,28 @@ def test_runtime_with_a_dict_and_the_socket_door_refuses_what_it_does_not_serve(
                 return got.result or b""
 
         assert asyncio.run(from_asyncio()) == b"cnysa"
+
+
+@pytest.mark.timeout(120)
+def test_the_same_run_id_for_another_runner_is_a_conflict_on_every_path(state_dir):
+    """A re-submit is a no-op only when input, headers AND runner match (else RunConflict)."""
+    with Runtime(state_dir, runner_apps.multi, workers=1) as rt:
+        rt.submit(b"abc", runner="bytes", run_id="same")
+        assert rt.submit(b"abc", runner="bytes", run_id="same") == "same", "a retry is a no-op"
+        with pytest.raises(RunConflict):
+            rt.submit(b"abc", runner="pipeline", run_id="same")
+        with pytest.raises(RunConflict):
+            rt.submit(b"abc", run_id="same")  # the default runner is another runner
+        with pytest.raises(RunConflict):  # in a batch: all or nothing
+            rt.submit_many([b"q", b"abc"], run_ids=["b1", "same"], runner="pipeline")
+        assert "b1" not in rt.supervisor.state.runs
+        for door in (True, False):  # the socket, then the inbox (the client checks first)
+            c = Client(state_dir, use_socket=door)
+            assert c.submit(b"abc", runner="bytes", run_id="same") == "same"
+            with pytest.raises(RunConflict):
+                c.submit(b"abc", runner="pipeline", run_id="same")
+        assert rt.wait("same", timeout=30).result == b"cba"
+        assert rt.supervisor.state.runs["same"].runner == "bytes"
 
 
 @pytest.mark.timeout(120)
