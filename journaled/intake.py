@@ -135,12 +135,13 @@ class Intake:
         # (Runtime.wait). Off with a call_timeout: a stuck disk must not hold a
         # caller past it, so the flusher thread does every sync then.
         self.caller_syncs = True
-        # ...and the submission's own sync too (Flusher.sync_here). Off: measured
-        # on this 2-core box under load (6-17), the flusher thread syncing the
-        # submission and sending its lease while the caller wakes was as fast
-        # or faster (527-1205 runs/s vs 317-1222) at the same CPU per run
-        # (530-670 vs 490-685 us); a quiet machine may prefer it on.
-        self.submit_syncs_here = False
+        # ...and the submission's own sync too (Flusher.sync_here). On: on a quiet
+        # 2-core box (load ~1), serial submit+wait went from 1,051-1,325 to
+        # 1,325-1,514 runs/s and from 553-697 to 427-510 us of CPU per run,
+        # alternated in the same minute. Under heavy load (6-17) the two were
+        # within noise of each other (317-1222 vs 527-1205 runs/s). A busy
+        # flusher (load) sends submissions to the loop's turn anyway (_fold_here).
+        self.submit_syncs_here = True
 
     def call(self, kind: str, *args: Any) -> Future:
         """Queue a command from another thread; the Future resolves once it is durable."""
