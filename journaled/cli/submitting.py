@@ -74,8 +74,8 @@ class Submitter:
         """Whether the supervisor answered ``Submit(items)`` (durable in the journal).
 
         ``made_here``: every id was made for this call, so the first try may say
-        ``fresh`` (no archive look-up on the supervisor's side) where the protocol
-        has that field; a resend may find its first try taken, so it never does.
+        ``fresh`` (no archive look-up on the supervisor's side); a resend may find
+        its first try taken, so it never does.
         """
         from ..connection import DoorConnection, DoorLost
         from ..errors import RunNotFound
@@ -84,15 +84,14 @@ class Submitter:
 
         if _frame_bytes(items) >= MAX_FRAME - (64 << 10):
             return False
-        has_fresh = "fresh" in Submit.__struct_fields__
         for _ in (1, 2):  # reconnect once: a supervisor may have restarted
             conn = DoorConnection.open(self.state_dir)
             if conn is None:
                 return False
-            extra = {"fresh": made_here and not self._sent} if has_fresh else {}
+            fresh = made_here and not self._sent
             try:
                 self._sent = True
-                conn.call(lambda i, extra=extra: Submit(i, items, **extra))
+                conn.call(lambda i, fresh=fresh: Submit(i, items, fresh=fresh))
                 return True
             except DoorLost:
                 continue
