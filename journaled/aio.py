@@ -27,7 +27,7 @@ import msgspec
 from .api import RunOutcome
 from .app import check_runner_name
 from .blobs import BlobRef, BlobStore
-from .client import Client, _frame_bytes, fresh_submit, submit_msgs
+from .client import Client, fits_a_frame, fresh_submit, submit_msgs
 from .connection import DoorLost, socket_path
 from .errors import RunNotFound
 from .inbox import (
@@ -237,7 +237,7 @@ class AsyncClient:
         items, ids = submit_msgs(inputs, headers, run_ids, priority, max_attempts, step_timeout,
                                  runner=runner, resources=resources, key=key,
                                  limits=served_limits(self.state_dir) if resources else None)
-        if items and _frame_bytes(items) < MAX_FRAME - (64 << 10):
+        if items and fits_a_frame(items):
             served, _ = await self._call(fresh_submit(items, run_ids is None))
             if served:
                 return ids

@@ -93,7 +93,7 @@ from .journal import JournalTailer, list_segments
 from .listing import dead_letter, merge_dead, merge_runs, pending_outcome
 from .notify import DirWatcher
 from .ops_client import OpsCalls
-from .protocol import MAX_FRAME, Cancel, Ops, Retry, Signal, Submit, Wait
+from .protocol import Cancel, Ops, Retry, Signal, Wait
 from .run import same_submission
 from .serving import check_served_runner, served_limits
 from .state import Run, State, attempts_of, outcome_of
@@ -102,6 +102,8 @@ from .submission import (  # noqa: F401 - re-exported: callers import these from
     _batches,
     _frame_bytes,
     _same_input,
+    fits_a_frame,
+    fresh_submit,
     new_run_id,
     submit_msgs,
 )
@@ -118,17 +120,6 @@ def _digest(data: bytes | BlobRef, headers: dict[str, str]) -> bytes:
     return hashlib.blake2b(msgspec.msgpack.encode([content_sha256(data), value_size(data, True),
                                                    sorted(headers.items())]),
                            digest_size=16).digest()
-
-
-def fresh_submit(items: list[SubmitMsg], made_here: bool) -> Callable[[int], Submit]:
-    """The ``Submit`` for each try: ``fresh`` (no archive look-up) only for ids made here,
-    on the first try; a resend may find its first try applied and archived."""
-    tries = [made_here]
-
-    def make(req_id: int) -> Submit:
-        fresh, tries[0] = tries[0], False
-        return Submit(req_id, items, fresh)
-    return make
 
 
 class Client(OpsCalls):
@@ -468,7 +459,7 @@ class Client(OpsCalls):
 
         ``given``: the caller chose the ids (a re-submit is possible: looked up).
         """
-        if items and _frame_bytes(items) < MAX_FRAME - (64 << 10):
+        if items and fits_a_frame(items):
             # Durable in the journal on return. A broken connection falls through
             # to the inbox with the same ids: a no-op if the first try took.
             served, _ = self._door_call(fresh_submit(items, not given))

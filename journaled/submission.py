@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import timedelta
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .app import check_runner_name
 from .blobs import BlobRef, BlobStore, same_content, value_size
@@ -31,6 +31,7 @@ from .inbox import (
     seconds,
     to_stored,
 )
+from .protocol import MAX_FRAME, Submit
 from .quotas import check_fits, check_key, check_resources
 from .typed import as_payload
 
@@ -112,6 +113,22 @@ def _frame_bytes(items: list[SubmitMsg]) -> int:
     """About how big a frame these submissions make (over: they go through the inbox)."""
     return sum((len(m.input) if isinstance(m.input, bytes) else 64) + 256
                + sum(len(k) + len(v) for k, v in m.headers.items()) for m in items)
+
+
+def fits_a_frame(items: list[SubmitMsg]) -> bool:
+    """Whether one socket ``Submit`` carries ``items`` (64 KiB spare for the envelope)."""
+    return _frame_bytes(items) < MAX_FRAME - (64 << 10)
+
+
+def fresh_submit(items: list[SubmitMsg], made_here: bool) -> Callable[[int], Submit]:
+    """The ``Submit`` for each try: ``fresh`` (no archive look-up) only for ids made here,
+    on the first try; a resend may find its first try applied and archived."""
+    tries = [made_here]
+
+    def make(req_id: int) -> Submit:
+        fresh, tries[0] = tries[0], False
+        return Submit(req_id, items, fresh)
+    return make
 
 
 def _batches(items: list[SubmitMsg]) -> Iterable[Message]:

@@ -79,19 +79,18 @@ class Submitter:
         """
         from ..connection import DoorConnection, DoorLost
         from ..errors import RunNotFound
-        from ..protocol import MAX_FRAME, Submit
-        from ..submission import _frame_bytes
+        from ..submission import fits_a_frame, fresh_submit
 
-        if _frame_bytes(items) >= MAX_FRAME - (64 << 10):
+        if not fits_a_frame(items):
             return False
+        make = fresh_submit(items, made_here and not self._sent)
         for _ in (1, 2):  # reconnect once: a supervisor may have restarted
             conn = DoorConnection.open(self.state_dir)
             if conn is None:
                 return False
-            fresh = made_here and not self._sent
             try:
                 self._sent = True
-                conn.call(lambda i, fresh=fresh: Submit(i, items, fresh=fresh))
+                conn.call(make)
                 return True
             except DoorLost:
                 continue
