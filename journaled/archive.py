@@ -49,7 +49,7 @@ from .records import RunSnapshot
 from .run import Run, attempts_of, outcome_of, run_from_snapshot, run_to_snapshot, steps_of
 
 __all__ = ["ARCHIVE_NAME", "SCHEMA_VERSION", "Archive", "ArchiveReader", "ArchiveWriter",
-           "ArchivedRun", "content_sha256", "row_of"]
+           "ArchivedRun", "Identity", "content_sha256", "row_of"]
 
 log = logging.getLogger("journaled.archive")
 
@@ -80,6 +80,7 @@ _json = msgspec.json.Encoder(order="sorted")  # ten times json.dumps: rows are b
 _snap_decoder = msgspec.msgpack.Decoder(RunSnapshot)
 
 Row = tuple  # one value per _COLUMNS entry
+Identity = tuple[str, dict[str, str], str]  # (input sha256, headers, runner) of an archived run
 
 
 def _size(value: Any) -> int:
@@ -203,16 +204,22 @@ class _Reads:
                 out[row[0]] = _archived(row)
         return out
 
-    def identities(self, run_ids: Iterable[str]) -> dict[str, tuple[str, dict[str, str]]]:
-        """``{id: (input_sha256, headers)}`` of the given ids that are archived (idempotency)."""
+    def identities(self, run_ids: Iterable[str]) -> dict[str, Identity]:
+        """``{id: (input_sha256, headers, runner)}`` of the given ids that are archived.
+
+        What a re-submit is matched against (idempotency across history). The
+        runner has no column of its own (schema 1 rows would lack it): it is
+        read from the row's record, decoded only for ids found, which are
+        re-submits and rare.
+        """
         ids = list(dict.fromkeys(run_ids))
-        out: dict[str, tuple[str, dict[str, str]]] = {}
+        out: dict[str, Identity] = {}
         for i in range(0, len(ids), _IN_CHUNK):
             chunk = ids[i:i + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT id, input_sha256, headers FROM runs WHERE id IN ({marks})"
-            for rid, sha, hdrs in self._db.execute(sql, chunk):
-                out[rid] = (sha, json.loads(hdrs))
+            sql = f"SELECT id, input_sha256, headers, record FROM runs WHERE id IN ({marks})"
+            for rid, sha, hdrs, record in self._db.execute(sql, chunk):
+                out[rid] = (sha, json.loads(hdrs), _snap_decoder.decode(record).runner)
         return out
 
     def count(self) -> dict[str, int]:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable
 
 from . import failpoints
 from .api import RunOutcome
-from .archive import Archive, ArchiveWriter, CachedReader, Row, content_sha256, row_of
+from .archive import Archive, ArchiveWriter, CachedReader, Identity, Row, content_sha256, row_of
 from .errors import RunConflict
 from .records import Archived, HookDelivered, Record, Redriven, RunSnapshot, Terminated
 from .run import Run, run_to_snapshot
@@ -373,20 +373,23 @@ class Archiving:
 
     # ------------------------------------------------- idempotency across history
 
-    def _archived_identities(self, run_ids: list[str]) -> dict[str, tuple[str, dict[str, str]]]:
+    def _archived_identities(self, run_ids: list[str]) -> dict[str, Identity]:
         """One archive query for ids the live state does not know (re-submits)."""
         if not run_ids or not self.archive.exists():
             return {}
         return self.archive_reader.call("identities", run_ids) or {}
 
 
-def check_archived(known: dict[str, tuple[str, dict[str, str]]], run_id: str, data: Any,
-                   headers: dict[str, str] | None) -> bool:
-    """True: a no-op re-submit of an archived run; ``RunConflict`` for other input."""
+def check_archived(known: dict[str, Identity], run_id: str, data: Any,
+                   headers: dict[str, str] | None, runner: str = "") -> bool:
+    """True: a no-op re-submit of an archived run; ``RunConflict`` for another one.
+
+    Another input, other headers or another runner make another run (as
+    ``run.same_submission`` says of a live one).
+    """
     seen = known.get(run_id)
     if seen is None:
         return False
-    if seen != (content_sha256(data), dict(headers or {})):
+    if seen != (content_sha256(data), dict(headers or {}), runner):
         raise RunConflict(run_id)
     return True
-

@@ -486,7 +486,7 @@ class Client(OpsCalls):
                     seen = known.get(m.run_id)
                     if seen is None:
                         kept.append(m)
-                    elif seen != (content_sha256(m.input), m.headers):
+                    elif seen != (content_sha256(m.input), m.headers, m.runner):
                         raise RunConflict(m.run_id)
                 fresh = kept
         for msg in _batches(fresh):

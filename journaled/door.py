@@ -43,6 +43,7 @@ from typing import Any, Callable
 from . import quotas
 from .api import RunOutcome
 from .app import RunnerTable
+from .archive import Identity
 from .archiving import check_archived
 from .blobs import value_size
 from .errors import JournaledError, RunConflict, RunNotDead, RunNotFound
@@ -252,7 +253,7 @@ class DoorIntake:
             self._futures.append((answers, None))
 
     def _door_submit(self, req: Submit, now: float,
-                     known: dict[str, tuple[str, dict[str, str]]], cid: int = 0) -> Ok:
+                     known: dict[str, Identity], cid: int = 0) -> Ok:
         # All or nothing, as Runtime.submit_many: every item is checked (types,
         # sizes, conflicts with the state, the archive and inside the batch)
         # before any applies.
@@ -267,7 +268,7 @@ class DoorIntake:
                 else seen.get(m.run_id)
             if prev is not None and not same_submission(prev, m.input, m.headers, m.runner):
                 raise RunConflict(m.run_id)
-            if old is None and check_archived(known, m.run_id, m.input, m.headers):
+            if old is None and check_archived(known, m.run_id, m.input, m.headers, m.runner):
                 archived.add(m.run_id)  # finished long ago with this input: a no-op
             seen[m.run_id] = (m.input, m.headers, m.runner)
             quotas.check_fits(m.run_id, m.resources, state.quotas.limits)  # none or all

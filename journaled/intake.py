@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from . import quotas
 from .app import RunnerTable
+from .archive import Identity
 from .archiving import check_archived
 from .errors import JournaledError, RunConflict
 from .inbox import (
@@ -122,7 +123,7 @@ class Intake:
     _sync_wanted: int
     _signal_cancel: Callable[[str], None]
     _restore_archived: Callable[[str], list[Record]]
-    _archived_identities: Callable[[list[str]], dict[str, tuple[str, dict[str, str]]]]
+    _archived_identities: Callable[[list[str]], dict[str, Identity]]
     reload_dir: Path | None
     runner_table: RunnerTable
     _ops_message: Callable[[Any, float], list[Record]]
@@ -235,7 +236,7 @@ class Intake:
                         if seen is not None and not same_submission(seen, data, dict(hdrs or {}),
                                                                     runner):
                             raise RunConflict(rid)
-                        if old is None and check_archived(known, rid, data, hdrs):
+                        if old is None and check_archived(known, rid, data, hdrs, runner):
                             archived.add(rid)  # finished long ago with this input: no-op
                         batch[rid] = (data, dict(hdrs or {}), runner)
                     # (id, input, headers, priority, attempts, timeout[, resources, key, runner])
@@ -322,12 +323,12 @@ class Intake:
             self._acks.append(path)
 
     def _submit_msg(self, m: SubmitMsg, now: float,
-                    known: dict[str, tuple[str, dict[str, str]]]) -> list[Record]:
+                    known: dict[str, Identity]) -> list[Record]:
         # The clients' checks again: a file from elsewhere must not crash us later.
         check_message(m)
         self.runner_table.check(m.runner)  # the client's serving.json may be stale or absent
         if m.run_id not in self.state.runs and check_archived(known, m.run_id, m.input,
-                                                              m.headers):
+                                                              m.headers, m.runner):
             return []  # archived with this input: a duplicate, like a live one
         # The client's clock: submitted_at must not change when a pending run is taken up.
         return self.state.submit(m.run_id, m.input, m.at, m.headers, m.priority, m.max_attempts,

@@ -18,6 +18,7 @@ import logging
 from typing import Callable
 
 from . import failpoints
+from .archive import Identity
 from .errors import JournaledError
 from .records import Record, ScheduleCursor
 from .schedules import Plan, Schedule, next_tick, plan, tick_id
@@ -30,7 +31,7 @@ class Scheduling:
     """Schedule ticks for the supervisor's turn."""
 
     state: State
-    _archived_identities: Callable[[list[str]], dict[str, tuple[str, dict[str, str]]]]
+    _archived_identities: Callable[[list[str]], dict[str, Identity]]
 
     def _init_scheduling(self) -> None:
         # name -> (cursor, cron, tz, next tick): recomputed only when one of them moves.

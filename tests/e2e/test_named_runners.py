@@ -163,6 +163,19 @@ def test_the_same_run_id_for_another_runner_is_a_conflict_on_every_path(state_di
                 c.submit(b"abc", runner="pipeline", run_id="same")
         assert rt.wait("same", timeout=30).result == b"cba"
         assert rt.supervisor.state.runs["same"].runner == "bytes"
+        # Finished and archived: the runner still counts (read from the archive row).
+        wait_for(lambda: "same" not in rt.supervisor.state.runs, 30, "the run to be archived")
+        assert rt.submit(b"abc", runner="bytes", run_id="same") == "same", "still a no-op"
+        with pytest.raises(RunConflict):
+            rt.submit(b"abc", runner="pipeline", run_id="same")
+        with pytest.raises(RunConflict):
+            rt.submit(b"abc", run_id="same")
+        for door in (True, False):
+            c = Client(state_dir, use_socket=door)
+            assert c.submit(b"abc", runner="bytes", run_id="same") == "same"
+            with pytest.raises(RunConflict):
+                c.submit(b"abc", runner="pipeline", run_id="same")
+        assert "same" not in rt.supervisor.state.runs, "never taken up again"
 
 
 @pytest.mark.timeout(120)

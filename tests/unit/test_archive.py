@@ -94,8 +94,8 @@ def test_runs_newest_first_with_status_since_limit_and_dead(tmp_path: Path):
     dead = w.runs("failed", dead=True, limit=None)
     assert len(dead) == 25 and all(x.dead for x in dead)
     assert w.identities(["s001", "zzz", "f002"]) == {
-        "s001": (content_sha256(b"in"), {"who": "ann"}),
-        "f002": (content_sha256(b"in"), {"who": "ann"})}
+        "s001": (content_sha256(b"in"), {"who": "ann"}, ""),
+        "f002": (content_sha256(b"in"), {"who": "ann"}, "")}
     many = [f"s{i:03d}" for i in range(200)] + [f"x{i}" for i in range(1000)]
     assert len(w.identities(many)) == 200, "more ids than one IN (...) takes"
     assert content_sha256(b"in") in w.blob_refs()
