@@ -6,7 +6,11 @@ only meaningful next to these, measured in the same process and run:
 - ``inline_rate``: calling the function in a loop (the ceiling);
 - ``bare_pool_rate``: ``multiprocessing.Pool.map(..., chunksize=1)``, one
   IPC round trip per task like one step per dispatch;
-- ``process_pool_executor_rate``: ``concurrent.futures.ProcessPoolExecutor``.
+- ``process_pool_executor_rate``: ``concurrent.futures.ProcessPoolExecutor``;
+- ``serial_floor_rate``: the least a durable serial run can cost under
+  DESIGN §4 here, in bare Python: two ``write`` + ``fdatasync`` in sequence
+  (lease before dispatch, outcome before the answer) around one pipe round
+  trip to another process. No journaled code at all.
 
 Pools use the platform's default start method (``fork`` on Linux before
 Python 3.14, ``forkserver`` after; ``spawn`` on macOS/Windows); results record
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -65,6 +71,54 @@ def process_pool_executor_rate(n_tasks: int, workers: int = 2) -> float:
         list(ex.map(noop, range(n_tasks)))
         elapsed = time.perf_counter() - t0
     return n_tasks / elapsed
+
+
+def _echo(rfd: int, wfd: int) -> None:
+    while data := os.read(rfd, 64):
+        os.write(wfd, data)
+
+
+def serial_floor_rate(n: int, directory: str | None = None) -> dict[str, float]:
+    """Runs/s of the bare serial floor (see the module's docstring), and its parts in µs.
+
+    ``directory`` should be on the disk the journal uses (its fdatasync is
+    what is measured). The echo process is forked: nothing here uses threads.
+    """
+    down_r, down_w = os.pipe()
+    up_r, up_w = os.pipe()
+    echo = multiprocessing.get_context("fork").Process(target=_echo, args=(down_r, up_w),
+                                                       daemon=True)
+    echo.start()
+    os.close(down_r)
+    os.close(up_w)
+    fd, path = tempfile.mkstemp(prefix="jbench-floor-", dir=directory)
+    record = b"x" * 100  # about a Leased or StepDone frame
+
+    def loop(sync: bool, trip: bool) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            if sync:
+                os.write(fd, record)
+                os.fdatasync(fd)
+            if trip:
+                os.write(down_w, b"s")
+                os.read(up_r, 64)
+            if sync:
+                os.write(fd, record)
+                os.fdatasync(fd)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    try:
+        loop(True, True)  # warm: the file's first blocks, the echo's first wake-ups
+        both, syncs, trip = loop(True, True), loop(True, False), loop(False, True)
+    finally:
+        os.close(down_w)
+        os.close(up_r)
+        echo.join(10)
+        os.close(fd)
+        os.unlink(path)
+    return {"runs_per_s": 1e6 / both, "us_per_run": both, "us_two_syncs": syncs,
+            "us_round_trip": trip}
 
 
 def inline_rate(fn: Callable[[int], Any], n: int) -> float:

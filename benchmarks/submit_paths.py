@@ -11,7 +11,10 @@ a. ``clients``: P client processes (16) against ``journaled run`` in a
    clients (they are started and have built their ``Client`` before) to the
    last outcome any of them read. Target >= 15,000 runs/s.
 b. ``serial``: one thread, ``Runtime.submit`` then ``Runtime.wait``, in a loop.
-   Target >= 4,000 runs/s.
+   Target >= 4,000 runs/s. Beside it, ``vs_floor``: its rate over the bare
+   floor of DESIGN §4 on this disk in the same run (two fdatasyncs in
+   sequence around a pipe round trip, no journaled code:
+   ``baseline.serial_floor_rate``), the most any implementation could reach.
 c. ``threads``: T threads (32) calling ``Runtime.submit`` one run at a time,
    then waiting for their outcomes. Target >= 1.0x the bare pool.
 d. ``cli``: ``journaled submit`` processes against the running supervisor,
@@ -43,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import apps  # noqa: E402
 from benchmarks._table import emit  # noqa: E402
-from benchmarks.baseline import bare_pool_rate, noop  # noqa: E402
+from benchmarks.baseline import bare_pool_rate, noop, serial_floor_rate  # noqa: E402
 from benchmarks.cancel_latency import Supervisor, cli, percentiles  # noqa: E402
 from journaled import Client, Runtime  # noqa: E402
 
@@ -236,6 +239,7 @@ def main() -> None:
             a = clients(state, args.clients, per_client)
             lat = cli_latency(state, n_cli)
         b, c, _ = runtime_shapes(tmp, w, n, args.threads, per_thread)
+        floor = serial_floor_rate(min(n, 3_000), str(tmp))  # the journals' own disk
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     apply_ms = pool_apply_latency(n_cli, w)
@@ -246,7 +250,8 @@ def main() -> None:
         rate_row(f"a. {args.clients} client processes, Client.submit one at a time + wait",
                  ">= 15,000 runs/s", a, pool, path, submit_seconds=a["submit_seconds"]),
         rate_row("b. one thread, Runtime.submit + wait, serial", ">= 4,000 runs/s", b, pool,
-                 "in-process", syncs=b["syncs"], syncs_per_run=b["syncs"] / b["runs"]),
+                 "in-process", syncs=b["syncs"], syncs_per_run=b["syncs"] / b["runs"],
+                 vs_floor=b["runs"] / b["seconds"] / floor["runs_per_s"]),
         rate_row(f"c. {args.threads} threads, Runtime.submit one at a time + wait",
                  ">= 1.0x pool", c, pool, "in-process", syncs=c["syncs"],
                  syncs_per_run=c["syncs"] / c["runs"]),
@@ -258,11 +263,15 @@ def main() -> None:
                  "runs": len(lat), "p50_ms": cl["p50"], "p95_ms": p95,
                  "pool_apply_p50_ms": ap_["p50"], "pool_apply_p95_ms": ap95,
                  "vs_pool": ap_["p50"] / cl["p50"], "target": "-"})
+    rows.append({"shape": "b0. serial floor: 2 fdatasyncs + a pipe round trip, bare Python",
+                 "path": "-", "runs": min(n, 3_000), "runs_per_s": floor["runs_per_s"],
+                 "target": "-", **{k: v for k, v in floor.items() if k != "runs_per_s"}})
     rows.append({"shape": "bare multiprocessing.Pool(2).map chunksize=1", "path": "-",
                  "runs": pool_n, "runs_per_s": pool, "pool_tasks_per_s": pool, "vs_pool": 1.0,
                  "target": "-", "pool_runs_per_s_each": pools})
     emit(rows, ["shape", "path", "runs", "seconds", "runs_per_s", "vs_pool", "target", "p50_ms",
-                "p95_ms", "pool_apply_p50_ms", "syncs_per_run", "not_succeeded"],
+                "p95_ms", "pool_apply_p50_ms", "syncs_per_run", "vs_floor", "us_per_run",
+                "not_succeeded"],
          f"submit paths end to end (submit -> durable outcome), no-op 1-step runs, {w} workers; "
          f"vs_pool = rate / bare Pool rate (for d: Pool.apply p50 / CLI p50)")
 
