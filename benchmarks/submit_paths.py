@@ -265,7 +265,8 @@ def main() -> None:
                  "vs_pool": ap_["p50"] / cl["p50"], "target": "-"})
     rows.append({"shape": "b0. serial floor: 2 fdatasyncs + a pipe round trip, bare Python",
                  "path": "-", "runs": min(n, 3_000), "runs_per_s": floor["runs_per_s"],
-                 "target": "-", **{k: v for k, v in floor.items() if k != "runs_per_s"}})
+                 "vs_pool": floor["runs_per_s"] / pool, "target": "-",
+                 **{k: v for k, v in floor.items() if k != "runs_per_s"}})
     rows.append({"shape": "bare multiprocessing.Pool(2).map chunksize=1", "path": "-",
                  "runs": pool_n, "runs_per_s": pool, "pool_tasks_per_s": pool, "vs_pool": 1.0,
                  "target": "-", "pool_runs_per_s_each": pools})
