@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import multiprocessing
 import os
 import shutil
 import signal
@@ -54,7 +53,7 @@ from benchmarks import apps  # noqa: E402
 from benchmarks._table import emit  # noqa: E402
 from benchmarks.cancel_latency import Supervisor  # noqa: E402
 from benchmarks.submit_paths import clients as journaled_clients  # noqa: E402
-from benchmarks.submit_paths import door, wait_up  # noqa: E402
+from benchmarks.submit_paths import door, launch, wait_up  # noqa: E402
 from journaled import Runtime  # noqa: E402
 
 
@@ -80,36 +79,10 @@ def best(loops: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def fan_out(procs: int, per: int, target: Callable[..., None], *args: Any) -> dict[str, Any]:
-    """P spawned processes run ``target(*args, per, go, out, ready)``; the clock starts at ``go``.
-
-    Each client says it is ready (imported, connected) before the clock
-    starts, as journaled's clients do in ``submit_paths.clients``: no peer is
-    timed while its clients are still importing.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    go, out, ready = ctx.Event(), ctx.Queue(), ctx.Queue()
-    ps = [ctx.Process(target=target, args=(*args, per, go, out, ready)) for _ in range(procs)]
-    for p in ps:
-        p.start()
-    for _ in ps:
-        try:
-            ready.get(timeout=300)
-        except Exception:  # noqa: BLE001 - one died starting: its error comes through out
-            break
-    time.sleep(0.2)
-    t0 = time.perf_counter()
-    go.set()
-    got = [out.get(timeout=900) for _ in ps]
-    for p in ps:
-        p.join(30)
-    errors = [g[3] for g in got if g[3]]
-    if errors:
-        raise RuntimeError(f"a client failed: {errors[0]}")
+    """P client processes run ``target(*args, per, go, out, ready)`` (``submit_paths.launch``)."""
+    t0, got = launch(procs, target, *args, per)
     return {"runs": sum(g[0] for g in got), "seconds": max(g[1] for g in got) - t0,
             "not_succeeded": sum(g[2] for g in got)}
-
-
-# ------------------------------------------------------------------ journaled
 
 
 def journaled_serial(tmp: Path, n: int) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -91,14 +91,20 @@ def _client_proc(state: str, n: int, go: Any, out: Any, ready: Any) -> None:
         out.put((0, 0.0, 0.0, n, f"{type(e).__name__}: {e}"))
 
 
-def clients(state: Path, procs: int, per: int) -> dict[str, Any]:
+def launch(procs: int, target: Callable[..., None], *args: Any) -> tuple[float, list[tuple]]:
+    """P spawned processes run ``target(*args, go, out, ready)``; the clock starts at ``go``.
+
+    Each says it is ready (imported, connected) before the clock starts, so
+    no process is timed while it is still importing. Returns the start time
+    and every process's tuple from ``out``, whose last item is an error
+    message ("" when none; the first one raised here).
+    """
     ctx = multiprocessing.get_context("spawn")
     go, out, ready = ctx.Event(), ctx.Queue(), ctx.Queue()
-    ps = [ctx.Process(target=_client_proc, args=(str(state), per, go, out, ready))
-          for _ in range(procs)]
+    ps = [ctx.Process(target=target, args=(*args, go, out, ready)) for _ in range(procs)]
     for p in ps:
         p.start()
-    for _ in ps:  # every client imported, folded the journal and connected
+    for _ in ps:
         try:
             ready.get(timeout=300)
         except Exception:  # noqa: BLE001 - one died starting: its error comes through out
@@ -109,9 +115,14 @@ def clients(state: Path, procs: int, per: int) -> dict[str, Any]:
     got = [out.get(timeout=900) for _ in ps]
     for p in ps:
         p.join(30)
-    errors = [e for *_x, e in got if e]
+    errors = [g[-1] for g in got if g[-1]]
     if errors:
         raise RuntimeError(f"a client failed: {errors[0]}")
+    return t0, got
+
+
+def clients(state: Path, procs: int, per: int) -> dict[str, Any]:
+    t0, got = launch(procs, _client_proc, str(state), per)
     runs = sum(g[0] for g in got)
     end = max(g[2] for g in got)
     return {"runs": runs, "seconds": end - t0, "submit_seconds": max(g[1] for g in got) - t0,
