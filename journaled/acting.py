@@ -90,10 +90,13 @@ class Acting:
         if not terminated:
             return
         state = self.state
+        outcomes = self.outcomes
+        info = log.isEnabledFor(logging.INFO)  # once, not run.steps built per run for nothing
         for rid in terminated:
-            run = state.runs[rid]
-            self.outcomes.add(rid)
-            log.info("run %s %s after %d steps", rid, run.status, run.steps)
+            outcomes.add(rid)
+            if info:
+                run = state.runs[rid]
+                log.info("run %s %s after %d steps", rid, run.status, run.steps)
         self._door_terminated(terminated)  # after outcomes: a wait never falls between
         waiters = self.run_waiters
         if waiters:

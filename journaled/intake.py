@@ -207,6 +207,27 @@ class Intake:
 
     def _run_commands(self, now: float) -> None:
         state = self.state
+        cmds = self._commands
+        if len(cmds) == 1:
+            # The serial caller's turn: one plain run, its id minted here (no
+            # archive look-up, as below), no runner, headers, resources or
+            # key (Runtime.submit's fast path). What the general loop below
+            # would do with it, minus every check such an item passes as is.
+            kind, args, fut = cmds[0]
+            if kind == "submit_many" and len(args) > 1 and args[1] and len(args[0]) == 1:
+                item = args[0][0]
+                if (len(item) == 9 and not item[2] and not item[6] and not item[7]
+                        and not item[8] and item[0] not in state.runs):
+                    cmds.popleft()
+                    rid, data, _h, prio, attempts, timeout, _r, _k, _n = item
+                    try:
+                        self._recs += state.submit(rid, data, now, None, prio, attempts,
+                                                   timeout)
+                    except JournaledError as e:  # OverLimit and the like: this caller's
+                        fut.set(error=e)
+                        return
+                    self._futures.append((fut, [rid]))
+                    return
         # The commands queued so far (more may arrive meanwhile: next turn), and
         # in ONE archive query, the submitted ids the live state does not know.
         # A batch whose ids were all minted here (``new_run_id``, the caller gave

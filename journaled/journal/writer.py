@@ -300,7 +300,11 @@ class Journal:
             ticket = self.written
             if ticket == self.synced:
                 return ticket
-            held, self._held = self._held, bytearray()
+            held = self._held  # taken only if non-empty: no new buffer per sync
+            if held:
+                self._held = bytearray()
+            else:
+                held = b""  # not the live buffer: a write after this goes to the next sync
             end = self._size  # every byte below is in the file, or in `held`
             seg = self._nums[-1]
         path = self._path
