@@ -45,6 +45,7 @@ class Acting:
     _send_dispatches: Callable[[list[tuple[Worker, list[Dispatch]]]], None]
     _schedule_committed: Callable[[list[Record]], None]
     _hooks_delivered: Callable[[], None]
+    _hooks: Any  # journaled.hooks.HookRunner, or None until the first hook fires
     _archive_after_commit: Callable[[list[Record]], None]
     _signal_cancel: Callable[[str], None]
     _door_terminated: Callable[[list[str]], None]
@@ -72,7 +73,8 @@ class Acting:
         self.metrics.observe(recs)
         if failpoints.ENABLED:
             self._schedule_committed(recs)
-        self._hooks_delivered()
+        if self._hooks is not None:  # a hook thread runs (on_terminal): what it delivered
+            self._hooks_delivered()
         self._archive_after_commit(recs)  # durably finished (and hooked): to the archiver
         pool = self.pool
         terminated: list[str] = []

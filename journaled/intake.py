@@ -234,12 +234,12 @@ class Intake:
         # none: args[1] True) cannot be in the archive, which holds only ids
         # submitted before they were made: no query for it. An id the caller
         # chose (even one it minted earlier) is always looked up.
-        cmds = list(self._commands)
+        batch_cmds = list(self._commands)
         known = self._archived_identities([
-            item[0] for kind, args, _ in cmds if kind == "submit_many"
+            item[0] for kind, args, _ in batch_cmds if kind == "submit_many"
             and not (len(args) > 1 and args[1]) for item in args[0]
             if item[0] not in state.runs])
-        for _ in range(len(cmds)):
+        for _ in range(len(batch_cmds)):
             kind, args, fut = self._commands.popleft()
             try:
                 if kind == "submit_many":

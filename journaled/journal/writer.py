@@ -300,7 +300,7 @@ class Journal:
             ticket = self.written
             if ticket == self.synced:
                 return ticket
-            held = self._held  # taken only if non-empty: no new buffer per sync
+            held: bytes | bytearray = self._held  # taken only if non-empty: no new buffer
             if held:
                 self._held = bytearray()
             else:
