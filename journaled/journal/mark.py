@@ -99,30 +99,41 @@ class MarkWriter:
         self._buf = bytearray(MARK_SIZE)  # bytes 28-31 stay zero
         self._head = memoryview(self._buf)[: _MARK.size]
 
-    def _open(self, create: bool) -> mmap.mmap | None:
-        """Map the mark file (made ``MARK_SIZE`` long if new or short); None if absent."""
-        if self._map is not None:
-            return self._map
+    def _open(self, create: bool) -> bool:
+        """Open and map the mark file (made ``MARK_SIZE`` long if new or short).
+
+        False: it does not exist (and ``create`` is off). A file system that
+        cannot map it shared keeps the plain fd: ``pwrite`` then, as before.
+        """
+        if self._fd >= 0:
+            return True
         flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         try:
             fd = os.open(self.path, flags, 0o600)
         except FileNotFoundError:
-            return None
+            return False
         try:
             if os.fstat(fd).st_size < MARK_SIZE:
                 os.ftruncate(fd, MARK_SIZE)  # zeros: no mark until the first publish
-            self._map = mmap.mmap(fd, MARK_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                self._map = mmap.mmap(fd, MARK_SIZE, mmap.MAP_SHARED,
+                                      mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError:
+                self._map = None  # no shared mapping here: one pwrite per publish
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
-        return self._map
+        return True
 
     def invalidate(self) -> None:
         """Zero the mark, so readers stop trusting it, before anything written changes."""
-        m = self._open(create=False)
-        if m is not None:
-            m[:MARK_SIZE] = bytes(MARK_SIZE)
+        if not self._open(create=False):
+            return
+        if self._map is not None:
+            self._map[:MARK_SIZE] = bytes(MARK_SIZE)
+        else:
+            os.pwrite(self._fd, bytes(MARK_SIZE), 0)
 
     def publish(self, segment: int, offset: int) -> None:
         """Say every frame before ``offset`` of ``segment`` is durable (call after the sync).
@@ -131,13 +142,16 @@ class MarkWriter:
         ``SyncedMark.encode``), then copied into the mapped page in one go.
         """
         m = self._map
-        if m is None:
-            m = self._open(create=True)
-            assert m is not None
+        if m is None and self._fd < 0:
+            self._open(create=True)
+            m = self._map
         buf = self._buf
         _MARK.pack_into(buf, 0, MARK_MAGIC, self.pid, self.generation, segment, offset)
         _CRC.pack_into(buf, _MARK.size, zlib.crc32(self._head))
-        m[:MARK_SIZE] = buf
+        if m is not None:
+            m[:MARK_SIZE] = buf
+        else:
+            os.pwrite(self._fd, buf, 0)
 
     def close(self) -> None:
         if self._map is not None:
