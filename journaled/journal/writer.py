@@ -333,7 +333,7 @@ class Journal:
             if failpoints.ENABLED:
                 failpoints.hit("journal.after_sync")
             # Only now may other processes read these records (a crash before
-            # this pwrite leaves the mark behind: readers see less, never more).
+            # this store leaves the mark behind: readers see less, never more).
             op = "publish the synced mark"
             self._mark.publish(seg, end)
         except OSError as err:
@@ -466,7 +466,7 @@ class Journal:
             self._fd = -1
             self._nums = [*old, num]
             self._open(path, len(data))
-            # Readers move to the snapshot now; until this pwrite they keep
+            # Readers move to the snapshot now; until this store they keep
             # reading the old segments, which are still there.
             self._mark.publish(num, len(data))
             if failpoints.ENABLED:
