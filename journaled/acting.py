@@ -45,6 +45,7 @@ class Acting:
     _send_dispatches: Callable[[list[tuple[Worker, list[Dispatch]]]], None]
     _schedule_committed: Callable[[list[Record]], None]
     _hooks_delivered: Callable[[], None]
+    _hooks: Any  # journaled.hooks.HookRunner, or None until the first hook fires
     _archive_after_commit: Callable[[list[Record]], None]
     _signal_cancel: Callable[[str], None]
     _door_terminated: Callable[[list[str]], None]
@@ -72,7 +73,8 @@ class Acting:
         self.metrics.observe(recs)
         if failpoints.ENABLED:
             self._schedule_committed(recs)
-        self._hooks_delivered()
+        if self._hooks is not None:  # a hook thread runs (on_terminal): what it delivered
+            self._hooks_delivered()
         self._archive_after_commit(recs)  # durably finished (and hooked): to the archiver
         pool = self.pool
         terminated: list[str] = []
@@ -90,10 +92,13 @@ class Acting:
         if not terminated:
             return
         state = self.state
+        outcomes = self.outcomes
+        info = log.isEnabledFor(logging.INFO)  # once, not run.steps built per run for nothing
         for rid in terminated:
-            run = state.runs[rid]
-            self.outcomes.add(rid)
-            log.info("run %s %s after %d steps", rid, run.status, run.steps)
+            outcomes.add(rid)
+            if info:
+                run = state.runs[rid]
+                log.info("run %s %s after %d steps", rid, run.status, run.steps)
         self._door_terminated(terminated)  # after outcomes: a wait never falls between
         waiters = self.run_waiters
         if waiters:

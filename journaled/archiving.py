@@ -61,7 +61,8 @@ class Archiver:
     def __init__(self, archive: Archive, wake: Callable[[], None]) -> None:
         self.archive = archive
         self.wake = wake
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()  # `with self._lock` in put: a C call, not Condition's
+        self._cond = threading.Condition(self._lock)
         self._rows: deque[RunSnapshot] = deque()  # rows are built here, off the loop
         self._cutoff: float | None = None  # retention: delete rows finished before this
         self._closed = False
@@ -79,7 +80,7 @@ class Archiver:
         self._thread.start()
 
     def put(self, rows: list[RunSnapshot]) -> None:
-        with self._cond:
+        with self._lock:  # the condition's own lock (once per finished run)
             self._rows.extend(rows)
             if len(self._rows) >= BATCH or len(self._rows) == len(rows):
                 self._cond.notify()  # a full batch, or the first rows: start gathering

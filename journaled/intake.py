@@ -208,18 +208,39 @@ class Intake:
 
     def _run_commands(self, now: float) -> None:
         state = self.state
+        cmds = self._commands
+        if len(cmds) == 1:
+            # The serial caller's turn: one plain run, its id minted here (no
+            # archive look-up, as below), no runner, headers, resources or
+            # key (Runtime.submit's fast path). What the general loop below
+            # would do with it, minus every check such an item passes as is.
+            kind, args, fut = cmds[0]
+            if kind == "submit_many" and len(args) > 1 and args[1] and len(args[0]) == 1:
+                item = args[0][0]
+                if (len(item) == 9 and not item[2] and not item[6] and not item[7]
+                        and not item[8] and item[0] not in state.runs):
+                    cmds.popleft()
+                    rid, data, _h, prio, attempts, timeout, _r, _k, _n = item
+                    try:
+                        self._recs += state.submit(rid, data, now, None, prio, attempts,
+                                                   timeout)
+                    except JournaledError as e:  # OverLimit and the like: this caller's
+                        fut.set(error=e)
+                        return
+                    self._futures.append((fut, [rid]))
+                    return
         # The commands queued so far (more may arrive meanwhile: next turn), and
         # in ONE archive query, the submitted ids the live state does not know.
         # A batch whose ids were all minted here (``new_run_id``, the caller gave
         # none: args[1] True) cannot be in the archive, which holds only ids
         # submitted before they were made: no query for it. An id the caller
         # chose (even one it minted earlier) is always looked up.
-        cmds = list(self._commands)
+        batch_cmds = list(self._commands)
         known = self._archived_identities([
-            item[0] for kind, args, _ in cmds if kind == "submit_many"
+            item[0] for kind, args, _ in batch_cmds if kind == "submit_many"
             and not (len(args) > 1 and args[1]) for item in args[0]
             if item[0] not in state.runs])
-        for _ in range(len(cmds)):
+        for _ in range(len(batch_cmds)):
             kind, args, fut = self._commands.popleft()
             try:
                 if kind == "submit_many":

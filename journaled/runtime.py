@@ -380,12 +380,22 @@ class Runtime(OpsCalls):
         deadline = None if limit is None else time.monotonic() + limit
         sup = self._sup
         ev: Parker | None = None
+        out: RunOutcome | None
         try:
             while True:
                 with sup.state_lock:  # no commit between the look and the subscription
-                    out = self._outcome(run_id)
-                    if out.status.terminal:
-                        break
+                    run = sup.state.runs.get(run_id)
+                    if run is not None:
+                        # Live: what sup.status says, without building an outcome
+                        # until it is the durable end (the common case, twice a wait).
+                        if run_id in sup.outcomes:
+                            out = outcome_of(run)
+                            break
+                        out = None
+                    else:
+                        out = self._outcome(run_id)
+                        if out.status.terminal:
+                            break
                     if self._error is not None or sup.stopped.is_set():
                         self._check()
                         raise JournaledError("the runtime stopped before the run finished")
@@ -400,6 +410,8 @@ class Runtime(OpsCalls):
                     ev.clear()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
+                    if out is None:
+                        out = self._outcome(run_id)
                     raise TimeoutError(f"run {run_id!r} is still {out.status.value} after "
                                        f"{limit:g} s")
                 # Wake now and then: a run still in the inbox is taken without a commit
@@ -424,6 +436,7 @@ class Runtime(OpsCalls):
                         mine.remove(ev)
                         if not mine:
                             del sup.run_waiters[run_id]
+        assert out is not None  # set by the look that broke the loop
         return self.blobs.resolve_outcome(out)  # a big result is read without the lock
 
     def _result_value(self, run_id: str) -> Any:

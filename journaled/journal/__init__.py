@@ -51,7 +51,7 @@ header, a missing segment, and a frame whose CRC passes but whose body does
 not decode. Replay stops with ``JournalCorrupt(segment, offset, reason)``;
 ``verify`` reports it and ``repair`` cuts it off, keeping a backup.
 
-The synced mark (``mark.py``): after each fdatasync the writer pwrites
+The synced mark (``mark.py``): after each fdatasync the writer stores
 "durable up to (segment, offset)" into ``synced.mark`` (32 bytes with a crc).
 Readers in other processes (``JournalTailer``, so ``Client``, the CLI and
 ``watch``) never hand out a frame past it while its writer holds the lock;

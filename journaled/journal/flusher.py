@@ -309,7 +309,7 @@ class Flusher:
                 return False
             with self._lock:
                 self.synced = done
-                answers = self._take_answers(done)
+                answers = self._take_answers(done) if self._answers else ()
             quiet = False
             if self.on_durable is not None:
                 # Steps to workers first: they start while the callers are answered.

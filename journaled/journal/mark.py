@@ -3,8 +3,8 @@
 Readers in other processes stop at it, so nothing they report can be taken
 back by a power cut (SQLite's WAL publishes its ``mxFrame`` the same way,
 only after the sync). The mark lives in ``STATE/journal/synced.mark``, which
-segment listing ignores: one 32-byte record, rewritten in place with one
-``pwrite`` per commit, little-endian::
+segment listing ignores: one 32-byte record, rewritten in place (through a
+shared mapping, ``MarkWriter``) after each sync, little-endian::
 
     offset 0   4 bytes  magic b"JSYN"
     offset 4   u32      pid of the writer that published it
@@ -24,6 +24,7 @@ anything already written (cutting a torn tail, repair), then republishes.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import zlib
@@ -79,39 +80,83 @@ def read_mark(journal_dir: Path | str) -> SyncedMark | None:
 
 
 class MarkWriter:
-    """The writer's side: one open file, one ``pwrite`` per publish."""
+    """The writer's side: the 32-byte file mapped shared, one ``memcpy`` per publish.
+
+    A store into a ``MAP_SHARED`` page is what a ``pwrite`` would have put in
+    the page cache, without the syscall (two per serial run): other
+    processes' ``pread`` sees it at once, and the kernel writes it back when
+    it likes, as it did the ``pwrite``'s page (the mark is never fsynced). A
+    reader racing the copy may see a torn record: its crc fails, it counts as
+    no mark, and that reader syncs and reads the disk itself (``Tailer``).
+    """
 
     def __init__(self, journal_dir: Path) -> None:
         self.path = journal_dir / MARK_NAME
         self.pid = os.getpid()
         self.generation = int.from_bytes(os.urandom(4), "little")
         self._fd = -1
+        self._map: mmap.mmap | None = None
         self._buf = bytearray(MARK_SIZE)  # bytes 28-31 stay zero
         self._head = memoryview(self._buf)[: _MARK.size]
 
+    def _open(self, create: bool) -> bool:
+        """Open and map the mark file (made ``MARK_SIZE`` long if new or short).
+
+        False: it does not exist (and ``create`` is off). A file system that
+        cannot map it shared keeps the plain fd: ``pwrite`` then, as before.
+        """
+        if self._fd >= 0:
+            return True
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except FileNotFoundError:
+            return False
+        try:
+            if os.fstat(fd).st_size < MARK_SIZE:
+                os.ftruncate(fd, MARK_SIZE)  # zeros: no mark until the first publish
+            try:
+                self._map = mmap.mmap(fd, MARK_SIZE, mmap.MAP_SHARED,
+                                      mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError:
+                self._map = None  # no shared mapping here: one pwrite per publish
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
     def invalidate(self) -> None:
         """Zero the mark, so readers stop trusting it, before anything written changes."""
-        if self._fd < 0:
-            try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return
-        os.pwrite(self._fd, bytes(MARK_SIZE), 0)
+        if not self._open(create=False):
+            return
+        if self._map is not None:
+            self._map[:MARK_SIZE] = bytes(MARK_SIZE)
+        else:
+            os.pwrite(self._fd, bytes(MARK_SIZE), 0)
 
     def publish(self, segment: int, offset: int) -> None:
         """Say every frame before ``offset`` of ``segment`` is durable (call after the sync).
 
         Twice per serial run: packed into one reused buffer (the same bytes as
-        ``SyncedMark.encode``), no dataclass built per publish.
+        ``SyncedMark.encode``), then copied into the mapped page in one go.
         """
-        if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        m = self._map
+        if m is None and self._fd < 0:
+            self._open(create=True)
+            m = self._map
         buf = self._buf
         _MARK.pack_into(buf, 0, MARK_MAGIC, self.pid, self.generation, segment, offset)
         _CRC.pack_into(buf, _MARK.size, zlib.crc32(self._head))
-        os.pwrite(self._fd, buf, 0)
+        if m is not None:
+            m[:MARK_SIZE] = buf
+        else:
+            os.pwrite(self._fd, buf, 0)
 
     def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

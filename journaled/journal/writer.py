@@ -300,7 +300,11 @@ class Journal:
             ticket = self.written
             if ticket == self.synced:
                 return ticket
-            held, self._held = self._held, bytearray()
+            held: bytes | bytearray = self._held  # taken only if non-empty: no new buffer
+            if held:
+                self._held = bytearray()
+            else:
+                held = b""  # not the live buffer: a write after this goes to the next sync
             end = self._size  # every byte below is in the file, or in `held`
             seg = self._nums[-1]
         path = self._path
@@ -329,7 +333,7 @@ class Journal:
             if failpoints.ENABLED:
                 failpoints.hit("journal.after_sync")
             # Only now may other processes read these records (a crash before
-            # this pwrite leaves the mark behind: readers see less, never more).
+            # this store leaves the mark behind: readers see less, never more).
             op = "publish the synced mark"
             self._mark.publish(seg, end)
         except OSError as err:
@@ -462,7 +466,7 @@ class Journal:
             self._fd = -1
             self._nums = [*old, num]
             self._open(path, len(data))
-            # Readers move to the snapshot now; until this pwrite they keep
+            # Readers move to the snapshot now; until this store they keep
             # reading the old segments, which are still there.
             self._mark.publish(num, len(data))
             if failpoints.ENABLED:
