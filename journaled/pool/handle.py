@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import queue
-import select
 import socket
+import struct
 import threading
 from collections import deque
 from multiprocessing.connection import Connection
@@ -23,6 +23,10 @@ from typing import Any
 from ..state import WorkerResult
 from .nowait import DIRECT_MAX, header, send_nowait, socket_of
 from .wire import MemoPutMsg, Ready, ResultBatch, Revoked, from_worker_dec, to_worker_enc
+
+_I = struct.Struct("!i")  # the frame's length (``nowait.header``)
+_Q = struct.Struct("!Q")
+_CHUNK = 64 << 10  # read at most this much a recv
 
 
 class InFlight:
@@ -149,25 +153,71 @@ class Worker:
         self.spawn_error = ""  # why the last start failed (a retry is pending)
         self.spawn_failures = 0
         self.steps_run = 0
-        self._poller: Any = None  # select.poll on conn, built once (more_waiting)
+        self._rsock: socket.socket | None = None  # a dup of conn's fd, read without blocking
+        self._rbuf = bytearray()  # bytes read from conn, not yet a whole message
+        self._chunk = memoryview(bytearray(_CHUNK))  # what each recv_into fills
 
-    def more_waiting(self) -> bool:
-        """Something (or EOF) is waiting on ``conn``: one poll(2), no selector built per call.
+    def take_messages(self) -> list[Any]:
+        """Every whole message waiting on ``conn``, decoded; never blocks. EOFError: closed.
 
-        ``Connection.poll(0)`` builds, fills and closes a selector every time;
-        the loop asks after every message it reads.
+        ``Connection.recv_bytes`` costs two reads a message (length, then
+        body) and would block on a message half sent; here one ``recv_into``
+        takes everything waiting, whole messages are decoded straight from
+        the buffer, and a partial one waits there for the rest (the fd stays
+        readable until it comes). EOFError only when nothing whole was left.
         """
-        p = self._poller
-        if p is None:
+        sock = self._rsock
+        if sock is None:
             assert self.conn is not None
-            p = self._poller = select.poll()
-            p.register(self.conn.fileno(), select.POLLIN)
-        return bool(p.poll(0))
+            sock = self._rsock = socket_of(self.conn)
+        buf = self._rbuf
+        chunk = self._chunk
+        eof = False
+        while True:
+            try:
+                n = sock.recv_into(chunk, _CHUNK, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                eof = True  # reset by a dying peer: as good as closed
+                break
+            if n == 0:
+                eof = True
+                break
+            buf += chunk[:n]
+            if n < _CHUNK:
+                break  # drained: a full read may have left more
+        out: list[Any] = []
+        end = len(buf)
+        pos = 0
+        if end:
+            view = memoryview(buf)
+            try:
+                while end - pos >= 4:
+                    size = _I.unpack_from(buf, pos)[0]
+                    head = 4
+                    if size == -1:  # a frame of 2 GiB or more (``nowait.header``)
+                        if end - pos < 12:
+                            break
+                        size = _Q.unpack_from(buf, pos + 4)[0]
+                        head = 12
+                    if end - pos - head < size:
+                        break
+                    start = pos + head
+                    out.append(from_worker_dec.decode(view[start:start + size]))
+                    pos = start + size
+            finally:
+                view.release()
+            if pos:
+                del buf[:pos]
+        if eof and not out:
+            raise EOFError
+        return out
 
     def attach(self, proc: Any, conn: Connection | None, alive_w: Connection | None) -> None:
         """A fresh process behind this slot: nothing in flight, nothing learned yet."""
         self.proc, self.conn, self.alive_w = proc, conn, alive_w
-        self._poller = None
+        self._close_rsock()
         self.sender = Sender(conn, f"journaled-send-{self.slot}") if conn is not None else None
         self.last_pid = getattr(proc, "pid", None)
         self.outstanding.clear()
@@ -188,10 +238,16 @@ class Worker:
             if c is not None:
                 c.close()
         self.conn = self.alive_w = None
-        self._poller = None
+        self._close_rsock()
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+
+    def _close_rsock(self) -> None:
+        if self._rsock is not None:
+            self._rsock.close()
+            self._rsock = None
+        self._rbuf = bytearray()
 
     def post(self, msg: Any) -> None:
         """Queue one message for the worker; never blocks, never raises for a dead worker."""
@@ -214,18 +270,10 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
     busy = 0.0
     n_results = 0
     head = w.outstanding[0] if w.outstanding else None
-    got = False  # any message at all this call
-    while True:
-        try:
-            raw = w.conn.recv_bytes()
-        except EOFError:
-            if not done and not w.memo_puts and not got:
-                raise
-            # It exited right after its last batch (as a stopped worker does):
-            # keep what it sent; its sentinel reports the exit next turn.
-            break
-        got = True
-        batch = from_worker_dec.decode(raw)
+    # EOFError only with nothing at all to read: a worker that exited right after
+    # its last batch (as a stopped one does) has that batch kept; its sentinel
+    # (or the EOF, next turn) reports the exit.
+    for batch in w.take_messages():
         if type(batch) is ResultBatch:  # the common message first
             busy += batch.busy
             out = w.outstanding
@@ -254,8 +302,6 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
                 if item is not None:
                     w.outstanding.remove(item)
                     done.append((item, WorkerResult("revoked")))
-        if not w.more_waiting():
-            break
     if done:
         w.ever_ran = True
         if not w.outstanding or w.outstanding[0] is not head:
