@@ -14,19 +14,15 @@ from __future__ import annotations
 import os
 import queue
 import socket
-import struct
 import threading
 from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
 from ..state import WorkerResult
+from .frames import FrameBuffer
 from .nowait import DIRECT_MAX, header, send_nowait, socket_of
 from .wire import MemoPutMsg, Ready, ResultBatch, Revoked, from_worker_dec, to_worker_enc
-
-_I = struct.Struct("!i")  # the frame's length (``nowait.header``)
-_Q = struct.Struct("!Q")
-_CHUNK = 64 << 10  # read at most this much a recv
 
 
 class InFlight:
@@ -154,63 +150,24 @@ class Worker:
         self.spawn_failures = 0
         self.steps_run = 0
         self._rsock: socket.socket | None = None  # a dup of conn's fd, read without blocking
-        self._rbuf = bytearray()  # bytes read from conn, not yet a whole message
-        self._chunk = memoryview(bytearray(_CHUNK))  # what each recv_into fills
+        self._frames = FrameBuffer()  # bytes read from conn, not yet a whole message
 
     def take_messages(self) -> list[Any]:
         """Every whole message waiting on ``conn``, decoded; never blocks. EOFError: closed.
 
-        ``Connection.recv_bytes`` costs two reads a message (length, then
-        body) and would block on a message half sent; here one ``recv_into``
-        takes everything waiting, whole messages are decoded straight from
-        the buffer, and a partial one waits there for the rest (the fd stays
-        readable until it comes). EOFError only when nothing whole was left.
+        One ``recv_into`` takes what waits (``frames``), not two reads a
+        message, and a message half sent waits in the buffer for the rest
+        (the fd stays readable until it comes) instead of blocking the loop.
+        EOFError only when the peer closed and nothing whole was left.
         """
         sock = self._rsock
         if sock is None:
             assert self.conn is not None
             sock = self._rsock = socket_of(self.conn)
-        buf = self._rbuf
-        chunk = self._chunk
-        eof = False
-        while True:
-            try:
-                n = sock.recv_into(chunk, _CHUNK, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                eof = True  # reset by a dying peer: as good as closed
-                break
-            if n == 0:
-                eof = True
-                break
-            buf += chunk[:n]
-            if n < _CHUNK:
-                break  # drained: a full read may have left more
-        out: list[Any] = []
-        end = len(buf)
-        pos = 0
-        if end:
-            view = memoryview(buf)
-            try:
-                while end - pos >= 4:
-                    size = _I.unpack_from(buf, pos)[0]
-                    head = 4
-                    if size == -1:  # a frame of 2 GiB or more (``nowait.header``)
-                        if end - pos < 12:
-                            break
-                        size = _Q.unpack_from(buf, pos + 4)[0]
-                        head = 12
-                    if end - pos - head < size:
-                        break
-                    start = pos + head
-                    out.append(from_worker_dec.decode(view[start:start + size]))
-                    pos = start + size
-            finally:
-                view.release()
-            if pos:
-                del buf[:pos]
-        if eof and not out:
+        fb = self._frames
+        open_ = fb.drain(sock)
+        out = fb.messages(from_worker_dec.decode)
+        if not open_ and not out:
             raise EOFError
         return out
 
@@ -247,7 +204,7 @@ class Worker:
         if self._rsock is not None:
             self._rsock.close()
             self._rsock = None
-        self._rbuf = bytearray()
+        self._frames = FrameBuffer()
 
     def post(self, msg: Any) -> None:
         """Queue one message for the worker; never blocks, never raises for a dead worker."""
