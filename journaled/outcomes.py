@@ -31,7 +31,7 @@ class Policy(msgspec.Struct, frozen=True):
     backoff_cap: float = 60.0
 
 
-class WorkerResult(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+class WorkerResult(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True, gc=False):
     """What came back from one attempt, as the pool reports it.
 
     ``kind``: ``continue``, ``succeed``, ``fail``, ``cancel`` (runner
