@@ -143,10 +143,14 @@ def steal_candidates(workers: Sequence[WorkerView], mono: float) -> list[int]:
 
 def next_steal(workers: Sequence[WorkerView]) -> float | None:
     """When a steal would first become worth it (None: no worker idles, or none is stuck)."""
-    live = [w for w in workers if w.alive]
-    if not any(not w.items for w in live):
+    return steal_at([(len(w.items), w.head_started, w.avg_step) for w in workers if w.alive])
+
+
+def steal_at(live: list[tuple[int, float, float]]) -> float | None:
+    """``next_steal`` from ``(steps held, head_started, avg_step)`` of each live worker."""
+    if all(held for held, _s, _a in live):
         return None
-    times = [w.head_started + stuck_after(w.avg_step) for w in live if len(w.items) > 1]
+    times = [started + stuck_after(avg) for held, started, avg in live if held > 1]
     return min(times) if times else None
 
 
@@ -157,13 +161,23 @@ def lease_plan(workers: Sequence[WorkerView], ready: int) -> list[tuple[int, int
     run on one worker while another idles (celery #6500); a busy worker may
     hold one step beyond its share, so the next is there when it finishes.
     """
-    live = [w for w in workers if w.alive]
+    return plan_by_counts([(w.slot, len(w.items), w.depth) for w in workers if w.alive], ready)
+
+
+def plan_by_counts(live: list[tuple[int, int, int]], ready: int) -> list[tuple[int, int]]:
+    """``lease_plan`` from ``(slot, steps held, depth)`` of each live worker.
+
+    What the loop calls once a turn: counts, so no view of every step a
+    worker holds (up to 256 tiny ones) is built to be counted.
+    """
     share = max(1, -(-ready // max(1, len(live))))
     plan = []
-    for w in sorted(live, key=lambda x: len(x.items)):
-        want = min(w.depth, share + (1 if w.items else 0)) - len(w.items)
+    if len(live) > 1:
+        live = sorted(live, key=lambda x: x[1])
+    for slot, held, depth in live:
+        want = min(depth, share + (1 if held else 0)) - held
         if want > 0:
-            plan.append((w.slot, want))
+            plan.append((slot, want))
     return plan
 
 

@@ -56,6 +56,7 @@ class Leasing:
     reload_dir: Path | None
     _written: Any  # the supervisor's turns waiting for their sync
     _unsent_views: Callable[[Worker], tuple[dispatch.StepView, ...]]
+    _unsent_n: dict[int, int]  # slot -> leases written, not yet sent (flushing)
     quotas: quotas.Quotas
     _unsent: Callable[[Worker], bool]
     _recycle_workers: Callable[[Callable[[Worker], bool]], None]
@@ -88,11 +89,12 @@ class Leasing:
                 return
         recs = self._recs
         by_slot = {w.slot: w for w in pool.workers}
-        plan = dispatch.lease_plan([self._load_view(w) for w in pool.workers],
-                                   state.ready_count())
+        plan = dispatch.plan_by_counts(self._loads(), state.ready_count())
         # What leased steps hold is recomputed from the state (never journaled), so
-        # nothing a crash abandoned stays held.
-        gate = quotas.Gate(self.quotas, state.in_flight.values, self._buckets, mono)
+        # nothing a crash abandoned stays held. Without --limit, --key-concurrency
+        # or --rate every run is admitted (``quotas.ADMIT_ALL``): no gate to build.
+        gate = quotas.Gate(self.quotas, state.in_flight.values, self._buckets, mono) \
+            if self.quotas.active else None
         lease, next_seq = state.lease, pool.next_seq
         for slot, want in plan:
             w = by_slot[slot]
@@ -103,18 +105,19 @@ class Leasing:
             for run in runs:
                 rec = lease(run, slot, now)
                 recs.append(rec)
-                kids = None
+                kids = sig = None
                 if run.spawn_step >= 0 and fanout.fans_in(run):  # the step after a Spawn
                     kids = fanout.outcomes(state, run, self._archived_children)
                     if failpoints.ENABLED:
                         failpoints.hit("fanout.fan_in")
-                sig = None
                 if run.woken is not None or run.wait_key:  # the step after a signal wait
                     sig = Signal(*state.woken_by(run))  # type: ignore[misc]
                 items.append(Dispatch(next_seq(), run.run_id, run.step, rec.attempt,
                                       run.payload, run.headers, sig, run.memos or None,
-                                      run.runner, children=kids))
+                                      run.runner, kids))
             self._dispatch.append((w, items))
+        if gate is None:
+            return
         self._quota_wake = gate.wake
         for key in gate.over - self._over_warned:
             self._over_warned.add(key)
@@ -219,6 +222,16 @@ class Leasing:
         run = self.state.runs.get(run_id)
         return run.step_timeout if run is not None and run.step_timeout else \
             self.policy.step_timeout
+
+    def _loads(self) -> list[tuple[int, int, int]]:
+        """``(slot, steps held, depth)`` of each live worker that may get work: all
+        ``plan_by_counts`` reads (leases whose sync runs fill a worker too)."""
+        pool = self.pool
+        assert pool is not None
+        unsent = self._unsent_n if self._written else None
+        return [(w.slot, len(w.outstanding) + (unsent.get(w.slot, 0) if unsent else 0),
+                 pool.depth(w))
+                for w in pool.workers if w.proc is not None and not w.stopping]
 
     def _load_view(self, w: Worker, head_started: float = 0.0) -> dispatch.WorkerView:
         """How full ``w`` is and how deep it may go: all ``lease_plan`` and ``next_steal``
@@ -393,7 +406,8 @@ class Leasing:
         times: list[float] = []
         pool = self.pool
         assert pool is not None
-        views = []
+        loads = []
+        unsent = self._unsent_n if self._written else None
         for w in pool.workers:
             out = w.outstanding
             # next_deadline needs a head with a cancel deadline or a step limit: only
@@ -402,8 +416,10 @@ class Leasing:
                 t = dispatch.next_deadline(self._view(w), mono)
                 if t is not None:
                     times.append(t)
-            views.append(self._load_view(w, w.head_started))
-        t = dispatch.next_steal(views)
+            if w.proc is not None and not w.stopping:
+                loads.append((len(out) + (unsent.get(w.slot, 0) if unsent else 0),
+                              w.head_started, w.avg_step))
+        t = dispatch.steal_at(loads)
         if t is not None:
             times.append(t)
         if self._stopping and not self._shutdown_cancelled:

@@ -20,7 +20,8 @@ from .blobs import BlobRef
 # is bytes inline or a BlobRef naming a durable blob (old segments: bytes).
 Value = Union[bytes, BlobRef]
 
-class Record(msgspec.Struct, frozen=True, tag_field="t", array_like=True, omit_defaults=True):
+class Record(msgspec.Struct, frozen=True, tag_field="t", array_like=True, omit_defaults=True,
+             gc=False):
     """Base of every journal record."""
 
 

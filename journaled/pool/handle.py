@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import queue
-import select
 import socket
 import threading
 from collections import deque
@@ -21,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..state import WorkerResult
+from .frames import FrameBuffer
 from .nowait import DIRECT_MAX, header, send_nowait, socket_of
 from .wire import MemoPutMsg, Ready, ResultBatch, Revoked, from_worker_dec, to_worker_enc
 
@@ -149,25 +149,32 @@ class Worker:
         self.spawn_error = ""  # why the last start failed (a retry is pending)
         self.spawn_failures = 0
         self.steps_run = 0
-        self._poller: Any = None  # select.poll on conn, built once (more_waiting)
+        self._rsock: socket.socket | None = None  # a dup of conn's fd, read without blocking
+        self._frames = FrameBuffer()  # bytes read from conn, not yet a whole message
 
-    def more_waiting(self) -> bool:
-        """Something (or EOF) is waiting on ``conn``: one poll(2), no selector built per call.
+    def take_messages(self) -> list[Any]:
+        """Every whole message waiting on ``conn``, decoded; never blocks. EOFError: closed.
 
-        ``Connection.poll(0)`` builds, fills and closes a selector every time;
-        the loop asks after every message it reads.
+        One ``recv_into`` takes what waits (``frames``), not two reads a
+        message, and a message half sent waits in the buffer for the rest
+        (the fd stays readable until it comes) instead of blocking the loop.
+        EOFError only when the peer closed and nothing whole was left.
         """
-        p = self._poller
-        if p is None:
+        sock = self._rsock
+        if sock is None:
             assert self.conn is not None
-            p = self._poller = select.poll()
-            p.register(self.conn.fileno(), select.POLLIN)
-        return bool(p.poll(0))
+            sock = self._rsock = socket_of(self.conn)
+        fb = self._frames
+        open_ = fb.drain(sock)
+        out = fb.messages(from_worker_dec.decode)
+        if not open_ and not out:
+            raise EOFError
+        return out
 
     def attach(self, proc: Any, conn: Connection | None, alive_w: Connection | None) -> None:
         """A fresh process behind this slot: nothing in flight, nothing learned yet."""
         self.proc, self.conn, self.alive_w = proc, conn, alive_w
-        self._poller = None
+        self._close_rsock()
         self.sender = Sender(conn, f"journaled-send-{self.slot}") if conn is not None else None
         self.last_pid = getattr(proc, "pid", None)
         self.outstanding.clear()
@@ -188,10 +195,16 @@ class Worker:
             if c is not None:
                 c.close()
         self.conn = self.alive_w = None
-        self._poller = None
+        self._close_rsock()
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+
+    def _close_rsock(self) -> None:
+        if self._rsock is not None:
+            self._rsock.close()
+            self._rsock = None
+        self._frames = FrameBuffer()
 
     def post(self, msg: Any) -> None:
         """Queue one message for the worker; never blocks, never raises for a dead worker."""
@@ -214,18 +227,10 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
     busy = 0.0
     n_results = 0
     head = w.outstanding[0] if w.outstanding else None
-    got = False  # any message at all this call
-    while True:
-        try:
-            raw = w.conn.recv_bytes()
-        except EOFError:
-            if not done and not w.memo_puts and not got:
-                raise
-            # It exited right after its last batch (as a stopped worker does):
-            # keep what it sent; its sentinel reports the exit next turn.
-            break
-        got = True
-        batch = from_worker_dec.decode(raw)
+    # EOFError only with nothing at all to read: a worker that exited right after
+    # its last batch (as a stopped one does) has that batch kept; its sentinel
+    # (or the EOF, next turn) reports the exit.
+    for batch in w.take_messages():
         if type(batch) is ResultBatch:  # the common message first
             busy += batch.busy
             out = w.outstanding
@@ -254,8 +259,6 @@ def read_results(w: Worker, now: float) -> list[tuple[InFlight, WorkerResult]]:
                 if item is not None:
                     w.outstanding.remove(item)
                     done.append((item, WorkerResult("revoked")))
-        if not w.more_waiting():
-            break
     if done:
         w.ever_ran = True
         if not w.outstanding or w.outstanding[0] is not head:

@@ -26,7 +26,7 @@ from ..state import WorkerResult
 BATCH_BYTES = 1 << 20
 
 
-class Dispatch(msgspec.Struct, frozen=True, array_like=True):
+class Dispatch(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One leased step for a worker; its lease is already durable."""
 
     seq: int
@@ -43,27 +43,27 @@ class Dispatch(msgspec.Struct, frozen=True, array_like=True):
                     None] = None
 
 
-class DispatchBatch(msgspec.Struct, frozen=True, array_like=True, tag="d"):
+class DispatchBatch(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="d"):
     items: list[Dispatch]
 
 
-class CancelQueued(msgspec.Struct, frozen=True, array_like=True, tag="c"):
+class CancelQueued(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="c"):
     """Skip a step queued on the worker; if it is already running, set its token."""
 
     seq: int
 
 
-class Revoke(msgspec.Struct, frozen=True, array_like=True, tag="v"):
+class Revoke(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="v"):
     """Give back these queued steps if they have not started; answered by ``Revoked``."""
 
     seqs: list[int]
 
 
-class Stop(msgspec.Struct, frozen=True, array_like=True, tag="s"):
+class Stop(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="s"):
     """Finish the running step, skip the queued ones, exit."""
 
 
-class MemoAck(msgspec.Struct, frozen=True, array_like=True, tag="m"):
+class MemoAck(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="m"):
     """The memo the running step put is durable."""
 
     seq: int
@@ -72,12 +72,12 @@ class MemoAck(msgspec.Struct, frozen=True, array_like=True, tag="m"):
 ToWorker = Union[DispatchBatch, CancelQueued, Revoke, Stop, MemoAck]
 
 
-class ResultBatch(msgspec.Struct, frozen=True, array_like=True, tag="r"):
+class ResultBatch(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="r"):
     items: list[tuple[int, WorkerResult]]
     busy: float = 0.0  # seconds spent inside steps for these results: drives batch depth
 
 
-class MemoPutMsg(msgspec.Struct, frozen=True, array_like=True, tag="p"):
+class MemoPutMsg(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="p"):
     """The running step ``seq`` stores a memo; the worker blocks until ``MemoAck``."""
 
     seq: int
@@ -85,13 +85,13 @@ class MemoPutMsg(msgspec.Struct, frozen=True, array_like=True, tag="p"):
     value: Union[bytes, BlobRef]  # a ref: the worker wrote the blob (durably) first
 
 
-class Revoked(msgspec.Struct, frozen=True, array_like=True, tag="k"):
+class Revoked(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="k"):
     """The answer to ``Revoke``: these steps were taken off the queue unstarted."""
 
     seqs: list[int]
 
 
-class Ready(msgspec.Struct, frozen=True, array_like=True, tag="y"):
+class Ready(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="y"):
     """The worker imported its runner and waits for steps: it got past start-up."""
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import faulthandler
 import functools
 import importlib
-import inspect
 import mmap
 import os
 import signal
@@ -35,6 +34,7 @@ import time
 import traceback
 from collections import deque
 from multiprocessing.connection import Connection
+from types import CoroutineType
 from typing import Any, Callable
 
 from .. import failpoints
@@ -58,10 +58,11 @@ from ..api import (
 from ..app import App, RunnerTable, load_table
 from ..blobs import BlobRef, BlobStore, as_bytes_view
 from ..errors import BlobMissing, InputTooLarge, UnknownRunner
-from ..limits import check_size, cut_text
+from ..limits import MAX_VALUE, check_size, cut_text
 from ..state import WorkerResult
 from ..typed import declared_type, encode_outcome
 from .aloop import run_async
+from .frames import FrameBuffer
 from .hygiene import apply_in_worker
 from .nowait import DIRECT_MAX, header, send_nowait, socket_of
 from .wire import (
@@ -165,6 +166,12 @@ def to_result(out: Any, blobs: BlobStore | None = None) -> WorkerResult:
     the worker, and only its ref goes back; without a blob store one over
     ``limits.MAX_VALUE`` is a permanent error: it must never reach the journal.
     """
+    t = type(out)
+    if t is Succeed or t is Continue:  # the common ends, bytes small enough to stay inline
+        v = out.result if t is Succeed else out.payload
+        if type(v) is bytes and len(v) <= (MAX_VALUE if blobs is None
+                                           else min(MAX_VALUE, blobs.threshold)):
+            return WorkerResult("succeed" if t is Succeed else "continue", v)
     try:
         out = encode_outcome(out)  # a typed payload or result becomes msgpack bytes
         t = type(out)
@@ -223,7 +230,7 @@ def run_one(fn: Callable[[Step], Any], step: Step, blobs: BlobStore | None = Non
     """Call the runner once; every exception (a failed blob write too) becomes text."""
     try:
         out = fn(step)
-        if inspect.iscoroutine(out):  # an async runner: on this process's event loop
+        if type(out) is CoroutineType:  # an async runner: on this process's event loop
             out = run_async(out, step.cancel_token)
         return to_result(out, blobs)
     except StepError as e:
@@ -335,7 +342,9 @@ class WorkerLoop:
         # main thread only and a held result wakes the sender only: a wake that finds
         # nothing to do costs a context switch with the GIL held (the worker's biggest
         # per-batch cost for tiny steps).
-        lock = threading.RLock()
+        # Held as ``self.lock`` itself where no wait or notify is needed: the C lock's
+        # own enter and exit, not the Condition's Python-level wrappers.
+        lock = self.lock = threading.RLock()
         self.cv = threading.Condition(lock)
         self.scv = threading.Condition(lock)
         self.sender_timed = False  # the sender waits with a deadline (it wakes by itself)
@@ -357,15 +366,25 @@ class WorkerLoop:
     # ----------------------------------------------------- reader thread
 
     def read_forever(self) -> None:
-        conn = self.conn
+        # One recv_into takes every message waiting (``frames``): one read and one
+        # wake of the main thread for all of them, not two reads a message.
+        sock = socket_of(self.conn)
+        fb = FrameBuffer()
+        lock = self.lock
         while True:
             try:
-                msg = to_worker_dec.decode(conn.recv_bytes())
-            except (EOFError, OSError):
+                n = fb.fill(sock)
+            except OSError:
+                n = 0
+            if n == 0:
                 os._exit(0)  # the supervisor is gone: exit rather than become an orphan
-            with self.cv:
+            msgs = fb.messages(to_worker_dec.decode)
+            if not msgs:
+                continue  # the rest of a message is on its way
+            with lock:
                 held = len(self.outbox)
-                self._file(msg)
+                for msg in msgs:
+                    self._file(msg)
                 self.cv.notify_all()  # the main thread: work, a stop, a memo ack
                 if len(self.outbox) != held:
                     self.scv.notify_all()  # an answer to send (Revoked, revoked results)
@@ -424,7 +443,7 @@ class WorkerLoop:
 
         enc = Encoder().encode
         while True:
-            with self.cv:
+            with self.lock:
                 while True:
                     if self.rest is not None and not self.sending:
                         break
@@ -455,7 +474,7 @@ class WorkerLoop:
                     enc_send(enc(msg))
             except OSError:
                 os._exit(0)  # the supervisor is gone
-            with self.cv:
+            with self.lock:
                 self.sending = False  # nobody waits for this: the main thread only checks it
 
     def _send_direct(self, entries: list[Any], enc: Callable[[Any], bytes]) -> None:
@@ -465,7 +484,7 @@ class WorkerLoop:
             n = send_nowait(self.sock, frame)
         except OSError:
             os._exit(0)  # the supervisor is gone
-        with self.cv:
+        with self.lock:
             self.sending = False
             if n < len(frame):
                 self.rest = memoryview(frame)[n:]  # the sender writes it before anything else
@@ -475,19 +494,25 @@ class WorkerLoop:
     # --------------------------------------------------------- main thread
 
     def run(self) -> None:
-        with self.cv:
+        with self.lock:
             self._control(Ready())  # runner imported: later deaths are not start-up failures
         threading.Thread(target=self.read_forever, daemon=True, name="journaled-reader").start()
         sender = threading.Thread(target=self.send_forever, daemon=True,
                                   name="journaled-sender")
         sender.start()
         cv = self.cv
+        lock = self.lock
         clock = time.perf_counter
         from msgspec.msgpack import Encoder
 
         enc = Encoder().encode  # the main thread's own (the sender has one)
+        default_name = self.table.name_of("")
+        try:
+            default: Callable[[Step], Any] | None = self.table.get("")
+        except UnknownRunner:
+            default = None  # no default runner: every step names its own
         while True:
-            with cv:
+            with lock:
                 while not self.queue and not self.stopping:
                     cv.wait()
                 if not self.queue:
@@ -513,18 +538,23 @@ class WorkerLoop:
                         Memo(item.memo, functools.partial(self._put_memo, seq), self.blobs),
                         self.blobs,
                         None if item.children is None else Children(item.children, self.blobs))
-            step.runner = self.table.name_of(item.runner)
-            try:
-                fn = self.table.get(item.runner)
-            except UnknownRunner as e:  # served before this restart, not any more
-                res = WorkerResult("error", permanent=True, error=str(e))
+            name = item.runner
+            if not name and default is not None:  # the default runner: looked up once
+                step.runner = default_name
+                res = run_one(default, step, self.blobs)
             else:
-                res = run_one(fn, step, self.blobs)
+                step.runner = self.table.name_of(name)
+                try:
+                    fn = self.table.get(name)
+                except UnknownRunner as e:  # served before this restart, not any more
+                    res = WorkerResult("error", permanent=True, error=str(e))
+                else:
+                    res = run_one(fn, step, self.blobs)
             del step, item  # drop the runner's objects before waiting for more work
             if failpoints.ENABLED:
                 failpoints.hit("worker.after_step")
             direct: list[Any] | None = None
-            with cv:
+            with lock:
                 self.running = 0
                 _U64.pack_into(self.buf, self.run_off, 0)
                 first = not self.outbox
