@@ -33,6 +33,7 @@ from .protocol import (
     Hello,
     Ok,
     Outcome,
+    Revoke,
     Welcome,
     frame,
     frame_size,
@@ -181,34 +182,41 @@ class DoorConnection:
         self.sock.sendall(frame(msg))
 
     def _keep(self, msg: Any) -> None:
-        if type(msg) is Outcome and msg.id == PUSHED:
+        t = type(msg)
+        if t is Outcome and msg.id == PUSHED:
             ends = self._ends
             ends[msg.outcome.run_id] = msg
             if len(ends) > ENDS_MAX:
                 del ends[next(iter(ends))]
+        elif t is Revoke:  # redriven since: what we hold is no longer their end
+            for rid in msg.run_ids:
+                self._ends.pop(rid, None)
         else:
             self._early[getattr(msg, "id", 0)] = msg
 
     def pushed_end(self, run_id: str) -> RunOutcome | None:
         """The run's end if the supervisor pushed it; reads what the socket holds, never blocks.
 
-        A pushed end is durable, as a ``Wait`` answer is.
+        A pushed end is durable, as a ``Wait`` answer is. What the socket holds is
+        read first, even when the end is here already: another client's retry may
+        have redriven the run, and the supervisor sends its ``Revoke`` here before
+        that retry is answered (or closes this connection if it cannot), so a wait
+        that starts after the retry's answer never reads the old end.
         """
+        try:
+            self._drain()
+        except (OSError, EOFError, msgspec.DecodeError, ValueError):
+            return None  # the next call meets the broken stream and says so
         out = self._ends.pop(run_id, None)
-        if out is None:
-            try:
-                self._drain()
-            except (OSError, EOFError, msgspec.DecodeError, ValueError):
-                return None  # the next call meets the broken stream and says so
-            out = self._ends.pop(run_id, None)
         return None if out is None else out.value()
 
     def _drain(self) -> None:
+        """Keep every whole frame the socket holds now; never blocks (one poll when empty)."""
         while True:
             msg = self._next()
             if msg is not None:
                 self._keep(msg)
-            elif not self._read(None, False):
+            elif not self._poll.poll(0) or not self._read(None, False):
                 return
 
     def _next(self) -> Any:

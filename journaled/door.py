@@ -23,7 +23,11 @@ A connection that asked for ends (``Hello.ends``, as ``Client`` does) gets
 each run it submitted pushed as an ``Outcome`` with id ``PUSHED`` once its
 end is durable (``_door_ends``, taken by ``_door_terminated``), so the wait
 that follows reads it locally; the server holds each push for the
-connection's next answer (one wake-up, one send).
+connection's next answer (one wake-up, one send). A redrive takes a pushed
+end back: once a ``Redriven`` is durable, ``_door_redriven`` sends the
+connection that was pushed the old end a ``Revoke`` before the turn's answers
+(the retry's among them) go out, so no wait that starts after that answer
+reads the old end (``_door_pushed`` remembers whom, ``PUSHED_MAX`` ends back).
 
 A finished run soon leaves the live state for the archive, so the wait a
 client sends right after its submits mostly finds it gone; the last
@@ -57,6 +61,7 @@ from .protocol import (
     Ops,
     Outcome,
     Retry,
+    Revoke,
     Signal,
     Status,
     Submit,
@@ -66,13 +71,16 @@ from .protocol import (
 )
 from .records import Record
 from .run import same_submission
-from .server import DoorServer
+from .server import EVERY, DoorServer
 from .state import State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
 
 RECENT_MAX = 16384  # ends kept for waits that come after the run left the live state
 RECENT_RESULT_MAX = 4096  # bytes: a bigger result is read from the archive
+# Pushed ends remembered with their connection, so a redrive takes back the one
+# that may hold it; past this a redrive of an older run tells every connection.
+PUSHED_MAX = 65536
 
 
 def check_submit(m: SubmitMsg) -> None:
@@ -143,6 +151,9 @@ class DoorIntake:
         # run id -> the connection that submitted it and asked for ends (Hello.ends):
         # its Outcome is pushed once durable, unasked (taken under _door_lock).
         self._door_ends: dict[str, int] = {}
+        # run id -> the connection its end was last pushed to (PUSHED_MAX, oldest first):
+        # the one a redrive of it tells (written and read on the commit path).
+        self._door_pushed: OrderedDict[str, int] = OrderedDict()
         # Taken by the loop to look-and-subscribe and by the commit path to
         # publish an end, so a wait never falls between the two.
         self._door_lock = threading.Lock()
@@ -383,6 +394,11 @@ class DoorIntake:
         while len(recent) > RECENT_MAX:
             recent.popitem(last=False)
         if pushes:
+            pushed = self._door_pushed
+            for cid, out in pushes:
+                pushed[out.run_id] = cid
+            while len(pushed) > PUSHED_MAX:
+                pushed.popitem(last=False)
             door.reply_many([(cid, outcome_reply(PUSHED, out)) for cid, out in pushes])
         if not self._door_waits:
             return
@@ -395,3 +411,17 @@ class DoorIntake:
                 # own reads say.
                 door.reply(cid, outcome_reply(req_id, outcome_of(run)) if run is not None else
                            self._gone_run(req_id, rid))
+
+    def _door_redriven(self, run_ids: list[str]) -> None:
+        """Called by the commit path once these runs' ``Redriven`` are durable, before the
+        turn's answers: take back the ends pushed of them (``Revoke``), so a connection
+        that holds one waits for the new end."""
+        door = self._door
+        if door is None:
+            return
+        pushed = self._door_pushed
+        by: dict[int, list[str]] = {}
+        for rid in run_ids:
+            # Not remembered (pushed too long ago, or never): any connection may hold it.
+            by.setdefault(pushed.pop(rid, EVERY), []).append(rid)
+        door.reply_many([(cid, Revoke(ids)) for cid, ids in by.items()])

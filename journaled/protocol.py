@@ -155,7 +155,16 @@ class Err(msgspec.Struct, frozen=True, tag="err", array_like=True):
     fields: dict[str, Any] = {}
 
 
-Reply = Union[Welcome, Ok, Outcome, Err]
+class Revoke(msgspec.Struct, frozen=True, tag="revoke", array_like=True):
+    """Ends pushed before (``PUSHED``) that are no longer the runs' ends: each was
+    redriven. Sent to a connection that may hold one before the redrive's own answer
+    goes out, so a wait that starts after that answer asks again; the client drops
+    what it holds for these runs. Only a connection that asked for ends gets one."""
+
+    run_ids: list[str]
+
+
+Reply = Union[Welcome, Ok, Outcome, Err, Revoke]
 
 # What may cross the wire as an error: journaled's own classes and the builtins the
 # API raises for bad arguments. Anything else arrives as a plain JournaledError.

@@ -58,6 +58,7 @@ from .protocol import (
     Err,
     Hello,
     Outcome,
+    Revoke,
     Wait,
     Welcome,
     frame,
@@ -75,6 +76,8 @@ MAX_IN_FLIGHT = 4096
 # Pushed ends (``Hello.ends``) held for the next answer on their connection; past
 # this many the newest are dropped (the client asks with ``Wait`` for those).
 HELD_MAX = 512
+# The connection id of a ``Revoke`` for every connection that may hold a push.
+EVERY = 0
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _READ = 256 << 10
 # One receive buffer for the thread: ``recv(_READ)`` allocated (mmap'd, past
@@ -96,7 +99,7 @@ def raise_nofile(want: int) -> None:
 
 class _Conn:
     __slots__ = ("sock", "cid", "inbuf", "out", "out_size", "hello", "pending",
-                 "reading", "closing", "pid", "ends", "held")
+                 "reading", "closing", "pid", "ends", "held", "pushed")
 
     def __init__(self, sock: socket.socket, cid: int, pid: int) -> None:
         self.sock = sock
@@ -114,6 +117,7 @@ class _Conn:
         # Pushed ends not sent yet: they ride along with the next answer (one send,
         # one wake-up); a client that asks for nothing gets none.
         self.held: list[Any] = []
+        self.pushed = False  # a push went out: a redrive may have to take it back
 
 
 class DoorServer:
@@ -248,6 +252,9 @@ class DoorServer:
 
     def _reply_now(self, cid: int, msg: Any) -> bool:
         """Write one answer straight to an idle connection (the pass lock held); False: queue it."""
+        if type(msg) is Revoke:
+            self._revoke(cid, msg)
+            return True
         c = self._conns.get(cid)
         if c is None or c.out or c.closing:
             return False
@@ -293,6 +300,7 @@ class DoorServer:
     def _held_frames(c: _Conn) -> bytes:
         """The held pushes as frames, to go before the answer being written (one send)."""
         held, c.held = c.held, []
+        c.pushed = True
         out = []
         for m in held:
             try:
@@ -300,6 +308,41 @@ class DoorServer:
             except ValueError:
                 pass  # too big to push: the client asks with Wait
         return b"".join(out)
+
+    def _revoke(self, cid: int, msg: Revoke) -> None:
+        """Take back pushes of runs redriven since (the pass lock held), before whatever
+        is queued after it (the redrive's own answer) goes out.
+
+        A push still held is dropped; one sent goes with a ``Revoke`` written now, whole.
+        A connection that cannot take it whole now (answers it has not read fill its
+        socket) is closed instead: its client then asks anew on another connection.
+        ``cid`` ``EVERY``: each connection that asked for ends (the supervisor no longer
+        knows which one it pushed to).
+        """
+        if cid == EVERY:
+            conns = [c for c in self._conns.values() if c.ends]
+        else:
+            one = self._conns.get(cid)
+            conns = [one] if one is not None else []
+        gone = set(msg.run_ids)
+        for c in conns:
+            if c.held:
+                c.held = [m for m in c.held if m.outcome.run_id not in gone]
+            if not c.pushed or c.closing:
+                continue  # it holds no end of ours (closing: it gets the end of stream)
+            if c.out:
+                self._flush(c)
+                if c.cid not in self._conns:
+                    continue
+            n = -1
+            if not c.out:
+                try:
+                    data = frame(msg)
+                    n = c.sock.send(data) - len(data)
+                except (BlockingIOError, InterruptedError, OSError, ValueError):
+                    n = -1
+            if n != 0:
+                self._drop(c, "too far behind to be told of a redrive before it is answered")
 
     def _poke(self) -> None:
         try:
@@ -476,6 +519,9 @@ class DoorServer:
                 touched[cid] = c
         while q:
             cid, msg = q.popleft()
+            if type(msg) is Revoke:
+                self._revoke(cid, msg)
+                continue
             c = self._conns.get(cid)
             if c is None:
                 continue

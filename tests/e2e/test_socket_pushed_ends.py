@@ -54,3 +54,27 @@ def test_a_retried_run_is_waited_for_again_not_read_from_its_old_pushed_end(sup,
     c.retry(rid)
     out = c.wait(rid, timeout=20)
     assert (out.status, out.result) == (RunStatus.SUCCEEDED, b"found it")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("read_first", [True, False], ids=["end-read", "end-held"])
+def test_another_clients_retry_takes_back_the_end_pushed_to_the_submitter(sup, state_dir,
+                                                                          tmp_path, read_first):
+    """A's pushed end of a dead run is no longer its end once B's retry is answered: A's
+    wait must wait for the new end, whether A had read the push (end-read) or the
+    server still held it for A's next answer (end-held)."""
+    a, b = Client(state_dir), Client(state_dir)
+    flag = tmp_path / "flag"
+    rid = a.submit(b"", {"app": "needs_file", "file": str(flag)}, run_id="dead")
+    wait_for(lambda: b.status(rid).status is RunStatus.FAILED, 20, "the run to fail")
+    time.sleep(0.2)  # its end is pushed to A: held for A's next answer
+    if read_first:
+        a.submit(b"x")  # that answer carries the push: A holds the dead end now
+        assert a._local.conn._ends
+    flag.touch()
+    b.retry(rid)
+    out = a.wait(rid, timeout=20)
+    assert (out.status, out.result) == (RunStatus.SUCCEEDED, b"found it")
+    a.submit(b"y")  # an answer that would carry a push still held for A
+    out = a.wait(rid, timeout=20)
+    assert (out.status, out.result) == (RunStatus.SUCCEEDED, b"found it")
