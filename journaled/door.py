@@ -52,6 +52,7 @@ from .blobs import value_size
 from .errors import JournaledError, RunConflict, RunNotDead, RunNotFound
 from .inbox import SubmitMsg, check_message, check_run_id, check_value
 from .intake import Future
+from .limits import check_size
 from .protocol import (
     PUSHED,
     SOCKET_NAME,
@@ -60,6 +61,7 @@ from .protocol import (
     Ok,
     Ops,
     Outcome,
+    Put,
     Retry,
     Revoke,
     Signal,
@@ -233,8 +235,10 @@ class DoorIntake:
                 self._door_wait(cid, req)
                 continue
             try:
-                if t is Submit:
-                    reply: Any = self._door_submit(req, now, known, cid)
+                if t is Put:
+                    reply: Any = self._door_put(req, cid)
+                elif t is Submit:
+                    reply = self._door_submit(req, now, known, cid)
                 elif t is Cancel:
                     reply = self._door_cancel(req, now)
                 elif t is Signal:
@@ -297,6 +301,22 @@ class DoorIntake:
                 if run is not None and not run.terminal:
                     ends[m.run_id] = cid  # pushed by _door_terminated (a re-submit: the last)
         return Ok(req.id, len(req.items))
+
+    def _door_put(self, req: Put, cid: int) -> Ok:
+        """``_door_submit`` of one plain, fresh item in a straight line: the checks that
+        can fail for it (the id, the size; a duplicate or a conflict in ``State.submit``)."""
+        run_id = req.run_id
+        check_run_id(run_id)
+        check_size("the input", req.input)
+        state = self.state
+        # The client's clock, as from the inbox: submitted_at is when it was asked.
+        self._recs += state.submit(run_id, req.input, req.at)
+        door = self._door
+        if door is not None and door.wants_ends(cid):
+            run = state.runs.get(run_id)
+            if run is not None and not run.terminal:
+                self._door_ends[run_id] = cid
+        return Ok(req.id)
 
     def _door_cancel(self, req: Cancel, now: float) -> Any:
         msg = req.msg

@@ -55,6 +55,7 @@ from .protocol import (
     PROTOCOL_ERROR,
     PUSHED,
     VERSION,
+    End,
     Err,
     Hello,
     Outcome,
@@ -99,7 +100,7 @@ def raise_nofile(want: int) -> None:
 
 class _Conn:
     __slots__ = ("sock", "cid", "inbuf", "out", "out_size", "hello", "pending",
-                 "reading", "closing", "pid", "ends", "held", "pushed")
+                 "reading", "closing", "pid", "ends", "held", "pushed", "lean")
 
     def __init__(self, sock: socket.socket, cid: int, pid: int) -> None:
         self.sock = sock
@@ -118,6 +119,7 @@ class _Conn:
         # one wake-up); a client that asks for nothing gets none.
         self.held: list[Any] = []
         self.pushed = False  # a push went out: a redrive may have to take it back
+        self.lean = False  # it reads End and Revoke (Hello.lean)
 
 
 class DoorServer:
@@ -302,9 +304,10 @@ class DoorServer:
         held, c.held = c.held, []
         c.pushed = True
         out = []
+        lean = c.lean
         for m in held:
             try:
-                out.append(frame(m))
+                out.append(frame(End.of(m.outcome) if lean and m.ref is None else m))
             except ValueError:
                 pass  # too big to push: the client asks with Wait
         return b"".join(out)
@@ -330,6 +333,9 @@ class DoorServer:
                 c.held = [m for m in c.held if m.outcome.run_id not in gone]
             if not c.pushed or c.closing:
                 continue  # it holds no end of ours (closing: it gets the end of stream)
+            if not c.lean:  # an older client, which reads no Revoke: it reconnects
+                self._drop(c, None)
+                continue
             if c.out:
                 self._flush(c)
                 if c.cid not in self._conns:
@@ -487,7 +493,8 @@ class DoorServer:
                 return False
             c.hello = True
             c.ends = req.ends
-            self._queue(c, Welcome(VERSION, os.getpid()))
+            c.lean = req.lean
+            self._queue(c, Welcome(VERSION, os.getpid(), True))
             return True
         if not c.hello:
             self._refuse(c, req.id, "the first frame must be a hello")
