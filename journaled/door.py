@@ -54,7 +54,6 @@ from .inbox import SubmitMsg, check_message, check_run_id, check_value
 from .intake import Future
 from .limits import check_size
 from .protocol import (
-    PUSHED,
     SOCKET_NAME,
     Cancel,
     Err,
@@ -151,7 +150,8 @@ class DoorIntake:
         # run id -> {(conn, request id)}: waits answered when its end is durable.
         self._door_waits: dict[str, set[tuple[int, int]]] = {}
         # run id -> the connection that submitted it and asked for ends (Hello.ends):
-        # its Outcome is pushed once durable, unasked (taken under _door_lock).
+        # its Outcome is pushed once durable, unasked (popped by the commit path, or by
+        # the wait that answers it instead).
         self._door_ends: dict[str, int] = {}
         # run id -> the connection its end was last pushed to (PUSHED_MAX, oldest first):
         # the one a redrive of it tells (written and read on the commit path).
@@ -383,8 +383,8 @@ class DoorIntake:
             door.reply(cid, self._gone_run(req.id, rid))
             return
         with self._door_lock:
-            if self._door_ends.get(rid) == cid:
-                del self._door_ends[rid]  # this wait's answer says it: no push as well
+            if self._door_ends.get(rid) == cid:  # this wait's answer says it: no push as well
+                self._door_ends.pop(rid, None)  # (unless the commit path pushed it meanwhile)
             if rid not in self.outcomes:
                 self._door_waits.setdefault(rid, set()).add((cid, req.id))
                 return
@@ -397,29 +397,28 @@ class DoorIntake:
             return
         recent = self._door_recent
         runs = self.state.runs
-        ends = self._door_ends
+        pop_end = self._door_ends.pop
+        pushed = self._door_pushed
         pushes: list[tuple[int, RunOutcome]] = []
         for rid in run_ids:
             run = runs.get(rid)
             if run is not None and run.terminal:
                 out = outcome_of(run)
-                if out.result is None or value_size(out.result) <= RECENT_RESULT_MAX:
+                r = out.result
+                if r is None or (len(r) if type(r) is bytes else value_size(r)) \
+                        <= RECENT_RESULT_MAX:
                     recent.pop(rid, None)  # a redriven run's new end goes to the back
                     recent[rid] = out
-                if rid in ends:
-                    with self._door_lock:
-                        cid = ends.pop(rid, None)
-                    if cid is not None:
-                        pushes.append((cid, out))
+                cid = pop_end(rid, None)  # a wait racing it may pop it too: both answer
+                if cid is not None:
+                    pushes.append((cid, out))  # a RunOutcome to reply_many: a push
+                    pushed[rid] = cid
         while len(recent) > RECENT_MAX:
             recent.popitem(last=False)
         if pushes:
-            pushed = self._door_pushed
-            for cid, out in pushes:
-                pushed[out.run_id] = cid
             while len(pushed) > PUSHED_MAX:
                 pushed.popitem(last=False)
-            door.reply_many([(cid, outcome_reply(PUSHED, out)) for cid, out in pushes])
+            door.reply_many(pushes)
         if not self._door_waits:
             return
         with self._door_lock:
