@@ -49,6 +49,7 @@ class Acting:
     _archive_after_commit: Callable[[list[Record]], None]
     _signal_cancel: Callable[[str], None]
     _door_terminated: Callable[[list[str]], None]
+    _door_redriven: Callable[[list[str]], None]
     _fire_hook: Callable[[str], None]
 
     def _act(self, turn: _Turn) -> None:
@@ -78,17 +79,21 @@ class Acting:
         self._archive_after_commit(recs)  # durably finished (and hooked): to the archiver
         pool = self.pool
         terminated: list[str] = []
+        redriven: list[str] = []
         for rec in recs:
             t = type(rec)
             if t is Terminated:
                 terminated.append(rec.run_id)
             elif t is Redriven:
                 self.outcomes.discard(rec.run_id)  # live again: the old end no longer holds
+                redriven.append(rec.run_id)
             elif t is CancelRequested and pool is not None:
                 self._signal_cancel(rec.run_id)
                 self._timed_sent = True  # its kill after the grace is a loop timer
             elif t is Spawned and failpoints.ENABLED:
                 failpoints.hit("fanout.spawned")
+        if redriven:  # before the turn's answers: takes back the old ends pushed
+            self._door_redriven(redriven)
         if not terminated:
             return
         state = self.state

@@ -23,16 +23,21 @@ from typing import Any
 import msgspec
 
 from .api import RunOutcome
+from .inbox import SubmitMsg
 from .protocol import (
     HEADER,
     MAX_FRAME,
     PUSHED,
     SOCKET_NAME,
     VERSION,
+    End,
     Err,
     Hello,
     Ok,
     Outcome,
+    Put,
+    Revoke,
+    Submit,
     Welcome,
     frame,
     frame_size,
@@ -71,10 +76,11 @@ class DoorConnection:
         self.server_pid = server_pid
         self.pid = os.getpid()  # a forked child must not share its parent's stream
         self._ids = itertools.count(1)
-        self._buf = bytearray()
-        self._at = 0  # where the next frame starts in _buf
+        self._buf = bytearray()  # a frame cut by a read: its head, until the rest comes
         self._early: dict[int, Any] = {}  # answers that came before their turn was asked
-        self._ends: dict[str, Outcome] = {}  # ends pushed unasked, by run id (Hello.ends)
+        # Ends pushed unasked, by run id (Hello.ends): End, or Outcome for a blob result.
+        self._ends: dict[str, End | Outcome] = {}
+        self.lean = False  # the server takes Put (Welcome.lean)
         # Read into one buffer: recv(1 MiB) allocated (and shrank) a 1 MiB object per read.
         self._rbuf = bytearray(64 << 10)
         self._rview = memoryview(self._rbuf)
@@ -87,10 +93,11 @@ class DoorConnection:
         self._poll.register(sock.fileno(), select.POLLIN)
 
     @classmethod
-    def open(cls, state_dir: str | os.PathLike[str], timeout: float = 5.0, ends: bool = False
-             ) -> DoorConnection | None:
+    def open(cls, state_dir: str | os.PathLike[str], timeout: float = 5.0, ends: bool = False,
+             lean: bool = True) -> DoorConnection | None:
         """Connect and say hello; ``ends``: ask for the ends of the runs submitted here
-        unasked (``pushed_end`` reads them)."""
+        unasked (``pushed_end`` reads them). ``lean`` (``Hello.lean``): False speaks as
+        a client from before it (tests)."""
         path = socket_path(state_dir)
         try:
             os.stat(path)
@@ -106,8 +113,8 @@ class DoorConnection:
                 if fd >= 0:
                     os.close(fd)
             conn = cls(sock, 0)
-            conn._send(Hello(VERSION, os.getpid(), ends))
-            welcome = conn._recv(time.monotonic() + timeout)
+            conn._send(Hello(VERSION, os.getpid(), ends, lean))
+            welcome = conn._first(time.monotonic() + timeout)
         except (OSError, EOFError, msgspec.DecodeError, ValueError):
             sock.close()
             return None  # refused, stale, wrong version, or going away: use the inbox
@@ -115,6 +122,7 @@ class DoorConnection:
             sock.close()
             return None
         conn.server_pid = welcome.pid
+        conn.lean = lean and welcome.lean
         sock.settimeout(None)
         return conn
 
@@ -135,13 +143,29 @@ class DoorConnection:
         ``timeout`` bounds the wait for the answer (``TimeoutError``, and the
         connection is closed: its stream is no longer in step).
         """
-        rid = self.next_id()
+        rid = next(self._ids)
         try:
-            self._send(make(rid))
+            self.sock.sendall(frame(make(rid)))
         except OSError as e:
             self.close()
             raise DoorLost(f"the supervisor's socket broke while sending: {e}") from None
         return self.answer(rid, timeout)
+
+    def submit_plain(self, run_id: str, data: bytes, at: float) -> None:
+        """``Submit`` one plain, checked submission made here (``fresh``); durable on return.
+
+        ``call`` in a straight line for the commonest request: each one sleeps
+        until its ack, so it runs on cold caches, where every call and object
+        costs several times its warm price.
+        """
+        rid = next(self._ids)
+        try:
+            self.sock.sendall(frame(Put(rid, run_id, data, at) if self.lean else
+                                    Submit(rid, [SubmitMsg(run_id, data, at)], True)))
+        except OSError as e:
+            self.close()
+            raise DoorLost(f"the supervisor's socket broke while sending: {e}") from None
+        self.answer(rid)
 
     def send(self, req: Any) -> None:
         """Send without waiting (pipelined calls); ``DoorLost`` if the socket broke."""
@@ -153,19 +177,21 @@ class DoorConnection:
 
     def answer(self, rid: int, timeout: float | None = None) -> Any:
         """Block for the answer to request ``rid`` (answers to others are kept)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while rid not in self._early:
-            try:
-                msg = self._recv(deadline)
-            except TimeoutError:
-                self.close()
-                raise
-            except (OSError, EOFError, msgspec.DecodeError, ValueError) as e:
-                self.close()
-                raise DoorLost(f"the supervisor's socket closed before answering: "
-                               f"{e or 'end of stream'}") from None
-            self._keep(msg)
-        msg = self._early.pop(rid)
+        early = self._early
+        msg = early.pop(rid, None)
+        if msg is None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while msg is None:
+                try:
+                    self._fill(deadline)
+                except TimeoutError:
+                    self.close()
+                    raise
+                except (OSError, EOFError, msgspec.DecodeError, ValueError) as e:
+                    self.close()
+                    raise DoorLost(f"the supervisor's socket closed before answering: "
+                                   f"{e or 'end of stream'}") from None
+                msg = early.pop(rid, None)
         t = type(msg)
         if t is Ok:
             return msg.value
@@ -180,62 +206,36 @@ class DoorConnection:
     def _send(self, msg: Any) -> None:
         self.sock.sendall(frame(msg))
 
-    def _keep(self, msg: Any) -> None:
-        if type(msg) is Outcome and msg.id == PUSHED:
-            ends = self._ends
-            ends[msg.outcome.run_id] = msg
-            if len(ends) > ENDS_MAX:
-                del ends[next(iter(ends))]
-        else:
-            self._early[getattr(msg, "id", 0)] = msg
+    def _first(self, deadline: float) -> Any:
+        """The answer to the hello (``Welcome``, or the ``Err`` refusing it)."""
+        while 0 not in self._early:
+            self._fill(deadline)
+        return self._early.pop(0)
 
     def pushed_end(self, run_id: str) -> RunOutcome | None:
         """The run's end if the supervisor pushed it; reads what the socket holds, never blocks.
 
-        A pushed end is durable, as a ``Wait`` answer is.
+        A pushed end is durable, as a ``Wait`` answer is. What the socket holds is
+        read first, even when the end is here already: another client's retry may
+        have redriven the run, and the supervisor sends its ``Revoke`` here before
+        that retry is answered (or closes this connection if it cannot), so a wait
+        that starts after the retry's answer never reads the old end.
         """
+        try:
+            while self._fill(None, False):
+                pass
+        except (OSError, EOFError, msgspec.DecodeError, ValueError):
+            return None  # the next call meets the broken stream and says so
         out = self._ends.pop(run_id, None)
-        if out is None:
-            try:
-                self._drain()
-            except (OSError, EOFError, msgspec.DecodeError, ValueError):
-                return None  # the next call meets the broken stream and says so
-            out = self._ends.pop(run_id, None)
         return None if out is None else out.value()
 
-    def _drain(self) -> None:
-        while True:
-            msg = self._next()
-            if msg is not None:
-                self._keep(msg)
-            elif not self._read(None, False):
-                return
-
-    def _next(self) -> Any:
-        """The next whole frame already read, decoded; None if it has not all come yet."""
-        buf, at = self._buf, self._at
-        n = len(buf) - at
-        if n < HEADER:
-            return None
-        size = frame_size(buf, at)
-        if size > MAX_FRAME:
-            raise ValueError(f"the supervisor sent a {size:,}-byte frame")
-        if n < HEADER + size:
-            return None
-        end = at + HEADER + size
-        msg = reply_decoder.decode(buf[at + HEADER:end])
-        if end == len(buf):
-            buf.clear()
-            self._at = 0
-        else:
-            self._at = end  # several frames came in one read: cut on, no copy per frame
-        return msg
-
-    def _read(self, deadline: float | None, wait: bool = True) -> bool:
-        """Append what the socket holds; without ``wait``, False when it holds nothing.
+    def _fill(self, deadline: float | None, wait: bool = True) -> bool:
+        """Read what the socket holds and keep each whole frame in it (answers by id,
+        pushed ends by run); without ``wait``, False when it holds nothing.
 
         With ``wait``, poll first: an answer is rarely there already (it waits
-        for a sync), so a first try would mostly cost a syscall for ``EAGAIN``.
+        for a sync), so a first try would mostly cost a syscall for ``EAGAIN``;
+        without, poll(0): an empty socket costs no exception.
         """
         if wait:
             if deadline is None:
@@ -245,21 +245,49 @@ class DoorConnection:
                 if left <= 0 or not self._poll.poll(max(1, int(left * 1000 + 0.999))):
                     if deadline - time.monotonic() <= 0:
                         raise TimeoutError("the supervisor did not answer in time")
+        elif not self._poll.poll(0):
+            return False
         try:
             got = self.sock.recv_into(self._rview, 0, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return wait  # woken for nothing (wait): poll again
         if not got:
             raise EOFError("the supervisor closed the connection")
-        if self._at:
-            del self._buf[:self._at]
-            self._at = 0
-        self._buf += self._rview[:got]
+        buf = self._buf
+        if buf:  # the head of a frame came before: join it (rare)
+            buf += self._rview[:got]
+            data: bytearray | memoryview = buf
+        else:  # frames cut straight from the read buffer, no copy
+            data = self._rview
+        n = len(buf) if buf else got
+        at = 0
+        early, ends = self._early, self._ends
+        decode = reply_decoder.decode
+        while n - at >= HEADER:
+            size = frame_size(data, at)
+            if size > MAX_FRAME:
+                raise ValueError(f"the supervisor sent a {size:,}-byte frame")
+            end = at + HEADER + size
+            if end > n:
+                break
+            msg = decode(data[at + HEADER:end])
+            at = end
+            t = type(msg)
+            if t is End:
+                ends[msg.run_id] = msg
+                if len(ends) > ENDS_MAX:
+                    del ends[next(iter(ends))]
+            elif t is Outcome and msg.id == PUSHED:
+                ends[msg.outcome.run_id] = msg
+                if len(ends) > ENDS_MAX:
+                    del ends[next(iter(ends))]
+            elif t is Revoke:  # redriven since: what we hold is no longer their end
+                for r in msg.run_ids:
+                    ends.pop(r, None)
+            else:
+                early[getattr(msg, "id", 0)] = msg
+        if buf:
+            del buf[:at]
+        elif at < n:
+            buf += self._rview[at:n]
         return True
-
-    def _recv(self, deadline: float | None) -> Any:
-        while True:
-            msg = self._next()
-            if msg is not None:
-                return msg
-            self._read(deadline)

@@ -23,7 +23,11 @@ A connection that asked for ends (``Hello.ends``, as ``Client`` does) gets
 each run it submitted pushed as an ``Outcome`` with id ``PUSHED`` once its
 end is durable (``_door_ends``, taken by ``_door_terminated``), so the wait
 that follows reads it locally; the server holds each push for the
-connection's next answer (one wake-up, one send).
+connection's next answer (one wake-up, one send). A redrive takes a pushed
+end back: once a ``Redriven`` is durable, ``_door_redriven`` sends the
+connection that was pushed the old end a ``Revoke`` before the turn's answers
+(the retry's among them) go out, so no wait that starts after that answer
+reads the old end (``_door_pushed`` remembers whom, ``PUSHED_MAX`` ends back).
 
 A finished run soon leaves the live state for the archive, so the wait a
 client sends right after its submits mostly finds it gone; the last
@@ -49,15 +53,17 @@ from .blobs import value_size
 from .errors import JournaledError, RunConflict, RunNotDead, RunNotFound
 from .inbox import SubmitMsg, check_message, check_run_id, check_value
 from .intake import Future
+from .limits import check_size
 from .protocol import (
-    PUSHED,
     SOCKET_NAME,
     Cancel,
     Err,
     Ok,
     Ops,
     Outcome,
+    Put,
     Retry,
+    Revoke,
     Signal,
     Status,
     Submit,
@@ -67,13 +73,16 @@ from .protocol import (
 )
 from .records import Record
 from .run import same_submission
-from .server import DoorServer
+from .server import EVERY, DoorServer
 from .state import State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")
 
 RECENT_MAX = 16384  # ends kept for waits that come after the run left the live state
 RECENT_RESULT_MAX = 4096  # bytes: a bigger result is read from the archive
+# Pushed ends remembered with their connection, so a redrive takes back the one
+# that may hold it; past this a redrive of an older run tells every connection.
+PUSHED_MAX = 65536
 
 
 def check_submit(m: SubmitMsg) -> None:
@@ -142,8 +151,12 @@ class DoorIntake:
         # run id -> {(conn, request id)}: waits answered when its end is durable.
         self._door_waits: dict[str, set[tuple[int, int]]] = {}
         # run id -> the connection that submitted it and asked for ends (Hello.ends):
-        # its Outcome is pushed once durable, unasked (taken under _door_lock).
+        # its Outcome is pushed once durable, unasked (popped by the commit path, or by
+        # the wait that answers it instead).
         self._door_ends: dict[str, int] = {}
+        # run id -> the connection its end was last pushed to (PUSHED_MAX, oldest first):
+        # the one a redrive of it tells (written and read on the commit path).
+        self._door_pushed: OrderedDict[str, int] = OrderedDict()
         # Taken by the loop to look-and-subscribe and by the commit path to
         # publish an end, so a wait never falls between the two.
         self._door_lock = threading.Lock()
@@ -223,8 +236,10 @@ class DoorIntake:
                 self._door_wait(cid, req)
                 continue
             try:
-                if t is Submit:
-                    reply: Any = self._door_submit(req, now, known, cid)
+                if t is Put:
+                    reply: Any = self._door_put(req, cid)
+                elif t is Submit:
+                    reply = self._door_submit(req, now, known, cid)
                 elif t is Cancel:
                     reply = self._door_cancel(req, now)
                 elif t is Signal:
@@ -287,6 +302,22 @@ class DoorIntake:
                 if run is not None and not run.terminal:
                     ends[m.run_id] = cid  # pushed by _door_terminated (a re-submit: the last)
         return Ok(req.id, len(req.items))
+
+    def _door_put(self, req: Put, cid: int) -> Ok:
+        """``_door_submit`` of one plain, fresh item in a straight line: the checks that
+        can fail for it (the id, the size; a duplicate or a conflict in ``State.submit``)."""
+        run_id = req.run_id
+        check_run_id(run_id)
+        check_size("the input", req.input)
+        state = self.state
+        # The client's clock, as from the inbox: submitted_at is when it was asked.
+        self._recs += state.submit(run_id, req.input, req.at)
+        door = self._door
+        if door is not None and door.wants_ends(cid):
+            run = state.runs.get(run_id)
+            if run is not None and not run.terminal:
+                self._door_ends[run_id] = cid
+        return Ok(req.id)
 
     def _door_cancel(self, req: Cancel, now: float) -> Any:
         msg = req.msg
@@ -353,8 +384,8 @@ class DoorIntake:
             door.reply(cid, self._gone_run(req.id, rid))
             return
         with self._door_lock:
-            if self._door_ends.get(rid) == cid:
-                del self._door_ends[rid]  # this wait's answer says it: no push as well
+            if self._door_ends.get(rid) == cid:  # this wait's answer says it: no push as well
+                self._door_ends.pop(rid, None)  # (unless the commit path pushed it meanwhile)
             if rid not in self.outcomes:
                 self._door_waits.setdefault(rid, set()).add((cid, req.id))
                 return
@@ -367,24 +398,28 @@ class DoorIntake:
             return
         recent = self._door_recent
         runs = self.state.runs
-        ends = self._door_ends
+        pop_end = self._door_ends.pop
+        pushed = self._door_pushed
         pushes: list[tuple[int, RunOutcome]] = []
         for rid in run_ids:
             run = runs.get(rid)
             if run is not None and run.terminal:
                 out = outcome_of(run)
-                if out.result is None or value_size(out.result) <= RECENT_RESULT_MAX:
+                r = out.result
+                if r is None or (len(r) if type(r) is bytes else value_size(r)) \
+                        <= RECENT_RESULT_MAX:
                     recent.pop(rid, None)  # a redriven run's new end goes to the back
                     recent[rid] = out
-                if rid in ends:
-                    with self._door_lock:
-                        cid = ends.pop(rid, None)
-                    if cid is not None:
-                        pushes.append((cid, out))
+                cid = pop_end(rid, None)  # a wait racing it may pop it too: both answer
+                if cid is not None:
+                    pushes.append((cid, out))  # a RunOutcome to reply_many: a push
+                    pushed[rid] = cid
         while len(recent) > RECENT_MAX:
             recent.popitem(last=False)
         if pushes:
-            door.reply_many([(cid, outcome_reply(PUSHED, out)) for cid, out in pushes])
+            while len(pushed) > PUSHED_MAX:
+                pushed.popitem(last=False)
+            door.reply_many(pushes)
         if not self._door_waits:
             return
         with self._door_lock:
@@ -396,3 +431,17 @@ class DoorIntake:
                 # own reads say.
                 door.reply(cid, outcome_reply(req_id, outcome_of(run)) if run is not None else
                            self._gone_run(req_id, rid))
+
+    def _door_redriven(self, run_ids: list[str]) -> None:
+        """Called by the commit path once these runs' ``Redriven`` are durable, before the
+        turn's answers: take back the ends pushed of them (``Revoke``), so a connection
+        that holds one waits for the new end."""
+        door = self._door
+        if door is None:
+            return
+        pushed = self._door_pushed
+        by: dict[int, list[str]] = {}
+        for rid in run_ids:
+            # Not remembered (pushed too long ago, or never): any connection may hold it.
+            by.setdefault(pushed.pop(rid, EVERY), []).append(rid)
+        door.reply_many([(cid, Revoke(ids)) for cid, ids in by.items()])

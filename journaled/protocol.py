@@ -13,6 +13,11 @@ The request bodies reuse the inbox's messages (``SubmitMsg``,
 same ``check_message`` to them, so both doors refuse the same things and
 a submission item carries whatever ``SubmitMsg.input`` is typed as.
 
+Two peers that both say ``lean`` (``Hello.lean``, ``Welcome.lean``) also use
+the positional forms of the two commonest frames: ``Put`` for one plain
+submission and ``End`` for a pushed end; ``Revoke`` takes back pushed ends
+of runs redriven since. Each is a new tag, so an older peer is never sent one.
+
 Frames are bounded by ``MAX_FRAME``: a bigger one is refused and the
 connection closed (the client sends a batch that big through the inbox).
 """
@@ -25,7 +30,7 @@ from typing import Any, Union
 import msgspec
 
 from . import errors
-from .api import RunOutcome
+from .api import RunOutcome, RunStatus
 from .blobs import BlobRef
 from .inbox import CancelMsg, ForkMsg, PauseMsg, RedriveMsg, ScheduleMsg, SignalMsg, SubmitMsg
 
@@ -45,12 +50,15 @@ class Hello(msgspec.Struct, frozen=True, tag="hello", array_like=True):
     submits unasked, with request id 0 (``PUSHED``), once its end is durable, along
     with the connection's next answer, so a ``wait`` after submits mostly costs no
     round trip. Best effort: the server may drop pushes (too many held); the client
-    then asks with ``Wait``. A trailing field with a default: an older client's
-    hello decodes as ``False``, an older server ignores it."""
+    then asks with ``Wait``. ``lean``: this client reads pushed ends as ``End`` and
+    ``Revoke`` (and may send ``Put`` if the ``Welcome`` says ``lean`` too). Trailing
+    fields with defaults: an older client's hello decodes as ``False``, an older
+    server ignores them."""
 
     version: int
     pid: int = 0
     ends: bool = False
+    lean: bool = False
 
 
 class Submit(msgspec.Struct, frozen=True, tag="submit", array_like=True):
@@ -67,6 +75,19 @@ class Submit(msgspec.Struct, frozen=True, tag="submit", array_like=True):
     id: int
     items: list[SubmitMsg]
     fresh: bool = False
+
+
+class Put(msgspec.Struct, frozen=True, tag="put", array_like=True, gc=False):
+    """One plain submission, the commonest request in its leanest form: a bytes input,
+    every option at its default, and an id the client made for this call (as
+    ``Submit`` with ``fresh``). Answered ``Ok`` once durable. Sent only to a server
+    whose ``Welcome`` says ``lean``; a resend after a broken connection goes as
+    ``Submit`` without ``fresh`` (its first try may have taken)."""
+
+    id: int
+    run_id: str
+    input: bytes
+    at: float
 
 
 class Cancel(msgspec.Struct, frozen=True, tag="cancel", array_like=True):
@@ -106,7 +127,7 @@ class Ops(msgspec.Struct, frozen=True, tag="ops", array_like=True):
     msg: Union[ScheduleMsg, PauseMsg, ForkMsg]
 
 
-Request = Union[Hello, Submit, Cancel, Signal, Retry, Wait, Status, Ops]
+Request = Union[Hello, Submit, Put, Cancel, Signal, Retry, Wait, Status, Ops]
 
 
 # ------------------------------------------------------------------- replies
@@ -116,16 +137,20 @@ PUSHED = 0  # the request id of an ``Outcome`` the server sent unasked (``Hello.
 
 
 class Welcome(msgspec.Struct, frozen=True, tag="welcome", array_like=True):
+    """The answer to ``Hello``; ``lean``: this server takes ``Put`` (and pushes ``End``
+    to a client whose hello said ``lean``). A trailing field: an older client ignores it."""
+
     version: int
     pid: int
+    lean: bool = False
 
 
-class Ok(msgspec.Struct, frozen=True, tag="ok", array_like=True):
+class Ok(msgspec.Struct, frozen=True, tag="ok", array_like=True, gc=False):
     id: int
     value: Any = None
 
 
-class Outcome(msgspec.Struct, frozen=True, tag="outcome", array_like=True):
+class Outcome(msgspec.Struct, frozen=True, tag="outcome", array_like=True, gc=False):
     """A run's outcome; a result stored as a blob travels as its ``ref`` (never the bytes)."""
 
     id: int
@@ -137,6 +162,30 @@ class Outcome(msgspec.Struct, frozen=True, tag="outcome", array_like=True):
         if self.ref is None:
             return self.outcome
         return msgspec.structs.replace(self.outcome, result=self.ref)  # type: ignore[arg-type]
+
+
+class End(msgspec.Struct, frozen=True, tag="end", array_like=True, gc=False):
+    """A run's end pushed unasked (as ``Outcome`` with ``PUSHED``) to a client whose hello
+    said ``lean``: ``RunOutcome``'s fields in order, by position (no field names to
+    encode and match per push). Only a bytes result; one stored as a blob is pushed as
+    ``Outcome`` with its ``ref``."""
+
+    run_id: str
+    status: RunStatus
+    result: Union[bytes, None] = None
+    error: Union[str, None] = None
+    steps: int = 0
+    submitted_at: Union[float, None] = None
+    finished_at: Union[float, None] = None
+
+    @classmethod
+    def of(cls, o: RunOutcome) -> End:
+        return cls(o.run_id, o.status, o.result, o.error, o.steps,  # type: ignore[arg-type]
+                   o.submitted_at, o.finished_at)
+
+    def value(self) -> RunOutcome:
+        return RunOutcome(self.run_id, self.status, self.result, self.error, self.steps,
+                          self.submitted_at, self.finished_at)
 
 
 def outcome_reply(req_id: int, out: RunOutcome) -> Outcome:
@@ -155,7 +204,16 @@ class Err(msgspec.Struct, frozen=True, tag="err", array_like=True):
     fields: dict[str, Any] = {}
 
 
-Reply = Union[Welcome, Ok, Outcome, Err]
+class Revoke(msgspec.Struct, frozen=True, tag="revoke", array_like=True):
+    """Ends pushed before (``PUSHED``) that are no longer the runs' ends: each was
+    redriven. Sent to a connection that may hold one before the redrive's own answer
+    goes out, so a wait that starts after that answer asks again; the client drops
+    what it holds for these runs. Only a connection that asked for ends gets one."""
+
+    run_ids: list[str]
+
+
+Reply = Union[Welcome, Ok, Outcome, Err, Revoke, End]
 
 # What may cross the wire as an error: journaled's own classes and the builtins the
 # API raises for bad arguments. Anything else arrives as a plain JournaledError.

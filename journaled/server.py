@@ -49,20 +49,25 @@ from typing import Any, Callable, Sequence
 import msgspec
 
 from .api import RunOutcome
+from .blobs import BlobRef
 from .protocol import (
     HEADER,
     MAX_FRAME,
     PROTOCOL_ERROR,
     PUSHED,
     VERSION,
+    End,
     Err,
     Hello,
-    Outcome,
+    Put,
+    Revoke,
+    Submit,
     Wait,
     Welcome,
     frame,
     frame_size,
     guess_id,
+    outcome_reply,
     request_decoder,
 )
 from .unixaddr import short_path
@@ -75,6 +80,8 @@ MAX_IN_FLIGHT = 4096
 # Pushed ends (``Hello.ends``) held for the next answer on their connection; past
 # this many the newest are dropped (the client asks with ``Wait`` for those).
 HELD_MAX = 512
+# The connection id of a ``Revoke`` for every connection that may hold a push.
+EVERY = 0
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _READ = 256 << 10
 # One receive buffer for the thread: ``recv(_READ)`` allocated (mmap'd, past
@@ -96,7 +103,7 @@ def raise_nofile(want: int) -> None:
 
 class _Conn:
     __slots__ = ("sock", "cid", "inbuf", "out", "out_size", "hello", "pending",
-                 "reading", "closing", "pid", "ends", "held")
+                 "reading", "closing", "pid", "ends", "held", "pushed", "lean")
 
     def __init__(self, sock: socket.socket, cid: int, pid: int) -> None:
         self.sock = sock
@@ -113,7 +120,9 @@ class _Conn:
         self.ends = False  # push the ends of its runs (Hello.ends)
         # Pushed ends not sent yet: they ride along with the next answer (one send,
         # one wake-up); a client that asks for nothing gets none.
-        self.held: list[Any] = []
+        self.held: list[RunOutcome] = []
+        self.pushed = False  # a push went out: a redrive may have to take it back
+        self.lean = False  # it reads End and Revoke (Hello.lean)
 
 
 class DoorServer:
@@ -222,9 +231,10 @@ class DoorServer:
     def reply(self, cid: int, msg: Any) -> None:
         """Send an answer (any thread, never blocks): now if it can, else on the server thread.
 
-        An ``Outcome`` with id ``PUSHED`` is an end pushed unasked: held to go with
-        the connection's next answer (sent alone, it could wake a client waiting for
-        that answer for nothing, or fill the buffers of one that reads nothing).
+        A ``RunOutcome`` is an end pushed unasked (``Hello.ends``): held to go with
+        the connection's next answer, as ``End`` or as ``Outcome`` with id ``PUSHED``
+        (sent alone, it could wake a client waiting for that answer for nothing, or
+        fill the buffers of one that reads nothing).
         """
         self.reply_many(((cid, msg),))
 
@@ -248,13 +258,20 @@ class DoorServer:
 
     def _reply_now(self, cid: int, msg: Any) -> bool:
         """Write one answer straight to an idle connection (the pass lock held); False: queue it."""
+        t = type(msg)
+        if t is RunOutcome:  # a push: held for the next answer
+            c = self._conns.get(cid)
+            if c is None or c.out or c.closing:
+                return False  # in order behind what is queued for it
+            self._hold(c, msg)
+            return True
+        if t is Revoke:
+            self._revoke(cid, msg)
+            return True
         c = self._conns.get(cid)
         if c is None or c.out or c.closing:
             return False
-        rid = getattr(msg, "id", 0)
-        if rid == PUSHED and type(msg) is Outcome:
-            self._hold(c, msg)
-            return True
+        rid = msg.id
         if rid not in c.pending:
             return True  # a wait that timed out meanwhile: its answer went already
         try:
@@ -293,13 +310,54 @@ class DoorServer:
     def _held_frames(c: _Conn) -> bytes:
         """The held pushes as frames, to go before the answer being written (one send)."""
         held, c.held = c.held, []
+        c.pushed = True
         out = []
-        for m in held:
+        lean = c.lean
+        for o in held:
             try:
-                out.append(frame(m))
+                out.append(frame(End.of(o) if lean and type(o.result) is not BlobRef else
+                                 outcome_reply(PUSHED, o)))
             except ValueError:
                 pass  # too big to push: the client asks with Wait
         return b"".join(out)
+
+    def _revoke(self, cid: int, msg: Revoke) -> None:
+        """Take back pushes of runs redriven since (the pass lock held), before whatever
+        is queued after it (the redrive's own answer) goes out.
+
+        A push still held is dropped; one sent goes with a ``Revoke`` written now, whole.
+        A connection that cannot take it whole now (answers it has not read fill its
+        socket) is closed instead: its client then asks anew on another connection.
+        ``cid`` ``EVERY``: each connection that asked for ends (the supervisor no longer
+        knows which one it pushed to).
+        """
+        if cid == EVERY:
+            conns = [c for c in self._conns.values() if c.ends]
+        else:
+            one = self._conns.get(cid)
+            conns = [one] if one is not None else []
+        gone = set(msg.run_ids)
+        for c in conns:
+            if c.held:
+                c.held = [o for o in c.held if o.run_id not in gone]
+            if not c.pushed or c.closing:
+                continue  # it holds no end of ours (closing: it gets the end of stream)
+            if not c.lean:  # an older client, which reads no Revoke: it reconnects
+                self._drop(c, None)
+                continue
+            if c.out:
+                self._flush(c)
+                if c.cid not in self._conns:
+                    continue
+            n = -1
+            if not c.out:
+                try:
+                    data = frame(msg)
+                    n = c.sock.send(data) - len(data)
+                except (BlockingIOError, InterruptedError, OSError, ValueError):
+                    n = -1
+            if n != 0:
+                self._drop(c, "too far behind to be told of a redrive before it is answered")
 
     def _poke(self) -> None:
         try:
@@ -401,34 +459,53 @@ class DoorServer:
             self._drop(c, None)
             return
         buf = c.inbuf
-        buf += _RECV_VIEW[:got]
+        if buf:  # the head of a frame came before: join it (rare)
+            buf += _RECV_VIEW[:got]
+            data = memoryview(buf)
+            n = len(buf)
+        else:  # frames cut straight from the read buffer, no copy
+            data = _RECV_VIEW
+            n = got
         at = 0
-        n = len(buf)
-        while n - at >= HEADER:
-            size = frame_size(buf, at)
-            if size > MAX_FRAME:
-                self._refuse(c, 0, f"a frame of {size:,} bytes is over the {MAX_FRAME:,}-byte "
-                                   "limit (send big inputs through the inbox or as blobs)")
-                return
-            if n - at - HEADER < size:
-                break
-            body = memoryview(buf)[at + HEADER:at + HEADER + size]
-            at += HEADER + size
-            try:
-                req = request_decoder.decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                rid = guess_id(body)
-                body.release()
-                if not c.hello:
-                    self._refuse(c, rid, f"not a journaled request: {e}")
+        decode = request_decoder.decode
+        pending = c.pending
+        try:
+            while n - at >= HEADER:
+                size = frame_size(data, at)
+                if size > MAX_FRAME:
+                    self._refuse(c, 0, f"a frame of {size:,} bytes is over the {MAX_FRAME:,}-"
+                                       "byte limit (send big inputs through the inbox or as blobs)")
                     return
-                log.warning("bad request from pid %d: %s", c.pid, e)
-                self._queue(c, Err(rid, PROTOCOL_ERROR, f"not a journaled request: {e}"))
-                continue
-            body.release()
-            if not self._request(c, req, batch):
-                return
-        del buf[:at]
+                end = at + HEADER + size
+                if end > n:
+                    break
+                body = data[at + HEADER:end]
+                at = end
+                try:
+                    req = decode(body)
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    rid = guess_id(body)
+                    body.release()
+                    if not c.hello:
+                        self._refuse(c, rid, f"not a journaled request: {e}")
+                        return
+                    log.warning("bad request from pid %d: %s", c.pid, e)
+                    self._queue(c, Err(rid, PROTOCOL_ERROR, f"not a journaled request: {e}"))
+                    continue
+                body.release()
+                t = type(req)
+                if (t is Put or t is Submit) and c.hello:  # the commonest, in a straight line
+                    pending[req.id] = None
+                    batch.append((c.cid, req))
+                elif not self._request(c, req, batch):
+                    return
+        finally:
+            if data is not _RECV_VIEW:
+                data.release()
+        if buf:
+            del buf[:at]
+        elif at < n:
+            buf += _RECV_VIEW[at:n]
         if len(c.pending) >= MAX_IN_FLIGHT and c.reading:
             c.reading = False  # stop reading until answers drain: bounded work per client
             self._rearm(c)
@@ -444,7 +521,8 @@ class DoorServer:
                 return False
             c.hello = True
             c.ends = req.ends
-            self._queue(c, Welcome(VERSION, os.getpid()))
+            c.lean = req.lean
+            self._queue(c, Welcome(VERSION, os.getpid(), True))
             return True
         if not c.hello:
             self._refuse(c, req.id, "the first frame must be a hello")
@@ -476,13 +554,17 @@ class DoorServer:
                 touched[cid] = c
         while q:
             cid, msg = q.popleft()
+            t = type(msg)
+            if t is Revoke:
+                self._revoke(cid, msg)
+                continue
             c = self._conns.get(cid)
             if c is None:
                 continue
-            rid = getattr(msg, "id", 0)
-            if rid == PUSHED and type(msg) is Outcome:
+            if t is RunOutcome:
                 self._hold(c, msg)
                 continue
+            rid = msg.id
             if rid not in c.pending:
                 continue  # a wait that timed out meanwhile: its answer went already
             else:

@@ -8,10 +8,21 @@ from typing import Any
 import msgspec
 import pytest
 
+from journaled.api import RunOutcome, RunStatus
 from journaled.client import Client, fresh_submit
 from journaled.door import check_submit
 from journaled.inbox import SubmitMsg, check_message, pending_submissions
-from journaled.protocol import Submit, frame, request_decoder
+from journaled.protocol import (
+    End,
+    Hello,
+    Outcome,
+    Put,
+    Submit,
+    Welcome,
+    frame,
+    reply_decoder,
+    request_decoder,
+)
 
 
 def _item(rid: str) -> SubmitMsg:
@@ -23,6 +34,25 @@ def test_a_submit_without_fresh_from_an_older_client_decodes_as_not_fresh() -> N
     req = request_decoder.decode(old)
     assert type(req) is Submit and req.id == 7 and req.fresh is False
     assert req.items[0].run_id == "r-1"
+
+
+def test_lean_is_said_in_trailing_fields_older_peers_ignore() -> None:
+    old_hello = request_decoder.decode(msgspec.msgpack.encode(["hello", 1, 5, True]))
+    assert type(old_hello) is Hello and old_hello.ends and not old_hello.lean
+
+    class OldWelcome(msgspec.Struct, tag="welcome", array_like=True):
+        version: int
+        pid: int
+
+    assert msgspec.msgpack.decode(frame(Welcome(1, 9, True))[4:], type=OldWelcome).pid == 9
+    put = Put(3, "r-1", b"x", 2.5)
+    assert request_decoder.decode(frame(put)[4:]) == put
+
+
+def test_an_end_says_what_the_outcome_it_stands_for_says() -> None:
+    out = RunOutcome("r-1", RunStatus.FAILED, None, "boom", 2, 1.0, 3.5)
+    end = reply_decoder.decode(frame(End.of(out))[4:])
+    assert type(end) is End and end.value() == out == Outcome(0, out).value()
 
 
 def test_only_the_first_try_of_ids_made_here_is_fresh() -> None:
