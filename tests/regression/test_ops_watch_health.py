@@ -49,11 +49,15 @@ def test_sigstopped_supervisor_is_reported_hung_and_killed_one_not_running(
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(lambda: _health(state)["state"] == "running", 60, "a running supervisor")
-        assert _health(state)["pid"] == sup.pid
+        # The waits poll in process (a CLI process per poll would cost more than the
+        # test); once the state is reached, 'journaled watch --json' must say the same.
+        wait_for(lambda: health(state).state == "running", 60, "a running supervisor")
+        got = _health(state)
+        assert got["state"] == "running" and got["pid"] == sup.pid, got
         os.kill(sup.pid, signal.SIGSTOP)
-        got = wait_for(lambda: (h := _health(state))["state"] == "hung" and h, 40,
-                       "watch to call the stopped supervisor hung")
+        wait_for(lambda: health(state).state == "hung", 40, "the stopped supervisor to be hung")
+        got = _health(state)
+        assert got["state"] == "hung", f"watch must call the stopped supervisor hung: {got}"
         assert got["pid"] == sup.pid and got["status_age"] > 5, got
         text = _watch(state, "--once").stdout
         assert f"supervisor pid {sup.pid} not responding: last status" in text, text
@@ -69,12 +73,13 @@ def test_sigstopped_supervisor_is_reported_hung_and_killed_one_not_running(
         st = json.loads(_status(state, rid, "--json").stdout)
         assert st["supervisor"]["state"] == "hung" and st["supervisor"]["pid"] == sup.pid, st
         os.kill(sup.pid, signal.SIGCONT)
-        wait_for(lambda: _health(state)["state"] == "running", 30, "running again after SIGCONT")
+        wait_for(lambda: health(state).state == "running", 30, "running again after SIGCONT")
+        assert _health(state)["state"] == "running", "watch must see it running again"
         os.kill(sup.pid, signal.SIGKILL)
         sup.wait()
-        got = wait_for(lambda: (h := _health(state))["state"] == "none" and h, 30,
-                       "not running after kill -9")
-        assert got["pid"] is None
+        wait_for(lambda: health(state).state == "none", 30, "not running after kill -9")
+        got = _health(state)
+        assert got["state"] == "none" and got["pid"] is None, got
         assert "no supervisor running" in _watch(state, "--once").stdout
         st = json.loads(_status(state, rid, "--json").stdout)
         assert st["supervisor"]["state"] == "none", st

@@ -12,7 +12,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ def runner(step):
     time.sleep(0.05)
     return Succeed(step.payload)
 '''
+DEATH = "at start-up (does the code import?)"  # the supervisor's warning for each
 
 
 @pytest.mark.timeout(180)
@@ -48,7 +48,10 @@ def test_reload_after_a_syntax_error_keeps_serving_once_the_file_is_fixed(tmp_pa
         app.write_text(GOOD + "\nthis is not python(\n")
         wait_for(lambda: "code changed" in err.read_text(), 30, "the reload")
         client.submit(b"during")  # leased to workers that cannot import
-        time.sleep(12)  # long enough for many start-up deaths
+        # More start-up deaths than the five that once stopped the supervisor (each
+        # is one warning; the back-off doubles, so this takes a few seconds).
+        wait_for(lambda: err.read_text().count(DEATH) > 5 or proc.poll() is not None, 60,
+                 "six start-up deaths")
         assert proc.poll() is None, f"supervisor exited:\n{err.read_text()[-2000:]}"
         app.write_text(GOOD + "\n# fixed\n")
         after = client.submit(b"after")
