@@ -153,9 +153,11 @@ def run_from_snapshot(s: RunSnapshot) -> Run:
 
 def outcome_of(run: Run) -> RunOutcome:
     """The public view of a run; ``result``/``finished_at`` only once terminal."""
-    done = run.terminal
-    return RunOutcome(run.run_id, _STATUS[run.status], run.result if done else None,
-                      run.error, run.steps, run.submitted_at, run.finished_at if done else None)
+    status = run.status  # Run.terminal and Run.steps inlined: twice per serial run
+    done = status in TERMINAL
+    steps = run.step + 1 if status == SUCCEEDED or run.kind in ("fail", "cancel") else run.step
+    return RunOutcome(run.run_id, _STATUS[status], run.result if done else None,
+                      run.error, steps, run.submitted_at, run.finished_at if done else None)
 
 
 def attempts_of(run: Run) -> list[Attempt]:

@@ -57,6 +57,8 @@ from .submission import new_run_id
 from .supervisor import DAY, Future, Supervisor
 from .typed import decode_result
 
+_INF = float("inf")
+
 
 class Runtime(OpsCalls):
     """Run a supervisor in this process.
@@ -375,8 +377,11 @@ class Runtime(OpsCalls):
 
     def wait(self, run_id: str, timeout: float | timedelta | None = None) -> RunOutcome:
         """Block until the run's outcome is durable; builtin ``TimeoutError`` otherwise."""
-        limit = None if timeout is None or timeout == float("inf") else \
-            seconds("timeout", timeout)
+        kind = type(timeout)
+        if (kind is float or kind is int) and 0 <= timeout < _INF:  # type: ignore[operator]
+            limit: float | None = float(timeout)  # the common call, checked inline (no bool)
+        else:
+            limit = None if timeout is None or timeout == _INF else seconds("timeout", timeout)
         deadline = None if limit is None else time.monotonic() + limit
         sup = self._sup
         ev: Parker | None = None
