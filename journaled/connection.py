@@ -16,6 +16,7 @@ import itertools
 import os
 import select
 import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,12 @@ from .protocol import (
     Submit,
     Welcome,
     frame,
-    frame_size,
     raise_err,
     reply_decoder,
 )
 from .unixaddr import short_path
+
+_LEN = struct.Struct(">I")  # a frame's length prefix (protocol.frame_size, inlined)
 
 _pid = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
@@ -262,9 +264,9 @@ class DoorConnection:
         n = len(buf) if buf else got
         at = 0
         early, ends = self._early, self._ends
-        decode = reply_decoder.decode
+        decode, size_at = reply_decoder.decode, _LEN.unpack_from
         while n - at >= HEADER:
-            size = frame_size(data, at)
+            size = size_at(data, at)[0]
             if size > MAX_FRAME:
                 raise ValueError(f"the supervisor sent a {size:,}-byte frame")
             end = at + HEADER + size

@@ -71,9 +71,10 @@ from .protocol import (
     err_of,
     outcome_reply,
 )
+from .pushes import EVERY
 from .records import Record
 from .run import same_submission
-from .server import EVERY, DoorServer
+from .server import DoorServer
 from .state import State, outcome_of
 
 log = logging.getLogger("journaled.supervisor")

@@ -1,4 +1,4 @@
-"""The supervisor's socket: ``selectors`` and non-blocking Unix sockets, served inline.
+"""The supervisor's socket: epoll (``sockpoll``) and non-blocking Unix sockets, served inline.
 
 Inline (``inline=True``, how the supervisor runs it): no thread of its own.
 The server's epoll fd (``fileno``) sits in the supervisor loop's own wait
@@ -37,7 +37,6 @@ import heapq
 import logging
 import os
 import resource
-import selectors
 import socket
 import struct
 import threading
@@ -49,14 +48,11 @@ from typing import Any, Callable, Sequence
 import msgspec
 
 from .api import RunOutcome
-from .blobs import BlobRef
 from .protocol import (
     HEADER,
     MAX_FRAME,
     PROTOCOL_ERROR,
-    PUSHED,
     VERSION,
-    End,
     Err,
     Hello,
     Put,
@@ -67,9 +63,10 @@ from .protocol import (
     frame,
     frame_size,
     guess_id,
-    outcome_reply,
     request_decoder,
 )
+from .pushes import PushedEnds
+from .sockpoll import READ, WRITE, Poller
 from .unixaddr import short_path
 
 log = logging.getLogger("journaled.server")
@@ -77,11 +74,6 @@ log = logging.getLogger("journaled.server")
 # Per connection: answers not yet taken by the client, and requests in flight.
 OUT_LIMIT = 2 * MAX_FRAME + (1 << 20)
 MAX_IN_FLIGHT = 4096
-# Pushed ends (``Hello.ends``) held for the next answer on their connection; past
-# this many the newest are dropped (the client asks with ``Wait`` for those).
-HELD_MAX = 512
-# The connection id of a ``Revoke`` for every connection that may hold a push.
-EVERY = 0
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _READ = 256 << 10
 # One receive buffer for the thread: ``recv(_READ)`` allocated (mmap'd, past
@@ -125,7 +117,7 @@ class _Conn:
         self.lean = False  # it reads End and Revoke (Hello.lean)
 
 
-class DoorServer:
+class DoorServer(PushedEnds):
     """Serve ``path`` for a supervisor.
 
     Args:
@@ -148,7 +140,7 @@ class DoorServer:
         self._deliver = deliver
         self._forget = forget
         self._status = status
-        self._sel = selectors.DefaultSelector()
+        self._sel = Poller()
         self._conns: dict[int, _Conn] = {}
         self._next_cid = 1
         self._replies: deque[tuple[int, Any]] = deque()
@@ -192,8 +184,8 @@ class DoorServer:
         lst.listen(4096)
         lst.setblocking(False)
         self._listener = lst
-        self._sel.register(lst, selectors.EVENT_READ, None)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._sel.register(lst, READ, lst)
+        self._sel.register(self._wake_r, READ, self._wake_r)
         if not self.inline:
             self._thread = threading.Thread(target=self._serve, name="journaled-socket",
                                             daemon=True)
@@ -301,64 +293,6 @@ class DoorServer:
                 self._poke()
         return True
 
-    @staticmethod
-    def _hold(c: _Conn, msg: Any) -> None:
-        if len(c.held) < HELD_MAX:
-            c.held.append(msg)
-
-    @staticmethod
-    def _held_frames(c: _Conn) -> bytes:
-        """The held pushes as frames, to go before the answer being written (one send)."""
-        held, c.held = c.held, []
-        c.pushed = True
-        out = []
-        lean = c.lean
-        for o in held:
-            try:
-                out.append(frame(End.of(o) if lean and type(o.result) is not BlobRef else
-                                 outcome_reply(PUSHED, o)))
-            except ValueError:
-                pass  # too big to push: the client asks with Wait
-        return b"".join(out)
-
-    def _revoke(self, cid: int, msg: Revoke) -> None:
-        """Take back pushes of runs redriven since (the pass lock held), before whatever
-        is queued after it (the redrive's own answer) goes out.
-
-        A push still held is dropped; one sent goes with a ``Revoke`` written now, whole.
-        A connection that cannot take it whole now (answers it has not read fill its
-        socket) is closed instead: its client then asks anew on another connection.
-        ``cid`` ``EVERY``: each connection that asked for ends (the supervisor no longer
-        knows which one it pushed to).
-        """
-        if cid == EVERY:
-            conns = [c for c in self._conns.values() if c.ends]
-        else:
-            one = self._conns.get(cid)
-            conns = [one] if one is not None else []
-        gone = set(msg.run_ids)
-        for c in conns:
-            if c.held:
-                c.held = [o for o in c.held if o.run_id not in gone]
-            if not c.pushed or c.closing:
-                continue  # it holds no end of ours (closing: it gets the end of stream)
-            if not c.lean:  # an older client, which reads no Revoke: it reconnects
-                self._drop(c, None)
-                continue
-            if c.out:
-                self._flush(c)
-                if c.cid not in self._conns:
-                    continue
-            n = -1
-            if not c.out:
-                try:
-                    data = frame(msg)
-                    n = c.sock.send(data) - len(data)
-                except (BlockingIOError, InterruptedError, OSError, ValueError):
-                    n = -1
-            if n != 0:
-                self._drop(c, "too far behind to be told of a redrive before it is answered")
-
     def _poke(self) -> None:
         try:
             self._wake_w.send(b"x")
@@ -377,7 +311,7 @@ class DoorServer:
 
     def serve_now(self) -> None:
         """One pass on the caller's thread, never waiting (inline mode)."""
-        ready = self._sel.select(0)
+        ready = self._sel.poll(0)
         batch: list[tuple[int, Any]] = []
         with self._lock:
             self._pass(ready, batch)
@@ -391,14 +325,13 @@ class DoorServer:
             if self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
             batch: list[tuple[int, Any]] = []
-            ready = sel.select(timeout)
+            ready = sel.poll(timeout)
             with self._lock:
                 self._pass(ready, batch)
 
     def _pass(self, ready: list[Any], batch: list[tuple[int, Any]]) -> None:
         """What ``select`` reported, then the queued answers and timers (the pass lock held)."""
-        for key, events in ready:
-            obj = key.fileobj
+        for obj, readable, writable in ready:
             if obj is self._listener:
                 self._accept()
             elif obj is self._wake_r:
@@ -408,10 +341,10 @@ class DoorServer:
                 except (BlockingIOError, OSError):
                     pass
             else:
-                c: _Conn = key.data
-                if events & selectors.EVENT_WRITE and c.cid in self._conns:
+                c: _Conn = obj
+                if writable and c.cid in self._conns:
                     self._flush(c)
-                if events & selectors.EVENT_READ and c.cid in self._conns:
+                if readable and c.cid in self._conns:
                     self._read(c, batch)
         if batch:
             self._deliver(batch)
@@ -446,7 +379,7 @@ class DoorServer:
             c = _Conn(sock, self._next_cid, pid)
             self._next_cid += 1
             self._conns[c.cid] = c
-            self._sel.register(sock, selectors.EVENT_READ, c)
+            self._sel.register(sock, READ, c)
 
     def _read(self, c: _Conn, batch: list[tuple[int, Any]]) -> None:
         try:
@@ -642,8 +575,7 @@ class DoorServer:
         self._rearm(c)
 
     def _rearm(self, c: _Conn) -> None:
-        events = (selectors.EVENT_READ if c.reading else 0) | \
-            (selectors.EVENT_WRITE if c.out else 0)
+        events = (READ if c.reading else 0) | (WRITE if c.out else 0)
         try:
             if events:
                 self._sel.modify(c.sock, events, c)
