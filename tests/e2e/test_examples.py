@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from examples.fanout import child_ids
+from journaled.client import Client
 
 from .helpers import ROOT, cli_env, wait_for
 
@@ -148,9 +149,12 @@ def test_approval_waits_for_a_signal_or_times_out(tmp_path):
         yes = submit(state, "deploy v2 to prod", "-H", "timeout=600")
         no = submit(state, "drop the database", "-H", "timeout=600")
         late = submit(state, "nobody answers", "-H", "timeout=0.5")
-        # Parked: step 0 done, nothing more runs until the signal.
-        wait_for(lambda: json.loads(ok(cli("status", yes, "--json", state=state)))["steps"] == 1,
-                 timeout=30, what="the approval run to park")
+        # Parked: step 0 done, nothing more runs until the signal. Polled in process
+        # (a CLI process per poll costs more than the wait); the CLI says it below.
+        reader = Client(state)
+        wait_for(lambda: reader.status(yes).steps == 1, timeout=30,
+                 what="the approval run to park")
+        assert json.loads(ok(cli("status", yes, "--json", state=state)))["steps"] == 1
         assert json.loads(ok(cli("status", yes, "--json", state=state)))["status"] == "waiting"
         assert "signal 'approve' sent" in ok(cli("signal", yes, "approve", "yes", state=state))
         ok(cli("signal", no, "approve", "no", state=state))

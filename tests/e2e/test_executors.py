@@ -174,6 +174,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until a TCP connect to ``port`` succeeds (the scheduler is up), not a fixed sleep."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"the dask scheduler exited with {proc.returncode}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the dask scheduler did not listen on {port} within {timeout} s")
+            time.sleep(0.05)
+
+
 @pytest.mark.timeout(150)
 def test_lost_dask_scheduler_pauses_leasing_and_resumes_when_back(state_dir: Path) -> None:
     pytest.importorskip("distributed", reason="the 'dask' extra is not installed")
@@ -193,7 +209,7 @@ def test_lost_dask_scheduler_pauses_leasing_and_resumes_when_back(state_dir: Pat
                                  "--no-dashboard"], **quiet)
 
     procs = [scheduler()]
-    time.sleep(2)
+    _wait_listening(port, procs[0])
     procs.append(worker())
     try:
         with Runtime(state_dir, basic.runner, executor="dask://127.0.0.1:" + str(port),
@@ -207,7 +223,7 @@ def test_lost_dask_scheduler_pauses_leasing_and_resumes_when_back(state_dir: Pat
             assert rt.status(second).status.value in ("pending", "running"), \
                 "with the scheduler gone the run must wait, not fail"
             procs.append(scheduler())
-            time.sleep(2)
+            _wait_listening(port, procs[-1])
             procs.append(worker())  # the old worker gave up on the dead scheduler
             out = rt.wait(second, 90)
             assert out.status.value == "succeeded" and out.result == b"b", \
