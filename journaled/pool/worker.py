@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import faulthandler
 import functools
-import importlib
 import mmap
 import os
 import signal
 import struct
-import sys
 import threading
 import time
 import traceback
@@ -55,16 +53,21 @@ from ..api import (
     Succeed,
     write_progress,
 )
-from ..app import App, RunnerTable, load_table
+from ..app import RunnerTable
 from ..blobs import BlobRef, BlobStore, as_bytes_view
 from ..errors import BlobMissing, InputTooLarge, UnknownRunner
 from ..limits import MAX_VALUE, check_size, cut_text
 from ..state import WorkerResult
-from ..typed import declared_type, encode_outcome
+from ..typed import encode_outcome
 from .aloop import run_async
 from .frames import FrameBuffer
 from .hygiene import apply_in_worker
 from .nowait import DIRECT_MAX, header, send_nowait, socket_of
+from .runners import (  # noqa: F401 - re-exported: callers import these from here
+    load_import_string,
+    resolve_runner,
+    resolve_runners,
+)
 from .wire import (
     BATCH_BYTES,
     CancelQueued,
@@ -83,58 +86,7 @@ from .wire import (
 _U64 = struct.Struct("<Q")
 HOLD = 0.001  # results wait at most this long for company before they are sent
 
-# ------------------------------------------------------------------- runners
-
-
-def resolve_runner(spec: Any) -> Callable[[Step], Any]:
-    """Turn an import string ``module:attr`` or a runner object into a callable."""
-    if isinstance(spec, str):
-        obj = load_import_string(spec)
-    else:
-        obj = spec
-    if isinstance(obj, App):  # one runner wanted (``journaled step``): the default
-        return resolve_runner(load_table(obj).get(""))
-    fn = obj.run_step if hasattr(obj, "run_step") else obj
-    tp = declared_type(obj)
-    return fn if tp is None else functools.partial(_typed_call, fn, tp)
-
-
-def _typed_call(fn: Callable[[Step], Any], tp: Any, step: Step) -> Any:
-    """``@typed`` runners: ``step.input()`` knows the type; step 0's input is checked first."""
-    step._type = tp
-    if step.step_number == 0:
-        step.input()  # a bad input is a permanent error naming the field, before any work
-    return fn(step)
-
-
-def resolve_runners(spec: Any) -> RunnerTable:
-    """Every runner of a spec (``journaled.app``), each as a callable taking a ``Step``."""
-    table = load_table(spec)
-    return RunnerTable({name: resolve_runner(obj) for name, obj in table.runners.items()})
-
-
-def load_import_string(spec: str) -> Any:
-    """Import ``module:attr`` (``attr`` may be dotted); ``ImportError`` says what was missing."""
-    mod_name, sep, attr = spec.partition(":")
-    if not sep or not mod_name or not attr:
-        raise ImportError(f"import string {spec!r} must look like 'module:attribute'")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        if e.name and mod_name.startswith(e.name):
-            raise ImportError(f"could not import module {mod_name!r} (run from the directory "
-                              "that contains it)") from e
-        raise
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ImportError(f"module {mod_name!r} has no attribute {attr!r}") from None
-    if not callable(obj) and not hasattr(obj, "run_step") and not isinstance(obj, App):
-        raise ImportError(f"{spec!r} is neither callable nor has a run_step method")
-    return obj
+# ------------------------------------------------------------------ results
 
 
 def _too_large(e: InputTooLarge) -> WorkerResult:
