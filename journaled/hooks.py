@@ -12,9 +12,12 @@ ids of the runs whose hook returned::
                                      HookDelivered in its next turn
 
 Crash windows: a hook that returned but whose ``HookDelivered`` is not yet
-durable fires again after a restart (at least once, as documented). On
-shutdown, hooks not yet delivered are left for the next start, which
-finds them owed in the journal and fires them again. ``HookFiring`` is the
+durable fires again after a restart (at least once, as documented). A
+drain is not a crash: the loop stops only once the hooks it fired have
+returned and been journaled (``_hooks_settled``), up to the drain
+deadline; hooks still not delivered then (or at a second signal) are left
+for the next start, which finds them owed in the journal and fires them
+again. ``HookFiring`` is the
 loop's side, mixed into the supervisor.
 """
 
@@ -169,6 +172,9 @@ class HookFiring:
     outcomes: set[str]
     _carry: list[Record]
     wake: Callable[[], None]
+    clock: Any
+    _stop_now: bool
+    _drain_deadline: float
 
     def _init_hooks(self) -> None:
         self._hooks: HookRunner | None = None  # started with the first hook to fire
@@ -193,6 +199,19 @@ class HookFiring:
             state = self.state
             for rid in self._hooks.delivered():
                 self._carry += state.hook_delivered(rid)
+
+    def _hooks_settled(self) -> bool:
+        """Stopping, workers gone: may the loop exit, or does a hook still owe its record?
+
+        It waits for a hook that is running or due, or that returned and
+        whose ``HookDelivered`` is not yet written, so a clean stop never
+        fires a hook again at the next start; until the drain deadline, and
+        not at all after a second signal.
+        """
+        hooks = self._hooks
+        if hooks is None or self._stop_now or self.clock.monotonic() >= self._drain_deadline:
+            return True
+        return not hooks.busy() and not self._carry
 
     def _fire_owed_hooks(self) -> None:
         """At start: fire the hooks owed from before the crash (or the last stop)."""

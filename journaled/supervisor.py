@@ -297,7 +297,7 @@ class Supervisor(Waiting, Acting, Stopping, Intake, DoorIntake, Leasing, Recycli
         try:
             while True:
                 self.turn()
-                if self._stopping and self._all_workers_gone():
+                if self._stopping and self._all_workers_gone() and self._hooks_settled():
                     break
                 if until_idle and not self._stopping and self._idle():
                     self.request_stop()

@@ -92,3 +92,42 @@ def test_hook_backoff_doubles_up_to_its_cap() -> None:
     from journaled.hooks import backoff
 
     assert [backoff(n, 0.5, 4.0) for n in (1, 2, 3, 4, 5, 9)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+@pytest.mark.timeout(60)
+def test_a_clean_close_lets_a_running_hook_return_and_journals_it_once(
+        runtime: Callable[..., Runtime], state_dir: Path) -> None:
+    """A drain is not a crash: the hook running as ``close()`` is called returns and is
+    journaled, so the next start does not call it again (it did: the loop exited as soon
+    as the workers were gone, leaving the hook owed)."""
+    calls: list[str] = []
+
+    def hook(outcome: Any) -> None:
+        time.sleep(0.5)  # still running when close() is called
+        calls.append(outcome.run_id)
+
+    rt = runtime(on_terminal=hook)
+    rid = rt.submit(b"hi")
+    assert rt.wait(rid, timeout=20).status == "succeeded"
+    rt.close()
+    assert calls == [rid] and _delivered(state_dir, rid) == 1, \
+        "the hook returned before the stop, and its HookDelivered is durable"
+    again = runtime(on_terminal=hook)
+    assert again.status(rid).status == "succeeded"
+    time.sleep(1.0)  # a hook owed from the first start would be running by now
+    assert calls == [rid], "a clean stop must not leave the hook owed to the next start"
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_hook_holds_the_stop_no_longer_than_the_drain_timeout(
+        runtime: Callable[..., Runtime], state_dir: Path) -> None:
+    gate = threading.Event()
+    rt = runtime(on_terminal=lambda _o: gate.wait(30), drain_timeout=0.5)
+    rid = rt.submit(b"hi")
+    assert rt.wait(rid, timeout=20).status == "succeeded"
+    t0 = time.monotonic()
+    rt.close()
+    took = time.monotonic() - t0
+    gate.set()
+    assert took < 10, f"a hung hook held the stop {took:.1f} s past a 0.5 s drain timeout"
+    assert _delivered(state_dir, rid) == 0, "not delivered: owed to the next start"
