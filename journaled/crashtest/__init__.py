@@ -47,7 +47,7 @@ Phases:
       long, across kills and restarts, and logs every change it saw;
 
    plus process checks: no process of a killed supervisor survives it by
-   more than 3 s (an orphan would run steps twice), no supervisor hangs,
+   more than ORPHAN_GRACE = 10 s (an orphan would run steps twice), no supervisor hangs,
    no supervisor exits by itself with an error (each such self-exit is
    counted, and the round goes on), and no supervisor's stderr holds a
    ``Traceback``, ``leaked`` or ``KeyError`` line (the clean-stderr check).

@@ -16,7 +16,9 @@ from .diff import describe
 from .execlog import Line
 from .reader import Seen
 
-ORPHAN_GRACE = 3.0
+# How long a killed supervisor's processes may take to notice and exit. Polled (the
+# check ends as soon as they are gone), so it only bounds a loaded machine's slow exits.
+ORPHAN_GRACE = 10.0
 TERMINAL = ("succeeded", "failed", "cancelled")
 # What a supervisor's stderr must never hold, even after a kill -9 and a restart.
 DIRTY_STDERR = ("Traceback", "leaked", "KeyError")

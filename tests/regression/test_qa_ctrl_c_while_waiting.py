@@ -9,6 +9,7 @@ back to waiting. So ``journaled wait RUN_ID`` on a run that never ends, and
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -21,12 +22,31 @@ from journaled.client import Client
 from tests.e2e.helpers import ROOT, cli_env
 
 
+def _wait_armed(pid: int, timeout: float = 60.0) -> None:
+    """Until the process holds an inotify fd (its directory watch is armed: it is waiting).
+
+    A fixed sleep was too short on a loaded machine (imports alone can take
+    seconds), and a SIGINT during the imports proves nothing about the wait.
+    """
+    fds = Path(f"/proc/{pid}/fd")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if any(os.readlink(fd) == "anon_inode:inotify" for fd in fds.iterdir()):
+                time.sleep(0.3)  # from arming the watch to blocking in it
+                return
+        except OSError:  # an fd closed while we looked, or the process is gone
+            pass
+        time.sleep(0.02)
+    pytest.fail(f"pid {pid} never armed its directory watch in {timeout:.0f} s")
+
+
 def _interrupt(args: list[str]) -> tuple[int | None, str]:
     proc = subprocess.Popen([sys.executable, "-m", "journaled.cli", *args], cwd=ROOT,
                             env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(3.0)  # well inside the wait (imports done, watcher armed)
+    _wait_armed(proc.pid)
     proc.send_signal(signal.SIGINT)
     try:
         _out, err = proc.communicate(timeout=15)
@@ -71,7 +91,7 @@ def test_ctrl_c_raises_keyboard_interrupt_from_client_wait(tmp_path: Path) -> No
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=cli_env(),
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(3.0)
+    _wait_armed(proc.pid)
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=15)
