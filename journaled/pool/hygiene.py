@@ -219,7 +219,10 @@ class RssMonitor:
             if not pid or w.proc is None or w.kill_reason:
                 continue
             rss = rss_bytes(pid)
-            if rss is None:
+            if not rss:
+                # Gone, or killed and not yet reaped: a zombie reads 0 resident pages,
+                # and taken as the last sample it would hide that the process died
+                # near the limit (the kernel's OOM kill read as a plain worker death).
                 continue
             seq = pool.running_seq(w)
             with self._lock:

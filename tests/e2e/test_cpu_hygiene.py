@@ -117,6 +117,38 @@ def test_pin_workers_gives_each_worker_one_cpu(runtime):
         assert c == [cpus[slot % len(cpus)]]
 
 
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return ""
+
+
+@pytest.mark.timeout(30)
+def test_a_killed_worker_not_yet_reaped_keeps_its_last_rss_sample():
+    """Between the kernel's SIGKILL and the supervisor's reap, the process is a zombie whose
+    RSS reads 0; a sample then must not replace the last real one, or a death near the
+    limit (the OOM killer's) reads as a plain worker death. Flaked under load before."""
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        w = SimpleNamespace(pid=victim.pid, proc=victim, kill_reason="", slot=0)
+        pool = SimpleNamespace(workers=[w], running_seq=lambda _w: 3)
+        mon = RssMonitor(pool, limit=10_000 * MB, wake=lambda: None)
+        wait_for(lambda: (rss_bytes(victim.pid) or 0) > 4 * MB, 10, "python to start")
+        mon.sample()
+        before = mon.last_sample(0, victim.pid)
+        assert before is not None and before[2] > 4 * MB
+        os.kill(victim.pid, signal.SIGKILL)  # not reaped: Popen.wait is not called yet
+        wait_for(lambda: _state(victim.pid) == "Z", 10, "the killed process to be a zombie")
+        assert not rss_bytes(victim.pid), "a zombie has no resident pages"
+        mon.sample()
+        assert mon.last_sample(0, victim.pid) == before, "the zombie's 0 replaced the sample"
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+        victim.wait()
+
+
 @pytest.mark.timeout(30)
 def test_rss_monitor_kills_busy_and_recycles_idle_workers():
     """The monitor against real processes: busy over the limit is SIGKILLed, idle is flagged."""
