@@ -146,11 +146,7 @@ class DoorConnection:
         connection is closed: its stream is no longer in step).
         """
         rid = next(self._ids)
-        try:
-            self.sock.sendall(frame(make(rid)))
-        except OSError as e:
-            self.close()
-            raise DoorLost(f"the supervisor's socket broke while sending: {e}") from None
+        self._post(frame(make(rid)))
         return self.answer(rid, timeout)
 
     def submit_plain(self, run_id: str, data: bytes, at: float) -> None:
@@ -161,18 +157,18 @@ class DoorConnection:
         costs several times its warm price.
         """
         rid = next(self._ids)
-        try:
-            self.sock.sendall(frame(Put(rid, run_id, data, at) if self.lean else
-                                    Submit(rid, [SubmitMsg(run_id, data, at)], True)))
-        except OSError as e:
-            self.close()
-            raise DoorLost(f"the supervisor's socket broke while sending: {e}") from None
+        self._post(frame(Put(rid, run_id, data, at) if self.lean else
+                         Submit(rid, [SubmitMsg(run_id, data, at)], True)))
         self.answer(rid)
 
     def send(self, req: Any) -> None:
         """Send without waiting (pipelined calls); ``DoorLost`` if the socket broke."""
+        self._post(frame(req))
+
+    def _post(self, data: bytes) -> None:
+        """Send one frame; a broken socket closes this connection and raises ``DoorLost``."""
         try:
-            self._send(req)
+            self.sock.sendall(data)
         except OSError as e:
             self.close()
             raise DoorLost(f"the supervisor's socket broke while sending: {e}") from None
@@ -275,12 +271,8 @@ class DoorConnection:
             msg = decode(data[at + HEADER:end])
             at = end
             t = type(msg)
-            if t is End:
-                ends[msg.run_id] = msg
-                if len(ends) > ENDS_MAX:
-                    del ends[next(iter(ends))]
-            elif t is Outcome and msg.id == PUSHED:
-                ends[msg.outcome.run_id] = msg
+            if t is End or (t is Outcome and msg.id == PUSHED):
+                ends[msg.run_id if t is End else msg.outcome.run_id] = msg
                 if len(ends) > ENDS_MAX:
                     del ends[next(iter(ends))]
             elif t is Revoke:  # redriven since: what we hold is no longer their end
