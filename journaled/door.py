@@ -42,7 +42,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import quotas
 from .api import RunOutcome
@@ -295,13 +295,7 @@ class DoorIntake:
             self._recs += state.submit(m.run_id, m.input, m.at, m.headers, m.priority,
                                        m.max_attempts, m.step_timeout, runner=m.runner,
                                        resources=m.resources, key=m.key)
-        door = self._door
-        if door is not None and door.wants_ends(cid):
-            ends = self._door_ends
-            for m in req.items:
-                run = state.runs.get(m.run_id)
-                if run is not None and not run.terminal:
-                    ends[m.run_id] = cid  # pushed by _door_terminated (a re-submit: the last)
+        self._want_ends(cid, [m.run_id for m in req.items])
         return Ok(req.id, len(req.items))
 
     def _door_put(self, req: Put, cid: int) -> Ok:
@@ -310,15 +304,21 @@ class DoorIntake:
         run_id = req.run_id
         check_run_id(run_id)
         check_size("the input", req.input)
-        state = self.state
         # The client's clock, as from the inbox: submitted_at is when it was asked.
-        self._recs += state.submit(run_id, req.input, req.at)
+        self._recs += self.state.submit(run_id, req.input, req.at)
+        self._want_ends(cid, (run_id,))
+        return Ok(req.id)
+
+    def _want_ends(self, cid: int, run_ids: Iterable[str]) -> None:
+        """A connection that asked for ends (``Hello.ends``) gets these runs' pushed once
+        durable (``_door_terminated``); a re-submit's connection is the last to ask."""
         door = self._door
         if door is not None and door.wants_ends(cid):
-            run = state.runs.get(run_id)
-            if run is not None and not run.terminal:
-                self._door_ends[run_id] = cid
-        return Ok(req.id)
+            runs, ends = self.state.runs, self._door_ends
+            for rid in run_ids:
+                run = runs.get(rid)
+                if run is not None and not run.terminal:
+                    ends[rid] = cid
 
     def _door_cancel(self, req: Cancel, now: float) -> Any:
         msg = req.msg
