@@ -105,6 +105,7 @@ from .submission import (  # noqa: F401 - re-exported: callers import these from
     _same_input,
     fits_a_frame,
     fresh_submit,
+    is_plain,
     new_run_id,
     submit_msgs,
 )
@@ -420,11 +421,8 @@ class Client(OpsCalls):
         ``--limit``s (more than a limit: ``OverLimit``); ``key`` names a tenant
         for ``--key-concurrency`` and ``--rate`` (keys are served in turn).
         """
-        if (type(input) is bytes and headers is None and run_id is None and not runner
-                and resources is None and key is None and type(priority) is int
-                and not priority and type(max_attempts) is int and not max_attempts
-                and type(step_timeout) is float and not step_timeout
-                and len(input) <= self.blobs.threshold):
+        if is_plain(input, headers, run_id, runner, priority, max_attempts, step_timeout,
+                    resources, key, self.blobs.threshold):
             # The plain submit (most calls), built as submit_msgs builds it for these
             # arguments without its general checks: each call sleeps until its ack, so
             # every line here runs on cold caches and costs several times its warm price.

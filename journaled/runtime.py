@@ -53,7 +53,7 @@ from .ops_client import OpsCalls
 from .pool.hygiene import Hygiene
 from .quotas import make_quotas
 from .state import Policy, Run, State, attempts_of, outcome_of, run_from_snapshot, run_to_snapshot
-from .submission import new_run_id
+from .submission import is_plain, new_run_id
 from .supervisor import DAY, Future, Supervisor
 from .typed import decode_result
 
@@ -220,11 +220,8 @@ class Runtime(OpsCalls):
         Same checks and errors as ``Client.submit`` (``OverLimit`` for more
         than this runtime's ``limits`` allow).
         """
-        if (type(input) is bytes and headers is None and run_id is None and runner is None
-                and resources is None and key is None and type(priority) is int
-                and not priority and type(max_attempts) is int and not max_attempts
-                and (step_timeout is None or type(step_timeout) in (int, float)
-                     and step_timeout == 0) and len(input) <= self.blobs.threshold):
+        if is_plain(input, headers, run_id, runner, priority, max_attempts, step_timeout,
+                    resources, key, self.blobs.threshold):
             # The common call, bytes and no options: what submit_msgs would make
             # of it, built directly (every option at its default passes its
             # check as is; an input this small stays inline, MAX_VALUE applies).

@@ -65,6 +65,21 @@ def new_run_id() -> str:
     return f"r-{time.time_ns():x}-{(_ID_BASE + next(_ID_COUNT)) & 0xFFFFFFFF:08x}"
 
 
+def is_plain(input: Any, headers: Any, run_id: Any, runner: Any, priority: Any,
+             max_attempts: Any, step_timeout: Any, resources: Any, key: Any,
+             inline_max: int) -> bool:
+    """A submit of bytes with every option at its default (most calls), small enough to
+    stay inline: ``Runtime.submit`` and ``Client.submit`` build it directly, without
+    ``submit_msgs``' general checks, which each of its defaults passes as is."""
+    return (type(input) is bytes and headers is None and run_id is None
+            and (runner is None or runner == "") and resources is None and key is None
+            and type(priority) is int and not priority
+            and type(max_attempts) is int and not max_attempts
+            and (step_timeout is None
+                 or (type(step_timeout) in (int, float) and not step_timeout))
+            and len(input) <= inline_max)
+
+
 def submit_msgs(inputs: Iterable[bytes], headers: dict[str, str] | Sequence[dict[str, str]] | None,
                 run_ids: Sequence[str] | None, priority: int, max_attempts: int,
                 step_timeout: float | timedelta | None, blobs: BlobStore | None = None,
