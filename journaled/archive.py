@@ -226,6 +226,29 @@ class _Reads:
         """Rows by status."""
         return dict(self._db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status"))
 
+    def count_besides(self, ended: Iterable[str]) -> dict[str, int]:
+        """Rows by status, less those of ``ended`` (terminal runs a reader still
+        holds from the journal), read in one snapshot.
+
+        A run is archived a moment before its ``Archived`` record reaches the
+        journal, so a reader adding journal counts to archive counts would see it
+        twice, or, with the two reads a moment apart, not at all. One read
+        transaction makes "archived" mean the same thing in both answers.
+        """
+        ids = list(dict.fromkeys(ended))
+        self._db.execute("BEGIN")
+        try:
+            counts = self.count()
+            for i in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[i:i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for (status,) in self._db.execute(
+                        f"SELECT status FROM runs WHERE id IN ({marks})", chunk):
+                    counts[status] -= 1
+        finally:
+            self._db.execute("COMMIT")
+        return counts
+
     def count_dead(self) -> int:
         """Dead-lettered rows (the metrics' dead-letter gauge)."""
         # Only failed runs are dead: the status index narrows the scan to them.

@@ -335,23 +335,24 @@ def archive_gauges(state_dir: Path, reader: Any = None) -> ArchiveGauges:
     return ArchiveGauges(sum(counts.values()), size, dead)
 
 
+def run_counts(state: Any, archive: Any) -> dict[str, int]:
+    """Runs by status in the journal's fold plus the archive, each run once."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for run in state.runs.values():
+        counts[run.status] = counts.get(run.status, 0) + 1
+    ended = [rid for rid, r in state.runs.items() if r.terminal]
+    for status, n in (archive.call("count_besides", ended) or {}).items():
+        counts[status] = counts.get(status, 0) + n
+    return counts
+
+
 def read_counts(client: Any) -> tuple[dict[str, int], int]:
     """Runs by status as a reader sees them (journal, archive, inbox), and how many
     wait in the inbox; for readers only (``metrics --once``, the dashboard)."""
     from .inbox import pending_submissions
 
     state = client.refresh()
-    counts = dict.fromkeys(STATUSES, 0)
-    for run in state.runs.values():
-        counts[run.status] = counts.get(run.status, 0) + 1
-    arch_counts = client._archive.call("count") or {}
-    for status, n in arch_counts.items():
-        if status in counts:
-            counts[status] += n
-    if arch_counts:  # archived, its Archived record not yet journaled: count it once
-        ended = [rid for rid, r in state.runs.items() if r.terminal]
-        for rid in client._archive.call("identities", ended) or {} if ended else ():
-            counts[state.runs[rid].status] -= 1
+    counts = run_counts(state, client._archive)
     pending = sum(1 for rid in pending_submissions(client.state_dir) if rid not in state.runs)
     counts["pending"] += pending
     return counts, pending

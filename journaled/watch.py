@@ -37,11 +37,13 @@ import click
 import msgspec
 
 from .live import Health, LiveStatus, health, read_status
+from .metrics import run_counts
 from .tools import short_bytes
 
 STATUSES = ("pending", "running", "waiting", "succeeded", "failed", "cancelled")
 RECENT = 5  # terminal runs and dead letters shown
-ARCHIVE_COUNT_EVERY = 5.0  # seconds between counts of the archive's rows
+BIG_ARCHIVE = 100_000  # runs past which the archive is counted less often...
+ARCHIVE_COUNT_EVERY = 5.0  # ...every this many seconds
 RATE_WINDOW = 3.0  # seconds of supervisor samples a rate is computed over
 BIG_STATE = 20_000  # runs past which the journal fold is refreshed less often...
 BIG_STATE_EVERY = 2.0  # ...every this many seconds
@@ -136,8 +138,8 @@ class Collector:
         self._pid: int | None = None
         self._folded: tuple[dict[str, int], list[WatchRun], list[WatchDead]] | None = None
         self._folded_at = 0.0
-        self._archive_counts: dict[str, int] = {}
-        self._archive_counted_at = -1e9
+        self._counts: dict[str, int] = {}
+        self._counted_at = -1e9
 
     def _rates(self, live: LiveStatus, now: float) -> tuple[float, float]:
         if live.pid != self._pid:
@@ -164,19 +166,18 @@ class Collector:
         if self._folded is not None and len(state.runs) > BIG_STATE \
                 and now - self._folded_at < BIG_STATE_EVERY:
             return self._folded
-        counts = state.status_counts()
+        # Finished runs are in the archive: counted with the journal's runs, each
+        # once (an index scan: on a big archive at most every few seconds), and
+        # the newest read by index, like 'journaled runs'.
+        archive = self.client._archive
+        if sum(self._counts.values()) < BIG_ARCHIVE \
+                or now - self._counted_at >= ARCHIVE_COUNT_EVERY:
+            self._counts, self._counted_at = run_counts(state, archive), now
+        counts = dict(self._counts)
         pending = getattr(self.client, "_pending", None)
         if pending is not None:  # submissions still in the inbox count as pending
             counts["pending"] += sum(1 for rid in pending() if rid not in state.runs)
         runs = state.runs.values()
-        # Finished runs are in the archive: counted (an index scan, so at most
-        # every few seconds) and the newest read by index, like 'journaled runs'.
-        archive = self.client._archive
-        if now - self._archive_counted_at >= ARCHIVE_COUNT_EVERY:
-            self._archive_counts = archive.call("count") or {}
-            self._archive_counted_at = now
-        for status, n in self._archive_counts.items():
-            counts[status] = counts.get(status, 0) + n
         done = heapq.nlargest(RECENT, (r for r in runs if r.terminal),
                               key=lambda r: r.finished_at or 0.0)
         recent = [WatchRun(r.run_id, str(r.status), r.finished_at,

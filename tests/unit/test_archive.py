@@ -152,3 +152,28 @@ def test_a_read_only_reader_sees_whole_commits_while_another_process_writes(tmp_
     assert reader.call("count") == {"succeeded": 150 * 200}
     assert len(set(seen)) > 2, "the reader should have read while the writer committed"
     assert os.stat(tmp_path / ARCHIVE_NAME).st_size > 0
+
+
+@pytest.mark.timeout(30)
+def test_a_run_both_archived_and_still_in_the_journal_counts_once(tmp_path: Path):
+    """The moment between archiving a run and journaling its ``Archived`` record:
+    readers adding the journal's counts to the archive's must count it once."""
+    from types import SimpleNamespace
+
+    from journaled.metrics import run_counts
+
+    w = Archive(tmp_path).open_writer()
+    w.upsert(row_of(r) for r in [finished("old", T0), finished("both", T0 + 1),
+                                 finished("bad", T0 + 2, FAILED, dead=True)])
+    live = Run(Submitted("live", b"in", T0, {}), 0)
+    journal = {"both": finished("both", T0 + 1), "bad": finished("bad", T0 + 2, FAILED),
+               "fresh": finished("fresh", T0 + 3), "live": live}
+    reader = CachedReader(tmp_path)
+    assert reader.call("count_besides", ["both", "bad", "fresh", "fresh"]) == \
+        {"succeeded": 1, "failed": 0}, "only the archived ones of those are taken off"
+    counts = run_counts(SimpleNamespace(runs=journal), reader)
+    assert counts["succeeded"] == 3 and counts["failed"] == 1 and counts["pending"] == 1, counts
+    assert sum(counts.values()) == len({"old", *journal}), "every run counted once"
+    assert reader.call("count_besides", []) == {"succeeded": 2, "failed": 1}
+    empty = CachedReader(tmp_path / "none")
+    assert run_counts(SimpleNamespace(runs=journal), empty)["succeeded"] == 2
