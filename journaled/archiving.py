@@ -314,9 +314,11 @@ class Archiving:
         while arch.done:
             done += arch.done.popleft()
         recs = self.state.archived(done, now)
-        arch.dropped(rid for rid, _ in done)
-        kept = {rid for rid, _ in done} - set(recs[0].run_ids if recs else ())
-        self._archive_queued -= kept  # redriven since: archived again when they end
+        ids = [rid for rid, _ in done]
+        arch.dropped(ids)  # a list: no generator run under the archiver's lock
+        if not recs or len(recs[0].run_ids) != len(ids):  # some redriven since: archived
+            kept = set(ids) - set(recs[0].run_ids if recs else ())  # again when they end
+            self._archive_queued -= kept
         return recs
 
     def all_counts(self) -> dict[str, int]:

@@ -17,7 +17,7 @@ from .limits import SNAPSHOT_PART
 from .pausing import Pauses
 from .quotas import FairQueues
 from .records import Archived, Record, Restored, RunSnapshot, Snapshot, encode
-from .run import WAITING, Run, run_from_snapshot, run_to_snapshot
+from .run import TERMINAL, WAITING, Run, run_from_snapshot, run_to_snapshot
 from .schedules import Schedules
 
 
@@ -156,6 +156,6 @@ class SnapshotFold:
         archive row is stale and the run is archived again when it ends.
         """
         runs = self.runs
-        ids = [rid for rid, at in done if (r := runs.get(rid)) is not None and r.terminal
-               and r.finished_at == at]
+        ids = [rid for rid, at in done if (r := runs.get(rid)) is not None
+               and r.status in TERMINAL and r.finished_at == at]  # Run.terminal, inline
         return self._commit([Archived(ids, now)]) if ids else []

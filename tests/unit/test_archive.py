@@ -80,6 +80,25 @@ def test_upsert_is_idempotent_and_rebuilds_the_run_exactly(tmp_path: Path):
 
 
 @pytest.mark.timeout(30)
+def test_kept_counts_stay_exact_for_new_rows_replaced_rows_and_an_id_twice(tmp_path: Path):
+    # New rows are counted without a look-up; a batch holding a row already there, or one
+    # id twice, is undone and replaced row by row (the last of an id wins).
+    w = Archive(tmp_path).open_writer()
+    counts = w.count()
+    assert w.upsert([row_of(finished(f"r{i}", T0 + i)) for i in range(3)], counts) == 3
+    assert counts == w.count() == {"succeeded": 3}
+    redone = finished("r1", T0 + 20, FAILED, dead=True)  # redriven, then dead-lettered
+    mixed = [row_of(finished("r3", T0 + 3)), row_of(redone), row_of(finished("r4", T0 + 4))]
+    assert w.upsert(mixed, counts) == 3
+    assert counts == w.count() == {"succeeded": 4, "failed": 1}
+    twice = [row_of(finished("r5", T0 + 5)), row_of(finished("r5", T0 + 6, FAILED, dead=True))]
+    assert w.upsert(twice, counts) == 2
+    assert counts == w.count() == {"succeeded": 4, "failed": 2}
+    row = w.get("r5")
+    assert row is not None and row.status == FAILED and row.finished_at == T0 + 6
+
+
+@pytest.mark.timeout(30)
 def test_runs_newest_first_with_status_since_limit_and_dead(tmp_path: Path):
     w = Archive(tmp_path).open_writer()
     rows = [row_of(finished(f"s{i:03d}", T0 + i)) for i in range(200)]
