@@ -1,13 +1,15 @@
 """The socket server's writing half (a mixin of ``server.DoorServer``): answers out.
 
 Each connection (``_Conn``) has a bounded queue of answer bytes. ``reply``
-and ``reply_many`` may be called from any thread: an answer to a connection
-with nothing queued is written by the calling thread itself when no pass
-runs (a non-blocking ``send`` under the pass lock, which it only ever tries);
-the rest is queued for the server's next pass (``_send_replies``), which
-its fd is made readable for (``_poke``). A connection whose queue passes
-``OUT_LIMIT`` is dropped with a log line, so a client that reads nothing
-stalls only itself.
+and ``reply_many`` may be called from any thread and never wait: an answer
+to a connection with nothing queued is written by the calling thread itself
+(a non-blocking ``send`` under the pass lock, which it only ever tries);
+when another thread holds that lock, the answers are queued and that thread
+sends them as it lets go (``_unlock``: no wake-up spent); what a connection
+cannot take now waits in its queue for a pass (its socket registered for
+writing, or the server's fd made readable, ``_poke``). A connection whose
+queue passes ``OUT_LIMIT`` is dropped with a log line, so a client that
+reads nothing stalls only itself.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ MAX_IN_FLIGHT = 4096
 
 class _Conn:
     __slots__ = ("sock", "cid", "inbuf", "out", "out_size", "hello", "pending",
-                 "reading", "closing", "pid", "ends", "held", "pushed", "lean")
+                 "reading", "closing", "pid", "ends", "held", "pushed", "lean", "events")
 
     def __init__(self, sock: socket.socket, cid: int, pid: int) -> None:
         self.sock = sock
@@ -52,6 +54,7 @@ class _Conn:
         self.held: list[RunOutcome] = []
         self.pushed = False  # a push went out: a redrive may have to take it back
         self.lean = False  # it reads End and Revoke (Hello.lean)
+        self.events = READ  # what its socket is registered for (registered on accept)
 
 
 class DoorReplies(PushedEnds):
@@ -77,22 +80,39 @@ class DoorReplies(PushedEnds):
         self.reply_many(((cid, msg),))
 
     def reply_many(self, answers: Sequence[tuple[int, Any]]) -> None:
-        """``reply`` for each ``(conn id, answer)``, in order, under one take of the lock."""
-        queued = 0
-        if not self._replies and self._lock.acquire(blocking=False):
-            try:
-                for cid, msg in answers:
-                    if not self._reply_now(cid, msg):
-                        break  # this one and the rest in order, on the server's pass
-                    queued += 1
-            finally:
-                self._lock.release()
-        if queued == len(answers):
+        """``reply`` for each ``(conn id, answer)``, in order, under one take of the lock.
+
+        When another thread holds the pass lock, the answers are queued for it: it
+        sends them as it lets go (``_unlock``), so no wake-up of the server's fd (a
+        socketpair write, a pass and a read on the loop) is spent on them.
+        """
+        q = self._replies
+        if q or not self._lock.acquire(blocking=False):
+            q.extend(answers)  # behind those queued, in order; or for the lock's holder
+            # The holder may have let go between the two: then nobody else sends them.
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._send_replies()
+                finally:
+                    self._unlock()
             return
-        self._replies.extend(answers[queued:])
-        if not self._woken:
-            self._woken = True
-            self._poke()
+        try:
+            for i, (cid, msg) in enumerate(answers):
+                if not self._reply_now(cid, msg):
+                    q.extend(answers[i:])  # this one and the rest in order, queued
+                    self._send_replies()
+                    break
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        """Release the pass lock; answers another thread queued meanwhile (it could not
+        take the lock and left them to the holder) are sent first."""
+        while True:
+            self._lock.release()
+            if not self._replies or not self._lock.acquire(blocking=False):
+                return  # none, or a new holder sends them as it lets go
+            self._send_replies()
 
     def _reply_now(self, cid: int, msg: Any) -> bool:
         """Write one answer straight to an idle connection (the pass lock held); False: queue it."""
@@ -222,6 +242,9 @@ class DoorReplies(PushedEnds):
 
     def _rearm(self, c: _Conn) -> None:
         events = (READ if c.reading else 0) | (WRITE if c.out else 0)
+        if events == c.events:
+            return  # as registered: no epoll_ctl (most flushes leave it reading only)
+        c.events = events
         try:
             if events:
                 self._sel.modify(c.sock, events, c)

@@ -13,12 +13,11 @@ The passes only move bytes. They accept connections on
 ``STATE/supervisor.sock`` (mode 0600; a peer with another uid is refused by
 ``SO_PEERCRED``), cut frames, decode requests and hand them to the
 supervisor loop in batches (``deliver``, once per pass), then write the
-answers queued back (``reply``, from any thread, makes the server's fd
-readable through a socketpair, so the next pass runs; that writing half is
-``replies.DoorReplies``). An answer whose
-connection has nothing queued is written by the replying thread itself
-when no pass runs (a non-blocking ``send`` under the pass lock, never
-waiting for it); what does not fit is left for the next pass. A pass never
+answers queued back (``reply``, from any thread: that writing half is
+``replies.DoorReplies``). An answer whose connection has nothing queued is
+written by the replying thread itself when no pass runs (a non-blocking
+``send`` under the pass lock, never waiting for it), else by the pass as it
+ends; what does not fit is left for a later pass. A pass never
 touches the state or the journal and never blocks, so a slow client stalls
 only itself: its answers wait in a bounded buffer, and a client whose
 buffer passes the bound is dropped with a log line.
@@ -180,8 +179,11 @@ class DoorServer(DoorReplies):
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        with self._lock:
+        self._lock.acquire()
+        try:
             self._send_replies()  # answers queued since the last pass still go out
+        finally:
+            self._unlock()
         for c in list(self._conns.values()):
             self._drop(c, None)
         for s in (self._listener, self._wake_r, self._wake_w):
@@ -197,10 +199,6 @@ class DoorServer(DoorReplies):
         c = self._conns.get(cid)
         return c is not None and c.ends
 
-
-
-
-
     # ------------------------------------------------------------- inline
 
     def fileno(self) -> int:
@@ -215,8 +213,11 @@ class DoorServer(DoorReplies):
         """One pass on the caller's thread, never waiting (inline mode)."""
         ready = self._sel.poll(0)
         batch: list[tuple[int, Any]] = []
-        with self._lock:
+        self._lock.acquire()
+        try:
             self._pass(ready, batch)
+        finally:
+            self._unlock()
 
     # --------------------------------------------------------------- loop
 
@@ -228,8 +229,11 @@ class DoorServer(DoorReplies):
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
             batch: list[tuple[int, Any]] = []
             ready = sel.poll(timeout)
-            with self._lock:
+            self._lock.acquire()
+            try:
                 self._pass(ready, batch)
+            finally:
+                self._unlock()
 
     def _pass(self, ready: list[Any], batch: list[tuple[int, Any]]) -> None:
         """What ``select`` reported, then the queued answers and timers (the pass lock held)."""
