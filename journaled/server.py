@@ -59,7 +59,6 @@ from .protocol import (
     Submit,
     Wait,
     Welcome,
-    frame_size,
     guess_id,
     request_decoder,
 )
@@ -75,6 +74,7 @@ from .unixaddr import short_path
 log = logging.getLogger("journaled.server")
 
 _UCRED = struct.Struct("3i")  # pid, uid, gid
+_LEN = struct.Struct(">I")  # a frame's length prefix
 _READ = 256 << 10
 # One receive buffer for the thread: ``recv(_READ)`` allocated (mmap'd, past
 # malloc's threshold) and shrank a 256 KiB bytes object per read.
@@ -306,11 +306,11 @@ class DoorServer(DoorReplies):
             data = _RECV_VIEW
             n = got
         at = 0
-        decode = request_decoder.decode
+        decode, size_at = request_decoder.decode, _LEN.unpack_from
         pending = c.pending
         try:
             while n - at >= HEADER:
-                size = frame_size(data, at)
+                size = size_at(data, at)[0]  # protocol.frame_size, inlined
                 if size > MAX_FRAME:
                     self._refuse(c, 0, f"a frame of {size:,} bytes is over the {MAX_FRAME:,}-"
                                        "byte limit (send big inputs through the inbox or as blobs)")
