@@ -13,11 +13,11 @@ The passes only move bytes. They accept connections on
 ``STATE/supervisor.sock`` (mode 0600; a peer with another uid is refused by
 ``SO_PEERCRED``), cut frames, decode requests and hand them to the
 supervisor loop in batches (``deliver``, once per pass), then write the
-answers queued back (``reply``, from any thread, makes the server's fd
-readable through a socketpair, so the next pass runs). An answer whose
-connection has nothing queued is written by the replying thread itself
-when no pass runs (a non-blocking ``send`` under the pass lock, never
-waiting for it); what does not fit is left for the next pass. A pass never
+answers queued back (``reply``, from any thread: that writing half is
+``replies.DoorReplies``). An answer whose connection has nothing queued is
+written by the replying thread itself when no pass runs (a non-blocking
+``send`` under the pass lock, never waiting for it), else by the pass as it
+ends; what does not fit is left for a later pass. A pass never
 touches the state or the journal and never blocks, so a slow client stalls
 only itself: its answers wait in a bounded buffer, and a client whose
 buffer passes the bound is dropped with a log line.
@@ -43,7 +43,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import msgspec
 
@@ -56,25 +56,25 @@ from .protocol import (
     Err,
     Hello,
     Put,
-    Revoke,
     Submit,
     Wait,
     Welcome,
-    frame,
-    frame_size,
     guess_id,
     request_decoder,
 )
-from .pushes import PushedEnds
-from .sockpoll import READ, WRITE, Poller
+from .replies import (  # noqa: F401 - OUT_LIMIT: re-exported (read from here)
+    MAX_IN_FLIGHT,
+    OUT_LIMIT,
+    DoorReplies,
+    _Conn,
+)
+from .sockpoll import READ, Poller
 from .unixaddr import short_path
 
 log = logging.getLogger("journaled.server")
 
-# Per connection: answers not yet taken by the client, and requests in flight.
-OUT_LIMIT = 2 * MAX_FRAME + (1 << 20)
-MAX_IN_FLIGHT = 4096
 _UCRED = struct.Struct("3i")  # pid, uid, gid
+_LEN = struct.Struct(">I")  # a frame's length prefix
 _READ = 256 << 10
 # One receive buffer for the thread: ``recv(_READ)`` allocated (mmap'd, past
 # malloc's threshold) and shrank a 256 KiB bytes object per read.
@@ -93,31 +93,7 @@ def raise_nofile(want: int) -> None:
             log.warning("could not raise the open-files limit to %d: %s", target, e)
 
 
-class _Conn:
-    __slots__ = ("sock", "cid", "inbuf", "out", "out_size", "hello", "pending",
-                 "reading", "closing", "pid", "ends", "held", "pushed", "lean")
-
-    def __init__(self, sock: socket.socket, cid: int, pid: int) -> None:
-        self.sock = sock
-        self.cid = cid
-        self.pid = pid
-        self.inbuf = bytearray()
-        self.out: deque[memoryview] = deque()
-        self.out_size = 0
-        self.hello = False
-        # Requests not answered yet: id -> run id for a wait, None for the others.
-        self.pending: dict[int, str | None] = {}
-        self.reading = True
-        self.closing = False  # send what is queued, then close
-        self.ends = False  # push the ends of its runs (Hello.ends)
-        # Pushed ends not sent yet: they ride along with the next answer (one send,
-        # one wake-up); a client that asks for nothing gets none.
-        self.held: list[RunOutcome] = []
-        self.pushed = False  # a push went out: a redrive may have to take it back
-        self.lean = False  # it reads End and Revoke (Hello.lean)
-
-
-class DoorServer(PushedEnds):
+class DoorServer(DoorReplies):
     """Serve ``path`` for a supervisor.
 
     Args:
@@ -203,8 +179,11 @@ class DoorServer(PushedEnds):
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        with self._lock:
+        self._lock.acquire()
+        try:
             self._send_replies()  # answers queued since the last pass still go out
+        finally:
+            self._unlock()
         for c in list(self._conns.values()):
             self._drop(c, None)
         for s in (self._listener, self._wake_r, self._wake_w):
@@ -220,85 +199,6 @@ class DoorServer(PushedEnds):
         c = self._conns.get(cid)
         return c is not None and c.ends
 
-    def reply(self, cid: int, msg: Any) -> None:
-        """Send an answer (any thread, never blocks): now if it can, else on the server thread.
-
-        A ``RunOutcome`` is an end pushed unasked (``Hello.ends``): held to go with
-        the connection's next answer, as ``End`` or as ``Outcome`` with id ``PUSHED``
-        (sent alone, it could wake a client waiting for that answer for nothing, or
-        fill the buffers of one that reads nothing).
-        """
-        self.reply_many(((cid, msg),))
-
-    def reply_many(self, answers: Sequence[tuple[int, Any]]) -> None:
-        """``reply`` for each ``(conn id, answer)``, in order, under one take of the lock."""
-        queued = 0
-        if not self._replies and self._lock.acquire(blocking=False):
-            try:
-                for cid, msg in answers:
-                    if not self._reply_now(cid, msg):
-                        break  # this one and the rest in order, on the server's pass
-                    queued += 1
-            finally:
-                self._lock.release()
-        if queued == len(answers):
-            return
-        self._replies.extend(answers[queued:])
-        if not self._woken:
-            self._woken = True
-            self._poke()
-
-    def _reply_now(self, cid: int, msg: Any) -> bool:
-        """Write one answer straight to an idle connection (the pass lock held); False: queue it."""
-        t = type(msg)
-        if t is RunOutcome:  # a push: held for the next answer
-            c = self._conns.get(cid)
-            if c is None or c.out or c.closing:
-                return False  # in order behind what is queued for it
-            self._hold(c, msg)
-            return True
-        if t is Revoke:
-            self._revoke(cid, msg)
-            return True
-        c = self._conns.get(cid)
-        if c is None or c.out or c.closing:
-            return False
-        rid = msg.id
-        if rid not in c.pending:
-            return True  # a wait that timed out meanwhile: its answer went already
-        try:
-            data = frame(msg)
-            if c.held:
-                data = self._held_frames(c) + data
-        except ValueError:
-            return False  # too big: the server thread says so
-        try:
-            n = c.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError:
-            return False  # the server thread sees the failure and drops the connection
-        c.pending.pop(rid, None)
-        poke = False
-        if n < len(data):
-            c.out.append(memoryview(data)[n:])
-            c.out_size += len(data) - n
-            poke = True
-        if not c.reading and not c.closing and len(c.pending) < MAX_IN_FLIGHT // 2:
-            poke = True  # it may read again
-        if poke:
-            self._dirty.add(cid)
-            if not self._woken:
-                self._woken = True
-                self._poke()
-        return True
-
-    def _poke(self) -> None:
-        try:
-            self._wake_w.send(b"x")
-        except (BlockingIOError, OSError):
-            pass
-
     # ------------------------------------------------------------- inline
 
     def fileno(self) -> int:
@@ -313,8 +213,11 @@ class DoorServer(PushedEnds):
         """One pass on the caller's thread, never waiting (inline mode)."""
         ready = self._sel.poll(0)
         batch: list[tuple[int, Any]] = []
-        with self._lock:
+        self._lock.acquire()
+        try:
             self._pass(ready, batch)
+        finally:
+            self._unlock()
 
     # --------------------------------------------------------------- loop
 
@@ -326,8 +229,11 @@ class DoorServer(PushedEnds):
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
             batch: list[tuple[int, Any]] = []
             ready = sel.poll(timeout)
-            with self._lock:
+            self._lock.acquire()
+            try:
                 self._pass(ready, batch)
+            finally:
+                self._unlock()
 
     def _pass(self, ready: list[Any], batch: list[tuple[int, Any]]) -> None:
         """What ``select`` reported, then the queued answers and timers (the pass lock held)."""
@@ -400,11 +306,11 @@ class DoorServer(PushedEnds):
             data = _RECV_VIEW
             n = got
         at = 0
-        decode = request_decoder.decode
+        decode, size_at = request_decoder.decode, _LEN.unpack_from
         pending = c.pending
         try:
             while n - at >= HEADER:
-                size = frame_size(data, at)
+                size = size_at(data, at)[0]  # protocol.frame_size, inlined
                 if size > MAX_FRAME:
                     self._refuse(c, 0, f"a frame of {size:,} bytes is over the {MAX_FRAME:,}-"
                                        "byte limit (send big inputs through the inbox or as blobs)")
@@ -477,39 +383,6 @@ class DoorServer(PushedEnds):
             self._rearm(c)
         self._flush(c)
 
-    def _send_replies(self) -> None:
-        q = self._replies
-        touched: dict[int, _Conn] = {}
-        while self._dirty:
-            cid = self._dirty.pop()
-            c = self._conns.get(cid)
-            if c is not None:
-                touched[cid] = c
-        while q:
-            cid, msg = q.popleft()
-            t = type(msg)
-            if t is Revoke:
-                self._revoke(cid, msg)
-                continue
-            c = self._conns.get(cid)
-            if c is None:
-                continue
-            if t is RunOutcome:
-                self._hold(c, msg)
-                continue
-            rid = msg.id
-            if rid not in c.pending:
-                continue  # a wait that timed out meanwhile: its answer went already
-            else:
-                del c.pending[rid]
-            self._queue(c, msg, flush=False)
-            touched[cid] = c
-        for c in touched.values():
-            if c.cid in self._conns:
-                self._flush(c)
-                if not c.reading and not c.closing and len(c.pending) < MAX_IN_FLIGHT // 2:
-                    c.reading = True
-                    self._rearm(c)
 
     def _expire(self, mono: float) -> None:
         gone: list[tuple[int, int, str]] = []
@@ -533,59 +406,8 @@ class DoorServer(PushedEnds):
 
     # ----------------------------------------------------------- writing
 
-    def _queue(self, c: _Conn, msg: Any, flush: bool = True) -> None:
-        try:
-            data = frame(msg)
-        except ValueError as e:  # an answer too big for a frame: say so instead
-            data = frame(Err(getattr(msg, "id", 0), "JournaledError",
-                             f"the answer does not fit the socket: {e}"))
-        if c.held:
-            data = self._held_frames(c) + data
-        c.out.append(memoryview(data))
-        c.out_size += len(data)
-        if c.out_size > OUT_LIMIT:
-            log.warning("dropping the connection of pid %d: %d bytes of answers unread "
-                        "(over %d)", c.pid, c.out_size, OUT_LIMIT)
-            self._drop(c, None)
-            return
-        if flush:
-            self._flush(c)
 
-    def _flush(self, c: _Conn) -> None:
-        if c.cid not in self._conns:
-            return
-        out = c.out
-        try:
-            while out:
-                view = out[0]
-                n = c.sock.send(view)
-                c.out_size -= n
-                if n < len(view):
-                    out[0] = view[n:]
-                    break
-                out.popleft()
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            self._drop(c, None)
-            return
-        if c.closing and not out:
-            self._drop(c, None)
-            return
-        self._rearm(c)
 
-    def _rearm(self, c: _Conn) -> None:
-        events = (READ if c.reading else 0) | (WRITE if c.out else 0)
-        try:
-            if events:
-                self._sel.modify(c.sock, events, c)
-            else:
-                self._sel.unregister(c.sock)
-        except KeyError:
-            if events:
-                self._sel.register(c.sock, events, c)
-        except (ValueError, OSError):
-            pass
 
     def _drop(self, c: _Conn, why: str | None) -> None:
         if self._conns.pop(c.cid, None) is None:
