@@ -51,6 +51,10 @@ class Acting:
     _door_terminated: Callable[[list[str]], None]
     _door_redriven: Callable[[list[str]], None]
     _fire_hook: Callable[[str], None]
+    # Ends whose rest (archive, door, log) waits for the next act (_run_tails), and
+    # whether the act running now may leave it so (Flushing._act_on_flusher).
+    _tails: list[tuple[list[Record], list[str]]]
+    _defer_ends: bool
 
     def _act(self, turn: _Turn) -> None:
         """One turn's acts, in the order the write-ahead rule was written for."""
@@ -66,6 +70,8 @@ class Acting:
         if turn.acks:
             assert self.inbox is not None
             self.inbox.ack(turn.acks)
+        if self._tails:  # earlier ends' rest: now, while the worker runs the steps just sent
+            self._run_tails()
         self._after_commit(turn.recs)
         for fut, value in turn.futures:
             fut.set(value)
@@ -76,7 +82,6 @@ class Acting:
             self._schedule_committed(recs)
         if self._hooks is not None:  # a hook thread runs (on_terminal): what it delivered
             self._hooks_delivered()
-        self._archive_after_commit(recs)  # durably finished (and hooked): to the archiver
         pool = self.pool
         terminated: list[str] = []
         redriven: list[str] = []
@@ -92,19 +97,28 @@ class Acting:
                 self._timed_sent = True  # its kill after the grace is a loop timer
             elif t is Spawned and failpoints.ENABLED:
                 failpoints.hit("fanout.spawned")
+        if terminated and not redriven and self._defer_ends:
+            # A waiting caller's own sync (Flushing._act_on_flusher): it hears of
+            # its run's end now; the rest (the archive, the socket door's recent
+            # ends, the log) waits for the next act, which does it right after
+            # sending its steps (while the worker runs them), or for the loop's
+            # next turn, due within TAIL_DELAY (Waiting._next_timeout).
+            self._mark_ended(terminated)
+            self._tails.append((recs, terminated))
+            return
+        self._archive_after_commit(recs)  # durably finished (and hooked): to the archiver
         if redriven:  # before the turn's answers: takes back the old ends pushed
             self._door_redriven(redriven)
         if not terminated:
             return
-        state = self.state
+        self._mark_ended(terminated)
+        self._ended(terminated)
+
+    def _mark_ended(self, terminated: list[str]) -> None:
+        """These runs' ends are durable: report them as ended, wake their in-process waiters."""
         outcomes = self.outcomes
-        info = log.isEnabledFor(logging.INFO)  # once, not run.steps built per run for nothing
         for rid in terminated:
             outcomes.add(rid)
-            if info:
-                run = state.runs[rid]
-                log.info("run %s %s after %d steps", rid, run.status, run.steps)
-        self._door_terminated(terminated)  # after outcomes: a wait never falls between
         waiters = self.run_waiters
         if waiters:
             for rid in terminated:
@@ -114,7 +128,28 @@ class Acting:
         if cond._waiters:  # type: ignore[attr-defined]  # nobody waits: skip the lock
             with cond:
                 cond.notify_all()
+
+    def _ended(self, terminated: list[str]) -> None:
+        """The rest of what durable ends call for: the log, the socket door, the hooks."""
+        state = self.state
+        if log.isEnabledFor(logging.INFO):  # once, not run.steps built per run for nothing
+            for rid in terminated:
+                run = state.runs[rid]
+                log.info("run %s %s after %d steps", rid, run.status, run.steps)
+        self._door_terminated(terminated)  # after outcomes: a wait never falls between
         if self.on_terminal is not None:
             for rid in terminated:
                 if state.runs[rid].terminal:  # not redriven by a turn written since
                     self._fire_hook(rid)
+
+    def _run_tails(self) -> None:
+        """What ``_after_commit`` left for later (``_defer_ends``), oldest first.
+
+        Before any later turn's own acts, so the archive and the door see the
+        ends in the order they were made durable; a run redriven meanwhile is
+        skipped by both (each checks that the run is still terminal).
+        """
+        tails, self._tails = self._tails, []
+        for recs, terminated in tails:
+            self._archive_after_commit(recs)
+            self._ended(terminated)

@@ -91,6 +91,13 @@ class Flushing:
     _until_idle: bool
     _poked: bool
     _compact_requested: bool
+    _tails: list[Any]
+    _defer_ends: bool
+    _tail_armed: bool
+    _run_tails: Callable[[], None]
+    on_terminal: Any
+    _door_waits: dict[str, Any]
+    _door_ends: dict[str, int]
 
     def _loop_needs_wake(self) -> bool:
         """After the flusher acted: must the loop still turn (rather than sleep on)?
@@ -122,12 +129,22 @@ class Flushing:
         if not lock.acquire(blocking=False):
             return False
         try:
+            fl = self._flusher
+            # A waiting caller runs this sync (Flusher.park): it hears of its run's
+            # end first and returns; the rest of the end's acts wait for the next
+            # act (Acting._run_tails). Only while the loop's wait is known to end
+            # within TAIL_DELAY (_tail_armed), and with no hook and no socket
+            # client waiting on an end.
+            self._defer_ends = (fl is not None and fl.guest_running and self._tail_armed
+                                and self.on_terminal is None and not self._door_waits
+                                and not self._door_ends)
             if self._act_error is None and self._act_durable():
                 self._flusher_acted = True  # the loop's wake-up has nothing more to do
                 return not self._loop_needs_wake()
         except BaseException as e:  # noqa: BLE001 - raised by the loop (_act_durable)
             self._act_error = e
         finally:
+            self._defer_ends = False
             lock.release()
         return False
 
@@ -175,6 +192,8 @@ class Flushing:
             acted = True
         if acted:
             self.metrics.acted()  # steps per sync
+        if self._tails and not self._defer_ends:
+            self._run_tails()  # no later turn's acts came to do them (the loop's turn)
         return acted
 
     def _drain(self) -> None:
@@ -199,7 +218,7 @@ class Flushing:
         if fl is None:
             return
         try:
-            if fl.error is None and self._written and not self._storage_broken:
+            if fl.error is None and (self._written or self._tails) and not self._storage_broken:
                 with self.state_lock:
                     self._drain()
         except StorageFailure as e:

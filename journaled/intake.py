@@ -143,6 +143,11 @@ class Intake:
         # within noise of each other (317-1222 vs 527-1205 runs/s). A busy
         # flusher (load) sends submissions to the loop's turn anyway (_fold_here).
         self.submit_syncs_here = True
+        # Runs' ends whose archive, door and log acts wait for the next act
+        # (Acting._run_tails; set here to leave Supervisor.__init__ alone).
+        self._tails: list[tuple[list[Record], list[str]]] = []
+        self._defer_ends = False  # the act running now may leave them so
+        self._tail_armed = False  # the loop's wait ends within TAIL_DELAY (waiting.py)
 
     def call(self, kind: str, *args: Any) -> Future:
         """Queue a command from another thread; the Future resolves once it is durable."""

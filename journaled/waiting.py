@@ -19,6 +19,12 @@ from .pool import Pool, Worker
 from .records import Record
 from .state import State
 
+# How long the rest of a run's end may wait for the loop (see _next_timeout): only
+# the archive hand-off, the door's recent ends and the log wait (never a hook or a
+# socket client), so it can be long enough that a loaded serial caller, whose
+# next act does it anyway, never has the loop woken for it (2 ms did, at load 6+).
+TAIL_DELAY = 0.02
+
 
 class Waiting:
     """The loop's wake pipe, epoll set and next timeout (a mixin of ``Supervisor``)."""
@@ -48,6 +54,10 @@ class Waiting:
     _schedule_due: Callable[[], float | None]
     _unsent: Callable[..., bool]
     _worker_timers: Callable[[float], list[float]]
+    _written: Any
+    _flusher: Any  # journaled.journal.Flusher, or None
+    _tails: list[Any]
+    _tail_armed: bool
 
     def wake(self) -> None:
         """Wake the loop for a full turn, from another thread (or a signal handler)."""
@@ -97,11 +107,20 @@ class Waiting:
         return [fds[fd] for fd, _ev in ep.poll(timeout)]  # None: no timeout
 
     def _next_timeout(self) -> float | None:
+        # A waiting caller's sync may leave the rest of its run's end for later
+        # (Acting._run_tails) only while this wait is known to end soon after:
+        # with a caller parked for the sync of turns still written, the timeout
+        # is TAIL_DELAY at most (a busy loop turns sooner anyway).
+        self._tail_armed = False
         if self._carry or self._commands or self._door_in:
             return 0.0
         now = self.clock.now()
         mono = self.clock.monotonic()
         times: list[float] = []  # monotonic
+        fl = self._flusher
+        if self._tails or (self._written and fl is not None and fl.has_guest()):
+            times.append(mono + TAIL_DELAY)
+            self._tail_armed = True
         due = self.state.next_due()
         if due is not None:
             times.append(mono + max(0.0, due - now))

@@ -51,6 +51,15 @@ header, a missing segment, and a frame whose CRC passes but whose body does
 not decode. Replay stops with ``JournalCorrupt(segment, offset, reason)``;
 ``verify`` reports it and ``repair`` cuts it off, keeping a backup.
 
+The newest segment may run on past its last frame in zeros: space the
+writer allocates ahead of its data (``writer.PREALLOC``), so that an
+fdatasync flushes data blocks only, not the file's size and extents too.
+Zeros from the end of a whole frame to the end of the newest segment are
+its clean end, neither torn nor damage (a last write that never reached the
+disk reads the same: never synced, so never acknowledged). A segment is cut
+to its data, durably, before the next one is created (and on close), so
+zeros after the data of an older segment are damage.
+
 The synced mark (``mark.py``): after each fdatasync the writer stores
 "durable up to (segment, offset)" into ``synced.mark`` (32 bytes with a crc).
 Readers in other processes (``JournalTailer``, so ``Client``, the CLI and

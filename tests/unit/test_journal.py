@@ -138,8 +138,11 @@ def test_round_trip_across_rotations(tmp_path):
     assert j.syncs == 0, "unsafe_no_fsync must skip every fdatasync"
     segments = list_segments(jdir)
     assert len(segments) > 5
-    assert j.size_bytes == sum(p.stat().st_size for p in segments)
+    # The data (older segments are cut to theirs; the open one runs on in zeros).
+    size = j.size_bytes
+    assert size == sum(p.stat().st_size for p in segments[:-1]) + j._size
     j.close()
+    assert size == sum(p.stat().st_size for p in segments)  # close cut the zeros
     got, torn = _replay(jdir)
     assert got == bodies and torn is None
     seen = [(seg, off) for seg, off, _ in Journal(jdir).replay()]
@@ -283,21 +286,21 @@ def test_torn_tail_cut_is_logged_once_with_segment_offset_and_bytes(tmp_path, ca
 
 
 @pytest.mark.timeout(10)
-def test_zeroed_tail_is_torn(tmp_path):
+def test_zeros_to_the_end_of_the_newest_segment_are_its_clean_end(tmp_path):
     bodies = _bodies(4)
     _write_journal(tmp_path, bodies)
     seg = tmp_path / "00000001.log"
     data = seg.read_bytes()
     last_start = _frame_ends(data)[-2]
-    # The last frame's pages never reached the disk: zeros in its place.
+    # The last frame's pages never reached the disk: zeros in its place. Never
+    # synced, so never acknowledged: the end, as the writer's zeros ahead are.
     seg.write_bytes(data[:last_start] + b"\0" * (len(data) - last_start))
     got, torn = _replay(tmp_path)
-    assert got == bodies[:3] and torn.offset == last_start
-    assert "zero bytes to end of file" in torn.reason
-    # The file grew past its data (preallocation): zeros after a whole record.
+    assert got == bodies[:3] and torn is None
+    # The file runs on past its data (the writer's PREALLOC): nothing to cut.
     seg.write_bytes(data + b"\0" * 4096)
     got, torn = _replay(tmp_path)
-    assert got == bodies and torn.offset == len(data) and torn.dropped_bytes == 4096
+    assert got == bodies and torn is None
     # Only the last bytes of the last frame are zero, inside a sector that also
     # holds the frame's start: no sector was lost (a disk writes a sector whole
     # or not at all), so under the sector rule this is damage, not a torn tail.
@@ -305,6 +308,44 @@ def test_zeroed_tail_is_torn(tmp_path):
     with pytest.raises(JournalCorrupt) as exc:
         _replay(tmp_path)
     assert exc.value.offset == last_start and "crc mismatch" in exc.value.what
+
+
+@pytest.mark.timeout(10)
+def test_zeros_after_the_data_of_an_older_segment_are_damage(tmp_path):
+    bodies = _bodies(40)
+    _write_journal(tmp_path, bodies, segment_bytes=256)
+    first = tmp_path / "00000001.log"
+    data = first.read_bytes()  # cut to its data before the next segment began
+    assert data[-1:] != b"\0" and len(list(tmp_path.glob("*.log"))) > 1
+    first.write_bytes(data + b"\0" * 512)
+    with pytest.raises(JournalCorrupt) as exc:
+        _replay(tmp_path)
+    assert exc.value.segment == first.name and exc.value.offset == len(data)
+
+
+@pytest.mark.timeout(10)
+def test_the_writer_keeps_zeros_ahead_and_appends_after_them_on_reopen(tmp_path):
+    j = Journal(tmp_path, unsafe_no_fsync=True)
+    assert list(j.replay()) == []
+    j.open_for_append()
+    j.extend(_bodies(3))
+    j.commit()
+    seg = tmp_path / "00000001.log"
+    data_end = _frame_ends(seg.read_bytes()[:j.size_bytes])[-1]
+    assert j.size_bytes == data_end  # the data, not the zeros ahead of it
+    assert seg.stat().st_size >= data_end + journal.writer.PREALLOC
+    # Left as a kill leaves it (no close): replay ends at the data, no cut,
+    # and the next writer goes on right after the last record.
+    j2 = Journal(tmp_path, unsafe_no_fsync=True)
+    assert [b for _, _, b in j2.replay()] == _bodies(3) and j2.torn is None
+    j2.open_for_append()
+    j2.extend(_bodies(2, 3))
+    j2.commit()
+    j2.close()  # a clean close cuts the zeros
+    assert seg.stat().st_size == _frame_ends(seg.read_bytes())[-1]
+    got, torn = _replay(tmp_path)
+    assert got == _bodies(5) and torn is None
+    os.close(j._fd)
 
 
 @pytest.mark.timeout(10)
@@ -594,8 +635,9 @@ def test_compact_leaves_one_base_segment_then_appends_follow_it(tmp_path):
     assert head == segment_header(FLAG_BASE)
     j.append(b"after")
     j.commit()
-    assert j.size_bytes == segments[0].stat().st_size
+    size = j.size_bytes
     j.close()
+    assert size == segments[0].stat().st_size  # the data: close cut the zeros ahead
     assert _replay(tmp_path) == (snapshot + [b"after"], None)
     assert [p.name for p in tmp_path.iterdir() if p.name != journal.MARK_NAME] == [
         segments[0].name
@@ -653,6 +695,37 @@ def test_crash_before_rotation_leaves_a_journal_that_keeps_appending(tmp_path):
     j.commit()
     j.close()
     assert _replay(tmp_path)[0] == [b"first", b"fills-the-segment", b"later"]
+
+
+@pytest.mark.timeout(60)
+def test_kill_after_rotations_leaves_zeros_only_ahead_of_the_newest_segment(tmp_path):
+    # Each segment is cut to its data (durably) before the next is created; a
+    # kill leaves the newest one running on in its zeros, which replay reads
+    # as the clean end: no torn tail, nothing cut, appends go on after it.
+    proc = _run_child(
+        "import os, signal, sys\nfrom journaled.journal import Journal\n"
+        "j = Journal(sys.argv[1], segment_bytes=200)\nlist(j.replay())\nj.open_for_append()\n"
+        "for i in range(40):\n    j.append(b'record-%03d' % i)\n    j.commit()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n",
+        str(tmp_path),
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    segments = list_segments(tmp_path)
+    assert len(segments) > 2
+    for seg in segments[:-1]:
+        data = seg.read_bytes()
+        assert _frame_ends(data)[-1] == len(data), f"{seg.name} must end at its data"
+    newest = segments[-1].read_bytes()
+    assert len(newest) > journal.writer.PREALLOC and not any(newest[-64:])
+    got, torn = _replay(tmp_path)
+    assert got == [b"record-%03d" % i for i in range(40)] and torn is None
+    j = Journal(tmp_path, segment_bytes=200)
+    list(j.replay())
+    j.open_for_append()
+    j.append(b"later")
+    j.commit()
+    j.close()
+    assert _replay(tmp_path)[0][-2:] == [b"record-039", b"later"]
 
 
 # --- the lock -------------------------------------------------------------------------------

@@ -137,23 +137,32 @@ def test_repair_zeroed_tail():
 
 
 @pytest.mark.timeout(10)
-def test_repair_zeroed_last_frame():
-    def corrupt(path: Path, end: int) -> None:
+def test_zeros_to_the_end_are_a_clean_end_with_nothing_to_repair():
+    # Zeros from a frame's start to the end of the newest segment: the writer's
+    # space ahead of its data (PREALLOC), or a last write that never reached
+    # the disk (never synced, never acknowledged). Either way the clean end.
+    def zero_last_frame(path: Path, end: int) -> None:
         start = _frame_starts(path)[-1]
         with open(path, "r+b") as f:
             f.seek(start)
             f.write(b"\0" * (end - start))
 
-    _check_repair(corrupt, 11)
-
-
-@pytest.mark.timeout(10)
-def test_repair_zeros_after_the_last_record():
-    def corrupt(path: Path, end: int) -> None:
+    def zeros_after(path: Path, end: int) -> None:
         with open(path, "ab") as f:
             f.write(b"\0" * 512)
 
-    _check_repair(corrupt, 12)
+    for corrupt, survivors in ((zero_last_frame, 11), (zeros_after, 12)):
+        with tempfile.TemporaryDirectory() as tmp:
+            jdir = Path(tmp) / "state" / "journal"
+            _build(jdir)
+            newest = list_segments(jdir)[-1]
+            corrupt(newest, newest.stat().st_size)
+            report = verify(jdir)
+            assert report.ok and report.records == survivors and report.torn is None
+            assert repair(jdir).segment is None
+            j = Journal(jdir)
+            assert [b for _, _, b in j.replay()] == BODIES[:survivors] and j.torn is None
+            j.close()
 
 
 @pytest.mark.timeout(10)
