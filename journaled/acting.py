@@ -132,10 +132,17 @@ class Acting:
     def _ended(self, terminated: list[str]) -> None:
         """The rest of what durable ends call for: the log, the socket door, the hooks."""
         state = self.state
+        runs = state.runs
         if log.isEnabledFor(logging.INFO):  # once, not run.steps built per run for nothing
             for rid in terminated:
-                run = state.runs[rid]
+                run = runs[rid]
                 log.info("run %s %s after %d steps", rid, run.status, run.steps)
+        for rid in terminated:  # an operator wants each dead letter, -v or not
+            run = runs.get(rid)
+            if run is not None and run.dead and run.terminal:
+                why = (run.error or "").split("\n", 1)[0][:300]
+                log.warning("run %s failed: %s (see 'journaled dead'; 'journaled retry %s' "
+                            "redrives it)", rid, why, rid)
         self._door_terminated(terminated)  # after outcomes: a wait never falls between
         if self.on_terminal is not None:
             for rid in terminated:

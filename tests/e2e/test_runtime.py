@@ -10,6 +10,7 @@ the runtime stops to check what was recorded.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -140,11 +141,20 @@ def test_a_transient_error_is_retried_and_the_retry_sees_attempts_2(runtime, sta
 
 
 @pytest.mark.timeout(20)
-def test_a_step_failing_max_attempts_times_is_dead_lettered_and_the_run_fails(runtime, state_dir):
+def test_a_step_failing_max_attempts_times_is_dead_lettered_and_the_run_fails(
+        runtime, state_dir, caplog):
     rt = runtime(max_attempts=3)
     rid = rt.submit(b"", headers={"app": "always_transient"})
-    out = rt.wait(rid, timeout=10)
-    rt.close()
+    verdict = rt.submit(b"no", headers={"app": "fail"})
+    with caplog.at_level(logging.WARNING, logger="journaled"):
+        out = rt.wait(rid, timeout=10)
+        rt.wait(verdict, timeout=10)
+        rt.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith(f"run {rid} failed: ") and "still broken at attempt 3" in m
+               and f"journaled retry {rid}" in m for m in warned), \
+        f"a dead letter must be logged for the operator: {warned}"
+    assert not any(verdict in m for m in warned), "a Fail verdict is no dead letter"
     assert out.status is RunStatus.FAILED, "exhausted retries must end the run failed"
     assert "still broken at attempt 3" in out.error, "the error must be the last failure's"
     dead = {r.run_id: r for r in Client(state_dir).dead()}
