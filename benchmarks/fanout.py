@@ -39,10 +39,12 @@ from benchmarks import apps  # noqa: E402
 from benchmarks._table import emit  # noqa: E402
 from benchmarks.baseline import bare_pool_rate  # noqa: E402
 from journaled import Runtime  # noqa: E402
+from journaled.journal.mark import data_bytes  # noqa: E402
 
 
 def journal_bytes(state: Path) -> int:
-    return sum(p.stat().st_size for p in (state / "journal").glob("*") if p.is_file())
+    """The journal's data: its newest segment's zeros allocated ahead are no growth."""
+    return data_bytes(state / "journal")
 
 
 def rss_mb() -> float:

@@ -43,18 +43,14 @@ from benchmarks._table import emit  # noqa: E402
 from benchmarks.cancel_latency import rss_kb  # noqa: E402
 from journaled import Runtime  # noqa: E402
 from journaled.errors import RunNotFound  # noqa: E402
+from journaled.journal.mark import data_bytes  # noqa: E402
 
 METRICS = ["rss_mb", "worker_rss_mb", "journal_mb", "runs_in_memory"]
 
 
 def journal_bytes(state: Path) -> int:
-    total = 0
-    for p in (state / "journal").glob("*.log"):
-        try:
-            total += p.stat().st_size
-        except FileNotFoundError:  # removed by a compaction under us
-            pass
-    return total
+    """The journal's data: its newest segment's zeros allocated ahead are no growth."""
+    return data_bytes(state / "journal")
 
 
 def workers_rss_kb(sup: Any) -> int:

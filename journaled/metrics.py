@@ -384,12 +384,6 @@ def offline_sample(state_dir: Path, client: Any = None) -> Sample:
 
 
 def _journal_bytes(state_dir: Path) -> int:
-    total = 0
-    try:
-        with os.scandir(Path(state_dir) / "journal") as it:
-            for e in it:
-                if e.is_file():
-                    total += e.stat().st_size
-    except OSError:
-        pass
-    return total
+    from .journal.mark import data_bytes
+
+    return data_bytes(Path(state_dir) / "journal")

@@ -31,6 +31,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .segment import list_segments, segment_num
+
 __all__ = ["MARK_NAME", "SyncedMark", "read_mark", "MarkWriter"]
 
 MARK_NAME = "synced.mark"  # not a dot-file: those are temp files, deleted on open
@@ -77,6 +79,27 @@ def read_mark(journal_dir: Path | str) -> SyncedMark | None:
         return SyncedMark.decode(os.pread(fd, MARK_SIZE, 0))
     finally:
         os.close(fd)
+
+
+def data_bytes(journal_dir: Path | str) -> int:
+    """Bytes the journal's segments hold, the newest counted to its synced mark.
+
+    The newest segment runs on in zeros the writer allocated ahead of its data
+    (``writer.PREALLOC``), and after a ``kill -9`` they are never cut: a file
+    size would count them. Bytes past the mark count as nothing for the same
+    reason readers stop there.
+    """
+    mark = read_mark(journal_dir)
+    total = 0
+    for path in list_segments(journal_dir):
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # removed by a compaction under us
+            continue
+        if mark is not None and segment_num(path) == mark.segment:
+            size = min(size, mark.offset)
+        total += size
+    return total
 
 
 class MarkWriter:

@@ -29,6 +29,7 @@ from journaled.journal import (
     list_segments,
     segment_header,
 )
+from journaled.journal.mark import data_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden.log"
@@ -334,6 +335,7 @@ def test_the_writer_keeps_zeros_ahead_and_appends_after_them_on_reopen(tmp_path)
     data_end = _frame_ends(seg.read_bytes()[:j.size_bytes])[-1]
     assert j.size_bytes == data_end  # the data, not the zeros ahead of it
     assert seg.stat().st_size >= data_end + journal.writer.PREALLOC
+    assert data_bytes(tmp_path) == data_end, "the journal's size gauges count data only"
     # Left as a kill leaves it (no close): replay ends at the data, no cut,
     # and the next writer goes on right after the last record.
     j2 = Journal(tmp_path, unsafe_no_fsync=True)
