@@ -81,17 +81,17 @@ def read_mark(journal_dir: Path | str) -> SyncedMark | None:
         os.close(fd)
 
 
-def data_bytes(journal_dir: Path | str) -> int:
+def data_bytes(journal_dir: Path | str, segments: list[Path] | None = None) -> int:
     """Bytes the journal's segments hold, the newest counted to its synced mark.
 
     The newest segment runs on in zeros the writer allocated ahead of its data
     (``writer.PREALLOC``), and after a ``kill -9`` they are never cut: a file
     size would count them. Bytes past the mark count as nothing for the same
-    reason readers stop there.
+    reason readers stop there. ``segments``: these only (default: all of them).
     """
     mark = read_mark(journal_dir)
     total = 0
-    for path in list_segments(journal_dir):
+    for path in list_segments(journal_dir) if segments is None else segments:
         try:
             size = path.stat().st_size
         except FileNotFoundError:  # removed by a compaction under us

@@ -13,7 +13,7 @@ from journaled.errors import JournalCorrupt
 
 from .frame import HEADER_SIZE
 from .lock import StateLock
-from .mark import MarkWriter
+from .mark import MarkWriter, data_bytes
 from .segment import Scan, TornTail, list_segments, scan, segment_num, write_file
 
 __all__ = ["VerifyReport", "verify", "RepairReport", "repair"]
@@ -29,7 +29,7 @@ class VerifyReport:
 
     segments: int  # live segments, replay start to newest
     records: int  # whole records before any damage or torn tail
-    bytes: int  # size of the live segments
+    bytes: int  # data in the live segments (not the zeros allocated ahead)
     torn: TornTail | None
     damage: JournalCorrupt | None
 
@@ -59,13 +59,9 @@ def verify(journal_dir: Path | str, decode: Decode | None = None) -> VerifyRepor
             records += 1
     except JournalCorrupt as err:
         damage = err
-    size = 0
-    for path in out.live:
-        try:
-            size += path.stat().st_size
-        except FileNotFoundError:
-            pass
-    return VerifyReport(len(out.live), records, size, out.torn, damage)
+    # The data, not the zeros the writer allocates ahead of it (left by a kill).
+    return VerifyReport(len(out.live), records, data_bytes(journal_dir, out.live), out.torn,
+                        damage)
 
 
 @dataclass(frozen=True)

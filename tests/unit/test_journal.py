@@ -336,6 +336,7 @@ def test_the_writer_keeps_zeros_ahead_and_appends_after_them_on_reopen(tmp_path)
     assert j.size_bytes == data_end  # the data, not the zeros ahead of it
     assert seg.stat().st_size >= data_end + journal.writer.PREALLOC
     assert data_bytes(tmp_path) == data_end, "the journal's size gauges count data only"
+    assert journal.verify(tmp_path).bytes == data_end, "and so does verify"
     # Left as a kill leaves it (no close): replay ends at the data, no cut,
     # and the next writer goes on right after the last record.
     j2 = Journal(tmp_path, unsafe_no_fsync=True)
