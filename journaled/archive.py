@@ -75,6 +75,7 @@ _UPSERT = (f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(_COLUMNS))})")
 _INSERT_NEW = _UPSERT.replace("INSERT OR REPLACE", "INSERT OR IGNORE")  # rowcount: rows new
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM runs"
+_SELECT_STATUS = "SELECT status FROM runs"
 
 _snap_encoder = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder(order="sorted")  # ten times json.dumps: rows are built on the loop
@@ -185,6 +186,13 @@ def _archived(row: tuple) -> ArchivedRun:
     return ArchivedRun(**fields)
 
 
+def _rows_in(db: sqlite3.Connection, select: str, ids: list[str]) -> Iterator[Any]:
+    """The rows of ``select ... WHERE id IN (ids)``, asked ``_IN_CHUNK`` ids at a time."""
+    for i in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[i:i + _IN_CHUNK]
+        yield from db.execute(f"{select} WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+
+
 class _Reads:
     """The queries, shared by the read-only reader and the writer."""
 
@@ -216,14 +224,8 @@ class _Reads:
 
     def get_many(self, run_ids: Iterable[str]) -> dict[str, ArchivedRun]:
         """The rows of the given ids that are archived (``IN`` queries of a few hundred)."""
-        ids = list(dict.fromkeys(run_ids))
-        out: dict[str, ArchivedRun] = {}
-        for i in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[i:i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for row in self._db.execute(f"{_SELECT} WHERE id IN ({marks})", chunk):
-                out[row[0]] = _archived(row)
-        return out
+        return {row[0]: _archived(row)
+                for row in _rows_in(self._db, _SELECT, list(dict.fromkeys(run_ids)))}
 
     def identities(self, run_ids: Iterable[str]) -> dict[str, Identity]:
         """``{id: (input_sha256, headers, runner)}`` of the given ids that are archived.
@@ -233,15 +235,10 @@ class _Reads:
         read from the row's record, decoded only for ids found, which are
         re-submits and rare.
         """
-        ids = list(dict.fromkeys(run_ids))
-        out: dict[str, Identity] = {}
-        for i in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[i:i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT id, input_sha256, headers, record FROM runs WHERE id IN ({marks})"
-            for rid, sha, hdrs, record in self._db.execute(sql, chunk):
-                out[rid] = (sha, json.loads(hdrs), _snap_decoder.decode(record).runner)
-        return out
+        rows = _rows_in(self._db, "SELECT id, input_sha256, headers, record FROM runs",
+                        list(dict.fromkeys(run_ids)))
+        return {rid: (sha, json.loads(hdrs), _snap_decoder.decode(record).runner)
+                for rid, sha, hdrs, record in rows}
 
     def count(self) -> dict[str, int]:
         """Rows by status."""
@@ -260,12 +257,8 @@ class _Reads:
         self._db.execute("BEGIN")
         try:
             counts = self.count()
-            for i in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[i:i + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for (status,) in self._db.execute(
-                        f"SELECT status FROM runs WHERE id IN ({marks})", chunk):
-                    counts[status] -= 1
+            for (status,) in _rows_in(self._db, _SELECT_STATUS, ids):
+                counts[status] -= 1
         finally:
             self._db.execute("COMMIT")
         return counts
@@ -399,13 +392,8 @@ class ArchiveWriter(_Reads):
                 db.execute("ROLLBACK TO fresh")
                 last = {r[0]: r for r in rows}  # an id twice: the last wins, counted once
                 rows = list(last.values())
-                ids = list(last)
-                for i in range(0, len(ids), _IN_CHUNK):
-                    chunk = ids[i:i + _IN_CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    for (old,) in db.execute(f"SELECT status FROM runs WHERE id IN ({marks})",
-                                             chunk):
-                        counts[old] = counts.get(old, 0) - 1
+                for (old,) in _rows_in(db, _SELECT_STATUS, list(last)):
+                    counts[old] = counts.get(old, 0) - 1
                 for r in rows:
                     counts[r[1]] = counts.get(r[1], 0) + 1
             db.executemany(_UPSERT, rows)
