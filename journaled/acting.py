@@ -131,8 +131,7 @@ class Acting:
 
     def _ended(self, terminated: list[str]) -> None:
         """The rest of what durable ends call for: the log, the socket door, the hooks."""
-        state = self.state
-        runs = state.runs
+        runs = self.state.runs
         if log.isEnabledFor(logging.INFO):  # once, not run.steps built per run for nothing
             for rid in terminated:
                 run = runs[rid]
@@ -146,7 +145,7 @@ class Acting:
         self._door_terminated(terminated)  # after outcomes: a wait never falls between
         if self.on_terminal is not None:
             for rid in terminated:
-                if state.runs[rid].terminal:  # not redriven by a turn written since
+                if runs[rid].terminal:  # not redriven by a turn written since
                     self._fire_hook(rid)
 
     def _run_tails(self) -> None:

@@ -288,20 +288,11 @@ class State(Outcomes, ReadyQueue, SnapshotFold):
             self.last_at = rec.at
         run = self.runs[rec.run_id]
         if run.leased:
-            # _end_attempt and _unlease, inline: once per run.
-            h = run.history
-            if h and h[-1][4] is None:
-                e = h[-1]
-                e[4] = rec.at
-                e[5] = ("cancelled" if rec.status == CANCELLED else
-                        "dead_lettered" if rec.dead else "completed")
-                e[6] = rec.error or "" if rec.dead else ""
-                e[7] = rec.traceback
-                if rec.peak_rss:
-                    e[8:] = [rec.peak_rss]
-            run.leased = False
-            run.worker = -1
-            self.in_flight.pop(run.run_id, None)
+            how = ("cancelled" if rec.status == CANCELLED else
+                   "dead_lettered" if rec.dead else "completed")
+            self._end_attempt(run, rec.at, how, rec.error or "" if rec.dead else "",
+                              rec.traceback, rec.peak_rss)
+            self._unlease(run)
         run.step = rec.step
         run.result = rec.result
         run.error = rec.error
@@ -415,26 +406,9 @@ class State(Outcomes, ReadyQueue, SnapshotFold):
                 quotas.check_fits(run_id, res, self.quotas.limits)
         else:
             res = {}  # check_resources' common case, without the call: once per run
-        if key:
-            key = quotas.check_key(key)
-            rec = Submitted(run_id, input, now, hdrs, priority, max_attempts, step_timeout,
-                            runner, res, key)
-            self._submitted(rec)
-        else:
-            # _submitted, inline (the run is new, and it has neither key nor resources
-            # unless it asked for them): once per run, on the loop or a caller's thread.
-            rec = Submitted(run_id, input, now, hdrs, priority, max_attempts, step_timeout,
-                            runner, res)
-            run = Run(rec, 0)
-            self._order += 1
-            run.order = self._order
-            runs[run_id] = run
-            self._seq += 1
-            run.seq = self._seq
-            if res:
-                self._queue(run)
-            else:
-                heapq.heappush(self._ready, (-run.priority, run.order, run.seq, run_id))
+        rec = Submitted(run_id, input, now, hdrs, priority, max_attempts, step_timeout,
+                        runner, res, key if key == "" else quotas.check_key(key))
+        self._submitted(rec)  # apply(), without the table look-up: once per run
         self.records_applied += 1
         return [rec]
 
